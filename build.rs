@@ -1,0 +1,21 @@
+//! Generates the gRPC code for the public contract without a system protoc:
+//! `protox` parses the protos in Rust, and the descriptor set is kept so the
+//! server can answer gRPC reflection.
+
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &["proto/kilovolt.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("kilovolt_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

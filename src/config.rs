@@ -1,0 +1,211 @@
+//! The node's configuration: every flag is also a `KILOVOLT_*` environment
+//! variable, so the same settings work on a command line, in a container
+//! and in a unit file.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// The longest key the node accepts, in bytes.
+pub const MAX_KEY_BYTES: usize = 4096;
+
+/// The default for `--max-value-bytes`: 1 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// Settings of one Kilovolt-DB node.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "kilovolt-db",
+    version,
+    about = "Kilovolt-DB: an in-memory, partition-tolerant key-value store"
+)]
+pub struct Config {
+    /// Port for gRPC (TCP); gossip will use the same number over UDP.
+    #[arg(long, env = "KILOVOLT_PORT", default_value_t = 50051)]
+    pub port: u16,
+
+    /// Address to bind.
+    #[arg(long, env = "KILOVOLT_HOST", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub host: IpAddr,
+
+    /// host:port that clients and peers use to reach this node. Defaults to
+    /// the bind address and port, with 127.0.0.1 for an unspecified bind
+    /// address.
+    #[arg(long, env = "KILOVOLT_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Comma-separated host:port of seed nodes to join.
+    #[arg(long, env = "KILOVOLT_CLUSTER", value_delimiter = ',')]
+    pub cluster: Vec<String>,
+
+    /// This node's id. Defaults to the advertised address, so that a node
+    /// restarted at the same address keeps its identity.
+    #[arg(long, env = "KILOVOLT_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Region label, used to spread replicas over regions.
+    #[arg(long, env = "KILOVOLT_REGION", default_value = "")]
+    pub region: String,
+
+    /// How many replicas hold each key (capped at the number of nodes).
+    #[arg(long, env = "KILOVOLT_REPLICATION_FACTOR", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub replication_factor: u32,
+
+    /// Log level; RUST_LOG, when set, takes precedence.
+    #[arg(long, env = "KILOVOLT_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// The largest value accepted, in bytes.
+    #[arg(long, env = "KILOVOLT_MAX_VALUE_BYTES", default_value_t = DEFAULT_MAX_VALUE_BYTES, value_parser = parse_value_limit)]
+    pub max_value_bytes: usize,
+
+    /// Consistency level used when a request leaves it at DEFAULT.
+    #[arg(long, env = "KILOVOLT_DEFAULT_CONSISTENCY", value_enum, default_value_t = DefaultConsistency::One)]
+    pub default_consistency: DefaultConsistency,
+
+    /// Largest clock lead a remote version may have and still move this
+    /// node's clock (e.g. 500ms, 2s).
+    #[arg(long, env = "KILOVOLT_MAX_CLOCK_DRIFT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub max_clock_drift: Duration,
+
+    /// How often expired values are collected.
+    #[arg(long, env = "KILOVOLT_EXPIRY_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub expiry_interval: Duration,
+
+    /// The most expired values one collection tick removes.
+    #[arg(long, env = "KILOVOLT_EXPIRY_BATCH", default_value_t = 10_000)]
+    pub expiry_batch: usize,
+}
+
+/// Verbosity of the node's logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Lifecycle events (default).
+    Info,
+    /// Per-request detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The level as a `tracing` filter directive.
+    pub fn as_directive(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// The levels a node may use for requests that name none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DefaultConsistency {
+    /// One replica.
+    One,
+    /// A majority of replicas.
+    Quorum,
+    /// Every replica.
+    All,
+}
+
+/// The value limit must leave room for the key and framing within what
+/// gRPC can carry (4 GiB minus a margin).
+fn parse_value_limit(s: &str) -> Result<usize, String> {
+    const CEILING: usize = 1 << 30;
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if n == 0 || n > CEILING {
+        return Err(format!(
+            "{n} is out of range; the limit is 1 to {CEILING} bytes"
+        ));
+    }
+    Ok(n)
+}
+
+impl Config {
+    /// The settings with every default, as if no flag were given.
+    pub fn defaults() -> Self {
+        Self::parse_from(["kilovolt-db"])
+    }
+
+    /// The address to bind.
+    pub fn bind_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+
+    /// The address peers and clients use, given the port actually bound
+    /// (which differs from `--port` when that is 0).
+    pub fn advertised(&self, bound_port: u16) -> String {
+        match &self.advertise {
+            Some(a) => a.clone(),
+            None => {
+                let host = if self.host.is_unspecified() {
+                    IpAddr::V4(Ipv4Addr::LOCALHOST)
+                } else {
+                    self.host
+                };
+                SocketAddr::new(host, bound_port).to_string()
+            }
+        }
+    }
+
+    /// The node id, given the advertised address.
+    pub fn node_id(&self, advertised: &str) -> String {
+        self.node_id
+            .clone()
+            .unwrap_or_else(|| advertised.to_string())
+    }
+
+    /// The largest gRPC message the node decodes or encodes: the largest
+    /// valid request (value and key at their limits) plus room for framing,
+    /// so that a value just over its limit reaches validation and gets the
+    /// precise error, while a grossly oversized message is refused by the
+    /// transport before it is buffered.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_value_bytes + MAX_KEY_BYTES + 64 * 1024
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_commands_parse() {
+        let c = Config::try_parse_from(["kilovolt-db", "--port", "50051"]).unwrap();
+        assert_eq!(c.port, 50051);
+        let c = Config::try_parse_from([
+            "kilovolt-db",
+            "--port",
+            "50052",
+            "--cluster",
+            "localhost:50051,localhost:50053",
+        ])
+        .unwrap();
+        assert_eq!(c.cluster, vec!["localhost:50051", "localhost:50053"]);
+    }
+
+    #[test]
+    fn identity_derives_from_the_advertised_address() {
+        let c = Config::defaults();
+        assert_eq!(c.advertised(4000), "127.0.0.1:4000");
+        assert_eq!(c.node_id("127.0.0.1:4000"), "127.0.0.1:4000");
+        let c = Config::try_parse_from(["kilovolt-db", "--node-id", "n1", "--advertise", "db1:7"])
+            .unwrap();
+        assert_eq!(c.advertised(4000), "db1:7");
+        assert_eq!(c.node_id("db1:7"), "n1");
+    }
+
+    #[test]
+    fn a_zero_value_limit_is_refused() {
+        assert!(Config::try_parse_from(["kilovolt-db", "--max-value-bytes", "0"]).is_err());
+    }
+}

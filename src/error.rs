@@ -1,0 +1,52 @@
+//! What can go wrong with a request, as the code inside the node sees it.
+//! The gRPC edge (`api`) maps each kind to one status code.
+
+use thiserror::Error;
+
+use crate::clock::ClockError;
+
+/// Why a request was refused or could not be carried out.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum Error {
+    /// The key is the empty string.
+    #[error("key is empty; a key needs 1 to {limit} bytes")]
+    EmptyKey {
+        /// The longest key accepted.
+        limit: usize,
+    },
+    /// The key is longer than the limit.
+    #[error("key is {size} bytes; the limit is {limit}")]
+    KeyTooLong {
+        /// The key's length in bytes.
+        size: usize,
+        /// The longest key accepted.
+        limit: usize,
+    },
+    /// The value is larger than `--max-value-bytes`.
+    #[error("value is {size} bytes; the limit is {limit} (--max-value-bytes)")]
+    ValueTooLarge {
+        /// The value's length in bytes.
+        size: usize,
+        /// The largest value accepted.
+        limit: usize,
+    },
+    /// The expiry would fall past the end of the clock's range (year 2106).
+    #[error("ttl_ms is {ttl_ms}; the limit is {limit} (expiry must fall before the clock's range ends in 2106)")]
+    TtlTooLong {
+        /// The requested time to live.
+        ttl_ms: u64,
+        /// The longest time to live accepted now.
+        limit: u64,
+    },
+    /// A consistency number the contract does not define.
+    #[error(
+        "consistency is {0}, which the contract does not define; use 0 (DEFAULT) to 4 (LOCAL)"
+    )]
+    UnknownConsistency(i32),
+    /// LOCAL was asked of a write.
+    #[error("consistency LOCAL is for reads only; a write needs DEFAULT, ONE, QUORUM or ALL")]
+    LocalWrite,
+    /// No version could be issued for the write.
+    #[error(transparent)]
+    Clock(#[from] ClockError),
+}

@@ -1,0 +1,26 @@
+//! Kilovolt-DB: an in-memory, clustered key-value store that stays available
+//! through network partitions and converges by itself when they heal.
+//!
+//! The modules follow the path of a request, top to bottom: `api` (gRPC
+//! edge) -> `coordinator` -> `store` -> `crdt`, with `clock` issuing
+//! versions and `config` and `node` wiring it together. Lower modules never
+//! use higher ones.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod coordinator;
+pub mod crdt;
+pub mod error;
+pub mod node;
+pub mod store;
+
+/// The public contract (`proto/kilovolt.proto`), generated at build time.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("kilovolt");
+
+    /// The encoded descriptors of the contract, served over gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/kilovolt_descriptor.bin"));
+}

@@ -1,0 +1,59 @@
+//! The `kilovolt-db` server: parses the configuration, starts a node, and
+//! shuts it down gracefully on SIGINT or SIGTERM.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use kilovolt::config::Config;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(config.log_level.as_directive()));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
+
+    let seeds = config.cluster.join(",");
+    let node = match kilovolt::node::start(config).await {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("kilovolt-db: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(
+        listen = %node.local_addr(),
+        advertise = %node.info().address,
+        node_id = %node.info().id,
+        seeds = %seeds,
+        "kilovolt-db listening"
+    );
+
+    if let Err(e) = shutdown_signal().await {
+        error!(error = %e, "cannot wait for signals; shutting down");
+    }
+    match node.shutdown().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "shutdown failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
