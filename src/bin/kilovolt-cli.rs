@@ -1,1 +1,335 @@
-fn main() {}
+//! `kilovolt-cli`: the command-line client for Kilovolt-DB.
+//!
+//! Exit codes: 0 success, 1 key not found, 2 usage error, 3 server or
+//! connection error (the message carries the gRPC status).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kilovolt::proto::{self, admin_client::AdminClient, kilovolt_client::KilovoltClient};
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest message the client sends or accepts; the server's own limit is
+/// the one that applies.
+const MAX_MESSAGE_BYTES: usize = 1 << 31;
+
+#[derive(Parser)]
+#[command(
+    name = "kilovolt-cli",
+    version,
+    about = "Command-line client for Kilovolt-DB"
+)]
+struct Cli {
+    /// host:port of any node.
+    #[arg(
+        long,
+        env = "KILOVOLT_ADDR",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
+    addr: String,
+    /// Print JSON instead of human-readable text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Give up on a request after this long (e.g. 500ms, 5s).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    timeout: Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a value.
+    Set {
+        key: String,
+        value: String,
+        /// Time to live (e.g. 10s, 5m, 1h); the value then reads as absent.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        #[command(flatten)]
+        level: WriteLevel,
+    },
+    /// Read a value (exit code 1 when the key is not found).
+    Get {
+        key: String,
+        /// How many replicas must answer.
+        #[arg(long, value_enum, default_value_t = ReadConsistency::Default)]
+        consistency: ReadConsistency,
+    },
+    /// Delete a key.
+    Del {
+        key: String,
+        #[command(flatten)]
+        level: WriteLevel,
+    },
+    /// List the nodes the contacted node knows of.
+    Members,
+    /// Show the contacted node's counters.
+    Stats,
+}
+
+#[derive(Args)]
+struct WriteLevel {
+    /// How many replicas must acknowledge.
+    #[arg(long, value_enum, default_value_t = WriteConsistency::Default)]
+    consistency: WriteConsistency,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WriteConsistency {
+    Default,
+    One,
+    Quorum,
+    All,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReadConsistency {
+    Default,
+    One,
+    Quorum,
+    All,
+    Local,
+}
+
+impl From<WriteConsistency> for proto::Consistency {
+    fn from(c: WriteConsistency) -> Self {
+        match c {
+            WriteConsistency::Default => Self::Default,
+            WriteConsistency::One => Self::One,
+            WriteConsistency::Quorum => Self::Quorum,
+            WriteConsistency::All => Self::All,
+        }
+    }
+}
+
+impl From<ReadConsistency> for proto::Consistency {
+    fn from(c: ReadConsistency) -> Self {
+        match c {
+            ReadConsistency::Default => Self::Default,
+            ReadConsistency::One => Self::One,
+            ReadConsistency::Quorum => Self::Quorum,
+            ReadConsistency::All => Self::All,
+            ReadConsistency::Local => Self::Local,
+        }
+    }
+}
+
+/// How a command ended, short of success.
+enum Failure {
+    NotFound,
+    Connect(String),
+    Server(tonic::Status),
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        Failure::Server(s)
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::NotFound) => ExitCode::from(1),
+        Err(Failure::Connect(message)) => {
+            eprintln!("kilovolt-cli: cannot connect to {}: {message}", cli.addr);
+            ExitCode::from(3)
+        }
+        Err(Failure::Server(status)) => {
+            eprintln!(
+                "kilovolt-cli: server error: {:?}: {}",
+                status.code(),
+                status.message()
+            );
+            ExitCode::from(3)
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<Channel, Failure> {
+    let uri = if cli.addr.contains("://") {
+        cli.addr.clone()
+    } else {
+        format!("http://{}", cli.addr)
+    };
+    Endpoint::from_shared(uri)
+        .map_err(|e| Failure::Connect(e.to_string()))?
+        .connect_timeout(cli.timeout)
+        .timeout(cli.timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| Failure::Connect(error_chain(&e)))
+}
+
+/// An error and its causes on one line: tonic's own message alone is just
+/// "transport error".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+async fn run(cli: &Cli) -> Result<(), Failure> {
+    let channel = connect(cli).await?;
+    let mut kv = KilovoltClient::new(channel.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut admin = AdminClient::new(channel);
+    match &cli.command {
+        Command::Set {
+            key,
+            value,
+            ttl,
+            level,
+        } => {
+            let ttl_ms = ttl.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+            let resp = kv
+                .set(proto::SetRequest {
+                    key: key.clone(),
+                    value: value.clone(),
+                    consistency: proto::Consistency::from(level.consistency).into(),
+                    ttl_ms,
+                })
+                .await?
+                .into_inner();
+            print_written(cli.json, &resp.status, resp.version.as_ref());
+        }
+        Command::Get { key, consistency } => {
+            let resp = kv
+                .get(proto::GetRequest {
+                    key: key.clone(),
+                    consistency: proto::Consistency::from(*consistency).into(),
+                })
+                .await?
+                .into_inner();
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"found": resp.found, "value": resp.value, "version": version_json(resp.version.as_ref())})
+                );
+            } else if resp.found {
+                println!("{}", resp.value);
+            } else {
+                eprintln!("(not found)");
+            }
+            if !resp.found {
+                return Err(Failure::NotFound);
+            }
+        }
+        Command::Del { key, level } => {
+            let resp = kv
+                .delete(proto::DeleteRequest {
+                    key: key.clone(),
+                    consistency: proto::Consistency::from(level.consistency).into(),
+                })
+                .await?
+                .into_inner();
+            print_written(cli.json, &resp.status, resp.version.as_ref());
+        }
+        Command::Members => {
+            let resp = admin.members(proto::MembersRequest {}).await?.into_inner();
+            print_members(cli.json, &resp);
+        }
+        Command::Stats => {
+            let s = admin.stats(proto::StatsRequest {}).await?.into_inner();
+            print_stats(cli.json, &s);
+        }
+    }
+    Ok(())
+}
+
+fn version_json(v: Option<&proto::Version>) -> serde_json::Value {
+    match v {
+        Some(v) => json!({"time": v.time, "node": v.node}),
+        None => serde_json::Value::Null,
+    }
+}
+
+/// A version for people: the wall-clock instant and the issuing clock.
+fn version_text(v: &proto::Version) -> String {
+    format!(
+        "{} by clock {}",
+        uhlc::NTP64(v.time).to_string_rfc3339_lossy(),
+        v.node
+    )
+}
+
+fn print_written(as_json: bool, status: &str, version: Option<&proto::Version>) {
+    if as_json {
+        println!(
+            "{}",
+            json!({"status": status, "version": version_json(version)})
+        );
+    } else {
+        match version {
+            Some(v) => println!("{status} (version {})", version_text(v)),
+            None => println!("{status}"),
+        }
+    }
+}
+
+fn print_members(as_json: bool, resp: &proto::MembersResponse) {
+    if as_json {
+        let members: Vec<_> = resp
+            .members
+            .iter()
+            .map(|m| json!({"id": m.id, "address": m.address, "alive": m.alive, "region": m.region, "state": m.state}))
+            .collect();
+        println!("{}", json!({"self_id": resp.self_id, "members": members}));
+        return;
+    }
+    println!(
+        "{:<24} {:<24} {:<12} {:<8} ALIVE",
+        "ID", "ADDRESS", "REGION", "STATE"
+    );
+    for m in &resp.members {
+        let marker = if m.id == resp.self_id {
+            " (this node)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<24} {:<24} {:<12} {:<8} {}{marker}",
+            m.id,
+            m.address,
+            if m.region.is_empty() { "-" } else { &m.region },
+            m.state,
+            if m.alive { "yes" } else { "no" },
+        );
+    }
+}
+
+fn print_stats(as_json: bool, s: &proto::StatsResponse) {
+    let rows = [
+        ("keys", s.keys),
+        ("tombstones", s.tombstones),
+        ("hints_pending", s.hints_pending),
+        ("hints_dropped", s.hints_dropped),
+        ("anti_entropy_rounds", s.anti_entropy_rounds),
+        ("anti_entropy_repaired", s.anti_entropy_repaired),
+        ("clock_drift_events", s.clock_drift_events),
+    ];
+    if as_json {
+        let map: serde_json::Map<_, _> = rows
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        println!("{}", serde_json::Value::Object(map));
+    } else {
+        for (name, value) in rows {
+            println!("{name}: {value}");
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Shared helpers for tests that start real nodes.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use kilovolt::config::Config;
+use kilovolt::node::{self, RunningNode};
+use kilovolt::proto::{admin_client::AdminClient, kilovolt_client::KilovoltClient};
+use tonic::transport::{Channel, Endpoint};
+
+/// Starts an in-process node on an ephemeral loopback port, with the
+/// defaults changed by `configure`.
+pub async fn start_node(configure: impl FnOnce(&mut Config)) -> RunningNode {
+    let mut config = Config::defaults();
+    config.host = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    config.port = 0;
+    configure(&mut config);
+    node::start(config).await.expect("node starts")
+}
+
+/// A channel to `node`.
+pub async fn channel(node: &RunningNode) -> Channel {
+    Endpoint::from_shared(format!("http://{}", node.local_addr()))
+        .expect("valid uri")
+        .connect()
+        .await
+        .expect("connects")
+}
+
+/// A client of the `Kilovolt` service of `node`.
+pub async fn kv(node: &RunningNode) -> KilovoltClient<Channel> {
+    KilovoltClient::new(channel(node).await)
+}
+
+/// A client of the `Admin` service of `node`.
+pub async fn admin(node: &RunningNode) -> AdminClient<Channel> {
+    AdminClient::new(channel(node).await)
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
