@@ -69,6 +69,53 @@ pub struct Config {
     #[arg(long, env = "KILOVOLT_MAX_CLOCK_DRIFT", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub max_clock_drift: Duration,
 
+    /// Fixed number of partitions keys are hashed into; must be the same on
+    /// every node for the cluster's whole life.
+    #[arg(long, env = "KILOVOLT_PARTITIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub partitions: u32,
+
+    /// How often a node gossips membership (e.g. 100ms).
+    #[arg(long, env = "KILOVOLT_GOSSIP_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub gossip_interval: Duration,
+
+    /// Phi-accrual threshold above which a silent peer is held dead; lower
+    /// detects failures sooner and errs more often.
+    #[arg(long, env = "KILOVOLT_PHI_THRESHOLD", default_value_t = 8.0)]
+    pub phi_threshold: f64,
+
+    /// How long a dead node stays in placement (its writes held as hints)
+    /// before its partitions move to other nodes.
+    #[arg(long, env = "KILOVOLT_DEAD_NODE_GRACE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub dead_node_grace: Duration,
+
+    /// How long a coordinator waits for replicas before it counts them as
+    /// failed for the request.
+    #[arg(long, env = "KILOVOLT_REQUEST_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// How long a hint is kept for an unreachable replica before it is
+    /// dropped (counted in Stats; anti-entropy repairs what it carried).
+    #[arg(long, env = "KILOVOLT_MAX_HINT_AGE", default_value = "3h", value_parser = humantime::parse_duration)]
+    pub max_hint_age: Duration,
+
+    /// The most hints held, over all replicas.
+    #[arg(long, env = "KILOVOLT_MAX_HINTS", default_value_t = 1_000_000)]
+    pub max_hints: usize,
+
+    /// The most bytes of keys and values held in hints.
+    #[arg(long, env = "KILOVOLT_MAX_HINT_BYTES", default_value_t = 256 << 20)]
+    pub max_hint_bytes: usize,
+
+    /// How long a write may wait in a peer's delta queue for others to
+    /// share its batch.
+    #[arg(long, env = "KILOVOLT_REPLICATION_LINGER", default_value = "1ms", value_parser = humantime::parse_duration)]
+    pub replication_linger: Duration,
+
+    /// Bytes of keys and values that fill a delta batch, which is then sent
+    /// at once.
+    #[arg(long, env = "KILOVOLT_REPLICATION_BATCH_BYTES", default_value_t = 64 * 1024)]
+    pub replication_batch_bytes: usize,
+
     /// How often expired values are collected.
     #[arg(long, env = "KILOVOLT_EXPIRY_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub expiry_interval: Duration,

@@ -8,10 +8,12 @@
 
 pub mod api;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod coordinator;
 pub mod crdt;
 pub mod error;
+pub mod net;
 pub mod node;
 pub mod store;
 
