@@ -6,7 +6,7 @@ BIN_DIR := bin
 COVER_DIR := coverage
 BINARIES := kilovolt-db kilovolt-cli
 
-.PHONY: all build run test test-go test-cover clean clean-all fmt generate-proto install
+.PHONY: all build run cluster cluster-stop test test-go test-cover clean clean-all fmt generate-proto install
 
 ## all: build the release binaries into bin/
 all: build
@@ -21,6 +21,29 @@ build:
 ## run: build, then start one node on $(PORT) (Ctrl-C stops it gracefully)
 run: build
 	./$(BIN_DIR)/kilovolt-db --port $(PORT)
+
+CLUSTER_PORTS := 50051 50052 50053
+LOG_DIR := logs
+
+## cluster: build, then start three nodes on 50051-50053 in the background (logs in logs/)
+cluster: build
+	@mkdir -p $(LOG_DIR)
+	@for p in $(CLUSTER_PORTS); do \
+		seeds=$$(for q in $(CLUSTER_PORTS); do [ $$q = $$p ] || printf 'localhost:%s,' $$q; done); \
+		nohup ./$(BIN_DIR)/kilovolt-db --port $$p --cluster $${seeds%,} > $(LOG_DIR)/node-$$p.log 2>&1 & \
+		echo $$! > $(LOG_DIR)/node-$$p.pid; \
+	done
+	@echo "three nodes on ports $(CLUSTER_PORTS); logs in $(LOG_DIR)/; stop with: make cluster-stop"
+
+## cluster-stop: stop the nodes `make cluster` started (gracefully, SIGTERM)
+cluster-stop:
+	@for f in $(LOG_DIR)/node-*.pid; do \
+		[ -f "$$f" ] || continue; \
+		pid=$$(cat "$$f"); \
+		kill "$$pid" 2>/dev/null && while kill -0 "$$pid" 2>/dev/null; do sleep 0.1; done; \
+		rm -f "$$f"; \
+	done
+	@echo "cluster stopped"
 
 ## test: unit, property and integration tests
 test:

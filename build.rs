@@ -1,10 +1,11 @@
 //! Generates the gRPC code for the public contract without a system protoc:
 //! `protox` parses the protos in Rust, and the descriptor set is kept so the
-//! server can answer gRPC reflection.
+//! server can answer gRPC reflection. `cluster.proto` is the internal
+//! node-to-node protocol, kept apart from the public contract.
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["proto/kilovolt.proto"];
+const PROTOS: &[&str] = &["proto/kilovolt.proto", "proto/cluster.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

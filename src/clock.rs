@@ -1,6 +1,7 @@
 //! The node's hybrid logical clock: issues the version of every write.
 
 use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -40,6 +41,7 @@ pub struct Clock {
     hlc: HLC,
     id: u64,
     physical: PhysicalClock,
+    drift_events: AtomicU64,
 }
 
 impl Clock {
@@ -48,11 +50,16 @@ impl Clock {
     pub fn new(node_id: &str, physical: PhysicalClock, max_drift: Duration) -> Self {
         let id = clock_id(node_id);
         let hlc = HLCBuilder::new()
-            .with_id(ID::from(NonZeroU64::new(id).unwrap_or(NonZeroU64::MIN)))
+            .with_id(remote_id(id))
             .with_clock(physical)
             .with_max_delta(max_drift)
             .build();
-        Self { hlc, id, physical }
+        Self {
+            hlc,
+            id,
+            physical,
+            drift_events: AtomicU64::new(0),
+        }
     }
 
     /// The id this clock stamps into versions.
@@ -93,6 +100,40 @@ impl Clock {
     }
 }
 
+impl Clock {
+    /// Observes a version that came from another node, so that this node's
+    /// next stamps order after it. A version further ahead of the local
+    /// physical clock than the drift bound does not move the clock (a
+    /// runaway clock elsewhere must not drag every node into the future);
+    /// the caller still merges its entry, since refusing it would leave
+    /// replicas divergent. Returns whether the version was within the bound.
+    pub fn observe(&self, remote: Version) -> bool {
+        let stamp = Timestamp::new(NTP64(remote.time), remote_id(remote.node));
+        match self.hlc.update_with_timestamp(&stamp) {
+            Ok(()) => true,
+            Err(_) => {
+                self.drift_events.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    version = %remote,
+                    ahead_ms = ((u128::from(remote.time.saturating_sub(self.now())) * 1000) >> 32) as u64,
+                    "remote version beyond --max-clock-drift; merged without moving the clock"
+                );
+                false
+            }
+        }
+    }
+
+    /// Remote versions seen further ahead than the drift bound.
+    pub fn drift_events(&self) -> u64 {
+        self.drift_events.load(Ordering::Relaxed)
+    }
+}
+
+/// A clock id as uhlc holds it (zero, never issued, maps to 1).
+fn remote_id(node: u64) -> ID {
+    ID::from(NonZeroU64::new(node).unwrap_or(NonZeroU64::MIN))
+}
+
 /// The clock id of a node: a stable 64-bit hash of its id, never zero.
 pub fn clock_id(node_id: &str) -> u64 {
     xxh3_64_with_seed(node_id.as_bytes(), CLOCK_ID_SEED).max(1)
@@ -130,6 +171,21 @@ mod tests {
         assert_eq!(
             clock().stamp_after(Some(end)),
             Err(ClockError::Exhausted(end))
+        );
+    }
+
+    #[test]
+    fn observed_versions_within_the_bound_move_the_clock_and_others_do_not() {
+        let c = clock();
+        let near = Version::new(c.now() + (1u64 << 30), 7); // ~250 ms ahead
+        assert!(c.observe(near));
+        assert!(c.stamp_after(None).unwrap() > near);
+        let far = Version::new(c.now() + (60u64 << 32), 7); // a minute ahead
+        assert!(!c.observe(far));
+        assert_eq!(c.drift_events(), 1);
+        assert!(
+            c.stamp_after(None).unwrap() < far,
+            "the clock was not dragged"
         );
     }
 

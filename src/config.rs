@@ -21,7 +21,7 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
     about = "Kilovolt-DB: an in-memory, partition-tolerant key-value store"
 )]
 pub struct Config {
-    /// Port for gRPC (TCP); gossip will use the same number over UDP.
+    /// Port for gRPC (TCP); gossip uses the same number over UDP.
     #[arg(long, env = "KILOVOLT_PORT", default_value_t = 50051)]
     pub port: u16,
 
@@ -38,6 +38,11 @@ pub struct Config {
     /// Comma-separated host:port of seed nodes to join.
     #[arg(long, env = "KILOVOLT_CLUSTER", value_delimiter = ',')]
     pub cluster: Vec<String>,
+
+    /// Name of the cluster; nodes gossip only with nodes of the same name,
+    /// so two clusters on one network never merge by accident.
+    #[arg(long, env = "KILOVOLT_CLUSTER_ID", default_value = "kilovolt")]
+    pub cluster_id: String,
 
     /// This node's id. Defaults to the advertised address, so that a node
     /// restarted at the same address keeps its identity.

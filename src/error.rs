@@ -46,6 +46,10 @@ pub enum Error {
     /// LOCAL was asked of a write.
     #[error("consistency LOCAL is for reads only; a write needs DEFAULT, ONE, QUORUM or ALL")]
     LocalWrite,
+    /// The consistency level could not be met; says which replicas answered
+    /// and what happened to each of the others.
+    #[error("{0}")]
+    Unavailable(String),
     /// No version could be issued for the write.
     #[error(transparent)]
     Clock(#[from] ClockError),

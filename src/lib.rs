@@ -15,6 +15,8 @@ pub mod crdt;
 pub mod error;
 pub mod net;
 pub mod node;
+pub mod replication;
+pub mod ring;
 pub mod store;
 
 /// The public contract (`proto/kilovolt.proto`), generated at build time.
@@ -25,4 +27,9 @@ pub mod proto {
     /// The encoded descriptors of the contract, served over gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/kilovolt_descriptor.bin"));
+
+    /// The internal node-to-node protocol (`proto/cluster.proto`).
+    pub mod cluster {
+        tonic::include_proto!("kilovolt.cluster.v1");
+    }
 }

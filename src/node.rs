@@ -1,13 +1,15 @@
-//! One running node: builds the pieces from the configuration, serves gRPC,
-//! runs the background work, and shuts all of it down gracefully.
+//! One running node: builds the pieces from the configuration, joins the
+//! cluster, serves gRPC, runs the background work, and shuts all of it down
+//! gracefully.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
@@ -15,13 +17,19 @@ use tracing::{info, warn};
 
 use crate::api::{AdminService, FaultsService, KilovoltService};
 use crate::clock::{self, Clock};
+use crate::cluster::{ClusterError, Member, Membership, MembershipConfig, NodeState};
 use crate::config::{Config, DefaultConsistency};
-use crate::coordinator::{Consistency, Coordinator};
+use crate::coordinator::{Consistency, Coordinator, Topology};
+use crate::net::{PeerService, Peers, Switch};
 use crate::proto;
+use crate::replication::{BatchLimits, HintLimits, Replicator};
 use crate::store::Store;
 
 /// How long shutdown waits for in-flight requests before it stops anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often hints are expired and replayed to peers that are alive.
+const HINT_TICK: Duration = Duration::from_secs(1);
 
 /// Who this node is, as peers and clients see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +53,12 @@ pub enum NodeError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// Gossip could not start.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The descriptors for gRPC reflection did not load.
+    #[error("cannot serve reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     /// The gRPC server failed while serving.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -53,14 +67,29 @@ pub enum NodeError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// The parts of a node that tests and the binary reach into.
+#[derive(Clone)]
+pub struct Handles {
+    /// The fault switch all peer traffic passes through.
+    pub switch: Arc<Switch>,
+    /// The local replica.
+    pub store: Arc<Store>,
+    /// The request coordinator.
+    pub coordinator: Arc<Coordinator>,
+    /// Outbound replication and hints.
+    pub replicator: Arc<Replicator>,
+}
+
 /// A node that is serving. Dropping it does not stop it; call
 /// [`RunningNode::shutdown`].
 pub struct RunningNode {
     info: NodeInfo,
     local_addr: SocketAddr,
+    handles: Handles,
+    membership: Membership,
     stop: oneshot::Sender<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
-    collector: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl RunningNode {
@@ -75,25 +104,38 @@ impl RunningNode {
         self.local_addr
     }
 
-    /// Stops accepting connections, lets in-flight requests finish (up to a
-    /// bound), then stops the background work.
+    /// The node's inner parts.
+    pub fn handles(&self) -> &Handles {
+        &self.handles
+    }
+
+    /// Leaves gracefully: stops taking requests and lets in-flight ones
+    /// finish (up to a bound), sends every queued delta, hands hints to the
+    /// peers that are alive, announces that it leaves, then stops.
     pub async fn shutdown(self) -> Result<(), NodeError> {
         info!(node = %self.info.id, "shutting down");
         let _ = self.stop.send(());
-        let result = match tokio::time::timeout(DRAIN_TIMEOUT, self.server).await {
+        let served = match tokio::time::timeout(DRAIN_TIMEOUT, self.server).await {
             Ok(joined) => joined?.map_err(NodeError::from),
             Err(_) => {
                 warn!(timeout = ?DRAIN_TIMEOUT, "in-flight requests did not finish; stopping anyway");
                 Ok(())
             }
         };
-        self.collector.abort();
-        info!(node = %self.info.id, "stopped");
-        result
+        for task in &self.background {
+            task.abort();
+        }
+        let replicator = &self.handles.replicator;
+        replicator.flush().await;
+        hand_off_hints(&self.handles.coordinator, replicator, &self.info.id).await;
+        let left = self.membership.leave().await;
+        info!(node = %self.info.id, hints_left = replicator.hints_pending(), "stopped");
+        served?;
+        left.map_err(NodeError::from)
     }
 }
 
-/// Binds the configured address and starts serving.
+/// Binds the configured address, joins the cluster and starts serving.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let addr = config.bind_addr();
     let listener = TcpListener::bind(addr)
@@ -109,47 +151,115 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         region: config.region.clone(),
     };
 
+    let switch = Arc::new(Switch::new());
+    let membership = Membership::start(
+        MembershipConfig {
+            node_id: info.id.clone(),
+            advertise: info.address.clone(),
+            listen: local_addr,
+            region: info.region.clone(),
+            seeds: config.cluster.clone(),
+            gossip_interval: config.gossip_interval,
+            phi_threshold: config.phi_threshold,
+            dead_node_grace: config.dead_node_grace,
+            cluster_id: config.cluster_id.clone(),
+            initial_state: NodeState::Ready,
+        },
+        switch.clone(),
+    )
+    .await?;
+
     let store = Arc::new(Store::new());
     let clock = Arc::new(Clock::new(
         &info.id,
         clock::system_time,
         config.max_clock_drift,
     ));
-    let coordinator = Arc::new(Coordinator::new(store.clone(), clock.clone()));
-    let collector = tokio::spawn(collect_expired(
-        store.clone(),
-        clock,
-        config.expiry_interval,
-        config.expiry_batch,
+    let peers = Arc::new(Peers::new(
+        info.id.clone(),
+        switch.clone(),
+        config.request_timeout,
     ));
+    let replicator = Replicator::new(
+        peers.clone(),
+        BatchLimits {
+            max_bytes: config.replication_batch_bytes,
+            linger: config.replication_linger,
+        },
+        HintLimits {
+            max_hints: config.max_hints,
+            max_bytes: config.max_hint_bytes,
+            max_age: config.max_hint_age,
+        },
+    );
+    let rf = config.replication_factor as usize;
+    let members = membership.subscribe();
+    let topology = Topology::new(members.borrow().clone(), config.partitions, rf);
+    peers.set_addresses(addresses(members.borrow().iter()));
+    let coordinator = Arc::new(Coordinator::new(
+        info.id.clone(),
+        store.clone(),
+        clock.clone(),
+        peers.clone(),
+        replicator.clone(),
+        topology,
+    ));
+    let handles = Handles {
+        switch: switch.clone(),
+        store: store.clone(),
+        coordinator: coordinator.clone(),
+        replicator: replicator.clone(),
+    };
+
+    let background = vec![
+        tokio::spawn(collect_expired(
+            store.clone(),
+            clock.clone(),
+            config.expiry_interval,
+            config.expiry_batch,
+        )),
+        tokio::spawn(follow_membership(
+            members,
+            coordinator.clone(),
+            peers.clone(),
+            replicator.clone(),
+            config.partitions,
+            rf,
+        )),
+        tokio::spawn(tend_hints(coordinator.clone(), replicator.clone())),
+    ];
 
     let max_message = config.max_message_bytes();
     let kilovolt = proto::kilovolt_server::KilovoltServer::new(KilovoltService::new(
-        coordinator,
+        coordinator.clone(),
         default_level(config.default_consistency),
         config.max_value_bytes,
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
-    let admin = proto::admin_server::AdminServer::new(AdminService::new(info.clone(), store));
+    let admin = proto::admin_server::AdminServer::new(AdminService::new(
+        info.clone(),
+        store.clone(),
+        coordinator.clone(),
+        replicator.clone(),
+        clock.clone(),
+    ));
     let faults = proto::faults_server::FaultsServer::new(FaultsService);
+    let peer = proto::cluster::peer_server::PeerServer::new(PeerService::new(store, clock, switch))
+        .max_decoding_message_size(crate::net::peer::MAX_PEER_MESSAGE)
+        .max_encoding_message_size(crate::net::peer::MAX_PEER_MESSAGE);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<proto::kilovolt_server::KilovoltServer<KilovoltService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .map_err(|source| NodeError::Bind { addr, source })?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .map_err(|source| NodeError::Bind { addr, source })?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     // Set TCP_NODELAY on the incoming stream itself: the builder's
     // `tcp_nodelay` does not reach a listener bound by the caller, and
@@ -160,11 +270,12 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(kilovolt)
         .add_service(admin)
-        .add_service(faults);
+        .add_service(faults)
+        .add_service(peer);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stopped.await;
         health
@@ -175,9 +286,11 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     Ok(RunningNode {
         info,
         local_addr,
+        handles,
+        membership,
         stop,
         server,
-        collector,
+        background,
     })
 }
 
@@ -187,6 +300,79 @@ fn default_level(level: DefaultConsistency) -> Consistency {
         DefaultConsistency::Quorum => Consistency::Quorum,
         DefaultConsistency::All => Consistency::All,
     }
+}
+
+fn addresses<'a>(members: impl Iterator<Item = &'a Member>) -> HashMap<String, String> {
+    members.map(|m| (m.id.clone(), m.address.clone())).collect()
+}
+
+/// Rebuilds placement on every membership change, and hands hints to peers
+/// the moment they come back alive.
+async fn follow_membership(
+    mut members: watch::Receiver<Vec<Member>>,
+    coordinator: Arc<Coordinator>,
+    peers: Arc<Peers>,
+    replicator: Arc<Replicator>,
+    partitions: u32,
+    rf: usize,
+) {
+    while members.changed().await.is_ok() {
+        let list = members.borrow_and_update().clone();
+        peers.set_addresses(addresses(list.iter()));
+        let before = coordinator.topology();
+        let back: Vec<String> = list
+            .iter()
+            .filter(|m| m.alive && !before.is_alive(&m.id))
+            .map(|m| m.id.clone())
+            .collect();
+        coordinator.set_topology(Topology::new(list, partitions, rf));
+        for peer in back {
+            info!(peer = %peer, "peer is alive");
+            let replicator = replicator.clone();
+            tokio::spawn(async move {
+                let delivered = replicator.replay(&peer).await;
+                if delivered > 0 {
+                    info!(peer = %peer, delivered, "replayed hints");
+                }
+            });
+        }
+    }
+}
+
+/// Expires old hints and retries the rest for peers that are alive.
+async fn tend_hints(coordinator: Arc<Coordinator>, replicator: Arc<Replicator>) {
+    let mut ticker = tokio::time::interval(HINT_TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        replicator.expire_hints();
+        let topology = coordinator.topology();
+        for peer in replicator.hinted_peers() {
+            if topology.is_alive(&peer) {
+                replicator.replay(&peer).await;
+            }
+        }
+    }
+}
+
+/// On shutdown: hints that cannot reach their own replica now are given to
+/// the key's other live replicas, so the write outlives this node;
+/// anti-entropy later carries it to the replica that missed it.
+async fn hand_off_hints(coordinator: &Coordinator, replicator: &Arc<Replicator>, me: &str) {
+    let topology = coordinator.topology();
+    for peer in replicator.hinted_peers() {
+        if topology.is_alive(&peer) && replicator.replay(&peer).await > 0 {
+            continue;
+        }
+        for hint in replicator.take_hints(&peer) {
+            for other in topology.replicas(&hint.key) {
+                if other != peer && other != me && topology.is_alive(&other) {
+                    replicator.push(&other, hint.key.clone(), hint.entry.clone(), None);
+                }
+            }
+        }
+    }
+    replicator.flush().await;
 }
 
 /// Removes expired values every `interval`, at most `batch` per tick.

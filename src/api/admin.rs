@@ -6,31 +6,50 @@ use tonic::{Request, Response, Status};
 
 use super::status::not_yet;
 use super::validate;
+use crate::clock::Clock;
+use crate::cluster::Member;
+use crate::coordinator::Coordinator;
 use crate::node::NodeInfo;
 use crate::proto;
 use crate::proto::admin_server::Admin;
+use crate::replication::Replicator;
 use crate::store::Store;
 
 /// Serves membership, placement and counters of one node.
 pub struct AdminService {
     node: NodeInfo,
     store: Arc<Store>,
+    coordinator: Arc<Coordinator>,
+    replicator: Arc<Replicator>,
+    clock: Arc<Clock>,
 }
 
 impl AdminService {
-    /// The service for the node `node` holding `store`.
-    pub fn new(node: NodeInfo, store: Arc<Store>) -> Self {
-        Self { node, store }
-    }
-
-    fn member(&self) -> proto::Member {
-        proto::Member {
-            id: self.node.id.clone(),
-            address: self.node.address.clone(),
-            alive: true,
-            region: self.node.region.clone(),
-            state: "ready".into(),
+    /// The service for the node `node`.
+    pub fn new(
+        node: NodeInfo,
+        store: Arc<Store>,
+        coordinator: Arc<Coordinator>,
+        replicator: Arc<Replicator>,
+        clock: Arc<Clock>,
+    ) -> Self {
+        Self {
+            node,
+            store,
+            coordinator,
+            replicator,
+            clock,
         }
+    }
+}
+
+fn member_to_proto(m: &Member) -> proto::Member {
+    proto::Member {
+        id: m.id.clone(),
+        address: m.address.clone(),
+        alive: m.alive,
+        region: m.region.clone(),
+        state: m.state.as_str().into(),
     }
 }
 
@@ -40,9 +59,12 @@ impl Admin for AdminService {
         &self,
         _: Request<proto::MembersRequest>,
     ) -> Result<Response<proto::MembersResponse>, Status> {
+        let topology = self.coordinator.topology();
+        let mut members: Vec<proto::Member> = topology.members().map(member_to_proto).collect();
+        members.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(Response::new(proto::MembersResponse {
             self_id: self.node.id.clone(),
-            members: vec![self.member()],
+            members,
         }))
     }
 
@@ -50,10 +72,15 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::ReplicasRequest>,
     ) -> Result<Response<proto::ReplicasResponse>, Status> {
-        validate::key(&request.get_ref().key)?;
-        Ok(Response::new(proto::ReplicasResponse {
-            replicas: vec![self.member()],
-        }))
+        let key = validate::key(&request.get_ref().key)?;
+        let topology = self.coordinator.topology();
+        let replicas = topology
+            .replicas(key)
+            .iter()
+            .filter_map(|id| topology.member(id))
+            .map(member_to_proto)
+            .collect();
+        Ok(Response::new(proto::ReplicasResponse { replicas }))
     }
 
     async fn stats(
@@ -64,6 +91,9 @@ impl Admin for AdminService {
         Ok(Response::new(proto::StatsResponse {
             keys: held.values,
             tombstones: held.tombstones,
+            hints_pending: self.replicator.hints_pending() as u64,
+            hints_dropped: self.replicator.hints_dropped(),
+            clock_drift_events: self.clock.drift_events(),
             ..Default::default()
         }))
     }

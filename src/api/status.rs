@@ -13,6 +13,7 @@ impl From<Error> for Status {
             | Error::TtlTooLong { .. }
             | Error::UnknownConsistency(_)
             | Error::LocalWrite => Code::InvalidArgument,
+            Error::Unavailable(_) => Code::Unavailable,
             Error::Clock(_) => Code::FailedPrecondition,
         };
         Status::new(code, e.to_string())

@@ -63,3 +63,9 @@ pub struct Member {
     /// restarted node is the same node with a greater generation.
     pub generation: u64,
 }
+
+mod membership;
+mod transport;
+
+pub use membership::{ClusterError, Membership, MembershipConfig};
+pub use transport::SwitchedTransport;

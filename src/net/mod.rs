@@ -1,7 +1,13 @@
-//! Everything between nodes: the peer RPC client and server, and the one
-//! switch all peer traffic (gossip included) passes through, so that tests
-//! and users can partition, degrade and heal a real cluster.
+//! Everything between nodes: the peer protocol's client (`peer`) and server
+//! (`service`), its wire format (`wire`), and the one switch all peer
+//! traffic, gossip included, passes through, so that tests and users can
+//! partition, degrade and heal a real cluster.
 
+pub mod peer;
+pub mod service;
 pub mod switch;
+pub mod wire;
 
+pub use peer::{PeerError, Peers};
+pub use service::PeerService;
 pub use switch::{Switch, Verdict};

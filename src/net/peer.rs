@@ -1,0 +1,170 @@
+//! The client side of the peer protocol: one lazily connected gRPC channel
+//! per peer, every call judged by the fault switch first.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use thiserror::Error;
+use tonic::transport::{Channel, Endpoint};
+
+use super::switch::{Switch, Verdict};
+use super::wire::{from_wire, to_wire};
+use crate::crdt::Entry;
+use crate::proto::cluster::{self as wire, peer_client::PeerClient};
+use crate::store::Key;
+
+/// The peer protocol's number, sent in every request. A receiver refuses a
+/// number it does not speak rather than misread the message.
+pub const PROTOCOL: u32 = 1;
+
+/// The largest peer message, either way: a batch or a read answer of values
+/// at the value limit. Generous; batches are closed far below it.
+pub const MAX_PEER_MESSAGE: usize = 1 << 30;
+
+/// Why a call to a peer failed.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum PeerError {
+    /// The fault switch cut the link.
+    #[error("unreachable (link cut by fault injection)")]
+    Cut,
+    /// No address is known for the peer.
+    #[error("unreachable (no known address)")]
+    NoAddress,
+    /// The call did not complete within the request timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The transport failed or the peer refused the call.
+    #[error("failed: {0}")]
+    Failed(String),
+}
+
+/// Calls to other nodes.
+pub struct Peers {
+    me: String,
+    switch: Arc<Switch>,
+    timeout: Duration,
+    addresses: RwLock<HashMap<String, String>>,
+    channels: RwLock<HashMap<String, Channel>>,
+}
+
+impl Peers {
+    /// Calls from node `me`, judged by `switch`, each bounded by `timeout`.
+    pub fn new(me: String, switch: Arc<Switch>, timeout: Duration) -> Self {
+        Self {
+            me,
+            switch,
+            timeout,
+            addresses: RwLock::new(HashMap::new()),
+            channels: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The per-call timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Replaces the known peer addresses (node id -> host:port).
+    pub fn set_addresses(&self, addresses: HashMap<String, String>) {
+        *self
+            .addresses
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = addresses;
+    }
+
+    /// Merges `entries` into `peer`'s store; returns how many changed it.
+    pub async fn apply(&self, peer: &str, entries: &[(Key, Entry)]) -> Result<u32, PeerError> {
+        let request = wire::ApplyRequest {
+            header: Some(self.header()),
+            entries: entries.iter().map(|(k, e)| to_wire(k, e)).collect(),
+        };
+        let mut client = self.client(peer).await?;
+        let reply = self.call(client.apply(request)).await?;
+        Ok(reply.changed)
+    }
+
+    /// Reads `keys` from `peer`: the entries it holds.
+    pub async fn read(&self, peer: &str, keys: &[&str]) -> Result<Vec<(Key, Entry)>, PeerError> {
+        let request = wire::ReadRequest {
+            header: Some(self.header()),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        };
+        let mut client = self.client(peer).await?;
+        let reply = self.call(client.read(request)).await?;
+        reply
+            .entries
+            .into_iter()
+            .map(|e| from_wire(e).map_err(|err| PeerError::Failed(err.to_string())))
+            .collect()
+    }
+
+    fn header(&self) -> wire::Header {
+        wire::Header {
+            protocol: PROTOCOL,
+            from: self.me.clone(),
+        }
+    }
+
+    /// A client for `peer`, after the switch's verdict on the message.
+    async fn client(&self, peer: &str) -> Result<PeerClient<Channel>, PeerError> {
+        match self.switch.verdict(peer) {
+            Verdict::Pass => {}
+            Verdict::Drop => return Err(PeerError::Cut),
+            Verdict::Delay(d) => tokio::time::sleep(d).await,
+        }
+        let channel = self.channel(peer)?;
+        Ok(PeerClient::new(channel)
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE))
+    }
+
+    async fn call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, PeerError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => Err(PeerError::Failed(format!(
+                "{:?}: {}",
+                status.code(),
+                status.message()
+            ))),
+            Err(_) => Err(PeerError::Timeout(self.timeout)),
+        }
+    }
+
+    fn channel(&self, peer: &str) -> Result<Channel, PeerError> {
+        let address = self
+            .addresses
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(peer)
+            .cloned()
+            .ok_or(PeerError::NoAddress)?;
+        if let Some(c) = self
+            .channels
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&address)
+        {
+            return Ok(c.clone());
+        }
+        // Keepalive, because after a partition heals an idle HTTP/2
+        // connection can stay stalled until it is probed; no-delay, because
+        // small batches would otherwise wait for delayed ACKs.
+        let channel = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| PeerError::Failed(format!("bad address {address:?}: {e}")))?
+            .connect_timeout(self.timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        self.channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(address, channel.clone());
+        Ok(channel)
+    }
+}

@@ -1,0 +1,95 @@
+//! The server side of the peer protocol: merges what peers send and answers
+//! their reads, after the fault switch's verdict on the sender.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::peer::PROTOCOL;
+use super::switch::{Switch, Verdict};
+use super::wire::{from_wire, to_wire};
+use crate::clock::Clock;
+use crate::proto::cluster::{self as wire, peer_server::Peer};
+use crate::store::Store;
+
+/// Serves the peer protocol over this node's store.
+pub struct PeerService {
+    store: Arc<Store>,
+    clock: Arc<Clock>,
+    switch: Arc<Switch>,
+}
+
+impl PeerService {
+    /// The service over `store`, observing remote versions with `clock`.
+    pub fn new(store: Arc<Store>, clock: Arc<Clock>, switch: Arc<Switch>) -> Self {
+        Self {
+            store,
+            clock,
+            switch,
+        }
+    }
+
+    /// Checks the protocol number and asks the switch about the sender.
+    async fn admit(&self, header: Option<&wire::Header>) -> Result<(), Status> {
+        let header =
+            header.ok_or_else(|| Status::invalid_argument("peer request without a header"))?;
+        if header.protocol != PROTOCOL {
+            return Err(Status::failed_precondition(format!(
+                "peer protocol {} is not spoken here; this node speaks {PROTOCOL}",
+                header.protocol
+            )));
+        }
+        match self.switch.verdict(&header.from) {
+            Verdict::Pass => Ok(()),
+            Verdict::Drop => Err(Status::unavailable("link cut by fault injection")),
+            Verdict::Delay(d) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn apply(
+        &self,
+        request: Request<wire::ApplyRequest>,
+    ) -> Result<Response<wire::ApplyResponse>, Status> {
+        let req = request.into_inner();
+        self.admit(req.header.as_ref()).await?;
+        // Check the whole batch before merging any of it, so a bad entry
+        // refuses the batch without applying half of it.
+        let entries = req
+            .entries
+            .into_iter()
+            .map(from_wire)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| {
+                tracing::warn!(error = %err, "refused a peer batch");
+                Status::invalid_argument(err.to_string())
+            })?;
+        let mut changed = 0;
+        for (key, entry) in entries {
+            self.clock.observe(entry.version);
+            if self.store.merge(&key, entry) {
+                changed += 1;
+            }
+        }
+        Ok(Response::new(wire::ApplyResponse { changed }))
+    }
+
+    async fn read(
+        &self,
+        request: Request<wire::ReadRequest>,
+    ) -> Result<Response<wire::ReadResponse>, Status> {
+        let req = request.into_inner();
+        self.admit(req.header.as_ref()).await?;
+        let entries = req
+            .keys
+            .iter()
+            .filter_map(|k| self.store.get(k).map(|e| to_wire(k, &e)))
+            .collect();
+        Ok(Response::new(wire::ReadResponse { entries }))
+    }
+}

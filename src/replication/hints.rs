@@ -1,0 +1,258 @@
+//! Hinted handoff: writes held for replicas that could not take them, to be
+//! handed on when they are back. Bounded in count, bytes and age; whatever
+//! is dropped is counted, never silently lost (anti-entropy repairs it).
+//! Pure state; the shell decides when to replay.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::crdt::Entry;
+use crate::store::Key;
+
+/// One write held for a replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hint {
+    /// The key written.
+    pub key: Key,
+    /// The entry to hand on.
+    pub entry: Entry,
+    /// When the hint was taken.
+    pub at: Instant,
+}
+
+impl Hint {
+    /// The bytes this hint counts against the bound.
+    pub fn size(&self) -> usize {
+        entry_size(&self.key, &self.entry)
+    }
+}
+
+/// The bytes an entry for `key` takes on the wire and in bounds.
+pub fn entry_size(key: &str, entry: &Entry) -> usize {
+    let value = match &entry.payload {
+        crate::crdt::Payload::Value(v) => v.len(),
+        crate::crdt::Payload::Tombstone => 0,
+    };
+    key.len() + value + 32
+}
+
+/// Limits on what hints may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct HintLimits {
+    /// The most hints, over all replicas.
+    pub max_hints: usize,
+    /// The most bytes, over all replicas.
+    pub max_bytes: usize,
+    /// How long a hint is kept.
+    pub max_age: Duration,
+}
+
+/// The hints held, per replica, oldest first.
+pub struct Hints {
+    by_peer: BTreeMap<String, VecDeque<Hint>>,
+    count: usize,
+    bytes: usize,
+    dropped: u64,
+    limits: HintLimits,
+}
+
+impl Hints {
+    /// No hints, under `limits`.
+    pub fn new(limits: HintLimits) -> Self {
+        Self {
+            by_peer: BTreeMap::new(),
+            count: 0,
+            bytes: 0,
+            dropped: 0,
+            limits,
+        }
+    }
+
+    /// Holds `entry` for `peer`. When a bound is exceeded, the oldest hints
+    /// (of any replica) are dropped and counted.
+    pub fn add(&mut self, peer: &str, key: Key, entry: Entry, now: Instant) {
+        let hint = Hint {
+            key,
+            entry,
+            at: now,
+        };
+        self.count += 1;
+        self.bytes += hint.size();
+        self.by_peer
+            .entry(peer.to_string())
+            .or_default()
+            .push_back(hint);
+        while self.count > self.limits.max_hints || self.bytes > self.limits.max_bytes {
+            if !self.drop_oldest() {
+                break;
+            }
+        }
+    }
+
+    /// Drops hints older than the age limit at `now`; returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let max_age = self.limits.max_age;
+        let mut expired = 0;
+        for queue in self.by_peer.values_mut() {
+            while queue
+                .front()
+                .is_some_and(|h| now.duration_since(h.at) > max_age)
+            {
+                if let Some(h) = queue.pop_front() {
+                    self.count -= 1;
+                    self.bytes -= h.size();
+                    expired += 1;
+                }
+            }
+        }
+        self.by_peer.retain(|_, q| !q.is_empty());
+        self.dropped += expired as u64;
+        expired
+    }
+
+    /// Takes up to `max_bytes` of the oldest hints for `peer`, to replay.
+    /// Hand them back with [`Hints::restore`] if the replay fails.
+    pub fn take(&mut self, peer: &str, max_bytes: usize) -> Vec<Hint> {
+        let Some(queue) = self.by_peer.get_mut(peer) else {
+            return Vec::new();
+        };
+        let mut taken = Vec::new();
+        let mut bytes = 0;
+        while let Some(h) = queue.front() {
+            if !taken.is_empty() && bytes + h.size() > max_bytes {
+                break;
+            }
+            let Some(h) = queue.pop_front() else { break };
+            bytes += h.size();
+            taken.push(h);
+        }
+        if queue.is_empty() {
+            self.by_peer.remove(peer);
+        }
+        self.count -= taken.len();
+        self.bytes -= bytes;
+        taken
+    }
+
+    /// Puts back hints whose replay failed, ahead of newer ones.
+    pub fn restore(&mut self, peer: &str, hints: Vec<Hint>) {
+        let queue = self.by_peer.entry(peer.to_string()).or_default();
+        for h in hints.into_iter().rev() {
+            self.count += 1;
+            self.bytes += h.size();
+            queue.push_front(h);
+        }
+        while self.count > self.limits.max_hints || self.bytes > self.limits.max_bytes {
+            if !self.drop_oldest() {
+                break;
+            }
+        }
+    }
+
+    /// The replicas that have hints waiting.
+    pub fn peers(&self) -> Vec<String> {
+        self.by_peer.keys().cloned().collect()
+    }
+
+    /// Hints waiting, over all replicas.
+    pub fn pending(&self) -> usize {
+        self.count
+    }
+
+    /// Hints dropped unsent since start (too old or over a bound).
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    fn drop_oldest(&mut self) -> bool {
+        let oldest = self
+            .by_peer
+            .iter()
+            .filter_map(|(p, q)| q.front().map(|h| (h.at, p.clone())))
+            .min();
+        let Some((_, peer)) = oldest else {
+            return false;
+        };
+        if let Some(queue) = self.by_peer.get_mut(&peer) {
+            if let Some(h) = queue.pop_front() {
+                self.count -= 1;
+                self.bytes -= h.size();
+                self.dropped += 1;
+            }
+            if queue.is_empty() {
+                self.by_peer.remove(&peer);
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crdt::Version;
+
+    fn limits(max_hints: usize, max_bytes: usize) -> HintLimits {
+        HintLimits {
+            max_hints,
+            max_bytes,
+            max_age: Duration::from_secs(10),
+        }
+    }
+
+    fn e(t: u64) -> Entry {
+        Entry::value(Version::new(t, 1), "v", 0)
+    }
+
+    #[test]
+    fn take_restore_and_count() {
+        let t0 = Instant::now();
+        let mut h = Hints::new(limits(100, 1 << 20));
+        h.add("b", "k1".into(), e(1), t0);
+        h.add("b", "k2".into(), e(2), t0);
+        h.add("c", "k3".into(), e(3), t0);
+        assert_eq!(h.pending(), 3);
+        assert_eq!(h.peers(), vec!["b".to_string(), "c".to_string()]);
+        let taken = h.take("b", 1);
+        assert_eq!(taken.len(), 1, "at least one, then within the byte budget");
+        assert_eq!(h.pending(), 2);
+        h.restore("b", taken);
+        let all = h.take("b", usize::MAX);
+        assert_eq!(
+            all.iter().map(|x| &*x.key).collect::<Vec<_>>(),
+            vec!["k1", "k2"]
+        );
+        assert_eq!(h.pending(), 1);
+        assert_eq!(h.dropped(), 0);
+    }
+
+    #[test]
+    fn bounds_drop_the_oldest_and_count_them() {
+        let t0 = Instant::now();
+        let mut h = Hints::new(limits(2, 1 << 20));
+        h.add("b", "old".into(), e(1), t0);
+        h.add("c", "mid".into(), e(2), t0 + Duration::from_secs(1));
+        h.add("b", "new".into(), e(3), t0 + Duration::from_secs(2));
+        assert_eq!((h.pending(), h.dropped()), (2, 1));
+        assert_eq!(&*h.take("b", usize::MAX)[0].key, "new");
+
+        let one = entry_size("k", &e(1));
+        let mut h = Hints::new(limits(100, one * 2));
+        for i in 0..5 {
+            h.add("b", "k".into(), e(i), t0);
+        }
+        assert_eq!((h.pending(), h.dropped()), (2, 3));
+    }
+
+    #[test]
+    fn old_hints_expire_and_are_counted() {
+        let t0 = Instant::now();
+        let mut h = Hints::new(limits(100, 1 << 20));
+        h.add("b", "k1".into(), e(1), t0);
+        h.add("b", "k2".into(), e(2), t0 + Duration::from_secs(5));
+        assert_eq!(h.expire(t0 + Duration::from_secs(11)), 1);
+        assert_eq!((h.pending(), h.dropped()), (1, 1));
+        assert_eq!(h.expire(t0 + Duration::from_secs(16)), 1);
+        assert!(h.peers().is_empty());
+    }
+}

@@ -1,0 +1,353 @@
+//! Real nodes on loopback forming clusters: membership from seeds,
+//! placement, replication at every consistency level, hinted handoff, and
+//! the partitionable network layer.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{admin, eventually, kv, start_node};
+use kilovolt::config::Config;
+use kilovolt::node::RunningNode;
+use kilovolt::proto::{self, Consistency};
+use tonic::Code;
+
+/// Fast failure detection and short timeouts, and a cluster name of the
+/// test's own so that clusters of concurrent tests never meet.
+fn tune(c: &mut Config, cluster: &str) {
+    c.cluster_id = cluster.to_string();
+    c.gossip_interval = Duration::from_millis(50);
+    c.request_timeout = Duration::from_millis(1500);
+}
+
+/// Starts `regions.len()` nodes, each seeded with the ones started before,
+/// and waits until every node sees every other alive.
+async fn start_cluster(cluster: &str, regions: &[&str], rf: u32) -> Vec<RunningNode> {
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    for region in regions {
+        let seeds: Vec<String> = nodes.iter().map(|n| n.info().address.clone()).collect();
+        let node = start_node(|c| {
+            tune(c, cluster);
+            c.cluster = seeds;
+            c.region = region.to_string();
+            c.replication_factor = rf;
+        })
+        .await;
+        nodes.push(node);
+    }
+    for node in &nodes {
+        wait_alive(node, regions.len()).await;
+    }
+    nodes
+}
+
+/// Waits until `node` sees `n` members alive.
+async fn wait_alive(node: &RunningNode, n: usize) {
+    let a = admin(node).await;
+    eventually(Duration::from_secs(15), "members to be alive", || {
+        let mut a = a.clone();
+        async move {
+            let m = a.members(proto::MembersRequest {}).await.ok()?.into_inner();
+            (m.members.iter().filter(|m| m.alive).count() == n).then_some(())
+        }
+    })
+    .await;
+}
+
+fn set(key: &str, value: &str, level: Consistency) -> proto::SetRequest {
+    proto::SetRequest {
+        key: key.into(),
+        value: value.into(),
+        consistency: level.into(),
+        ttl_ms: 0,
+    }
+}
+
+fn get(key: &str, level: Consistency) -> proto::GetRequest {
+    proto::GetRequest {
+        key: key.into(),
+        consistency: level.into(),
+    }
+}
+
+/// The value `node` holds for `key` in its own store.
+async fn local_value(node: &RunningNode, key: &str) -> Option<String> {
+    let got = kv(node)
+        .await
+        .get(get(key, Consistency::Local))
+        .await
+        .unwrap()
+        .into_inner();
+    got.found.then_some(got.value)
+}
+
+async fn shutdown_all(nodes: Vec<RunningNode>) {
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_a_cluster_and_any_node_serves_any_key() {
+    let nodes = start_cluster("form", &["", "", ""], 3).await;
+    let members = admin(&nodes[2])
+        .await
+        .members(proto::MembersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: BTreeSet<_> = members.members.iter().map(|m| m.id.clone()).collect();
+    let expected: BTreeSet<_> = nodes.iter().map(|n| n.info().id.clone()).collect();
+    assert_eq!(ids, expected);
+    assert!(members.members.iter().all(|m| m.state == "ready"));
+
+    let written = kv(&nodes[0])
+        .await
+        .set(set("k1", "v1", Consistency::Quorum))
+        .await
+        .unwrap()
+        .into_inner();
+    let read = kv(&nodes[1])
+        .await
+        .get(get("k1", Consistency::Quorum))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((read.found, read.value.as_str()), (true, "v1"));
+    assert_eq!(read.version, written.version);
+
+    // A write at ONE reaches every replica within a bounded wait.
+    kv(&nodes[2])
+        .await
+        .set(set("k2", "v2", Consistency::One))
+        .await
+        .unwrap();
+    for node in &nodes {
+        eventually(
+            Duration::from_secs(5),
+            "the write to reach every node",
+            || async { (local_value(node, "k2").await.as_deref() == Some("v2")).then_some(()) },
+        )
+        .await;
+        let one = kv(node)
+            .await
+            .get(get("k2", Consistency::One))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(one.value, "v2");
+    }
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_node_down_one_and_quorum_write_all_fails_then_hints_replay() {
+    let mut nodes = start_cluster("down", &["", "", ""], 3).await;
+    let stopped = nodes.pop().unwrap();
+    let (port, stopped_id) = (stopped.local_addr().port(), stopped.info().id.clone());
+    stopped.shutdown().await.unwrap();
+
+    let mut c = kv(&nodes[0]).await;
+    c.set(set("one", "1", Consistency::One)).await.unwrap();
+    c.set(set("quorum", "2", Consistency::Quorum))
+        .await
+        .unwrap();
+    let status = c.set(set("all", "3", Consistency::All)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    let message = status.message();
+    assert!(
+        message.contains("consistency ALL needs 3 of 3 replicas"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("{stopped_id}: ")),
+        "names the missing replica: {message}"
+    );
+    let read_all = c.get(get("quorum", Consistency::All)).await.unwrap_err();
+    assert_eq!(read_all.code(), Code::Unavailable);
+    let stats = admin(&nodes[0])
+        .await
+        .stats(proto::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stats.hints_pending >= 2, "{stats:?}");
+
+    // The node comes back (same address, so the same id, empty memory).
+    let seeds: Vec<String> = nodes.iter().map(|n| n.info().address.clone()).collect();
+    let back = start_node(|c| {
+        tune(c, "down");
+        c.port = port;
+        c.cluster = seeds;
+    })
+    .await;
+    assert_eq!(back.info().id, stopped_id);
+    nodes.push(back);
+    for node in &nodes {
+        wait_alive(node, 3).await;
+    }
+    for key in ["one", "quorum", "all"] {
+        eventually(Duration::from_secs(10), "hints to be replayed", || async {
+            local_value(&nodes[2], key).await.is_some().then_some(())
+        })
+        .await;
+    }
+    for node in &nodes {
+        let mut c = kv(node).await;
+        for (key, value) in [("one", "1"), ("quorum", "2"), ("all", "3")] {
+            let read = c
+                .get(get(key, Consistency::All))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(read.value, value);
+        }
+    }
+    eventually(Duration::from_secs(5), "hints to drain", || async {
+        let mut total = 0;
+        for node in &nodes {
+            total += admin(node)
+                .await
+                .stats(proto::StatsRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .hints_pending;
+        }
+        (total == 0).then_some(())
+    })
+    .await;
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_rf3_forward_from_non_replicas() {
+    let nodes = start_cluster("five", &["", "", "", "", ""], 3).await;
+    let mut a = admin(&nodes[0]).await;
+    for i in 0..10 {
+        let key = format!("key-{i}");
+        let replicas = a
+            .replicas(proto::ReplicasRequest { key: key.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .replicas;
+        assert_eq!(replicas.len(), 3);
+        let replica_ids: BTreeSet<_> = replicas.iter().map(|m| m.id.clone()).collect();
+        let (holders, others): (Vec<_>, Vec<_>) = nodes
+            .iter()
+            .partition(|n| replica_ids.contains(&n.info().id));
+        assert_eq!((holders.len(), others.len()), (3, 2));
+
+        kv(others[0])
+            .await
+            .set(set(&key, "v", Consistency::Quorum))
+            .await
+            .unwrap();
+        let read = kv(others[1])
+            .await
+            .get(get(&key, Consistency::Quorum))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(read.value, "v", "a non-replica reads through the replicas");
+        let one = kv(others[1])
+            .await
+            .get(get(&key, Consistency::One))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(one.value, "v");
+        for node in &holders {
+            eventually(
+                Duration::from_secs(5),
+                "every replica to hold the key",
+                || async { local_value(node, &key).await.is_some().then_some(()) },
+            )
+            .await;
+        }
+        for node in &others {
+            assert_eq!(
+                local_value(node, &key).await,
+                None,
+                "a non-replica keeps no copy"
+            );
+        }
+    }
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rf3_over_three_regions_puts_one_replica_in_each() {
+    let nodes = start_cluster("regions", &["eu", "eu", "us", "ap"], 3).await;
+    let mut a = admin(&nodes[1]).await;
+    for i in 0..20 {
+        let replicas = a
+            .replicas(proto::ReplicasRequest {
+                key: format!("k{i}"),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .replicas;
+        let regions: BTreeSet<_> = replicas.iter().map(|m| m.region.as_str()).collect();
+        assert_eq!(regions, BTreeSet::from(["ap", "eu", "us"]), "{replicas:?}");
+    }
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_node_and_the_rest_both_take_writes_at_one_then_converge() {
+    let nodes = start_cluster("cut", &["", "", ""], 3).await;
+    let (lonely, rest) = (&nodes[2], &nodes[..2]);
+    let rest_ids: Vec<String> = rest.iter().map(|n| n.info().id.clone()).collect();
+    lonely.handles().switch.cut(rest_ids);
+    for n in rest {
+        n.handles().switch.cut([lonely.info().id.clone()]);
+    }
+
+    kv(&rest[0])
+        .await
+        .set(set("majority-side", "m", Consistency::One))
+        .await
+        .unwrap();
+    kv(lonely)
+        .await
+        .set(set("minority-side", "n", Consistency::One))
+        .await
+        .unwrap();
+    // QUORUM still works on the majority side, not on the lonely node.
+    kv(&rest[1])
+        .await
+        .set(set("quorum-side", "q", Consistency::Quorum))
+        .await
+        .unwrap();
+    let status = kv(lonely)
+        .await
+        .set(set("x", "y", Consistency::Quorum))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    assert_eq!(local_value(lonely, "majority-side").await, None);
+    assert_eq!(local_value(&rest[0], "minority-side").await, None);
+
+    for n in &nodes {
+        n.handles().switch.heal();
+    }
+    for node in &nodes {
+        for (key, value) in [
+            ("majority-side", "m"),
+            ("minority-side", "n"),
+            ("quorum-side", "q"),
+        ] {
+            eventually(
+                Duration::from_secs(10),
+                "hinted writes to arrive",
+                || async { (local_value(node, key).await.as_deref() == Some(value)).then_some(()) },
+            )
+            .await;
+        }
+    }
+    shutdown_all(nodes).await;
+}
