@@ -351,3 +351,79 @@ async fn a_cut_off_node_and_the_rest_both_take_writes_at_one_then_converge() {
     }
     shutdown_all(nodes).await;
 }
+
+#[tokio::test]
+async fn a_version_beyond_the_drift_bound_is_merged_but_does_not_drag_the_clock() {
+    use kilovolt::proto::cluster::{peer_client::PeerClient, ApplyRequest, Entry, Header};
+
+    let node = start_node(|c| tune(c, "drift")).await;
+    let now = kv(&node)
+        .await
+        .set(set("probe", "p", Consistency::One))
+        .await
+        .unwrap()
+        .into_inner();
+    let now = now.version.unwrap().time;
+    let hour_ahead = now + (3600u64 << 32);
+    let mut peer = PeerClient::new(common::channel(&node).await);
+    peer.apply(ApplyRequest {
+        header: Some(Header {
+            protocol: kilovolt::net::peer::PROTOCOL,
+            from: "a-fast-peer".into(),
+        }),
+        entries: vec![Entry {
+            key: "future".into(),
+            time: hour_ahead,
+            node: 7,
+            value: "from the future".into(),
+            ..Default::default()
+        }],
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(
+        local_value(&node, "future").await.as_deref(),
+        Some("from the future"),
+        "merged anyway"
+    );
+    let stats = admin(&node)
+        .await
+        .stats(proto::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.clock_drift_events, 1);
+
+    // The clock was not dragged an hour ahead...
+    let other = kv(&node)
+        .await
+        .set(set("other", "o", Consistency::One))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other.version.unwrap().time < hour_ahead);
+    // ...yet this node's own write to the key still wins (stored + 1).
+    let mine = kv(&node)
+        .await
+        .set(set("future", "mine", Consistency::One))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(mine.version.unwrap().time > hour_ahead);
+    assert_eq!(local_value(&node, "future").await.as_deref(), Some("mine"));
+
+    // A peer speaking another protocol number is refused, not misread.
+    let status = peer
+        .apply(ApplyRequest {
+            header: Some(Header {
+                protocol: 99,
+                from: "x".into(),
+            }),
+            entries: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    node.shutdown().await.unwrap();
+}

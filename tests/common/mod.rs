@@ -13,11 +13,26 @@ use tonic::transport::{Channel, Endpoint};
 /// Starts an in-process node on an ephemeral loopback port, with the
 /// defaults changed by `configure`.
 pub async fn start_node(configure: impl FnOnce(&mut Config)) -> RunningNode {
+    init_logs();
     let mut config = Config::defaults();
     config.host = IpAddr::V4(Ipv4Addr::LOCALHOST);
     config.port = 0;
     configure(&mut config);
     node::start(config).await.expect("node starts")
+}
+
+/// Logs to the test's output when `RUST_LOG` is set (e.g. `RUST_LOG=debug
+/// cargo test --test cluster -- --nocapture`), nothing otherwise.
+fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+    });
 }
 
 /// A channel to `node`.
