@@ -123,6 +123,12 @@ impl Clock {
         }
     }
 
+    /// A fresh stamp of this clock, for telling peers how far it has got.
+    pub fn latest(&self) -> Version {
+        let now = self.hlc.new_timestamp();
+        Version::new(now.get_time().0, self.id)
+    }
+
     /// Remote versions seen further ahead than the drift bound.
     pub fn drift_events(&self) -> u64 {
         self.drift_events.load(Ordering::Relaxed)

@@ -121,6 +121,19 @@ pub struct Config {
     #[arg(long, env = "KILOVOLT_REPLICATION_BATCH_BYTES", default_value_t = 64 * 1024)]
     pub replication_batch_bytes: usize,
 
+    /// Time between anti-entropy rounds with every replica peer.
+    #[arg(long, env = "KILOVOLT_ANTI_ENTROPY_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub anti_entropy_interval: Duration,
+
+    /// The most bytes per second anti-entropy sessions may move.
+    #[arg(long, env = "KILOVOLT_ANTI_ENTROPY_BYTES_PER_SEC", default_value_t = 32 << 20)]
+    pub anti_entropy_bytes_per_sec: u64,
+
+    /// Serve the Faults service, which cuts and degrades this node's links
+    /// to chosen peers (for partition tests). Off by default.
+    #[arg(long, env = "KILOVOLT_FAULT_INJECTION")]
+    pub fault_injection: bool,
+
     /// How often expired values are collected.
     #[arg(long, env = "KILOVOLT_EXPIRY_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub expiry_interval: Duration,

@@ -6,6 +6,7 @@
 //! versions and `config` and `node` wiring it together. Lower modules never
 //! use higher ones.
 
+pub mod anti_entropy;
 pub mod api;
 pub mod clock;
 pub mod cluster;
@@ -13,6 +14,8 @@ pub mod config;
 pub mod coordinator;
 pub mod crdt;
 pub mod error;
+pub mod keyspace;
+pub mod merkle;
 pub mod net;
 pub mod node;
 pub mod replication;

@@ -15,6 +15,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
+use crate::anti_entropy::{AntiEntropy, AntiEntropyConfig, Limits};
 use crate::api::{AdminService, FaultsService, KilovoltService};
 use crate::clock::{self, Clock};
 use crate::cluster::{ClusterError, Member, Membership, MembershipConfig, NodeState};
@@ -78,6 +79,8 @@ pub struct Handles {
     pub coordinator: Arc<Coordinator>,
     /// Outbound replication and hints.
     pub replicator: Arc<Replicator>,
+    /// Anti-entropy sessions with replica peers.
+    pub anti_entropy: Arc<AntiEntropy>,
 }
 
 /// A node that is serving. Dropping it does not stop it; call
@@ -163,13 +166,19 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             phi_threshold: config.phi_threshold,
             dead_node_grace: config.dead_node_grace,
             cluster_id: config.cluster_id.clone(),
-            initial_state: NodeState::Ready,
+            // A node that joins others starts empty: it is syncing until it
+            // has filled its partitions from them.
+            initial_state: if config.cluster.is_empty() {
+                NodeState::Ready
+            } else {
+                NodeState::Syncing
+            },
         },
         switch.clone(),
     )
     .await?;
 
-    let store = Arc::new(Store::new());
+    let store = Arc::new(Store::new(config.partitions));
     let clock = Arc::new(Clock::new(
         &info.id,
         clock::system_time,
@@ -204,11 +213,28 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         replicator.clone(),
         topology,
     ));
+    let sync_limits = Limits::default();
+    let anti_entropy = Arc::new(AntiEntropy::new(
+        info.id.clone(),
+        store.clone(),
+        clock.clone(),
+        peers.clone(),
+        coordinator.clone(),
+        AntiEntropyConfig {
+            interval: config.anti_entropy_interval,
+            max_bytes_per_sec: config.anti_entropy_bytes_per_sec,
+            limits: sync_limits,
+            start_ready: config.cluster.is_empty(),
+        },
+        membership.announcer(),
+    ));
+    let sync_stats = anti_entropy.stats();
     let handles = Handles {
         switch: switch.clone(),
         store: store.clone(),
         coordinator: coordinator.clone(),
         replicator: replicator.clone(),
+        anti_entropy: anti_entropy.clone(),
     };
 
     let background = vec![
@@ -223,10 +249,12 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             coordinator.clone(),
             peers.clone(),
             replicator.clone(),
+            anti_entropy.clone(),
             config.partitions,
             rf,
         )),
         tokio::spawn(tend_hints(coordinator.clone(), replicator.clone())),
+        tokio::spawn(anti_entropy.run()),
     ];
 
     let max_message = config.max_message_bytes();
@@ -243,11 +271,21 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         coordinator.clone(),
         replicator.clone(),
         clock.clone(),
+        sync_stats.clone(),
     ));
-    let faults = proto::faults_server::FaultsServer::new(FaultsService);
-    let peer = proto::cluster::peer_server::PeerServer::new(PeerService::new(store, clock, switch))
-        .max_decoding_message_size(crate::net::peer::MAX_PEER_MESSAGE)
-        .max_encoding_message_size(crate::net::peer::MAX_PEER_MESSAGE);
+    let faults = proto::faults_server::FaultsServer::new(FaultsService::new(
+        switch.clone(),
+        config.fault_injection,
+    ));
+    let peer = proto::cluster::peer_server::PeerServer::new(PeerService::new(
+        store,
+        clock,
+        switch,
+        sync_limits,
+        sync_stats,
+    ))
+    .max_decoding_message_size(crate::net::peer::MAX_PEER_MESSAGE)
+    .max_encoding_message_size(crate::net::peer::MAX_PEER_MESSAGE);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -307,12 +345,14 @@ fn addresses<'a>(members: impl Iterator<Item = &'a Member>) -> HashMap<String, S
 }
 
 /// Rebuilds placement on every membership change, and hands hints to peers
-/// the moment they come back alive.
+/// the moment they come back alive; wakes anti-entropy when a peer comes
+/// back or placement changes.
 async fn follow_membership(
     mut members: watch::Receiver<Vec<Member>>,
     coordinator: Arc<Coordinator>,
     peers: Arc<Peers>,
     replicator: Arc<Replicator>,
+    anti_entropy: Arc<AntiEntropy>,
     partitions: u32,
     rf: usize,
 ) {
@@ -325,7 +365,12 @@ async fn follow_membership(
             .filter(|m| m.alive && !before.is_alive(&m.id))
             .map(|m| m.id.clone())
             .collect();
-        coordinator.set_topology(Topology::new(list, partitions, rf));
+        let topology = Topology::new(list, partitions, rf);
+        let moved = topology.ring() != before.ring();
+        coordinator.set_topology(topology);
+        if moved || !back.is_empty() {
+            anti_entropy.wake();
+        }
         for peer in back {
             info!(peer = %peer, "peer is alive");
             let replicator = replicator.clone();

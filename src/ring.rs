@@ -81,16 +81,16 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::cluster::Member;
 
+// The key hash and partition function live in `crate::keyspace` (the store
+// needs them too, and must not depend on placement); re-exported here
+// because they are half of the placement contract.
+pub use crate::keyspace::{key_hash, partition_of, KEY_HASH_SEED};
+
 /// The number of partitions a cluster uses unless configured otherwise. It is
 /// fixed for the cluster's life (changing it moves almost every key), so it
 /// is large enough to spread load over many nodes and small enough that
 /// per-partition state (Merkle trees, handoff bookkeeping) stays cheap.
 pub const DEFAULT_PARTITIONS: u32 = 1024;
-
-/// The seed of [`key_hash`]: the ASCII bytes of `"kilovolt"`, big-endian.
-/// Part of the placement contract: every node must use the same value,
-/// forever, or they disagree on where keys live.
-pub const KEY_HASH_SEED: u64 = 0x6b69_6c6f_766f_6c74;
 
 /// The seed of the rendezvous scores ([`Ring::score`]): the ASCII bytes of
 /// `"kv-place"`, big-endian. Like [`KEY_HASH_SEED`], fixed forever, and
@@ -108,28 +108,6 @@ const LOAD_SLACK_PERCENT: u64 = 0;
 /// primaries move on a membership change, and the fill pass evens out the
 /// totals whatever the representatives did.
 const PRIMARY_SLACK_PERCENT: u64 = 10;
-
-/// The 64-bit hash of a key: xxh3-64 of its UTF-8 bytes with
-/// [`KEY_HASH_SEED`]. Stable across platforms and releases (never std's
-/// hasher, which is randomized per process). Its remainder mod `P` is the
-/// key's partition ([`partition_of`]); the quotient `key_hash(key) / P`
-/// carries the bits the partition did not use, for finer buckets inside a
-/// partition (such as anti-entropy's Merkle leaves).
-pub fn key_hash(key: &str) -> u64 {
-    xxh3_64_with_seed(key.as_bytes(), KEY_HASH_SEED)
-}
-
-/// The partition of `key` among `partitions`: [`key_hash`] mod `partitions`.
-/// Every node, on every platform and release, puts a key in the same
-/// partition, which is what lets any node coordinate any key.
-///
-/// # Panics
-///
-/// When `partitions` is 0.
-pub fn partition_of(key: &str, partitions: u32) -> u32 {
-    assert!(partitions > 0, "the number of partitions must be positive");
-    (key_hash(key) % u64::from(partitions)) as u32
-}
 
 /// One node as placement sees it: only what placement depends on, so that a
 /// change of address, state or liveness does not move partitions. The

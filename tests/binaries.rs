@@ -1,89 +1,11 @@
 //! The shipped binaries as users run them: `kilovolt-db` as a process and
 //! `kilovolt-cli` against it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-const SERVER: &str = env!("CARGO_BIN_EXE_kilovolt-db");
-const CLI: &str = env!("CARGO_BIN_EXE_kilovolt-cli");
+use std::process::{Command, Output};
 
-/// A `kilovolt-db` process on an ephemeral loopback port; killed on drop.
-struct Server {
-    child: Child,
-    addr: String,
-    log: mpsc::Receiver<String>,
-}
-
-impl Server {
-    /// Starts the binary on an ephemeral loopback port.
-    fn start(extra: &[&str]) -> Server {
-        let mut cmd = Command::new(SERVER);
-        cmd.args(["--host", "127.0.0.1", "--port", "0"]).args(extra);
-        Server::launch(cmd)
-    }
-
-    /// Runs `cmd` and waits (with a deadline) for its listening line, which
-    /// names the address it bound.
-    fn launch(mut cmd: Command) -> Server {
-        let mut child = cmd
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("server starts");
-        let (tx, log) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let line = wait_for_line(&log, "listening");
-        let addr = field(&line, "listen=").expect("the listening line names the address");
-        assert!(line.contains("node_id="), "{line}");
-        Server { child, addr, log }
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(CLI)
-            .args(["--addr", &self.addr])
-            .args(args)
-            .output()
-            .expect("cli runs")
-    }
-
-    fn port(&self) -> &str {
-        self.addr.rsplit(':').next().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for_line(log: &mpsc::Receiver<String>, needle: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match log.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => continue,
-            Err(e) => panic!("no log line with {needle:?}: {e}"),
-        }
-    }
-}
-
-fn field(line: &str, name: &str) -> Option<String> {
-    let start = line.find(name)? + name.len();
-    Some(line[start..].split_whitespace().next()?.to_string())
-}
+use common::process::{wait_for_line, Server, CLI, SERVER};
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()

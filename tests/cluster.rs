@@ -42,16 +42,22 @@ async fn start_cluster(cluster: &str, regions: &[&str], rf: u32) -> Vec<RunningN
     nodes
 }
 
-/// Waits until `node` sees `n` members alive.
+/// Waits until `node` sees `n` members alive and ready (a node that joins
+/// others is `syncing` until it has filled its partitions from them).
 async fn wait_alive(node: &RunningNode, n: usize) {
     let a = admin(node).await;
-    eventually(Duration::from_secs(15), "members to be alive", || {
-        let mut a = a.clone();
-        async move {
-            let m = a.members(proto::MembersRequest {}).await.ok()?.into_inner();
-            (m.members.iter().filter(|m| m.alive).count() == n).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(15),
+        "members to be alive and ready",
+        || {
+            let mut a = a.clone();
+            async move {
+                let m = a.members(proto::MembersRequest {}).await.ok()?.into_inner();
+                let ready = m.members.iter().filter(|m| m.alive && m.state == "ready");
+                (ready.count() == n).then_some(())
+            }
+        },
+    )
     .await;
 }
 
@@ -426,4 +432,108 @@ async fn a_version_beyond_the_drift_bound_is_merged_but_does_not_drag_the_clock(
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
     node.shutdown().await.unwrap();
+}
+
+/// The Merkle roots `node` reports, by partition.
+async fn digests(node: &RunningNode) -> Vec<(u32, Vec<u8>)> {
+    let d = admin(node)
+        .await
+        .digests(proto::DigestsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    d.partitions
+        .into_iter()
+        .map(|p| (p.partition, p.root))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_repairs_what_replication_never_carried() {
+    use kilovolt::crdt::{Entry, Version};
+
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let seeds: Vec<String> = nodes
+            .iter()
+            .map(|n: &RunningNode| n.info().address.clone())
+            .collect();
+        nodes.push(
+            start_node(|c| {
+                tune(c, "anti-entropy");
+                c.cluster = seeds;
+                c.anti_entropy_interval = Duration::from_millis(300);
+            })
+            .await,
+        );
+    }
+    for node in &nodes {
+        wait_alive(node, 3).await;
+    }
+    // Entries that only one replica holds, as a lost delta would leave them:
+    // newer on one side, older on the other, and a tombstone.
+    let a = &nodes[0].handles().store;
+    let b = &nodes[1].handles().store;
+    for i in 0..200u64 {
+        a.merge(
+            &format!("only-a-{i}"),
+            Entry::value(Version::new(1_000 + i, 1), "a", 0),
+        );
+        b.merge(
+            &format!("only-b-{i}"),
+            Entry::value(Version::new(1_000 + i, 2), "b", 0),
+        );
+    }
+    a.merge(
+        "contested",
+        Entry::value(Version::new(5_000, 1), "older", 0),
+    );
+    b.merge(
+        "contested",
+        Entry::value(Version::new(6_000, 2), "newer", 0),
+    );
+    b.merge("deleted", Entry::value(Version::new(7_000, 2), "doomed", 0));
+    a.merge("deleted", Entry::tombstone(Version::new(8_000, 1)));
+
+    let converged = eventually(Duration::from_secs(10), "replicas to converge", || async {
+        let first = digests(&nodes[0]).await;
+        for node in &nodes[1..] {
+            if digests(node).await != first {
+                return None;
+            }
+        }
+        Some(first)
+    })
+    .await;
+    assert_eq!(
+        converged.len(),
+        1024,
+        "RF 3 over 3 nodes: every node holds every partition"
+    );
+    for node in &nodes {
+        assert_eq!(
+            local_value(node, "contested").await.as_deref(),
+            Some("newer")
+        );
+        assert_eq!(
+            local_value(node, "deleted").await,
+            None,
+            "the delete is not undone"
+        );
+        assert_eq!(local_value(node, "only-a-7").await.as_deref(), Some("a"));
+        assert_eq!(local_value(node, "only-b-199").await.as_deref(), Some("b"));
+    }
+    let stats = admin(&nodes[2])
+        .await
+        .stats(proto::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        stats.anti_entropy_rounds > 0 && stats.anti_entropy_repaired >= 402,
+        "{stats:?}"
+    );
+    let stopped = nodes.pop().unwrap();
+    stopped.shutdown().await.unwrap();
+    shutdown_all(nodes).await;
 }

@@ -307,9 +307,28 @@ async fn admin_reports_this_node_and_unlanded_rpcs_say_so() {
         (1, 1, 0)
     );
 
-    let status = a.digests(proto::DigestsRequest {}).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
-    assert!(status.message().contains("Digests"), "{}", status.message());
+    let digests = a
+        .digests(proto::DigestsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .partitions;
+    assert_eq!(digests.len(), 1024, "a lone node holds every partition");
+    assert!(digests.windows(2).all(|w| w[0].partition < w[1].partition));
+    assert_eq!(
+        digests.iter().map(|d| d.entries).sum::<u64>(),
+        2,
+        "a value and a tombstone"
+    );
+    for d in &digests {
+        assert_eq!(d.root.len(), 16);
+        assert_eq!(
+            d.entries == 0,
+            d.root == [0; 16],
+            "partition {}",
+            d.partition
+        );
+    }
     let status = c
         .map_set(proto::MapSetRequest {
             key: "m".into(),
@@ -328,9 +347,16 @@ async fn admin_reports_this_node_and_unlanded_rpcs_say_so() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
     let mut f = proto::faults_client::FaultsClient::new(channel(&node).await);
+    let status = f.heal(proto::HealRequest {}).await.unwrap_err();
     assert_eq!(
-        f.heal(proto::HealRequest {}).await.unwrap_err().code(),
-        Code::Unimplemented
+        status.code(),
+        Code::FailedPrecondition,
+        "fault injection is off by default"
+    );
+    assert!(
+        status.message().contains("--fault-injection"),
+        "{}",
+        status.message()
     );
     node.shutdown().await.unwrap();
 }
@@ -401,4 +427,63 @@ async fn shutdown_is_clean_and_closes_the_listener() {
         "listener closed"
     );
     assert!(c.get(get("k", Consistency::One)).await.is_err());
+}
+
+#[tokio::test]
+async fn faults_cut_degrade_and_heal_when_enabled() {
+    let node = start_node(|c| c.fault_injection = true).await;
+    let mut f = proto::faults_client::FaultsClient::new(channel(&node).await);
+    let state = f
+        .cut(proto::CutRequest {
+            peers: vec!["b".into(), "a".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state.cut, vec!["a", "b"]);
+    let state = f
+        .degrade(proto::DegradeRequest {
+            peers: vec!["c".into()],
+            drop: 0.5,
+            delay_ms: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (state.cut.len(), state.degraded),
+        (2, vec!["c".to_string()])
+    );
+    assert_eq!(
+        node.handles().switch.state().0,
+        vec!["a", "b"],
+        "the RPC drives the node's one switch"
+    );
+
+    let bad = f
+        .degrade(proto::DegradeRequest {
+            peers: vec!["c".into()],
+            drop: 1.5,
+            delay_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(
+        bad.message()
+            .contains("drop is 1.5; the limit is 0.0 to 1.0"),
+        "{}",
+        bad.message()
+    );
+    let empty = f
+        .cut(proto::CutRequest { peers: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+
+    let state = f.heal(proto::HealRequest {}).await.unwrap().into_inner();
+    assert!(state.cut.is_empty() && state.degraded.is_empty());
+    // Client traffic is never affected.
+    kv(&node).await.set(set("k", "v")).await.unwrap();
+    node.shutdown().await.unwrap();
 }

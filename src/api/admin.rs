@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::status::not_yet;
 use super::validate;
+use crate::anti_entropy::AntiEntropyStats;
 use crate::clock::Clock;
 use crate::cluster::Member;
 use crate::coordinator::Coordinator;
@@ -22,6 +22,7 @@ pub struct AdminService {
     coordinator: Arc<Coordinator>,
     replicator: Arc<Replicator>,
     clock: Arc<Clock>,
+    sync: Arc<AntiEntropyStats>,
 }
 
 impl AdminService {
@@ -32,6 +33,7 @@ impl AdminService {
         coordinator: Arc<Coordinator>,
         replicator: Arc<Replicator>,
         clock: Arc<Clock>,
+        sync: Arc<AntiEntropyStats>,
     ) -> Self {
         Self {
             node,
@@ -39,6 +41,7 @@ impl AdminService {
             coordinator,
             replicator,
             clock,
+            sync,
         }
     }
 }
@@ -94,7 +97,8 @@ impl Admin for AdminService {
             hints_pending: self.replicator.hints_pending() as u64,
             hints_dropped: self.replicator.hints_dropped(),
             clock_drift_events: self.clock.drift_events(),
-            ..Default::default()
+            anti_entropy_rounds: self.sync.rounds(),
+            anti_entropy_repaired: self.sync.repaired(),
         }))
     }
 
@@ -102,6 +106,17 @@ impl Admin for AdminService {
         &self,
         _: Request<proto::DigestsRequest>,
     ) -> Result<Response<proto::DigestsResponse>, Status> {
-        Err(not_yet("Admin.Digests", "Merkle anti-entropy digests"))
+        let topology = self.coordinator.topology();
+        let ring = topology.ring();
+        let partitions = ring
+            .partitions_held_by(&self.node.id)
+            .into_iter()
+            .map(|p| proto::PartitionDigest {
+                partition: p,
+                root: self.store.root(p).to_le_bytes().to_vec(),
+                entries: self.store.partition_len(p),
+            })
+            .collect();
+        Ok(Response::new(proto::DigestsResponse { partitions }))
     }
 }

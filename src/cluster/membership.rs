@@ -268,13 +268,17 @@ impl Membership {
 
     /// Announces a new state for this node; peers learn it by gossip.
     pub async fn set_state(&self, state: NodeState) {
-        let members = {
-            let mut guard = self.chitchat.lock().await;
-            guard.self_node_state().set(KEY_STATE, state.as_str());
-            compute_members(&guard)
-        };
-        info!(node = %self.self_id, state = %state, "state announced");
-        self.view.publish(members);
+        self.announcer().announce(state).await;
+    }
+
+    /// A handle that announces this node's state, for tasks that do not own
+    /// the membership (anti-entropy turns a syncing node ready).
+    pub fn announcer(&self) -> StateAnnouncer {
+        StateAnnouncer {
+            self_id: self.self_id.clone(),
+            chitchat: self.chitchat.clone(),
+            view: self.view.clone(),
+        }
     }
 
     /// Leaves gracefully: announces the state `leaving`, waits until it has
@@ -361,6 +365,27 @@ impl Drop for Membership {
         if let Some(handle) = self.handle.take() {
             handle.abort();
         }
+    }
+}
+
+/// Announces this node's state on gossip; cheap to clone.
+#[derive(Clone)]
+pub struct StateAnnouncer {
+    self_id: String,
+    chitchat: Arc<Mutex<Chitchat>>,
+    view: Arc<View>,
+}
+
+impl StateAnnouncer {
+    /// Announces `state` for this node; peers learn it by gossip.
+    pub async fn announce(&self, state: NodeState) {
+        let members = {
+            let mut guard = self.chitchat.lock().await;
+            guard.self_node_state().set(KEY_STATE, state.as_str());
+            compute_members(&guard)
+        };
+        info!(node = %self.self_id, state = %state, "state announced");
+        self.view.publish(members);
     }
 }
 

@@ -67,5 +67,5 @@ pub struct Member {
 mod membership;
 mod transport;
 
-pub use membership::{ClusterError, Membership, MembershipConfig};
+pub use membership::{ClusterError, Membership, MembershipConfig, StateAnnouncer};
 pub use transport::SwitchedTransport;

@@ -18,6 +18,7 @@ pub use tally::{required, Answer, Decision, Tally};
 pub use topology::Topology;
 
 use crate::clock::Clock;
+use crate::cluster::NodeState;
 use crate::crdt::{Entry, Version};
 use crate::error::Error;
 use crate::net::{PeerError, Peers};
@@ -211,22 +212,26 @@ impl Coordinator {
         }
     }
 
-    /// ONE: the local copy when this node is a replica, else the first live
-    /// replica that answers, in preference order.
+    /// ONE: the first replica that answers, ready replicas first (a
+    /// replica still refilling after a restart may lack the key), this node
+    /// first among equals; then the live ones that are not ready, then the
+    /// rest.
     async fn read_one(&self, key: &str) -> Result<Option<Entry>, Error> {
         let topology = self.topology();
-        let replicas = topology.replicas(key);
-        if replicas.contains(&self.me) {
-            return Ok(self.store.get(key));
-        }
+        let mut replicas = topology.replicas(key);
+        let rank = |id: &str| match topology.member(id) {
+            Some(m) if m.alive && m.state == NodeState::Ready => 0,
+            Some(m) if m.alive => 1,
+            _ => 2,
+        };
+        replicas.sort_by_key(|r| (rank(r), *r != self.me));
         let mut tally = Tally::new(Consistency::One, replicas.iter().cloned());
-        let (alive, down): (Vec<_>, Vec<_>) = replicas.iter().partition(|r| topology.is_alive(r));
-        for replica in alive.into_iter().chain(down) {
+        for replica in &replicas {
+            if *replica == self.me {
+                return Ok(self.store.get(key));
+            }
             match self.peers.read(replica, &[key]).await {
-                Ok(entries) => {
-                    let entry = entries.into_iter().next().map(|(_, e)| e);
-                    return Ok(entry);
-                }
+                Ok(entries) => return Ok(entries.into_iter().next().map(|(_, e)| e)),
                 Err(e) => {
                     tally.record(replica, Answer::Failed(e.to_string()));
                 }
@@ -412,7 +417,7 @@ mod tests {
         );
         Coordinator::new(
             "n1".into(),
-            Arc::new(Store::new()),
+            Arc::new(Store::new(16)),
             Arc::new(Clock::new("n1", system_time, Duration::from_millis(500))),
             peers,
             replicator,

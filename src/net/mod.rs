@@ -6,6 +6,7 @@
 pub mod peer;
 pub mod service;
 pub mod switch;
+pub mod sync_wire;
 pub mod wire;
 
 pub use peer::{PeerError, Peers};

@@ -9,7 +9,9 @@ use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 
 use super::switch::{Switch, Verdict};
+use super::sync_wire::{reply_from_wire, request_to_wire};
 use super::wire::{from_wire, to_wire};
+use crate::anti_entropy::{Reply, Request};
 use crate::crdt::Entry;
 use crate::proto::cluster::{self as wire, peer_client::PeerClient};
 use crate::store::Key;
@@ -97,6 +99,25 @@ impl Peers {
             .into_iter()
             .map(|e| from_wire(e).map_err(|err| PeerError::Failed(err.to_string())))
             .collect()
+    }
+
+    /// `peer`'s clock now (NTP64 time), to seed this node's clock after a
+    /// restart.
+    pub async fn clock(&self, peer: &str) -> Result<u64, PeerError> {
+        let request = wire::ReadRequest {
+            header: Some(self.header()),
+            keys: Vec::new(),
+        };
+        let mut client = self.client(peer).await?;
+        Ok(self.call(client.read(request)).await?.clock)
+    }
+
+    /// Sends one anti-entropy step to `peer` and returns its reply.
+    pub async fn sync(&self, peer: &str, request: &Request) -> Result<Reply, PeerError> {
+        let request = request_to_wire(self.header(), request);
+        let mut client = self.client(peer).await?;
+        let reply = self.call(client.sync(request)).await?;
+        reply_from_wire(reply).map_err(|e| PeerError::Failed(e.to_string()))
     }
 
     fn header(&self) -> wire::Header {

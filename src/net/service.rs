@@ -7,7 +7,9 @@ use tonic::{Request, Response, Status};
 
 use super::peer::PROTOCOL;
 use super::switch::{Switch, Verdict};
+use super::sync_wire::{reply_to_wire, request_from_wire};
 use super::wire::{from_wire, to_wire};
+use crate::anti_entropy::{merge_repairs, respond, AntiEntropyStats, Limits};
 use crate::clock::Clock;
 use crate::proto::cluster::{self as wire, peer_server::Peer};
 use crate::store::Store;
@@ -17,15 +19,27 @@ pub struct PeerService {
     store: Arc<Store>,
     clock: Arc<Clock>,
     switch: Arc<Switch>,
+    sync_limits: Limits,
+    sync_stats: Arc<AntiEntropyStats>,
 }
 
 impl PeerService {
-    /// The service over `store`, observing remote versions with `clock`.
-    pub fn new(store: Arc<Store>, clock: Arc<Clock>, switch: Arc<Switch>) -> Self {
+    /// The service over `store`, observing remote versions with `clock`,
+    /// answering anti-entropy steps within `sync_limits` and counting what
+    /// they repair in `sync_stats`.
+    pub fn new(
+        store: Arc<Store>,
+        clock: Arc<Clock>,
+        switch: Arc<Switch>,
+        sync_limits: Limits,
+        sync_stats: Arc<AntiEntropyStats>,
+    ) -> Self {
         Self {
             store,
             clock,
             switch,
+            sync_limits,
+            sync_stats,
         }
     }
 
@@ -90,6 +104,26 @@ impl Peer for PeerService {
             .iter()
             .filter_map(|k| self.store.get(k).map(|e| to_wire(k, &e)))
             .collect();
-        Ok(Response::new(wire::ReadResponse { entries }))
+        let clock = self.clock.latest().time;
+        Ok(Response::new(wire::ReadResponse { entries, clock }))
+    }
+
+    async fn sync(
+        &self,
+        request: Request<wire::SyncRequest>,
+    ) -> Result<Response<wire::SyncReply>, Status> {
+        let req = request.into_inner();
+        self.admit(req.header.as_ref()).await?;
+        let step = request_from_wire(req).map_err(|e| {
+            tracing::warn!(error = %e, "refused an anti-entropy step");
+            Status::invalid_argument(e.to_string())
+        })?;
+        let answer = respond(&*self.store, step, self.sync_limits).map_err(|e| {
+            tracing::warn!(error = %e, "refused an anti-entropy step");
+            Status::invalid_argument(e.to_string())
+        })?;
+        let changed = merge_repairs(&self.store, &self.clock, answer.merge);
+        self.sync_stats.add_repaired(changed);
+        Ok(Response::new(reply_to_wire(&answer.reply)))
     }
 }

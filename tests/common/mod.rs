@@ -1,6 +1,8 @@
 //! Shared helpers for tests that start real nodes.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod process;
+
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};

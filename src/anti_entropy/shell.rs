@@ -1,0 +1,319 @@
+//! The thin async shell that drives sessions over the peer protocol: when
+//! to sync with whom, the repair byte budget, merging what arrives, and the
+//! counters Stats reports. The decisions are the state machines'.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::{Initiator, Limits, Next, PartitionSet, Replica, SessionStats};
+use crate::clock::Clock;
+use crate::cluster::{NodeState, StateAnnouncer};
+use crate::coordinator::Coordinator;
+use crate::crdt::{Entry, Version};
+use crate::net::{PeerError, Peers};
+use crate::store::{Key, Store};
+
+impl Replica for Store {
+    fn root(&self, partition: u32) -> u128 {
+        Store::root(self, partition)
+    }
+
+    fn branches(&self, partition: u32) -> [u128; super::BRANCHES] {
+        Store::branches(self, partition)
+    }
+
+    fn leaves(&self, partition: u32, branch: u8) -> [u128; super::LEAVES_PER_BRANCH] {
+        Store::leaves(self, partition, branch)
+    }
+
+    fn versions_in_leaves(&self, partition: u32, leaves: &[u8]) -> Vec<(u8, Key, Version)> {
+        Store::versions_in_leaves(self, partition, leaves)
+    }
+
+    fn entries(&self, keys: &[&str]) -> Vec<(Key, Entry)> {
+        Store::entries(self, keys)
+    }
+}
+
+/// Merges entries that anti-entropy brought into `store`, letting `clock`
+/// observe their versions; returns how many changed the store.
+pub fn merge_repairs(store: &Store, clock: &Clock, entries: Vec<(Key, Entry)>) -> u64 {
+    let mut changed = 0;
+    for (key, entry) in entries {
+        clock.observe(entry.version);
+        if store.merge(&key, entry) {
+            changed += 1;
+        }
+    }
+    changed
+}
+
+/// Counters of this node's anti-entropy work.
+#[derive(Default)]
+pub struct AntiEntropyStats {
+    rounds: AtomicU64,
+    repaired: AtomicU64,
+}
+
+impl AntiEntropyStats {
+    /// Sessions this node completed as initiator.
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::Relaxed)
+    }
+
+    /// Entries anti-entropy merged into this node's store that changed it,
+    /// as initiator or responder.
+    pub fn repaired(&self) -> u64 {
+        self.repaired.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` repaired entries.
+    pub fn add_repaired(&self, n: u64) {
+        self.repaired.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The peer could not be reached or failed.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// The peer broke the protocol.
+    #[error(transparent)]
+    Session(#[from] super::SessionError),
+}
+
+/// Settings of the anti-entropy loop.
+#[derive(Clone, Copy, Debug)]
+pub struct AntiEntropyConfig {
+    /// Time between rounds with every peer.
+    pub interval: Duration,
+    /// The most bytes per second sessions may send and receive.
+    pub max_bytes_per_sec: u64,
+    /// Message size limits.
+    pub limits: Limits,
+    /// Whether the node starts ready (alone, or the first of a cluster)
+    /// rather than syncing (it joins others and starts empty).
+    pub start_ready: bool,
+}
+
+/// How often a syncing node retries, whatever the interval: it is not
+/// ready until it has synced every partition it holds.
+const SYNCING_RETRY: Duration = Duration::from_millis(200);
+
+/// Runs anti-entropy sessions with this node's replica peers, and turns a
+/// node that started `syncing` ready once it has filled every partition it
+/// holds from a peer.
+pub struct AntiEntropy {
+    me: String,
+    store: Arc<Store>,
+    clock: Arc<Clock>,
+    peers: Arc<Peers>,
+    coordinator: Arc<Coordinator>,
+    config: AntiEntropyConfig,
+    stats: Arc<AntiEntropyStats>,
+    wake: Notify,
+    announcer: StateAnnouncer,
+    ready: AtomicBool,
+    /// While syncing: the partitions synced with at least one peer.
+    synced: Mutex<HashSet<u32>>,
+}
+
+impl AntiEntropy {
+    /// Anti-entropy for node `me`.
+    pub fn new(
+        me: String,
+        store: Arc<Store>,
+        clock: Arc<Clock>,
+        peers: Arc<Peers>,
+        coordinator: Arc<Coordinator>,
+        config: AntiEntropyConfig,
+        announcer: StateAnnouncer,
+    ) -> Self {
+        Self {
+            me,
+            store,
+            clock,
+            peers,
+            coordinator,
+            config,
+            stats: Arc::default(),
+            wake: Notify::new(),
+            announcer,
+            ready: AtomicBool::new(config.start_ready),
+            synced: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The counters of this node's anti-entropy work, shared with the peer
+    /// service (which counts what it repairs as responder) and Admin.
+    pub fn stats(&self) -> Arc<AntiEntropyStats> {
+        self.stats.clone()
+    }
+
+    /// Whether this node has synced every partition it holds since it
+    /// started (or started ready).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Starts a round now rather than at the next interval (a peer came
+    /// back alive, or placement changed).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The loop: a round with every live peer that shares partitions with
+    /// this node, every interval or when woken.
+    pub async fn run(self: Arc<Self>) {
+        if !self.is_ready() {
+            self.seed_clock().await;
+        }
+        loop {
+            let pause = if self.is_ready() {
+                self.config.interval
+            } else {
+                self.config.interval.min(SYNCING_RETRY)
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.wake.notified() => {}
+            }
+            self.round().await;
+            if !self.is_ready() && self.filled() {
+                self.ready.store(true, Ordering::Relaxed);
+                self.announcer.announce(NodeState::Ready).await;
+            }
+        }
+    }
+
+    /// A node that starts empty reads its peers' clocks before it serves as
+    /// a replica, so its next writes order after whatever they issued.
+    /// Bounded: peers that do not answer are skipped (the refill observes
+    /// every version it brings in any case).
+    async fn seed_clock(&self) {
+        let deadline = Instant::now() + self.peers.timeout();
+        while Instant::now() < deadline {
+            let topology = self.coordinator.topology();
+            let peers: Vec<String> = topology
+                .members()
+                .filter(|m| m.alive && m.id != self.me)
+                .map(|m| m.id.clone())
+                .collect();
+            if !peers.is_empty() {
+                for peer in peers {
+                    if let Ok(time) = self.peers.clock(&peer).await {
+                        self.clock.observe(Version::new(time, 0));
+                    }
+                }
+                return;
+            }
+            tokio::time::sleep(SYNCING_RETRY / 4).await;
+        }
+    }
+
+    /// Whether every partition this node holds has been synced with a live
+    /// peer, or has no live peer to sync with.
+    fn filled(&self) -> bool {
+        let topology = self.coordinator.topology();
+        let ring = topology.ring();
+        let synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
+        ring.partitions_held_by(&self.me).into_iter().all(|p| {
+            synced.contains(&p)
+                || !ring
+                    .replicas(p)
+                    .iter()
+                    .any(|r| **r != *self.me && topology.is_alive(r))
+        })
+    }
+
+    /// One session with every live peer sharing partitions; returns the
+    /// peers synced without error.
+    pub async fn round(&self) -> usize {
+        let topology = self.coordinator.topology();
+        let ring = topology.ring();
+        let mut synced = 0;
+        let peers: Vec<String> = topology
+            .members()
+            .filter(|m| m.alive && m.id != self.me)
+            .map(|m| m.id.clone())
+            .collect();
+        for peer in peers {
+            let shared = PartitionSet::new(
+                (0..ring.partitions())
+                    .filter(|&p| ring.is_replica(p, &self.me) && ring.is_replica(p, &peer)),
+            );
+            if shared.is_empty() {
+                continue;
+            }
+            let partitions = shared.as_slice().to_vec();
+            match self.session(&peer, shared).await {
+                Ok(stats) => {
+                    synced += 1;
+                    if !self.is_ready() {
+                        self.synced
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .extend(partitions);
+                    }
+                    if stats.keys_sent + stats.keys_received > 0 {
+                        tracing::info!(
+                            peer = %peer,
+                            sent = stats.keys_sent,
+                            received = stats.keys_received,
+                            round_trips = stats.round_trips,
+                            bytes = stats.bytes_sent + stats.bytes_received,
+                            "anti-entropy repaired"
+                        );
+                    }
+                }
+                Err(e) => tracing::debug!(peer = %peer, error = %e, "anti-entropy session failed"),
+            }
+        }
+        synced
+    }
+
+    /// One full session with `peer` over `shared`.
+    pub async fn session(
+        &self,
+        peer: &str,
+        shared: PartitionSet,
+    ) -> Result<SessionStats, SyncError> {
+        let salt = self.clock.latest().time;
+        let mut session = Initiator::new(shared, self.config.limits, salt);
+        let mut request = session.start(&*self.store);
+        loop {
+            let started = Instant::now();
+            let reply = self.peers.sync(peer, &request).await?;
+            let bytes = (request.wire_size() + reply.wire_size()) as u64;
+            let step = session.on_reply(&*self.store, reply)?;
+            let changed = merge_repairs(&self.store, &self.clock, step.merge);
+            self.stats.add_repaired(changed);
+            self.throttle(bytes, started).await;
+            match step.next {
+                Next::Send(next) => request = next,
+                Next::Done(stats) => {
+                    self.stats.rounds.fetch_add(1, Ordering::Relaxed);
+                    return Ok(stats);
+                }
+            }
+        }
+    }
+
+    /// Keeps sessions under the byte budget: a step that moved `bytes` may
+    /// not be followed by the next before `bytes / rate` has passed since
+    /// it started.
+    async fn throttle(&self, bytes: u64, started: Instant) {
+        let rate = self.config.max_bytes_per_sec.max(1);
+        let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
+        let elapsed = started.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! `kilovolt-bench`: a load generator for Kilovolt-DB, in the manner of
+//! redis-benchmark or etcd's benchmark tool.
+//!
+//! It opens `--conns` gRPC channels (HTTP/2 connections) spread over the
+//! `--addr` nodes, writes every key of the key space once (the preload),
+//! then keeps `--concurrency` requests in flight, each task issuing one Get
+//! or Set at a time, for `--warmup` (not recorded) and `--duration`, and
+//! reports throughput, latency percentiles and errors by gRPC status code.
+//!
+//! Exit codes: 0 when the benchmark ran (even if requests failed), 2 usage
+//! error, 3 a node cannot be connected to at all.
+
+mod histogram;
+mod report;
+mod workload;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, ValueEnum};
+use futures_util::future::join_all;
+use kilovolt::proto::{self, kilovolt_client::KilovoltClient};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::report::Report;
+use crate::workload::{Progress, Workload};
+
+/// Largest message the client sends or accepts; the server's own limit is
+/// the one that applies.
+const MAX_MESSAGE_BYTES: usize = 1 << 31;
+
+/// The command line.
+#[derive(Parser)]
+#[command(
+    name = "kilovolt-bench",
+    version,
+    about = "Load generator for Kilovolt-DB",
+    long_about = "Load generator for Kilovolt-DB.\n\n\
+        Writes every key of the key space once (the preload, skipped with \
+        --no-preload), then keeps --concurrency requests in flight over \
+        --conns connections for --warmup (not recorded) and --duration: each \
+        request is a Get (with probability --read-ratio) or a Set of a key \
+        picked uniformly at random. It then reports ops/s, the p50, p99, \
+        p99.9 and max latency of reads, writes and both, and the failed \
+        requests by gRPC status code. Progress goes to stderr once a second.\n\n\
+        Exit codes: 0 the benchmark ran (even if requests failed), 2 usage \
+        error, 3 a node cannot be connected to.",
+    after_help = "Examples:\n  \
+        kilovolt-bench --duration 30s\n  \
+        kilovolt-bench --addr 127.0.0.1:50051,127.0.0.1:50052 --read-ratio 0 --consistency quorum\n  \
+        kilovolt-bench --json --no-preload --keys 1000 --value-size 1024"
+)]
+struct Cli {
+    /// Nodes to load, host:port, comma-separated; connections are spread
+    /// over them round-robin (connection i goes to node i mod the count).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:50051",
+        value_name = "HOST:PORT[,...]"
+    )]
+    addr: Vec<String>,
+    /// gRPC channels (HTTP/2 connections) to open; requests in flight are
+    /// spread over them.
+    #[arg(long, default_value_t = 4, value_parser = at_least_one::<usize>)]
+    conns: usize,
+    /// Requests in flight in total (one task each, one request at a time).
+    #[arg(long, default_value_t = 64, value_parser = at_least_one::<usize>)]
+    concurrency: usize,
+    /// How long to measure (e.g. 10s, 1m), after the warmup.
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
+    duration: Duration,
+    /// How long to run the load before measuring; not counted (0s for none).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Keys in the key space (`key:00000000` upwards).
+    #[arg(long, default_value_t = 100_000, value_parser = at_least_one::<u64>)]
+    keys: u64,
+    /// Bytes in each value written.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Fraction of requests that are reads, 0.0 to 1.0; the rest are writes.
+    #[arg(long, default_value_t = 0.9, value_parser = ratio)]
+    read_ratio: f64,
+    /// Consistency level of every request; `local` applies to reads only
+    /// (writes then use `default`).
+    #[arg(long, value_enum, default_value_t = Level::Default)]
+    consistency: Level,
+    /// Print one JSON object with the results instead of the report.
+    #[arg(long)]
+    json: bool,
+    /// Skip the preload: reads of keys never written count as successful
+    /// (and as "not found").
+    #[arg(long)]
+    no_preload: bool,
+    /// Seed of the key and operation choices: each task draws its own
+    /// sequence from it, so runs with the same seed and --concurrency pick
+    /// the same keys and operations.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Give up on one request (or a connection attempt) after this long; the
+    /// request then counts as DeadlineExceeded.
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
+    timeout: Duration,
+}
+
+/// A consistency level as named on the command line.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Level {
+    /// The node's --default-consistency.
+    Default,
+    /// One replica.
+    One,
+    /// A majority of the key's replicas.
+    Quorum,
+    /// Every replica of the key.
+    All,
+    /// Reads: the receiving node's own copy; writes use `default`.
+    Local,
+}
+
+impl Level {
+    /// The level reads are sent with.
+    fn for_reads(self) -> proto::Consistency {
+        match self {
+            Level::Default => proto::Consistency::Default,
+            Level::One => proto::Consistency::One,
+            Level::Quorum => proto::Consistency::Quorum,
+            Level::All => proto::Consistency::All,
+            Level::Local => proto::Consistency::Local,
+        }
+    }
+
+    /// The level writes are sent with: LOCAL is refused for writes, so
+    /// they fall back to DEFAULT.
+    fn for_writes(self) -> proto::Consistency {
+        match self {
+            Level::Local => proto::Consistency::Default,
+            other => other.for_reads(),
+        }
+    }
+
+    /// The name used on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            Level::Default => "default",
+            Level::One => "one",
+            Level::Quorum => "quorum",
+            Level::All => "all",
+            Level::Local => "local",
+        }
+    }
+}
+
+/// Parses a duration that must be longer than zero.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+/// Parses a whole number of at least one.
+fn at_least_one<T: TryFrom<u64>>(s: &str) -> Result<T, String> {
+    let n: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if n == 0 {
+        return Err("must be at least 1".into());
+    }
+    T::try_from(n).map_err(|_| format!("{n} is too large"))
+}
+
+/// Parses a fraction from 0.0 to 1.0.
+fn ratio(s: &str) -> Result<f64, String> {
+    let r: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(0.0..=1.0).contains(&r) {
+        return Err(format!("{r} is not between 0.0 and 1.0"));
+    }
+    Ok(r)
+}
+
+/// One node to connect to, as given and as an endpoint.
+struct Target {
+    /// The address as given on the command line.
+    addr: String,
+    /// The endpoint built from it.
+    endpoint: Endpoint,
+}
+
+/// Checks what clap cannot and builds the endpoints; exits with code 2
+/// (and the usage) on a problem.
+fn targets(cli: &Cli) -> Vec<Target> {
+    let usage_error = |message: String| -> ! {
+        Cli::command()
+            .error(ErrorKind::ValueValidation, message)
+            .exit()
+    };
+    if cli.conns > cli.concurrency {
+        usage_error(format!(
+            "--conns ({}) is more than --concurrency ({}): some connections would carry no requests",
+            cli.conns, cli.concurrency
+        ));
+    }
+    cli.addr
+        .iter()
+        .map(|addr| {
+            let addr = addr.trim();
+            if addr.is_empty() {
+                usage_error("--addr has an empty entry".into());
+            }
+            let uri = if addr.contains("://") {
+                addr.to_string()
+            } else {
+                format!("http://{addr}")
+            };
+            let endpoint = Endpoint::from_shared(uri)
+                .unwrap_or_else(|e| usage_error(format!("--addr {addr:?} is not host:port: {e}")))
+                .connect_timeout(cli.timeout)
+                .tcp_nodelay(true);
+            Target {
+                addr: addr.to_string(),
+                endpoint,
+            }
+        })
+        .collect()
+}
+
+/// Opens the `conns` channels, channel i to target i mod the count. On a
+/// failure answers the address and the reason.
+async fn connect(targets: &[Target], conns: usize) -> Result<Vec<Channel>, (String, String)> {
+    let attempts = (0..conns).map(|i| {
+        let target = &targets[i % targets.len()];
+        async move {
+            target
+                .endpoint
+                .connect()
+                .await
+                .map_err(|e| (target.addr.clone(), error_chain(&e)))
+        }
+    });
+    join_all(attempts).await.into_iter().collect()
+}
+
+/// An error and its causes on one line (tonic's own message alone is just
+/// "transport error"), a cause that repeats the one before it left out.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    let mut last = message.clone();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // hyper and tonic often wrap an error in one that repeats it.
+        if text != last {
+            message.push_str(": ");
+            message.push_str(&text);
+            last = text;
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// The value every Set writes: `size` bytes of printable ASCII.
+fn value_of(size: usize) -> String {
+    (0..size)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let targets = targets(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("kilovolt-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(bench(cli, targets))
+}
+
+/// Connects, preloads, runs and reports.
+async fn bench(cli: Cli, targets: Vec<Target>) -> ExitCode {
+    let channels = match connect(&targets, cli.conns).await {
+        Ok(channels) => channels,
+        Err((addr, reason)) => {
+            eprintln!("kilovolt-bench: cannot connect to {addr}: {reason}");
+            return ExitCode::from(3);
+        }
+    };
+    let clients: Vec<KilovoltClient<Channel>> = channels
+        .into_iter()
+        .map(|channel| {
+            KilovoltClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        })
+        .collect();
+    let workload = Arc::new(Workload {
+        keys: cli.keys,
+        key_width: Workload::key_width_for(cli.keys),
+        value: value_of(cli.value_size),
+        read_ratio: cli.read_ratio,
+        read_level: cli.consistency.for_reads(),
+        write_level: cli.consistency.for_writes(),
+        timeout: cli.timeout,
+        seed: cli.seed,
+    });
+    let progress = Progress::new();
+
+    let preload = if cli.no_preload {
+        None
+    } else {
+        let result = workload::preload(&workload, &clients, cli.concurrency, &progress).await;
+        if result.errors.total() > 0 {
+            progress.note(&format!(
+                "preload: {} of {} writes failed",
+                result.errors.total(),
+                cli.keys
+            ));
+        }
+        Some(result)
+    };
+    let run = workload::run(
+        &workload,
+        &clients,
+        cli.concurrency,
+        cli.warmup,
+        cli.duration,
+        &progress,
+    )
+    .await;
+
+    let report = Report {
+        addrs: targets.iter().map(|t| t.addr.as_str()).collect(),
+        conns: cli.conns,
+        concurrency: cli.concurrency,
+        duration: cli.duration,
+        warmup: cli.warmup,
+        keys: cli.keys,
+        value_size: cli.value_size,
+        read_ratio: cli.read_ratio,
+        consistency: cli.consistency.name(),
+        seed: cli.seed,
+        preload: preload.as_ref(),
+        run: &run,
+    };
+    let written = if cli.json {
+        report.write_json(&mut std::io::stdout().lock())
+    } else {
+        report.write_text(&mut std::io::stdout().lock())
+    };
+    if let Err(e) = written {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("kilovolt-bench: cannot write the report: {e}");
+        }
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,302 @@
+//! Real processes, a real partition: three `kilovolt-db` binaries on
+//! loopback with `--fault-injection`, cut and healed through the Faults API,
+//! as users would test their own cluster.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::eventually;
+use common::process::{Server, SERVER};
+use kilovolt::proto::{
+    self, admin_client::AdminClient, faults_client::FaultsClient, kilovolt_client::KilovoltClient,
+    Consistency,
+};
+use tonic::transport::Channel;
+
+const AE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Starts a node process seeded with `seeds`, fast gossip and anti-entropy.
+fn node(cluster: &str, seeds: &[&Server], port: &str) -> Server {
+    let seeds: Vec<&str> = seeds.iter().map(|s| s.addr.as_str()).collect();
+    let mut cmd = Command::new(SERVER);
+    cmd.args(["--host", "127.0.0.1", "--port", port, "--fault-injection"])
+        .args(["--cluster-id", cluster, "--gossip-interval", "50ms"])
+        .args(["--anti-entropy-interval", "1s", "--request-timeout", "1s"]);
+    if !seeds.is_empty() {
+        cmd.args(["--cluster", &seeds.join(",")]);
+    }
+    Server::launch(cmd)
+}
+
+async fn channel(s: &Server) -> Channel {
+    Channel::from_shared(format!("http://{}", s.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn members(s: &Server) -> proto::MembersResponse {
+    AdminClient::new(channel(s).await)
+        .members(proto::MembersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until `s` sees `n` members alive and ready.
+async fn wait_ready(s: &Server, n: usize) {
+    eventually(
+        Duration::from_secs(20),
+        "members alive and ready",
+        || async {
+            let m = members(s).await;
+            (m.members
+                .iter()
+                .filter(|m| m.alive && m.state == "ready")
+                .count()
+                == n)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+async fn digests(s: &Server) -> Vec<(u32, Vec<u8>)> {
+    let d = AdminClient::new(channel(s).await)
+        .digests(proto::DigestsRequest {})
+        .await
+        .unwrap();
+    d.into_inner()
+        .partitions
+        .into_iter()
+        .map(|p| (p.partition, p.root))
+        .collect()
+}
+
+async fn set(s: &Server, key: &str, value: &str) -> proto::Version {
+    let req = proto::SetRequest {
+        key: key.into(),
+        value: value.into(),
+        consistency: Consistency::One.into(),
+        ttl_ms: 0,
+    };
+    KilovoltClient::new(channel(s).await)
+        .set(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap()
+}
+
+async fn delete(s: &Server, key: &str) -> proto::Version {
+    let req = proto::DeleteRequest {
+        key: key.into(),
+        consistency: Consistency::One.into(),
+    };
+    KilovoltClient::new(channel(s).await)
+        .delete(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap()
+}
+
+async fn local(s: &Server, key: &str) -> proto::GetResponse {
+    let req = proto::GetRequest {
+        key: key.into(),
+        consistency: Consistency::Local.into(),
+    };
+    KilovoltClient::new(channel(s).await)
+        .get(req)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn order(v: &proto::Version) -> (u64, u128) {
+    (v.time, u128::from_str_radix(&v.node, 16).unwrap())
+}
+
+/// What a client was told, per key: the greatest acknowledged version and
+/// whether it was a value (Some) or a delete (None).
+#[derive(Default)]
+struct Acked(BTreeMap<String, (proto::Version, Option<String>)>);
+
+impl Acked {
+    fn record(&mut self, key: &str, version: proto::Version, value: Option<&str>) {
+        let newer = self
+            .0
+            .get(key)
+            .is_none_or(|(v, _)| order(&version) > order(v));
+        if newer {
+            self.0
+                .insert(key.into(), (version, value.map(String::from)));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_heals_by_itself_without_losing_or_resurrecting() {
+    let a = node("partition-heal", &[], "0");
+    let b = node("partition-heal", &[&a], "0");
+    let c = node("partition-heal", &[&a, &b], "0");
+    let all = [&a, &b, &c];
+    for s in all {
+        wait_ready(s, 3).await;
+    }
+    let id = |s: &Server| s.addr.clone(); // node id = advertised address
+    let mut acked = Acked::default();
+    for i in 0..20 {
+        let key = format!("before-{i}");
+        acked.record(&key, set(&a, &key, "v0").await, Some("v0"));
+    }
+    // Wait until every replica holds what was written before the cut.
+    eventually(
+        Duration::from_secs(10),
+        "replicas to agree before the cut",
+        || async {
+            let first = digests(&a).await;
+            (digests(&b).await == first && digests(&c).await == first).then_some(())
+        },
+    )
+    .await;
+
+    // Cut c off from a and b, on every node (a cut is held by the node that
+    // asks for it, so each side cuts the other).
+    FaultsClient::new(channel(&c).await)
+        .cut(proto::CutRequest {
+            peers: vec![id(&a), id(&b)],
+        })
+        .await
+        .unwrap();
+    for s in [&a, &b] {
+        FaultsClient::new(channel(s).await)
+            .cut(proto::CutRequest {
+                peers: vec![id(&c)],
+            })
+            .await
+            .unwrap();
+    }
+
+    // Both sides take writes and deletes at ONE.
+    for i in 0..20 {
+        let key = format!("majority-{i}");
+        acked.record(&key, set(&b, &key, "m").await, Some("m"));
+        let key = format!("minority-{i}");
+        acked.record(&key, set(&c, &key, "n").await, Some("n"));
+    }
+    for i in 0..5 {
+        let key = format!("before-{i}");
+        acked.record(&key, delete(&a, &key).await, None);
+        let key = format!("before-{}", 10 + i);
+        acked.record(&key, delete(&c, &key).await, None);
+    }
+    // The same key on both sides: the greater version wins everywhere.
+    acked.record(
+        "contested",
+        set(&a, "contested", "from-majority").await,
+        Some("from-majority"),
+    );
+    acked.record(
+        "contested",
+        set(&c, "contested", "from-minority").await,
+        Some("from-minority"),
+    );
+    assert!(
+        local(&a, "minority-0").await.version.is_none(),
+        "the cut holds"
+    );
+
+    for s in all {
+        FaultsClient::new(channel(s).await)
+            .heal(proto::HealRequest {})
+            .await
+            .unwrap();
+    }
+    for s in all {
+        wait_ready(s, 3).await;
+    }
+    let healed = Instant::now();
+    eventually(
+        AE_INTERVAL * 2 + Duration::from_secs(1),
+        "equal digests after the heal",
+        || async {
+            let first = digests(&a).await;
+            (digests(&b).await == first && digests(&c).await == first).then_some(())
+        },
+    )
+    .await;
+    let converged = healed.elapsed();
+
+    for (key, (version, value)) in &acked.0 {
+        for s in all {
+            let got = local(s, key).await;
+            let held = got
+                .version
+                .as_ref()
+                .expect("every acknowledged key is held");
+            assert!(
+                order(held) >= order(version),
+                "{key} lost its acknowledged write on {}",
+                s.addr
+            );
+            if order(held) == order(version) {
+                assert_eq!(got.found, value.is_some(), "{key} on {}", s.addr);
+                assert_eq!(
+                    got.value,
+                    value.clone().unwrap_or_default(),
+                    "{key} on {}",
+                    s.addr
+                );
+            }
+            if value.is_none() {
+                assert!(!got.found, "deleted {key} came back on {}", s.addr);
+            }
+        }
+    }
+    eprintln!("converged {converged:?} after the heal was seen");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_empty_refills_and_turns_ready() {
+    let a = node("restart-empty", &[], "0");
+    let b = node("restart-empty", &[&a], "0");
+    let mut c = node("restart-empty", &[&a, &b], "0");
+    for s in [&a, &b, &c] {
+        wait_ready(s, 3).await;
+    }
+    for i in 0..300 {
+        set(&a, &format!("k{i}"), "v").await;
+    }
+    eventually(Duration::from_secs(10), "replicas to agree", || async {
+        let first = digests(&a).await;
+        (digests(&b).await == first && digests(&c).await == first).then_some(())
+    })
+    .await;
+
+    // Kill c outright (no graceful leave) and start it again, empty, at the
+    // same address, so with the same id.
+    let port = c.port().to_string();
+    c.child.kill().unwrap();
+    c.child.wait().unwrap();
+    drop(c);
+    let restarted = node("restart-empty", &[&a, &b], &port);
+    assert!(!local(&restarted, "k1").await.found, "restarted empty");
+
+    wait_ready(&restarted, 3).await;
+    let first = digests(&a).await;
+    assert_eq!(digests(&restarted).await, first, "ready means refilled");
+    for i in [0, 150, 299] {
+        assert_eq!(local(&restarted, &format!("k{i}")).await.value, "v");
+    }
+    // Writes stamped after the restart order after everything it refilled.
+    let before = local(&a, "k299").await.version.unwrap();
+    let after = set(&restarted, "k299", "new").await;
+    assert!(order(&after) > order(&before));
+}
