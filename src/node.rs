@@ -239,6 +239,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
 
     let background = vec![
         tokio::spawn(collect_expired(
+            coordinator.clone(),
             store.clone(),
             clock.clone(),
             config.expiry_interval,
@@ -420,12 +421,25 @@ async fn hand_off_hints(coordinator: &Coordinator, replicator: &Arc<Replicator>,
     replicator.flush().await;
 }
 
-/// Removes expired values every `interval`, at most `batch` per tick.
-async fn collect_expired(store: Arc<Store>, clock: Arc<Clock>, interval: Duration, batch: usize) {
+/// Removes expired values every `interval`, at most `batch` per tick, while
+/// this node is alone. With peers, an expired value is kept (it reads as
+/// absent): removing it before every replica holds it could let a lagging
+/// replica's older value win the next anti-entropy session, which
+/// acknowledged collection will prevent.
+async fn collect_expired(
+    coordinator: Arc<Coordinator>,
+    store: Arc<Store>,
+    clock: Arc<Clock>,
+    interval: Duration,
+    batch: usize,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        if coordinator.topology().members().count() > 1 {
+            continue;
+        }
         let removed = store.collect_expired(clock.now(), batch);
         if removed > 0 {
             tracing::debug!(removed, "collected expired values");
