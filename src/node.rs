@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::anti_entropy::{AntiEntropy, AntiEntropyConfig, Limits};
 use crate::api::{AdminService, FaultsService, KilovoltService};
-use crate::clock::{self, Clock};
+use crate::clock::{self, Clock, PhysicalClock};
 use crate::cluster::{ClusterError, Member, Membership, MembershipConfig, NodeState};
 use crate::config::{Config, DefaultConsistency};
 use crate::coordinator::{Consistency, Coordinator, Topology};
@@ -140,6 +140,15 @@ impl RunningNode {
 
 /// Binds the configured address, joins the cluster and starts serving.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
+    start_with_clock(config, clock::system_time).await
+}
+
+/// [`start`], with physical time read from `physical` instead of the
+/// system clock: tests give nodes skewed or jumping clocks this way.
+pub async fn start_with_clock(
+    config: Config,
+    physical: PhysicalClock,
+) -> Result<RunningNode, NodeError> {
     let addr = config.bind_addr();
     let listener = TcpListener::bind(addr)
         .await
@@ -179,11 +188,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     .await?;
 
     let store = Arc::new(Store::new(config.partitions));
-    let clock = Arc::new(Clock::new(
-        &info.id,
-        clock::system_time,
-        config.max_clock_drift,
-    ));
+    let clock = Arc::new(Clock::new(&info.id, physical, config.max_clock_drift));
     let peers = Arc::new(Peers::new(
         info.id.clone(),
         switch.clone(),

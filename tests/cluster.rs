@@ -537,3 +537,167 @@ async fn anti_entropy_repairs_what_replication_never_carried() {
     stopped.shutdown().await.unwrap();
     shutdown_all(nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_that_move_to_a_new_node_are_handed_off_then_dropped() {
+    let fast = |c: &mut Config| {
+        tune(c, "handoff");
+        c.replication_factor = 1;
+        c.anti_entropy_interval = Duration::from_millis(300);
+    };
+    let a = start_node(fast).await;
+    for i in 0..200 {
+        kv(&a)
+            .await
+            .set(set(&format!("k{i}"), "v", Consistency::One))
+            .await
+            .unwrap();
+    }
+    let seeds = vec![a.info().address.clone()];
+    let b = start_node(|c| {
+        fast(c);
+        c.cluster = seeds;
+    })
+    .await;
+    for node in [&a, &b] {
+        wait_alive(node, 2).await;
+    }
+    // With RF 1 each key now has one home; a keeps only its own share.
+    let keys = |n: &RunningNode| n.handles().store.stats().values;
+    eventually(
+        Duration::from_secs(10),
+        "a to hand off and drop what moved",
+        || async { (keys(&b) > 0 && keys(&a) + keys(&b) == 200).then_some(()) },
+    )
+    .await;
+    assert!(keys(&a) < 200, "a dropped the partitions it handed off");
+    for i in 0..200 {
+        let key = format!("k{i}");
+        for node in [&a, &b] {
+            let got = kv(node)
+                .await
+                .get(get(&key, Consistency::One))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(got.value, "v", "{key} via {}", node.info().id);
+        }
+    }
+    shutdown_all(vec![a, b]).await;
+}
+
+/// How far the clocks of the skewed test nodes are from the system clock,
+/// in NTP64 units (2^32 per second).
+static AHEAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static BEHIND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn clock_ahead() -> uhlc::NTP64 {
+    let now = kilovolt::clock::system_time().0;
+    uhlc::NTP64(now + AHEAD.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+fn clock_behind() -> uhlc::NTP64 {
+    let now = kilovolt::clock::system_time().0;
+    uhlc::NTP64(now - BEHIND.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clocks_that_jump_past_the_drift_bound_either_way_lose_no_write() {
+    use common::start_node_with_clock;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let hour = 3600u64 << 32;
+    let fast = |c: &mut Config| {
+        tune(c, "skew");
+        c.max_clock_drift = Duration::from_millis(500);
+    };
+    let honest = start_node(fast).await;
+    let seeds = vec![honest.info().address.clone()];
+    let (s1, s2) = (seeds.clone(), seeds.clone());
+    let ahead = start_node_with_clock(
+        |c| {
+            fast(c);
+            c.cluster = s1;
+        },
+        clock_ahead,
+    )
+    .await;
+    let behind = start_node_with_clock(
+        |c| {
+            fast(c);
+            c.cluster = s2;
+        },
+        clock_behind,
+    )
+    .await;
+    for node in [&honest, &ahead, &behind] {
+        wait_alive(node, 3).await;
+    }
+    let version = |r: proto::SetResponse| r.version.map(|v| v.time).unwrap();
+
+    // One clock jumps an hour ahead; its write reaches the others, which
+    // merge it, count the event, and are not dragged along.
+    AHEAD.store(hour, Relaxed);
+    let future = version(
+        kv(&ahead)
+            .await
+            .set(set("k", "from the future", Consistency::All))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let stats = admin(&honest)
+        .await
+        .stats(proto::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stats.clock_drift_events >= 1, "{stats:?}");
+    let other = version(
+        kv(&honest)
+            .await
+            .set(set("other", "x", Consistency::All))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert!(
+        other < future,
+        "the honest clock was not dragged an hour ahead"
+    );
+    // The honest node's own write to that key still wins: stored + 1.
+    let mine = version(
+        kv(&honest)
+            .await
+            .set(set("k", "honest", Consistency::All))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert!(mine > future);
+
+    // Another clock jumps an hour back: its writes to keys written since
+    // still win (stored + 1), so the client's latest write is kept.
+    BEHIND.store(hour, Relaxed);
+    let late = version(
+        kv(&behind)
+            .await
+            .set(set("k", "from the past", Consistency::All))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert!(late > mine);
+    for node in [&honest, &ahead, &behind] {
+        let got = kv(node)
+            .await
+            .get(get("k", Consistency::Local))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.value, "from the past", "on {}", node.info().id);
+    }
+    AHEAD.store(0, Relaxed);
+    BEHIND.store(0, Relaxed);
+    shutdown_all(vec![honest, ahead, behind]).await;
+}

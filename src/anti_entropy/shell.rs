@@ -57,6 +57,7 @@ pub fn merge_repairs(store: &Store, clock: &Clock, entries: Vec<(Key, Entry)>) -
 pub struct AntiEntropyStats {
     rounds: AtomicU64,
     repaired: AtomicU64,
+    mismatches: AtomicU64,
 }
 
 impl AntiEntropyStats {
@@ -69,6 +70,12 @@ impl AntiEntropyStats {
     /// as initiator or responder.
     pub fn repaired(&self) -> u64 {
         self.repaired.load(Ordering::Relaxed)
+    }
+
+    /// Partitions whose incrementally kept Merkle root differed from one
+    /// recomputed from the map (a bug if ever non-zero).
+    pub fn mismatches(&self) -> u64 {
+        self.mismatches.load(Ordering::Relaxed)
     }
 
     /// Counts `n` repaired entries.
@@ -122,6 +129,8 @@ pub struct AntiEntropy {
     ready: AtomicBool,
     /// While syncing: the partitions synced with at least one peer.
     synced: Mutex<HashSet<u32>>,
+    /// The partition the next tree check recomputes.
+    next_check: AtomicU64,
 }
 
 impl AntiEntropy {
@@ -147,6 +156,7 @@ impl AntiEntropy {
             announcer,
             ready: AtomicBool::new(config.start_ready),
             synced: Mutex::new(HashSet::new()),
+            next_check: AtomicU64::new(0),
         }
     }
 
@@ -185,6 +195,8 @@ impl AntiEntropy {
                 () = self.wake.notified() => {}
             }
             self.round().await;
+            self.hand_off().await;
+            self.check_tree();
             if !self.is_ready() && self.filled() {
                 self.ready.store(true, Ordering::Relaxed);
                 self.announcer.announce(NodeState::Ready).await;
@@ -276,6 +288,67 @@ impl AntiEntropy {
             }
         }
         synced
+    }
+
+    /// Hands the partitions this node holds entries of but no longer
+    /// replicates (placement moved them) to their replicas, one session per
+    /// replica over all such partitions, then drops each partition every
+    /// replica of which took it. Waits while any of those replicas is down.
+    pub async fn hand_off(&self) -> usize {
+        let topology = self.coordinator.topology();
+        let ring = topology.ring();
+        let moved: Vec<u32> = (0..ring.partitions())
+            .filter(|&p| !ring.is_replica(p, &self.me) && self.store.partition_len(p) > 0)
+            .filter(|&p| ring.replicas(p).iter().all(|r| topology.is_alive(r)))
+            .collect();
+        if moved.is_empty() {
+            return 0;
+        }
+        let mut failed: HashSet<u32> = HashSet::new();
+        let targets: HashSet<&str> = moved
+            .iter()
+            .flat_map(|&p| ring.replicas(p).iter().map(|r| &**r))
+            .collect();
+        for target in targets {
+            let theirs: Vec<u32> = moved
+                .iter()
+                .copied()
+                .filter(|&p| ring.is_replica(p, target))
+                .collect();
+            if let Err(e) = self
+                .session(target, PartitionSet::new(theirs.iter().copied()))
+                .await
+            {
+                tracing::debug!(peer = %target, error = %e, "handoff session failed");
+                failed.extend(theirs);
+            }
+        }
+        let mut dropped = 0;
+        for p in moved.into_iter().filter(|p| !failed.contains(p)) {
+            let entries = self.store.drop_partition(p);
+            tracing::info!(partition = p, entries, "partition handed off and dropped");
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Recomputes one held partition's root from its map and compares it
+    /// with the incrementally kept one; a difference is counted and logged.
+    /// One partition per round, in turn, so the check costs little.
+    fn check_tree(&self) {
+        let partitions = u64::from(self.store.partitions());
+        let p = (self.next_check.fetch_add(1, Ordering::Relaxed) % partitions) as u32;
+        let before = self.store.root(p);
+        let recomputed = self.store.recompute_root(p);
+        // A write during the scan changes the root: only a stable root that
+        // disagrees with the map is a mismatch.
+        if recomputed != before && self.store.root(p) == before {
+            self.stats.mismatches.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                partition = p,
+                "Merkle root differs from the one recomputed from the store"
+            );
+        }
     }
 
     /// One full session with `peer` over `shared`.

@@ -99,6 +99,7 @@ impl Admin for AdminService {
             clock_drift_events: self.clock.drift_events(),
             anti_entropy_rounds: self.sync.rounds(),
             anti_entropy_repaired: self.sync.repaired(),
+            merkle_mismatches: self.sync.mismatches(),
         }))
     }
 

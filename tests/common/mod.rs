@@ -15,12 +15,22 @@ use tonic::transport::{Channel, Endpoint};
 /// Starts an in-process node on an ephemeral loopback port, with the
 /// defaults changed by `configure`.
 pub async fn start_node(configure: impl FnOnce(&mut Config)) -> RunningNode {
+    start_node_with_clock(configure, kilovolt::clock::system_time).await
+}
+
+/// [`start_node`] with the node's physical time read from `physical`.
+pub async fn start_node_with_clock(
+    configure: impl FnOnce(&mut Config),
+    physical: kilovolt::clock::PhysicalClock,
+) -> RunningNode {
     init_logs();
     let mut config = Config::defaults();
     config.host = IpAddr::V4(Ipv4Addr::LOCALHOST);
     config.port = 0;
     configure(&mut config);
-    node::start(config).await.expect("node starts")
+    node::start_with_clock(config, physical)
+        .await
+        .expect("node starts")
 }
 
 /// Logs to the test's output when `RUST_LOG` is set (e.g. `RUST_LOG=debug
