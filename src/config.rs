@@ -129,6 +129,13 @@ pub struct Config {
     #[arg(long, env = "KILOVOLT_ANTI_ENTROPY_BYTES_PER_SEC", default_value_t = 32 << 20)]
     pub anti_entropy_bytes_per_sec: u64,
 
+    /// How old a tombstone (or how long expired a value) must be before it
+    /// may be collected, once every replica holds it. Never less than
+    /// --max-hint-age plus --request-timeout: no older write may still be
+    /// in flight when it goes.
+    #[arg(long, env = "KILOVOLT_TOMBSTONE_GRACE", default_value = "4h", value_parser = humantime::parse_duration)]
+    pub tombstone_grace: Duration,
+
     /// Serve the Faults service, which cuts and degrades this node's links
     /// to chosen peers (for partition tests). Off by default.
     #[arg(long, env = "KILOVOLT_FAULT_INJECTION")]
@@ -227,6 +234,13 @@ impl Config {
         self.node_id
             .clone()
             .unwrap_or_else(|| advertised.to_string())
+    }
+
+    /// The grace in force: `--tombstone-grace`, raised to the longest a hint
+    /// or delta may live when it is shorter.
+    pub fn settle_grace(&self) -> Duration {
+        self.tombstone_grace
+            .max(self.max_hint_age + self.request_timeout)
     }
 
     /// The largest gRPC message the node decodes or encodes: the largest

@@ -218,7 +218,6 @@ pub async fn start_with_clock(
         replicator.clone(),
         topology,
     ));
-    let sync_limits = Limits::default();
     let anti_entropy = Arc::new(AntiEntropy::new(
         info.id.clone(),
         store.clone(),
@@ -228,7 +227,8 @@ pub async fn start_with_clock(
         AntiEntropyConfig {
             interval: config.anti_entropy_interval,
             max_bytes_per_sec: config.anti_entropy_bytes_per_sec,
-            limits: sync_limits,
+            limits: Limits::default(),
+            settle_grace: config.settle_grace(),
             start_ready: config.cluster.is_empty(),
         },
         membership.announcer(),
@@ -260,7 +260,7 @@ pub async fn start_with_clock(
             rf,
         )),
         tokio::spawn(tend_hints(coordinator.clone(), replicator.clone())),
-        tokio::spawn(anti_entropy.run()),
+        tokio::spawn(anti_entropy.clone().run()),
     ];
 
     let max_message = config.max_message_bytes();
@@ -287,8 +287,7 @@ pub async fn start_with_clock(
         store,
         clock,
         switch,
-        sync_limits,
-        sync_stats,
+        anti_entropy,
     ))
     .max_decoding_message_size(crate::net::peer::MAX_PEER_MESSAGE)
     .max_encoding_message_size(crate::net::peer::MAX_PEER_MESSAGE);

@@ -701,3 +701,89 @@ async fn clocks_that_jump_past_the_drift_bound_either_way_lose_no_write() {
     BEHIND.store(0, Relaxed);
     shutdown_all(vec![honest, ahead, behind]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_are_collected_only_once_every_replica_holds_them() {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let seeds: Vec<String> = nodes
+            .iter()
+            .map(|n: &RunningNode| n.info().address.clone())
+            .collect();
+        nodes.push(
+            start_node(|c| {
+                tune(c, "tombstones");
+                c.cluster = seeds;
+                c.anti_entropy_interval = Duration::from_millis(200);
+                c.request_timeout = Duration::from_millis(500);
+                c.max_hint_age = Duration::from_millis(300);
+                c.tombstone_grace = Duration::from_secs(1);
+            })
+            .await,
+        );
+    }
+    for node in &nodes {
+        wait_alive(node, 3).await;
+    }
+    let mut c = kv(&nodes[0]).await;
+    for i in 0..50 {
+        c.set(set(&format!("k{i}"), "v", Consistency::All))
+            .await
+            .unwrap();
+        c.delete(proto::DeleteRequest {
+            key: format!("k{i}"),
+            consistency: Consistency::All.into(),
+        })
+        .await
+        .unwrap();
+    }
+    let tombstones = |n: &RunningNode| n.handles().store.stats().tombstones;
+    assert!(nodes.iter().all(|n| tombstones(n) == 50));
+
+    // Cut the third node off, on every side, and let the grace pass: with a
+    // replica unreachable, nothing may be collected.
+    let lonely = nodes[2].info().id.clone();
+    nodes[2]
+        .handles()
+        .switch
+        .cut(nodes[..2].iter().map(|n| n.info().id.clone()));
+    for n in &nodes[..2] {
+        n.handles().switch.cut([lonely.clone()]);
+    }
+    // The sleep is the point: time must pass beyond the grace.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        tombstones(&nodes[0]),
+        50,
+        "collection waits for the unreachable replica"
+    );
+    assert_eq!(tombstones(&nodes[2]), 50);
+
+    for n in &nodes {
+        n.handles().switch.heal();
+    }
+    for node in &nodes {
+        eventually(
+            Duration::from_secs(10),
+            "tombstones to be collected everywhere",
+            || async { (tombstones(node) == 0).then_some(()) },
+        )
+        .await;
+    }
+    for node in &nodes {
+        for i in [0, 25, 49] {
+            let got = kv(node)
+                .await
+                .get(get(&format!("k{i}"), Consistency::All))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(!got.found, "a collected delete stays deleted");
+        }
+    }
+    let first = digests(&nodes[0]).await;
+    for node in &nodes[1..] {
+        assert_eq!(digests(node).await, first);
+    }
+    shutdown_all(nodes).await;
+}

@@ -114,7 +114,7 @@ use crate::store::Key;
 pub use initiator::{Initiator, Next, SessionStats, Step};
 pub use message::{entry_size, LeafId, LeafVersions, PartitionSet, Reply, Request, Wanted};
 pub use responder::{respond, Answer};
-pub use shell::{merge_repairs, AntiEntropy, AntiEntropyConfig, AntiEntropyStats, SyncError};
+pub use shell::{AntiEntropy, AntiEntropyConfig, AntiEntropyStats, SyncError};
 
 /// Branches per partition tree; each is the XOR of [`LEAVES_PER_BRANCH`]
 /// leaves.

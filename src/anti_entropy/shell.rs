@@ -2,20 +2,20 @@
 //! to sync with whom, the repair byte budget, merging what arrives, and the
 //! counters Stats reports. The decisions are the state machines'.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::{Initiator, Limits, Next, PartitionSet, Replica, SessionStats};
+use super::{Initiator, Limits, Next, PartitionSet, Replica, Reply, Request, SessionStats};
 use crate::clock::Clock;
 use crate::cluster::{NodeState, StateAnnouncer};
 use crate::coordinator::Coordinator;
 use crate::crdt::{Entry, Version};
 use crate::net::{PeerError, Peers};
-use crate::store::{Key, Store};
+use crate::store::{is_settled, Key, Store};
 
 impl Replica for Store {
     fn root(&self, partition: u32) -> u128 {
@@ -40,10 +40,18 @@ impl Replica for Store {
 }
 
 /// Merges entries that anti-entropy brought into `store`, letting `clock`
-/// observe their versions; returns how many changed the store.
-pub fn merge_repairs(store: &Store, clock: &Clock, entries: Vec<(Key, Entry)>) -> u64 {
+/// observe their versions; returns how many changed the store. A settled
+/// entry (a tombstone older than `grace`, or a value expired that long) for
+/// a key this store lacks is refused: this store collected it once every
+/// replica held it, and taking it back would only make the replicas trade
+/// it forever.
+fn merge_repairs(store: &Store, clock: &Clock, entries: Vec<(Key, Entry)>, grace: u64) -> u64 {
+    let now = clock.now();
     let mut changed = 0;
     for (key, entry) in entries {
+        if is_settled(&entry, now, grace) && !store.contains(&key) {
+            continue;
+        }
         clock.observe(entry.version);
         if store.merge(&key, entry) {
             changed += 1;
@@ -104,6 +112,10 @@ pub struct AntiEntropyConfig {
     pub max_bytes_per_sec: u64,
     /// Message size limits.
     pub limits: Limits,
+    /// How old a tombstone (or how long expired a value) must be before it
+    /// may be collected: longer than any hint or delta can live, so that no
+    /// older write still in flight can arrive after it is gone.
+    pub settle_grace: Duration,
     /// Whether the node starts ready (alone, or the first of a cluster)
     /// rather than syncing (it joins others and starts empty).
     pub start_ready: bool,
@@ -131,6 +143,18 @@ pub struct AntiEntropy {
     synced: Mutex<HashSet<u32>>,
     /// The partition the next tree check recomputes.
     next_check: AtomicU64,
+    /// Settled entries awaiting every replica's acknowledgement, by
+    /// partition.
+    settled: Mutex<HashMap<u32, Settled>>,
+}
+
+/// Entries of one partition found settled, and the replicas that have since
+/// completed a session covering the partition (so hold them, or collected
+/// them already).
+struct Settled {
+    taken: Instant,
+    items: Vec<(Key, Version)>,
+    confirmed: HashSet<String>,
 }
 
 impl AntiEntropy {
@@ -157,6 +181,7 @@ impl AntiEntropy {
             ready: AtomicBool::new(config.start_ready),
             synced: Mutex::new(HashSet::new()),
             next_check: AtomicU64::new(0),
+            settled: Mutex::new(HashMap::new()),
         }
     }
 
@@ -196,6 +221,7 @@ impl AntiEntropy {
             }
             self.round().await;
             self.hand_off().await;
+            self.collect_settled();
             self.check_tree();
             if !self.is_ready() && self.filled() {
                 self.ready.store(true, Ordering::Relaxed);
@@ -264,9 +290,11 @@ impl AntiEntropy {
                 continue;
             }
             let partitions = shared.as_slice().to_vec();
+            let started = Instant::now();
             match self.session(&peer, shared).await {
                 Ok(stats) => {
                     synced += 1;
+                    self.confirm(&peer, &partitions, started);
                     if !self.is_ready() {
                         self.synced
                             .lock()
@@ -332,6 +360,84 @@ impl AntiEntropy {
         dropped
     }
 
+    /// Records that `peer` completed a session over `partitions` that started
+    /// at `started`: it then held every entry this node held at that moment.
+    fn confirm(&self, peer: &str, partitions: &[u32], started: Instant) {
+        let mut settled = self.settled.lock().unwrap_or_else(PoisonError::into_inner);
+        for p in partitions {
+            if let Some(s) = settled.get_mut(p) {
+                if s.taken < started {
+                    s.confirmed.insert(peer.to_string());
+                }
+            }
+        }
+    }
+
+    /// Acknowledged collection of tombstones and expired values. For each
+    /// partition this node holds: collect the settled entries found earlier
+    /// once every other replica of the partition has completed a session
+    /// covering it since; otherwise, if none are pending, look for settled
+    /// entries now. While a replica is unreachable its partitions simply
+    /// wait. Returns how many entries were collected.
+    pub fn collect_settled(&self) -> usize {
+        let topology = self.coordinator.topology();
+        let ring = topology.ring();
+        let now = self.clock.now();
+        let grace = ntp64(self.config.settle_grace);
+        let mut settled = self.settled.lock().unwrap_or_else(PoisonError::into_inner);
+        settled.retain(|p, _| ring.is_replica(*p, &self.me));
+        let mut collected = 0;
+        for p in ring.partitions_held_by(&self.me) {
+            if let Some(pending) = settled.get(&p) {
+                let acknowledged = ring
+                    .replicas(p)
+                    .iter()
+                    .filter(|r| ***r != *self.me)
+                    .all(|r| pending.confirmed.contains(&**r));
+                if acknowledged {
+                    collected += self.store.collect(p, &pending.items, now);
+                    settled.remove(&p);
+                }
+                continue;
+            }
+            if self.store.partition_len(p) == 0 {
+                continue;
+            }
+            let items = self.store.settled(p, now, grace);
+            if !items.is_empty() {
+                settled.insert(
+                    p,
+                    Settled {
+                        taken: Instant::now(),
+                        items,
+                        confirmed: HashSet::new(),
+                    },
+                );
+            }
+        }
+        if collected > 0 {
+            tracing::debug!(
+                collected,
+                "collected acknowledged tombstones and expired values"
+            );
+        }
+        collected
+    }
+
+    /// Answers one anti-entropy step from a peer: the reply, after merging
+    /// what the peer sent.
+    pub fn respond(&self, request: Request) -> Result<Reply, super::SessionError> {
+        let answer = super::respond(&*self.store, request, self.config.limits)?;
+        let changed = merge_repairs(
+            &self.store,
+            &self.clock,
+            answer.merge,
+            ntp64(self.config.settle_grace),
+        );
+        self.stats.add_repaired(changed);
+        Ok(answer.reply)
+    }
+
     /// Recomputes one held partition's root from its map and compares it
     /// with the incrementally kept one; a difference is counted and logged.
     /// One partition per round, in turn, so the check costs little.
@@ -365,7 +471,8 @@ impl AntiEntropy {
             let reply = self.peers.sync(peer, &request).await?;
             let bytes = (request.wire_size() + reply.wire_size()) as u64;
             let step = session.on_reply(&*self.store, reply)?;
-            let changed = merge_repairs(&self.store, &self.clock, step.merge);
+            let grace = ntp64(self.config.settle_grace);
+            let changed = merge_repairs(&self.store, &self.clock, step.merge, grace);
             self.stats.add_repaired(changed);
             self.throttle(bytes, started).await;
             match step.next {
@@ -389,4 +496,10 @@ impl AntiEntropy {
             tokio::time::sleep(due - elapsed).await;
         }
     }
+}
+
+/// A duration in NTP64 units (2^32 per second), saturating.
+fn ntp64(d: Duration) -> u64 {
+    let secs = d.as_secs().min(u64::from(u32::MAX));
+    (secs << 32) | ((u64::from(d.subsec_nanos()) << 32) / 1_000_000_000)
 }

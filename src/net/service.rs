@@ -9,7 +9,7 @@ use super::peer::PROTOCOL;
 use super::switch::{Switch, Verdict};
 use super::sync_wire::{reply_to_wire, request_from_wire};
 use super::wire::{from_wire, to_wire};
-use crate::anti_entropy::{merge_repairs, respond, AntiEntropyStats, Limits};
+use crate::anti_entropy::AntiEntropy;
 use crate::clock::Clock;
 use crate::proto::cluster::{self as wire, peer_server::Peer};
 use crate::store::Store;
@@ -19,27 +19,23 @@ pub struct PeerService {
     store: Arc<Store>,
     clock: Arc<Clock>,
     switch: Arc<Switch>,
-    sync_limits: Limits,
-    sync_stats: Arc<AntiEntropyStats>,
+    anti_entropy: Arc<AntiEntropy>,
 }
 
 impl PeerService {
     /// The service over `store`, observing remote versions with `clock`,
-    /// answering anti-entropy steps within `sync_limits` and counting what
-    /// they repair in `sync_stats`.
+    /// and answering anti-entropy steps through `anti_entropy`.
     pub fn new(
         store: Arc<Store>,
         clock: Arc<Clock>,
         switch: Arc<Switch>,
-        sync_limits: Limits,
-        sync_stats: Arc<AntiEntropyStats>,
+        anti_entropy: Arc<AntiEntropy>,
     ) -> Self {
         Self {
             store,
             clock,
             switch,
-            sync_limits,
-            sync_stats,
+            anti_entropy,
         }
     }
 
@@ -118,12 +114,10 @@ impl Peer for PeerService {
             tracing::warn!(error = %e, "refused an anti-entropy step");
             Status::invalid_argument(e.to_string())
         })?;
-        let answer = respond(&*self.store, step, self.sync_limits).map_err(|e| {
+        let reply = self.anti_entropy.respond(step).map_err(|e| {
             tracing::warn!(error = %e, "refused an anti-entropy step");
             Status::invalid_argument(e.to_string())
         })?;
-        let changed = merge_repairs(&self.store, &self.clock, answer.merge);
-        self.sync_stats.add_repaired(changed);
-        Ok(Response::new(reply_to_wire(&answer.reply)))
+        Ok(Response::new(reply_to_wire(&reply)))
     }
 }

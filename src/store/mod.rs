@@ -309,6 +309,66 @@ impl Store {
         self.recompute_tree(p).root()
     }
 
+    /// The entries of partition `p` that are settled at `now`: tombstones
+    /// whose version is older than `grace`, and values expired more than
+    /// `grace` ago (both NTP64). Candidates for collection once every
+    /// replica is known to hold them. Scans partition `p` only.
+    pub fn settled(&self, p: u32, now: u64, grace: u64) -> Vec<(Key, Version)> {
+        let Some(part) = self.partition(p) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        part.entries.iter_sync(|key, entry| {
+            if is_settled(entry, now, grace) {
+                found.push((key.clone(), entry.version));
+            }
+            true
+        });
+        found
+    }
+
+    /// Removes each `(key, version)` of partition `p` whose entry still has
+    /// that version and is a tombstone or an expired value at `now` (a newer
+    /// write since the candidates were taken keeps its key); returns how
+    /// many it removed. Counters, tree and expiry index follow.
+    pub fn collect(&self, p: u32, items: &[(Key, Version)], now: u64) -> usize {
+        let Some(part) = self.partition(p) else {
+            return 0;
+        };
+        let partitions = self.partitions();
+        let mut removed = 0;
+        for (key, version) in items {
+            let gone = part.entries.remove_if_sync(&**key, |e| {
+                let due = e.version == *version && (!e.is_value() || e.is_expired(now));
+                if due {
+                    // Still under the bucket lock: the removal follows.
+                    part.tree
+                        .toggle(leaf_of(key_hash(key), partitions), entry_digest(key, e));
+                }
+                due
+            });
+            if let Some((key, entry)) = gone {
+                part.len.fetch_sub(1, Ordering::Relaxed);
+                self.counter(Kind::of(&entry))
+                    .fetch_sub(1, Ordering::Relaxed);
+                if entry.is_value() {
+                    self.expiries
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&(entry.expires_at, key));
+                }
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Whether the store holds an entry for `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.partition(self.partition_of(key))
+            .is_some_and(|part| part.entries.contains_sync(key))
+    }
+
     /// Removes every entry of partition `p`; returns how many it removed.
     /// For handoff: once a partition's new replicas hold it, this node drops
     /// its copy. Counters, the Merkle tree (toggled entry by entry, so it
@@ -438,5 +498,17 @@ impl Before {
             version: entry.version,
             kind: Kind::of(entry),
         }
+    }
+}
+
+/// Whether `entry` is settled at `now` with `grace` (NTP64): a tombstone
+/// older than `grace`, or a value expired more than `grace` ago. Such an
+/// entry is collectable once every replica holds it, and is never worth
+/// handing to a replica that lacks its key: that replica collected it.
+pub fn is_settled(entry: &Entry, now: u64, grace: u64) -> bool {
+    if entry.is_value() {
+        entry.expires_at != 0 && entry.expires_at.saturating_add(grace) <= now
+    } else {
+        entry.version.time.saturating_add(grace) <= now
     }
 }
