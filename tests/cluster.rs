@@ -24,6 +24,15 @@ fn tune(c: &mut Config, cluster: &str) {
 /// Starts `regions.len()` nodes, each seeded with the ones started before,
 /// and waits until every node sees every other alive.
 async fn start_cluster(cluster: &str, regions: &[&str], rf: u32) -> Vec<RunningNode> {
+    start_cluster_with(cluster, regions, |c| c.replication_factor = rf).await
+}
+
+/// [`start_cluster`] with more settings changed by `configure`.
+async fn start_cluster_with(
+    cluster: &str,
+    regions: &[&str],
+    configure: impl Fn(&mut Config),
+) -> Vec<RunningNode> {
     let mut nodes: Vec<RunningNode> = Vec::new();
     for region in regions {
         let seeds: Vec<String> = nodes.iter().map(|n| n.info().address.clone()).collect();
@@ -31,7 +40,7 @@ async fn start_cluster(cluster: &str, regions: &[&str], rf: u32) -> Vec<RunningN
             tune(c, cluster);
             c.cluster = seeds;
             c.region = region.to_string();
-            c.replication_factor = rf;
+            configure(c);
         })
         .await;
         nodes.push(node);
@@ -452,24 +461,10 @@ async fn digests(node: &RunningNode) -> Vec<(u32, Vec<u8>)> {
 async fn anti_entropy_repairs_what_replication_never_carried() {
     use kilovolt::crdt::{Entry, Version};
 
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let seeds: Vec<String> = nodes
-            .iter()
-            .map(|n: &RunningNode| n.info().address.clone())
-            .collect();
-        nodes.push(
-            start_node(|c| {
-                tune(c, "anti-entropy");
-                c.cluster = seeds;
-                c.anti_entropy_interval = Duration::from_millis(300);
-            })
-            .await,
-        );
-    }
-    for node in &nodes {
-        wait_alive(node, 3).await;
-    }
+    let mut nodes = start_cluster_with("anti-entropy", &["", "", ""], |c| {
+        c.anti_entropy_interval = Duration::from_millis(300);
+    })
+    .await;
     // Entries that only one replica holds, as a lost delta would leave them:
     // newer on one side, older on the other, and a tombstone.
     let a = &nodes[0].handles().store;
@@ -704,27 +699,13 @@ async fn clocks_that_jump_past_the_drift_bound_either_way_lose_no_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tombstones_are_collected_only_once_every_replica_holds_them() {
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let seeds: Vec<String> = nodes
-            .iter()
-            .map(|n: &RunningNode| n.info().address.clone())
-            .collect();
-        nodes.push(
-            start_node(|c| {
-                tune(c, "tombstones");
-                c.cluster = seeds;
-                c.anti_entropy_interval = Duration::from_millis(200);
-                c.request_timeout = Duration::from_millis(500);
-                c.max_hint_age = Duration::from_millis(300);
-                c.tombstone_grace = Duration::from_secs(1);
-            })
-            .await,
-        );
-    }
-    for node in &nodes {
-        wait_alive(node, 3).await;
-    }
+    let nodes = start_cluster_with("tombstones", &["", "", ""], |c| {
+        c.anti_entropy_interval = Duration::from_millis(200);
+        c.request_timeout = Duration::from_millis(500);
+        c.max_hint_age = Duration::from_millis(300);
+        c.tombstone_grace = Duration::from_secs(1);
+    })
+    .await;
     let mut c = kv(&nodes[0]).await;
     for i in 0..50 {
         c.set(set(&format!("k{i}"), "v", Consistency::All))

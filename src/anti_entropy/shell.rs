@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use super::{Initiator, Limits, Next, PartitionSet, Replica, Reply, Request, SessionStats};
 use crate::clock::Clock;
 use crate::cluster::{NodeState, StateAnnouncer};
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, Topology};
 use crate::crdt::{Entry, Version};
 use crate::net::{PeerError, Peers};
 use crate::store::{is_settled, Key, Store};
@@ -237,12 +237,7 @@ impl AntiEntropy {
     async fn seed_clock(&self) {
         let deadline = Instant::now() + self.peers.timeout();
         while Instant::now() < deadline {
-            let topology = self.coordinator.topology();
-            let peers: Vec<String> = topology
-                .members()
-                .filter(|m| m.alive && m.id != self.me)
-                .map(|m| m.id.clone())
-                .collect();
+            let peers = self.live_peers(&self.coordinator.topology());
             if !peers.is_empty() {
                 for peer in peers {
                     if let Ok(time) = self.peers.clock(&peer).await {
@@ -253,6 +248,15 @@ impl AntiEntropy {
             }
             tokio::time::sleep(SYNCING_RETRY / 4).await;
         }
+    }
+
+    /// The other members the failure detector holds alive.
+    fn live_peers(&self, topology: &Topology) -> Vec<String> {
+        topology
+            .members()
+            .filter(|m| m.alive && m.id != self.me)
+            .map(|m| m.id.clone())
+            .collect()
     }
 
     /// Whether every partition this node holds has been synced with a live
@@ -276,12 +280,7 @@ impl AntiEntropy {
         let topology = self.coordinator.topology();
         let ring = topology.ring();
         let mut synced = 0;
-        let peers: Vec<String> = topology
-            .members()
-            .filter(|m| m.alive && m.id != self.me)
-            .map(|m| m.id.clone())
-            .collect();
-        for peer in peers {
+        for peer in self.live_peers(&topology) {
             let shared = PartitionSet::new(
                 (0..ring.partitions())
                     .filter(|&p| ring.is_replica(p, &self.me) && ring.is_replica(p, &peer)),
