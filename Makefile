@@ -4,7 +4,7 @@ CARGO ?= cargo
 PORT ?= 50051
 BIN_DIR := bin
 COVER_DIR := coverage
-BINARIES := kilovolt-db kilovolt-cli
+BINARIES := kilovolt-db kilovolt-cli kilovolt-bench
 
 .PHONY: all build run cluster cluster-stop test test-go test-cover clean clean-all fmt generate-proto install
 
