@@ -10,6 +10,9 @@ use clap::{Parser, ValueEnum};
 /// The longest key the node accepts, in bytes.
 pub const MAX_KEY_BYTES: usize = 4096;
 
+/// The most operations one `Batch` request may carry.
+pub const MAX_BATCH_OPS: usize = 1000;
+
 /// The default for `--max-value-bytes`: 1 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 

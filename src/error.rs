@@ -43,6 +43,17 @@ pub enum Error {
         "consistency is {0}, which the contract does not define; use 0 (DEFAULT) to 4 (LOCAL)"
     )]
     UnknownConsistency(i32),
+    /// A batch carries more operations than the limit.
+    #[error("batch has {size} operations; the limit is {limit}")]
+    BatchTooLarge {
+        /// The operations in the batch.
+        size: usize,
+        /// The most operations accepted.
+        limit: usize,
+    },
+    /// An operation of a batch names none of set, get or delete.
+    #[error("batch operation is empty; set one of set, get or delete")]
+    EmptyBatchOp,
     /// LOCAL was asked of a write.
     #[error("consistency LOCAL is for reads only; a write needs DEFAULT, ONE, QUORUM or ALL")]
     LocalWrite,

@@ -214,6 +214,124 @@ async fn bad_input_is_invalid_argument_naming_the_limit() {
     node.shutdown().await.unwrap();
 }
 
+fn op(op: proto::batch_op::Op) -> proto::BatchOp {
+    proto::BatchOp { op: Some(op) }
+}
+
+#[tokio::test]
+async fn batch_answers_each_op_in_order_and_fails_ops_alone() {
+    use proto::batch_op::Op;
+    use proto::batch_result::Result as R;
+
+    let node = start_node(|_| {}).await;
+    let mut c = kv(&node).await;
+    let va = c.set(set("a", "1")).await.unwrap().into_inner().version;
+    let vc = c.set(set("c", "3")).await.unwrap().into_inner().version;
+
+    let ops = vec![
+        op(Op::Set(set("b", "2"))),
+        op(Op::Get(get("a", Consistency::Quorum))),
+        op(Op::Set(set("", "v"))),
+        op(Op::Delete(proto::DeleteRequest {
+            key: "c".into(),
+            consistency: Consistency::One.into(),
+        })),
+        proto::BatchOp { op: None },
+        op(Op::Get(get("never-written", Consistency::Local))),
+        op(Op::Set(proto::SetRequest {
+            consistency: Consistency::Local.into(),
+            ..set("d", "4")
+        })),
+    ];
+    let results: Vec<_> = c
+        .batch(proto::BatchRequest { ops })
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|r| r.result.expect("every result is set"))
+        .collect();
+    assert_eq!(results.len(), 7, "{results:?}");
+
+    let failure = |r: &R, message: &str| {
+        let R::Error(f) = r else {
+            panic!("expected a failure, got {r:?}")
+        };
+        assert_eq!(f.code, Code::InvalidArgument as i32, "{f:?}");
+        assert!(
+            f.message.contains(message),
+            "{:?} lacks {message:?}",
+            f.message
+        );
+    };
+    let R::Set(set_b) = &results[0] else {
+        panic!("{:?}", results[0])
+    };
+    assert_eq!(set_b.status, "OK");
+    let vb = set_b.version.clone().expect("set answers its version");
+    let R::Get(got_a) = &results[1] else {
+        panic!("{:?}", results[1])
+    };
+    assert_eq!((got_a.found, got_a.value.as_str()), (true, "1"));
+    assert_eq!(got_a.version, va);
+    failure(&results[2], "key is empty; a key needs 1 to 4096 bytes");
+    let R::Delete(del_c) = &results[3] else {
+        panic!("{:?}", results[3])
+    };
+    assert_eq!(del_c.status, "OK");
+    let vdel = del_c.version.clone().expect("delete answers its version");
+    assert!(order(&vdel) > order(vc.as_ref().unwrap()));
+    failure(&results[4], "batch operation is empty");
+    let R::Get(never) = &results[5] else {
+        panic!("{:?}", results[5])
+    };
+    assert!(!never.found);
+    assert_eq!(never.version, None);
+    failure(&results[6], "LOCAL is for reads only");
+
+    // The effects are those of the single RPCs, failures changing nothing.
+    let b = c
+        .get(get("b", Consistency::One))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((b.value.as_str(), b.version), ("2", Some(vb)));
+    let gone = c
+        .get(get("c", Consistency::One))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((gone.found, gone.version), (false, Some(vdel)));
+    let d = c
+        .get(get("d", Consistency::One))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!d.found);
+
+    // At the limit a batch is served; over it, refused as a whole.
+    let gets = |n: usize| proto::BatchRequest {
+        ops: (0..n)
+            .map(|_| op(Op::Get(get("a", Consistency::One))))
+            .collect(),
+    };
+    let full = c.batch(gets(1000)).await.unwrap().into_inner().results;
+    assert_eq!(full.len(), 1000);
+    assert!(full
+        .iter()
+        .all(|r| matches!(&r.result, Some(R::Get(g)) if g.value == "1")));
+    let status = c.batch(gets(1500)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        status.message(),
+        "batch has 1500 operations; the limit is 1000"
+    );
+    let empty = c.batch(proto::BatchRequest { ops: vec![] }).await.unwrap();
+    assert!(empty.into_inner().results.is_empty());
+    node.shutdown().await.unwrap();
+}
+
 /// A message that puts invalid UTF-8 where `SetRequest` has its key string.
 #[derive(Clone, PartialEq, prost::Message)]
 struct Malformed {

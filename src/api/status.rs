@@ -12,6 +12,8 @@ impl From<Error> for Status {
             | Error::ValueTooLarge { .. }
             | Error::TtlTooLong { .. }
             | Error::UnknownConsistency(_)
+            | Error::BatchTooLarge { .. }
+            | Error::EmptyBatchOp
             | Error::LocalWrite => Code::InvalidArgument,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Clock(_) => Code::FailedPrecondition,

@@ -1,6 +1,6 @@
 //! Checks on client input, applied before anything else touches it.
 
-use crate::config::MAX_KEY_BYTES;
+use crate::config::{MAX_BATCH_OPS, MAX_KEY_BYTES};
 use crate::coordinator::Consistency;
 use crate::error::Error;
 use crate::proto;
@@ -17,6 +17,17 @@ pub fn key(key: &str) -> Result<&str, Error> {
         }),
         _ => Ok(key),
     }
+}
+
+/// A batch must carry at most [`MAX_BATCH_OPS`] operations.
+pub fn batch_size(size: usize) -> Result<(), Error> {
+    if size > MAX_BATCH_OPS {
+        return Err(Error::BatchTooLarge {
+            size,
+            limit: MAX_BATCH_OPS,
+        });
+    }
+    Ok(())
 }
 
 /// A value must fit `--max-value-bytes`.
@@ -57,6 +68,15 @@ mod tests {
         assert_eq!(
             value("abcd", 3).unwrap_err().to_string(),
             "value is 4 bytes; the limit is 3 (--max-value-bytes)"
+        );
+    }
+
+    #[test]
+    fn batch_limit_is_inclusive_and_named() {
+        assert!(batch_size(MAX_BATCH_OPS).is_ok());
+        assert_eq!(
+            batch_size(1500).unwrap_err().to_string(),
+            "batch has 1500 operations; the limit is 1000"
         );
     }
 

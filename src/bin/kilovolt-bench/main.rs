@@ -4,8 +4,9 @@
 //! It opens `--conns` gRPC channels (HTTP/2 connections) spread over the
 //! `--addr` nodes, writes every key of the key space once (the preload),
 //! then keeps `--concurrency` requests in flight, each task issuing one Get
-//! or Set at a time, for `--warmup` (not recorded) and `--duration`, and
-//! reports throughput, latency percentiles and errors by gRPC status code.
+//! or Set at a time (or, with `--batch N`, one Batch of N of them), for
+//! `--warmup` (not recorded) and `--duration`, and reports throughput,
+//! latency percentiles and errors by gRPC status code.
 //!
 //! Exit codes: 0 when the benchmark ran (even if requests failed), 2 usage
 //! error, 3 a node cannot be connected to at all.
@@ -42,14 +43,18 @@ const MAX_MESSAGE_BYTES: usize = 1 << 31;
         --no-preload), then keeps --concurrency requests in flight over \
         --conns connections for --warmup (not recorded) and --duration: each \
         request is a Get (with probability --read-ratio) or a Set of a key \
-        picked uniformly at random. It then reports ops/s, the p50, p99, \
-        p99.9 and max latency of reads, writes and both, and the failed \
-        requests by gRPC status code. Progress goes to stderr once a second.\n\n\
+        picked uniformly at random. With --batch N above 1, each request in \
+        flight is instead one Batch of N such operations. It then reports \
+        ops/s, the p50, p99, p99.9 and max latency of reads, writes and both, \
+        and the failed requests by gRPC status code. With --batch, ops/s and \
+        errors count operations, while latency is that of the whole batch \
+        each operation travelled in. Progress goes to stderr once a second.\n\n\
         Exit codes: 0 the benchmark ran (even if requests failed), 2 usage \
         error, 3 a node cannot be connected to.",
     after_help = "Examples:\n  \
         kilovolt-bench --duration 30s\n  \
         kilovolt-bench --addr 127.0.0.1:50051,127.0.0.1:50052 --read-ratio 0 --consistency quorum\n  \
+        kilovolt-bench --batch 16 --read-ratio 0.9\n  \
         kilovolt-bench --json --no-preload --keys 1000 --value-size 1024"
 )]
 struct Cli {
@@ -88,6 +93,12 @@ struct Cli {
     /// (writes then use `default`).
     #[arg(long, value_enum, default_value_t = Level::Default)]
     consistency: Level,
+    /// Operations per request: 1 sends plain Get and Set RPCs; N above 1
+    /// sends each request in flight as one Batch of N operations (at most
+    /// the server's limit, 1000), each a read or a write by --read-ratio.
+    /// ops/s and errors then count operations; latency is per batch.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>)]
+    batch: usize,
     /// Print one JSON object with the results instead of the report.
     #[arg(long)]
     json: bool,
@@ -203,6 +214,13 @@ fn targets(cli: &Cli) -> Vec<Target> {
             cli.conns, cli.concurrency
         ));
     }
+    if cli.batch > kilovolt::config::MAX_BATCH_OPS {
+        usage_error(format!(
+            "--batch ({}) is more than the server's limit of {} operations per batch",
+            cli.batch,
+            kilovolt::config::MAX_BATCH_OPS
+        ));
+    }
     cli.addr
         .iter()
         .map(|addr| {
@@ -311,6 +329,7 @@ async fn bench(cli: Cli, targets: Vec<Target>) -> ExitCode {
         write_level: cli.consistency.for_writes(),
         timeout: cli.timeout,
         seed: cli.seed,
+        batch: cli.batch,
     });
     let progress = Progress::new();
 
@@ -348,6 +367,7 @@ async fn bench(cli: Cli, targets: Vec<Target>) -> ExitCode {
         read_ratio: cli.read_ratio,
         consistency: cli.consistency.name(),
         seed: cli.seed,
+        batch: cli.batch,
         preload: preload.as_ref(),
         run: &run,
     };

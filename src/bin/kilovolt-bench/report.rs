@@ -29,6 +29,8 @@ pub struct Report<'a> {
     pub consistency: &'static str,
     /// PRNG seed.
     pub seed: u64,
+    /// Operations per request (1: plain RPCs).
+    pub batch: usize,
     /// The preload, unless skipped.
     pub preload: Option<&'a PreloadResult>,
     /// The measured run.
@@ -82,6 +84,13 @@ impl Report<'_> {
             humantime::format_duration(self.warmup),
             self.run.elapsed.as_secs_f64()
         )?;
+        if self.batch > 1 {
+            writeln!(
+                out,
+                "batches of {} operations: ops and errors count operations, latency is per batch",
+                self.batch
+            )?;
+        }
         match self.preload {
             Some(p) => writeln!(
                 out,
@@ -154,6 +163,7 @@ impl Report<'_> {
             "read_ratio": self.read_ratio,
             "consistency": self.consistency,
             "seed": self.seed,
+            "batch": self.batch,
             "preload": preload,
             "elapsed_s": self.run.elapsed.as_secs_f64(),
             "reads": self.op_json(&self.run.reads),

@@ -105,6 +105,9 @@ pub struct Workload {
     pub timeout: Duration,
     /// Seed of the task PRNGs.
     pub seed: u64,
+    /// Operations per request in the run: 1 sends plain RPCs, more sends
+    /// Batch requests.
+    pub batch: usize,
 }
 
 impl Workload {
@@ -149,6 +152,65 @@ impl Workload {
     }
 }
 
+impl Workload {
+    /// Issues one Batch of the operations `ops` (key number, whether a read)
+    /// describe; answers, per operation in order, what the single RPC would
+    /// have: whether a read found its key (true for writes), or the failure.
+    /// A failure of the whole call fails every operation with its status.
+    async fn batch(
+        &self,
+        client: &mut KilovoltClient<Channel>,
+        ops: &[(u64, bool)],
+    ) -> Vec<Result<bool, tonic::Code>> {
+        use proto::batch_op::Op;
+        use proto::batch_result::Result as R;
+        let request = proto::BatchRequest {
+            ops: ops
+                .iter()
+                .map(|&(i, is_read)| proto::BatchOp {
+                    op: Some(if is_read {
+                        Op::Get(proto::GetRequest {
+                            key: self.key(i),
+                            consistency: self.read_level.into(),
+                        })
+                    } else {
+                        Op::Set(proto::SetRequest {
+                            key: self.key(i),
+                            value: self.value.clone(),
+                            consistency: self.write_level.into(),
+                            ttl_ms: 0,
+                        })
+                    }),
+                })
+                .collect(),
+        };
+        let response = match tokio::time::timeout(self.timeout, client.batch(request)).await {
+            Ok(result) => result,
+            Err(_) => Err(timed_out()),
+        };
+        match response {
+            Ok(response) => {
+                let mut results: Vec<Result<bool, tonic::Code>> = response
+                    .into_inner()
+                    .results
+                    .into_iter()
+                    .map(|r| match r.result {
+                        Some(R::Get(get)) => Ok(get.found),
+                        Some(R::Set(_)) | Some(R::Delete(_)) => Ok(true),
+                        Some(R::Error(failure)) => Err(tonic::Code::from_i32(failure.code)),
+                        None => Err(tonic::Code::Internal),
+                    })
+                    .collect();
+                // A server that answers fewer results than operations fails
+                // the rest.
+                results.resize(ops.len(), Err(tonic::Code::Internal));
+                results
+            }
+            Err(status) => vec![Err(status.code()); ops.len()],
+        }
+    }
+}
+
 /// The status a request that outlived `--timeout` counts as.
 fn timed_out() -> tonic::Status {
     tonic::Status::deadline_exceeded("no answer within --timeout")
@@ -166,8 +228,17 @@ struct Counters {
 impl Counters {
     /// Counts one request.
     fn count(&self, ok: bool) {
-        let counter = if ok { &self.ops } else { &self.errors };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.count_many(u64::from(ok), u64::from(!ok));
+    }
+
+    /// Counts `ok` successful and `failed` failed operations.
+    fn count_many(&self, ok: u64, failed: u64) {
+        if ok > 0 {
+            self.ops.fetch_add(ok, Ordering::Relaxed);
+        }
+        if failed > 0 {
+            self.errors.fetch_add(failed, Ordering::Relaxed);
+        }
     }
 
     /// (succeeded, failed) so far.
@@ -286,8 +357,10 @@ pub struct RunResult {
 
 /// Runs the warmup and then the measured period: every task issues one
 /// request at a time, picking a key uniformly and a read with probability
-/// `read_ratio`, until `warmup + duration` has passed. Requests started
-/// during the warmup are not recorded.
+/// `read_ratio`, until `warmup + duration` has passed. With `batch` above
+/// 1 each request is one Batch of that many such operations, each counted
+/// and recorded with the batch's latency. Requests started during the
+/// warmup are not recorded.
 pub async fn run(
     workload: &Arc<Workload>,
     clients: &[KilovoltClient<Channel>],
@@ -311,35 +384,68 @@ pub async fn run(
                 let mut rng = XorShift::new(workload.seed, t as u64);
                 let mut reads = OpStats::default();
                 let mut writes = OpStats::default();
+                let mut ops: Vec<(u64, bool)> = Vec::with_capacity(workload.batch);
                 loop {
                     let sent = Instant::now();
                     if sent >= end {
                         break;
                     }
-                    let i = rng.below(workload.keys);
-                    let is_read = rng.unit() < workload.read_ratio;
-                    let result = if is_read {
-                        workload.get(&mut client, i).await
-                    } else {
-                        workload.set(&mut client, i).await.map(|()| true)
-                    };
-                    let latency = sent.elapsed();
-                    if sent < measure_from {
-                        warm.count(result.is_ok());
+                    if workload.batch <= 1 {
+                        // Plain RPCs: one Get or Set per request.
+                        let i = rng.below(workload.keys);
+                        let is_read = rng.unit() < workload.read_ratio;
+                        let result = if is_read {
+                            workload.get(&mut client, i).await
+                        } else {
+                            workload.set(&mut client, i).await.map(|()| true)
+                        };
+                        let latency = sent.elapsed();
+                        if sent < measure_from {
+                            warm.count(result.is_ok());
+                            continue;
+                        }
+                        measured.count(result.is_ok());
+                        let stats = if is_read { &mut reads } else { &mut writes };
+                        match result {
+                            Ok(found) => {
+                                stats
+                                    .latency
+                                    .record(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
+                                if !found {
+                                    stats.not_found += 1;
+                                }
+                            }
+                            Err(status) => stats.errors.add(status.code()),
+                        }
                         continue;
                     }
-                    measured.count(result.is_ok());
-                    let stats = if is_read { &mut reads } else { &mut writes };
-                    match result {
-                        Ok(found) => {
-                            stats
-                                .latency
-                                .record(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
-                            if !found {
-                                stats.not_found += 1;
+                    ops.clear();
+                    for _ in 0..workload.batch {
+                        let i = rng.below(workload.keys);
+                        ops.push((i, rng.unit() < workload.read_ratio));
+                    }
+                    let results = workload.batch(&mut client, &ops).await;
+                    let latency = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+                    let failed = results.len() as u64 - ok;
+                    if sent < measure_from {
+                        warm.count_many(ok, failed);
+                        continue;
+                    }
+                    measured.count_many(ok, failed);
+                    for (&(_, is_read), result) in ops.iter().zip(results) {
+                        let stats = if is_read { &mut reads } else { &mut writes };
+                        match result {
+                            // Each operation is recorded with its batch's
+                            // latency, so that counts stay operations.
+                            Ok(found) => {
+                                stats.latency.record(latency);
+                                if !found {
+                                    stats.not_found += 1;
+                                }
                             }
+                            Err(code) => stats.errors.add(code),
                         }
-                        Err(status) => stats.errors.add(status.code()),
                     }
                 }
                 (reads, writes)
@@ -521,6 +627,7 @@ mod tests {
             write_level: proto::Consistency::Default,
             timeout: Duration::from_secs(1),
             seed: 1,
+            batch: 1,
         };
         assert_eq!(w.key(42), "key:00000042");
     }
