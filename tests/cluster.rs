@@ -467,28 +467,34 @@ async fn anti_entropy_repairs_what_replication_never_carried() {
     .await;
     // Entries that only one replica holds, as a lost delta would leave them:
     // newer on one side, older on the other, and a tombstone.
+    // Versions of a moment ago: old versions would be settled tombstones,
+    // which a replica that lacks the key rightly refuses.
+    let now = kilovolt::clock::system_time().0;
     let a = &nodes[0].handles().store;
     let b = &nodes[1].handles().store;
     for i in 0..200u64 {
         a.merge(
             &format!("only-a-{i}"),
-            Entry::value(Version::new(1_000 + i, 1), "a", 0),
+            Entry::value(Version::new(now - 1_000 + i, 1), "a", 0),
         );
         b.merge(
             &format!("only-b-{i}"),
-            Entry::value(Version::new(1_000 + i, 2), "b", 0),
+            Entry::value(Version::new(now - 1_000 + i, 2), "b", 0),
         );
     }
     a.merge(
         "contested",
-        Entry::value(Version::new(5_000, 1), "older", 0),
+        Entry::value(Version::new(now - 500, 1), "older", 0),
     );
     b.merge(
         "contested",
-        Entry::value(Version::new(6_000, 2), "newer", 0),
+        Entry::value(Version::new(now - 400, 2), "newer", 0),
     );
-    b.merge("deleted", Entry::value(Version::new(7_000, 2), "doomed", 0));
-    a.merge("deleted", Entry::tombstone(Version::new(8_000, 1)));
+    b.merge(
+        "deleted",
+        Entry::value(Version::new(now - 300, 2), "doomed", 0),
+    );
+    a.merge("deleted", Entry::tombstone(Version::new(now - 200, 1)));
 
     let converged = eventually(Duration::from_secs(10), "replicas to converge", || async {
         let first = digests(&nodes[0]).await;
