@@ -260,12 +260,6 @@ impl Ring {
         &self.nodes
     }
 
-    /// The shared id of `node_id` when it is in the ring, to hold without
-    /// copying the string.
-    pub fn node_id(&self, node_id: &str) -> Option<&Arc<str>> {
-        self.index_of(node_id).map(|i| &self.ids[i])
-    }
-
     fn index_of(&self, node_id: &str) -> Option<usize> {
         self.ids.binary_search_by(|id| (**id).cmp(node_id)).ok()
     }
@@ -537,7 +531,7 @@ mod tests {
             assert_eq!(r.len(), ring.replication_factor());
             for (j, id) in r.iter().enumerate() {
                 assert!(!r[..j].contains(id), "duplicate replica in {p}");
-                assert!(ring.node_id(id).is_some());
+                assert!(ring.nodes().iter().any(|n| *n.id == **id));
                 assert!(ring.is_replica(p, id));
             }
         }

@@ -62,6 +62,20 @@ async fn start_with(config: MembershipConfig) -> Node {
     Node { membership, switch }
 }
 
+/// n1, then n2 and n3 seeded with it, once each sees all three alive.
+async fn three_alive() -> (Node, Node, Node) {
+    let n1 = start("n1", &[]).await;
+    let n2 = start("n2", &seed(&n1)).await;
+    let n3 = start("n3", &seed(&n1)).await;
+    for node in [&n1, &n2, &n3] {
+        eventually("3 live members", node, |ms| {
+            ms.len() == 3 && ms.iter().all(|m| m.alive)
+        })
+        .await;
+    }
+    (n1, n2, n3)
+}
+
 fn seed(node: &Node) -> Vec<String> {
     vec![node.membership.advertise().to_string()]
 }
@@ -170,15 +184,7 @@ async fn three_nodes_form_a_cluster_from_seeds() {
 #[tokio::test]
 async fn leave_is_announced_and_a_crash_is_detected() {
     init_tracing();
-    let n1 = start("n1", &[]).await;
-    let n2 = start("n2", &seed(&n1)).await;
-    let n3 = start("n3", &seed(&n1)).await;
-    for node in [&n1, &n2, &n3] {
-        eventually("3 live members", node, |ms| {
-            ms.len() == 3 && ms.iter().all(|m| m.alive)
-        })
-        .await;
-    }
+    let (n1, n2, n3) = three_alive().await;
 
     // Graceful leave: peers hear "leaving" before n3 goes silent.
     let leave_started = Instant::now();
@@ -286,15 +292,7 @@ async fn a_restarted_node_shows_once_with_its_new_generation() {
 #[tokio::test]
 async fn the_switch_partitions_and_heals_gossip() {
     init_tracing();
-    let n1 = start("n1", &[]).await;
-    let n2 = start("n2", &seed(&n1)).await;
-    let n3 = start("n3", &seed(&n1)).await;
-    for node in [&n1, &n2, &n3] {
-        eventually("3 live members", node, |ms| {
-            ms.len() == 3 && ms.iter().all(|m| m.alive)
-        })
-        .await;
-    }
+    let (n1, n2, n3) = three_alive().await;
 
     // Delayed gossip still flows: a state change crosses a slow link.
     n1.switch.degrade(
@@ -340,18 +338,10 @@ async fn the_switch_partitions_and_heals_gossip() {
 #[tokio::test]
 async fn a_one_sided_cut_is_bridged_by_a_third_node() {
     init_tracing();
-    let n1 = start("n1", &[]).await;
-    let n2 = start("n2", &seed(&n1)).await;
-    let n3 = start("n3", &seed(&n1)).await;
-    for node in [&n1, &n2, &n3] {
-        eventually("3 live members", node, |ms| {
-            ms.len() == 3 && ms.iter().all(|m| m.alive)
-        })
-        .await;
-    }
-    // Only n1 cuts n3: n3's heartbeats still reach n1 inside n2's gossip,
-    // so gossip liveness is transitive and n1 keeps n3 alive. Direct
-    // reachability is the peer RPC layer's business (request timeouts).
+    let (n1, _n2, _n3) = three_alive().await; // all three gossip until the end
+                                              // Only n1 cuts n3: n3's heartbeats still reach n1 inside n2's gossip,
+                                              // so gossip liveness is transitive and n1 keeps n3 alive. Direct
+                                              // reachability is the peer RPC layer's business (request timeouts).
     n1.switch.cut(["n3".to_string()]);
     let until = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < until {

@@ -17,13 +17,7 @@ impl Topology {
     /// The topology of `members`: every member known (alive or dead within
     /// the grace period) holds partitions.
     pub fn new(members: Vec<Member>, partitions: u32, replication_factor: usize) -> Self {
-        let nodes = members
-            .iter()
-            .map(|m| RingNode {
-                id: m.id.clone(),
-                region: m.region.clone(),
-            })
-            .collect();
+        let nodes = members.iter().map(RingNode::from).collect();
         Self {
             ring: Ring::new(nodes, partitions, replication_factor),
             members: members.into_iter().map(|m| (m.id.clone(), m)).collect(),
