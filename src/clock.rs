@@ -24,6 +24,12 @@ pub fn system_time() -> NTP64 {
     uhlc::system_time_clock()
 }
 
+/// A duration in NTP64 units (2^32 per second), saturating at 2^32 seconds.
+pub fn ntp64(d: Duration) -> u64 {
+    let secs = d.as_secs().min(u64::from(u32::MAX));
+    (secs << 32) | ((u64::from(d.subsec_nanos()) << 32) / 1_000_000_000)
+}
+
 /// Why a version could not be issued.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ClockError {

@@ -20,6 +20,7 @@ pub mod net;
 pub mod node;
 pub mod replication;
 pub mod ring;
+pub mod sim;
 pub mod store;
 
 /// The public contract (`proto/kilovolt.proto`), generated at build time.

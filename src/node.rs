@@ -416,8 +416,8 @@ async fn hand_off_hints(coordinator: &Coordinator, replicator: &Arc<Replicator>,
         }
         for hint in replicator.take_hints(&peer) {
             for other in topology.replicas(&hint.key) {
-                if other != peer && other != me && topology.is_alive(&other) {
-                    replicator.push(&other, hint.key.clone(), hint.entry.clone(), None);
+                if **other != *peer && **other != *me && topology.is_alive(other) {
+                    replicator.push(other, hint.key.clone(), hint.entry.clone(), None);
                 }
             }
         }

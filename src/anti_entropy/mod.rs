@@ -98,8 +98,10 @@
 //! [`respond`] treats every partition it is asked about as one it holds; the
 //! server shell should refuse a session for partitions it does not hold.
 
+mod collector;
 mod initiator;
 mod message;
+pub mod plan;
 mod responder;
 mod shell;
 #[cfg(test)]
@@ -111,10 +113,11 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64_with_seed};
 use crate::crdt::{Entry, Version};
 use crate::store::Key;
 
+pub use collector::Collector;
 pub use initiator::{Initiator, Next, SessionStats, Step};
 pub use message::{entry_size, LeafId, LeafVersions, PartitionSet, Reply, Request, Wanted};
 pub use responder::{respond, Answer};
-pub use shell::{AntiEntropy, AntiEntropyConfig, AntiEntropyStats, SyncError};
+pub use shell::{merge_repairs, AntiEntropy, AntiEntropyConfig, AntiEntropyStats, SyncError};
 
 /// Branches per partition tree; each is the XOR of [`LEAVES_PER_BRANCH`]
 /// leaves.

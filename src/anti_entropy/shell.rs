@@ -2,17 +2,20 @@
 //! to sync with whom, the repair byte budget, merging what arrives, and the
 //! counters Stats reports. The decisions are the state machines'.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::{Initiator, Limits, Next, PartitionSet, Replica, Reply, Request, SessionStats};
-use crate::clock::Clock;
+use super::plan::{filled, hand_offs, live_peers, shared_partitions};
+use super::{
+    Collector, Initiator, Limits, Next, PartitionSet, Replica, Reply, Request, SessionStats,
+};
+use crate::clock::{ntp64, Clock};
 use crate::cluster::{NodeState, StateAnnouncer};
-use crate::coordinator::{Coordinator, Topology};
+use crate::coordinator::Coordinator;
 use crate::crdt::{Entry, Version};
 use crate::net::{PeerError, Peers};
 use crate::store::{is_settled, Key, Store};
@@ -45,7 +48,7 @@ impl Replica for Store {
 /// a key this store lacks is refused: this store collected it once every
 /// replica held it, and taking it back would only make the replicas trade
 /// it forever.
-fn merge_repairs(store: &Store, clock: &Clock, entries: Vec<(Key, Entry)>, grace: u64) -> u64 {
+pub fn merge_repairs(store: &Store, clock: &Clock, entries: Vec<(Key, Entry)>, grace: u64) -> u64 {
     let now = clock.now();
     let mut changed = 0;
     for (key, entry) in entries {
@@ -140,21 +143,11 @@ pub struct AntiEntropy {
     announcer: StateAnnouncer,
     ready: AtomicBool,
     /// While syncing: the partitions synced with at least one peer.
-    synced: Mutex<HashSet<u32>>,
+    synced: Mutex<BTreeSet<u32>>,
     /// The partition the next tree check recomputes.
     next_check: AtomicU64,
-    /// Settled entries awaiting every replica's acknowledgement, by
-    /// partition.
-    settled: Mutex<HashMap<u32, Settled>>,
-}
-
-/// Entries of one partition found settled, and the replicas that have since
-/// completed a session covering the partition (so hold them, or collected
-/// them already).
-struct Settled {
-    taken: Instant,
-    items: Vec<(Key, Version)>,
-    confirmed: HashSet<String>,
+    /// Settled entries awaiting every replica's acknowledgement.
+    collector: Mutex<Collector>,
 }
 
 impl AntiEntropy {
@@ -179,9 +172,9 @@ impl AntiEntropy {
             wake: Notify::new(),
             announcer,
             ready: AtomicBool::new(config.start_ready),
-            synced: Mutex::new(HashSet::new()),
+            synced: Mutex::new(BTreeSet::new()),
             next_check: AtomicU64::new(0),
-            settled: Mutex::new(HashMap::new()),
+            collector: Mutex::new(Collector::new()),
         }
     }
 
@@ -237,7 +230,7 @@ impl AntiEntropy {
     async fn seed_clock(&self) {
         let deadline = Instant::now() + self.peers.timeout();
         while Instant::now() < deadline {
-            let peers = self.live_peers(&self.coordinator.topology());
+            let peers = live_peers(&self.coordinator.topology(), &self.me);
             if !peers.is_empty() {
                 for peer in peers {
                     if let Ok(time) = self.peers.clock(&peer).await {
@@ -250,28 +243,11 @@ impl AntiEntropy {
         }
     }
 
-    /// The other members the failure detector holds alive.
-    fn live_peers(&self, topology: &Topology) -> Vec<String> {
-        topology
-            .members()
-            .filter(|m| m.alive && m.id != self.me)
-            .map(|m| m.id.clone())
-            .collect()
-    }
-
     /// Whether every partition this node holds has been synced with a live
     /// peer, or has no live peer to sync with.
     fn filled(&self) -> bool {
-        let topology = self.coordinator.topology();
-        let ring = topology.ring();
         let synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
-        ring.partitions_held_by(&self.me).into_iter().all(|p| {
-            synced.contains(&p)
-                || !ring
-                    .replicas(p)
-                    .iter()
-                    .any(|r| **r != *self.me && topology.is_alive(r))
-        })
+        filled(&self.coordinator.topology(), &self.me, &synced)
     }
 
     /// One session with every live peer sharing partitions; returns the
@@ -280,11 +256,8 @@ impl AntiEntropy {
         let topology = self.coordinator.topology();
         let ring = topology.ring();
         let mut synced = 0;
-        for peer in self.live_peers(&topology) {
-            let shared = PartitionSet::new(
-                (0..ring.partitions())
-                    .filter(|&p| ring.is_replica(p, &self.me) && ring.is_replica(p, &peer)),
-            );
+        for peer in live_peers(&topology, &self.me) {
+            let shared = shared_partitions(ring, &self.me, &peer);
             if shared.is_empty() {
                 continue;
             }
@@ -322,26 +295,12 @@ impl AntiEntropy {
     /// replica over all such partitions, then drops each partition every
     /// replica of which took it. Waits while any of those replicas is down.
     pub async fn hand_off(&self) -> usize {
-        let topology = self.coordinator.topology();
-        let ring = topology.ring();
-        let moved: Vec<u32> = (0..ring.partitions())
-            .filter(|&p| !ring.is_replica(p, &self.me) && self.store.partition_len(p) > 0)
-            .filter(|&p| ring.replicas(p).iter().all(|r| topology.is_alive(r)))
-            .collect();
-        if moved.is_empty() {
+        let targets = hand_offs(&self.coordinator.topology(), &self.me, &self.store);
+        if targets.is_empty() {
             return 0;
         }
-        let mut failed: HashSet<u32> = HashSet::new();
-        let targets: HashSet<&str> = moved
-            .iter()
-            .flat_map(|&p| ring.replicas(p).iter().map(|r| &**r))
-            .collect();
-        for target in targets {
-            let theirs: Vec<u32> = moved
-                .iter()
-                .copied()
-                .filter(|&p| ring.is_replica(p, target))
-                .collect();
+        let mut failed: BTreeSet<u32> = BTreeSet::new();
+        for (target, theirs) in &targets {
             if let Err(e) = self
                 .session(target, PartitionSet::new(theirs.iter().copied()))
                 .await
@@ -350,6 +309,7 @@ impl AntiEntropy {
                 failed.extend(theirs);
             }
         }
+        let moved: BTreeSet<u32> = targets.into_values().flatten().collect();
         let mut dropped = 0;
         for p in moved.into_iter().filter(|p| !failed.contains(p)) {
             let entries = self.store.drop_partition(p);
@@ -360,60 +320,29 @@ impl AntiEntropy {
     }
 
     /// Records that `peer` completed a session over `partitions` that started
-    /// at `started`: it then held every entry this node held at that moment.
+    /// at `started`.
     fn confirm(&self, peer: &str, partitions: &[u32], started: Instant) {
-        let mut settled = self.settled.lock().unwrap_or_else(PoisonError::into_inner);
-        for p in partitions {
-            if let Some(s) = settled.get_mut(p) {
-                if s.taken < started {
-                    s.confirmed.insert(peer.to_string());
-                }
-            }
-        }
+        self.collector
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .confirm(peer, partitions, started);
     }
 
-    /// Acknowledged collection of tombstones and expired values. For each
-    /// partition this node holds: collect the settled entries found earlier
-    /// once every other replica of the partition has completed a session
-    /// covering it since; otherwise, if none are pending, look for settled
-    /// entries now. While a replica is unreachable its partitions simply
-    /// wait. Returns how many entries were collected.
+    /// Acknowledged collection of tombstones and expired values
+    /// ([`Collector::collect`]). Returns how many entries were collected.
     pub fn collect_settled(&self) -> usize {
-        let topology = self.coordinator.topology();
-        let ring = topology.ring();
-        let now = self.clock.now();
-        let grace = ntp64(self.config.settle_grace);
-        let mut settled = self.settled.lock().unwrap_or_else(PoisonError::into_inner);
-        settled.retain(|p, _| ring.is_replica(*p, &self.me));
-        let mut collected = 0;
-        for p in ring.partitions_held_by(&self.me) {
-            if let Some(pending) = settled.get(&p) {
-                let acknowledged = ring
-                    .replicas(p)
-                    .iter()
-                    .filter(|r| ***r != *self.me)
-                    .all(|r| pending.confirmed.contains(&**r));
-                if acknowledged {
-                    collected += self.store.collect(p, &pending.items, now);
-                    settled.remove(&p);
-                }
-                continue;
-            }
-            if self.store.partition_len(p) == 0 {
-                continue;
-            }
-            let items = self.store.settled(p, now, grace);
-            if !items.is_empty() {
-                settled.insert(
-                    p,
-                    Settled {
-                        taken: Instant::now(),
-                        items,
-                        confirmed: HashSet::new(),
-                    },
-                );
-            }
-        }
+        let collected = self
+            .collector
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .collect(
+                &self.me,
+                &self.coordinator.topology(),
+                &self.store,
+                self.clock.now(),
+                ntp64(self.config.settle_grace),
+                Instant::now(),
+            );
         if collected > 0 {
             tracing::debug!(
                 collected,
@@ -495,10 +424,4 @@ impl AntiEntropy {
             tokio::time::sleep(due - elapsed).await;
         }
     }
-}
-
-/// A duration in NTP64 units (2^32 per second), saturating.
-fn ntp64(d: Duration) -> u64 {
-    let secs = d.as_secs().min(u64::from(u32::MAX));
-    (secs << 32) | ((u64::from(d.subsec_nanos()) << 32) / 1_000_000_000)
 }

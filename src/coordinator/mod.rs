@@ -4,6 +4,7 @@
 //! requested consistency level is met. Reads at QUORUM and ALL merge the
 //! replicas' answers and repair stale replicas in the background.
 
+mod call;
 mod tally;
 mod topology;
 
@@ -14,16 +15,16 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::oneshot;
 
+pub use call::{Found, ReadCall, ReadOne, Route, WriteCall, Written};
 pub use tally::{required, Answer, Decision, Tally};
 pub use topology::Topology;
 
 use crate::clock::Clock;
-use crate::cluster::NodeState;
 use crate::crdt::{Entry, Version};
 use crate::error::Error;
 use crate::net::{PeerError, Peers};
 use crate::replication::Replicator;
-use crate::store::{Key, Store};
+use crate::store::Store;
 
 /// How many replicas must answer before a request succeeds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +58,20 @@ pub struct Read {
     pub value: Option<Box<str>>,
     /// The version of the value or tombstone; `None` when never written.
     pub version: Option<Version>,
+}
+
+impl Read {
+    /// What a client reads of `entry` at `now` (NTP64): tombstones and
+    /// expired values read as no value, with their version.
+    pub fn of(entry: Option<Entry>, now: u64) -> Self {
+        Self {
+            value: entry
+                .as_ref()
+                .and_then(|e| e.live_value(now))
+                .map(Box::from),
+            version: entry.map(|e| e.version),
+        }
+    }
 }
 
 /// The request coordinator of one node.
@@ -115,19 +130,15 @@ impl Coordinator {
         level: Consistency,
     ) -> Result<Version, Error> {
         self.write(key, level, |stored| {
-            let version = self.clock.stamp_after(stored)?;
-            let expires_at = expiry(version.time, ttl_ms)?;
-            Ok(Entry::value(version, value, expires_at))
+            value_entry(&self.clock, stored, value, ttl_ms)
         })
         .await
     }
 
     /// Deletes `key` by writing a tombstone. Returns its version.
     pub async fn delete(&self, key: &str, level: Consistency) -> Result<Version, Error> {
-        self.write(key, level, |stored| {
-            Ok(Entry::tombstone(self.clock.stamp_after(stored)?))
-        })
-        .await
+        self.write(key, level, |stored| tombstone_entry(&self.clock, stored))
+            .await
     }
 
     /// Reads `key` at `level`.
@@ -137,128 +148,66 @@ impl Coordinator {
             Consistency::One => self.read_one(key).await?,
             Consistency::Quorum | Consistency::All => self.read_many(key, level).await?,
         };
-        let now = self.clock.now();
-        Ok(Read {
-            value: entry
-                .as_ref()
-                .and_then(|e| e.live_value(now))
-                .map(Box::from),
-            version: entry.map(|e| e.version),
-        })
+        Ok(Read::of(entry, self.clock.now()))
     }
 
-    /// The write path shared by set and delete. `make` builds the entry
-    /// from the key's stored version (known only when this node is a
-    /// replica), under the key's lock.
-    async fn write(
+    /// The write path shared by every kind of write. `make` builds the entry
+    /// from the key's stored entry (known only when this node is a replica),
+    /// under the key's lock.
+    pub async fn write(
         &self,
         key: &str,
         level: Consistency,
-        make: impl FnOnce(Option<Version>) -> Result<Entry, Error>,
+        make: impl FnOnce(Option<&Entry>) -> Result<Entry, Error>,
     ) -> Result<Version, Error> {
-        if level == Consistency::Local {
-            return Err(Error::LocalWrite);
-        }
         let topology = self.topology();
-        let replicas = topology.replicas(key);
-        let local = replicas.contains(&self.me);
-        let entry = if local {
-            self.store
-                .write(key, |stored| make(stored.map(|e| e.version)))?
-        } else {
-            make(None)?
-        };
-        let version = entry.version;
-
-        let mut tally = Tally::new(level, replicas.iter().cloned());
-        if local {
-            tally.record(&self.me, Answer::Ok);
-        }
+        let (mut call, routes) =
+            WriteCall::start(&self.me, &topology, &self.store, key, level, make)?;
         let acks = FuturesUnordered::new();
-        for replica in replicas.iter().filter(|r| **r != self.me) {
-            let key: Key = key.into();
-            if !topology.is_alive(replica) {
-                self.replicator.hint(replica, key, entry.clone());
-                tally.record(
-                    replica,
-                    Answer::Failed("down (failure detector); hinted".into()),
-                );
-                continue;
-            }
-            if tally.decision() == Decision::Met {
-                // Nobody waits for this one; it still arrives or is hinted.
-                self.replicator.push(replica, key, entry.clone(), None);
-                continue;
-            }
-            let (tx, rx) = oneshot::channel();
-            self.replicator.push(replica, key, entry.clone(), Some(tx));
-            let replica = replica.clone();
-            acks.push(async move { (replica, rx.await) });
-        }
-
-        let timeout = self.peers.timeout();
-        let timed_out = gather(&mut tally, acks, timeout, |tally, (replica, ack)| {
-            tally.record(&replica, answer_of(ack));
-        })
-        .await;
-        match tally.decision() {
-            Decision::Met => Ok(version),
-            // Sloppy quorum: at ONE a write is never refused for want of
-            // replicas. Whatever did not arrive is held as a hint.
-            _ if level == Consistency::One => Ok(version),
-            _ => Err(Error::Unavailable(
-                tally.report(&unanswered(timed_out, timeout)),
-            )),
-        }
-    }
-
-    /// ONE: the first replica that answers, ready replicas first (a
-    /// replica still refilling after a restart may lack the key), this node
-    /// first among equals; then the live ones that are not ready, then the
-    /// rest.
-    async fn read_one(&self, key: &str) -> Result<Option<Entry>, Error> {
-        let topology = self.topology();
-        let mut replicas = topology.replicas(key);
-        let rank = |id: &str| match topology.member(id) {
-            Some(m) if m.alive && m.state == NodeState::Ready => 0,
-            Some(m) if m.alive => 1,
-            _ => 2,
-        };
-        replicas.sort_by_key(|r| (rank(r), *r != self.me));
-        let mut tally = Tally::new(Consistency::One, replicas.iter().cloned());
-        for replica in &replicas {
-            if *replica == self.me {
-                return Ok(self.store.get(key));
-            }
-            match self.peers.read(replica, &[key]).await {
-                Ok(entries) => return Ok(entries.into_iter().next().map(|(_, e)| e)),
-                Err(e) => {
-                    tally.record(replica, Answer::Failed(e.to_string()));
+        for (replica, route) in routes {
+            let entry = call.entry().clone();
+            match route {
+                Route::Hint => self.replicator.hint(&replica, key.into(), entry),
+                Route::Push => self.replicator.push(&replica, key.into(), entry, None),
+                Route::Await => {
+                    let (tx, rx) = oneshot::channel();
+                    self.replicator.push(&replica, key.into(), entry, Some(tx));
+                    acks.push(async move { (replica, rx.await) });
                 }
             }
         }
-        Err(Error::Unavailable(tally.report("not asked")))
+        let timeout = self.peers.timeout();
+        let timed_out = gather(&mut call, acks, timeout, |call, (replica, ack)| {
+            call.record(&replica, answer_of(ack))
+        })
+        .await;
+        Ok(call.finish(&unanswered(timed_out, timeout))?.version)
     }
 
-    /// QUORUM and ALL: ask every replica at once, merge what the first
-    /// `required` answers hold, and repair the replicas that answered with
-    /// something older.
+    /// ONE: the first replica that answers, in [`ReadOne`]'s order.
+    async fn read_one(&self, key: &str) -> Result<Option<Entry>, Error> {
+        let topology = self.topology();
+        let mut call = ReadOne::start(&self.me, &topology, key);
+        while let Some(replica) = call.next_replica() {
+            if *replica == *self.me {
+                return Ok(self.store.get(key));
+            }
+            match self.peers.read(&replica, &[key]).await {
+                Ok(entries) => return Ok(entries.into_iter().next().map(|(_, e)| e)),
+                Err(e) => call.failed(&replica, e.to_string()),
+            }
+        }
+        Err(call.unavailable())
+    }
+
+    /// QUORUM and ALL: ask every replica at once, join what the first
+    /// answers that meet the level hold, and repair the replicas that
+    /// answered with something older.
     async fn read_many(&self, key: &str, level: Consistency) -> Result<Option<Entry>, Error> {
         let topology = self.topology();
-        let replicas = topology.replicas(key);
-        let mut tally = Tally::new(level, replicas.iter().cloned());
-        let mut answers: Vec<(String, Option<Entry>)> = Vec::new();
-        if replicas.contains(&self.me) {
-            tally.record(&self.me, Answer::Ok);
-            answers.push((self.me.clone(), self.store.get(key)));
-        }
+        let (mut call, ask) = ReadCall::start(&self.me, &topology, &self.store, key, level);
         let pending = FuturesUnordered::new();
-        for replica in replicas.iter().filter(|r| **r != self.me) {
-            if !topology.is_alive(replica) {
-                tally.record(replica, Answer::Failed("down (failure detector)".into()));
-                continue;
-            }
-            let replica = replica.clone();
+        for replica in ask {
             let peers = &self.peers;
             pending.push(async move {
                 let read = peers.read(&replica, &[key]).await;
@@ -266,76 +215,65 @@ impl Coordinator {
             });
         }
         let timeout = self.peers.timeout();
-        let timed_out = gather(
-            &mut tally,
-            pending,
-            timeout,
-            |tally, (replica, read)| match read {
-                Ok(entries) => {
-                    tally.record(&replica, Answer::Ok);
-                    answers.push((replica, entries.into_iter().next().map(|(_, e)| e)));
-                }
-                Err(e) => {
-                    tally.record(&replica, Answer::Failed(e.to_string()));
-                }
-            },
-        )
+        let timed_out = gather(&mut call, pending, timeout, |call, (replica, read)| {
+            let answer = read
+                .map(|entries| entries.into_iter().next().map(|(_, e)| e))
+                .map_err(|e| e.to_string());
+            call.record(&replica, answer)
+        })
         .await;
-        if tally.decision() != Decision::Met {
-            return Err(Error::Unavailable(
-                tally.report(&unanswered(timed_out, timeout)),
-            ));
-        }
-        let merged = answers
-            .iter()
-            .filter_map(|(_, e)| e.clone())
-            .reduce(|mut a, b| {
-                a.merge_from(b);
-                a
-            });
-        if let Some(newest) = &merged {
-            self.repair(key, newest, &answers);
-        }
-        Ok(merged)
-    }
-
-    /// Read repair: sends `newest` to every replica whose answer was older
-    /// or missing, in the background.
-    fn repair(&self, key: &str, newest: &Entry, answers: &[(String, Option<Entry>)]) {
-        for (replica, held) in answers {
-            if held.as_ref() == Some(newest) {
-                continue;
-            }
-            if *replica == self.me {
-                self.store.merge(key, newest.clone());
+        let found = call.finish(&unanswered(timed_out, timeout))?;
+        for (replica, newest) in found.repairs {
+            if *replica == *self.me {
+                self.store.merge(key, newest);
             } else {
-                self.replicator
-                    .push(replica, key.into(), newest.clone(), None);
+                self.replicator.push(&replica, key.into(), newest, None);
             }
         }
+        Ok(found.entry)
     }
 }
 
-/// Feeds answers into `tally` until the level is decided, the answers run
-/// out, or `timeout` passes; returns whether the timeout passed.
-async fn gather<F: Future>(
-    tally: &mut Tally,
+/// Feeds answers into `call` with `record` (which returns where the call
+/// stands) until it is decided, the answers run out, or `timeout` passes;
+/// returns whether the timeout passed.
+async fn gather<C: Pending, F: Future>(
+    call: &mut C,
     mut pending: FuturesUnordered<F>,
     timeout: Duration,
-    mut record: impl FnMut(&mut Tally, F::Output),
+    mut record: impl FnMut(&mut C, F::Output) -> Decision,
 ) -> bool {
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
-    while tally.decision() == Decision::Open {
+    while call.decision() == Decision::Open {
         tokio::select! {
             next = pending.next() => match next {
-                Some(answer) => record(tally, answer),
+                Some(answer) => {
+                    record(call, answer);
+                }
                 None => return false,
             },
             () = &mut deadline => return true,
         }
     }
     false
+}
+
+/// A call that [`gather`] feeds: it knows where it stands.
+trait Pending {
+    fn decision(&self) -> Decision;
+}
+
+impl Pending for WriteCall {
+    fn decision(&self) -> Decision {
+        WriteCall::decision(self)
+    }
+}
+
+impl Pending for ReadCall {
+    fn decision(&self) -> Decision {
+        ReadCall::decision(self)
+    }
 }
 
 /// What an UNAVAILABLE report says of replicas that had not answered.
@@ -353,6 +291,27 @@ fn answer_of(ack: Result<Result<(), PeerError>, oneshot::error::RecvError>) -> A
         Ok(Err(e)) => Answer::Failed(format!("{e}; hinted")),
         Err(_) => Answer::Failed("delta queue closed; hinted".into()),
     }
+}
+
+/// The entry a Set writes over `stored`: `value` stamped by `clock` after
+/// the stored version, expiring `ttl_ms` after its stamp (0: never).
+pub fn value_entry(
+    clock: &Clock,
+    stored: Option<&Entry>,
+    value: &str,
+    ttl_ms: u64,
+) -> Result<Entry, Error> {
+    let version = clock.stamp_after(stored.map(|e| e.version))?;
+    let expires_at = expiry(version.time, ttl_ms)?;
+    Ok(Entry::value(version, value, expires_at))
+}
+
+/// The tombstone a Delete writes over `stored`, stamped by `clock` after
+/// the stored version.
+pub fn tombstone_entry(clock: &Clock, stored: Option<&Entry>) -> Result<Entry, Error> {
+    Ok(Entry::tombstone(
+        clock.stamp_after(stored.map(|e| e.version))?,
+    ))
 }
 
 /// The expiry instant (NTP64) of a value written at `time` with `ttl_ms`,

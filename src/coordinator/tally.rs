@@ -3,6 +3,7 @@
 //! longer be met, or is still open.
 
 use std::fmt::Write;
+use std::sync::Arc;
 
 use super::Consistency;
 
@@ -30,7 +31,7 @@ pub enum Decision {
 pub struct Tally {
     level: Consistency,
     required: usize,
-    answers: Vec<(String, Option<Answer>)>,
+    answers: Vec<(Arc<str>, Option<Answer>)>,
 }
 
 /// How many of `n` replicas a level needs.
@@ -44,7 +45,7 @@ pub fn required(level: Consistency, n: usize) -> usize {
 
 impl Tally {
     /// A tally for `level` over `replicas` (ids, in preference order).
-    pub fn new(level: Consistency, replicas: impl IntoIterator<Item = String>) -> Self {
+    pub fn new(level: Consistency, replicas: impl IntoIterator<Item = Arc<str>>) -> Self {
         let answers: Vec<_> = replicas.into_iter().map(|r| (r, None)).collect();
         Self {
             level,
@@ -55,7 +56,7 @@ impl Tally {
 
     /// Records `replica`'s answer; the first answer of a replica counts.
     pub fn record(&mut self, replica: &str, answer: Answer) -> Decision {
-        if let Some((_, slot)) = self.answers.iter_mut().find(|(r, _)| r == replica) {
+        if let Some((_, slot)) = self.answers.iter_mut().find(|(r, _)| **r == *replica) {
             slot.get_or_insert(answer);
         }
         self.decision()
@@ -84,7 +85,7 @@ impl Tally {
         self.answers
             .iter()
             .filter(|(_, a)| a.is_none())
-            .map(|(r, _)| r.as_str())
+            .map(|(r, _)| &**r)
     }
 
     /// Why the level was not met, naming each replica's fate; `waiting`
@@ -117,8 +118,8 @@ impl Tally {
 mod tests {
     use super::*;
 
-    fn ids(n: usize) -> Vec<String> {
-        (1..=n).map(|i| format!("n{i}")).collect()
+    fn ids(n: usize) -> Vec<Arc<str>> {
+        (1..=n).map(|i| Arc::from(format!("n{i}"))).collect()
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! swapped in, so a request sees one consistent view.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::cluster::Member;
 use crate::ring::{Ring, RingNode};
@@ -25,12 +26,8 @@ impl Topology {
     }
 
     /// The replicas of `key`, in preference order.
-    pub fn replicas(&self, key: &str) -> Vec<String> {
-        self.ring
-            .replicas_for_key(key)
-            .iter()
-            .map(|id| id.to_string())
-            .collect()
+    pub fn replicas(&self, key: &str) -> &[Arc<str>] {
+        self.ring.replicas_for_key(key)
     }
 
     /// Whether the failure detector holds `id` alive.

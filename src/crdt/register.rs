@@ -77,7 +77,7 @@ impl Entry {
     /// This is the join of the register's lattice: commutative, associative
     /// and idempotent (see the property tests below).
     pub fn merge_from(&mut self, other: Entry) -> bool {
-        if self.precedence(&other) == Ordering::Less {
+        if self.precedence(&other) == planted_order(Ordering::Less) {
             *self = other;
             true
         } else {
@@ -93,6 +93,23 @@ impl Entry {
             &other.payload,
         ))
     }
+}
+
+/// The order in which the incoming entry wins: reversed by the simulator's
+/// planted bug.
+#[cfg(test)]
+fn planted_order(wins: Ordering) -> Ordering {
+    use crate::sim::planted::{is, Bug};
+    if is(Bug::SmallerVersionWins) {
+        wins.reverse()
+    } else {
+        wins
+    }
+}
+
+#[cfg(not(test))]
+fn planted_order(wins: Ordering) -> Ordering {
+    wins
 }
 
 /// The `crdts` crate's state-based CRDT interface, so the register composes

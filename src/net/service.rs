@@ -12,6 +12,7 @@ use super::wire::{from_wire, to_wire};
 use crate::anti_entropy::AntiEntropy;
 use crate::clock::Clock;
 use crate::proto::cluster::{self as wire, peer_server::Peer};
+use crate::replication::apply_deltas;
 use crate::store::Store;
 
 /// Serves the peer protocol over this node's store.
@@ -79,13 +80,8 @@ impl Peer for PeerService {
                 tracing::warn!(error = %err, "refused a peer batch");
                 Status::invalid_argument(err.to_string())
             })?;
-        let mut changed = 0;
-        for (key, entry) in entries {
-            self.clock.observe(entry.version);
-            if self.store.merge(&key, entry) {
-                changed += 1;
-            }
-        }
+        let changed = apply_deltas(&self.store, &self.clock, entries);
+        let changed = u32::try_from(changed).unwrap_or(u32::MAX);
         Ok(Response::new(wire::ApplyResponse { changed }))
     }
 

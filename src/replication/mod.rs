@@ -19,9 +19,24 @@ use tokio::task::JoinHandle;
 pub use batcher::Batcher;
 pub use hints::{entry_size, Hint, HintLimits, Hints};
 
+use crate::clock::Clock;
 use crate::crdt::Entry;
 use crate::net::{PeerError, Peers};
-use crate::store::Key;
+use crate::store::{Key, Store};
+
+/// Merges deltas a peer sent into `store`, letting `clock` observe their
+/// versions so that this node's next writes order after them; returns how
+/// many changed the store. What the peer service does with every batch.
+pub fn apply_deltas(store: &Store, clock: &Clock, deltas: Vec<(Key, Entry)>) -> u64 {
+    let mut changed = 0;
+    for (key, entry) in deltas {
+        clock.observe(entry.version);
+        if store.merge(&key, entry) {
+            changed += 1;
+        }
+    }
+    changed
+}
 
 /// Tells a waiting coordinator whether its delta reached the peer.
 pub type Ack = oneshot::Sender<Result<(), PeerError>>;

@@ -1,0 +1,66 @@
+//! What a round of anti-entropy covers, as pure functions of the topology:
+//! which peers, which partitions with each, which partitions to hand off,
+//! and when a restarted node has filled what it holds. The shell and the
+//! simulator plan their rounds with the same functions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use super::PartitionSet;
+use crate::coordinator::Topology;
+use crate::ring::Ring;
+use crate::store::Store;
+
+/// The other members the failure detector holds alive, by id.
+pub fn live_peers(topology: &Topology, me: &str) -> Vec<String> {
+    let mut peers: Vec<String> = topology
+        .members()
+        .filter(|m| m.alive && m.id != me)
+        .map(|m| m.id.clone())
+        .collect();
+    peers.sort();
+    peers
+}
+
+/// The partitions `me` and `peer` both replicate: what a session between
+/// them compares.
+pub fn shared_partitions(ring: &Ring, me: &str, peer: &str) -> PartitionSet {
+    PartitionSet::new(
+        (0..ring.partitions()).filter(|&p| ring.is_replica(p, me) && ring.is_replica(p, peer)),
+    )
+}
+
+/// The partitions `me` holds entries of but no longer replicates (placement
+/// moved them), each with the replicas to hand it to, by replica. A
+/// partition waits while any of its replicas is down, so that it is dropped
+/// only once all of them took it.
+pub fn hand_offs(topology: &Topology, me: &str, store: &Store) -> BTreeMap<Arc<str>, Vec<u32>> {
+    let ring = topology.ring();
+    let mut targets: BTreeMap<Arc<str>, Vec<u32>> = BTreeMap::new();
+    for p in 0..ring.partitions() {
+        if ring.is_replica(p, me) || store.partition_len(p) == 0 {
+            continue;
+        }
+        if !ring.replicas(p).iter().all(|r| topology.is_alive(r)) {
+            continue;
+        }
+        for replica in ring.replicas(p) {
+            targets.entry(replica.clone()).or_default().push(p);
+        }
+    }
+    targets
+}
+
+/// Whether every partition `me` holds has been synced with a live peer
+/// (`synced`), or has no live peer to sync with: a node that started empty
+/// is ready then.
+pub fn filled(topology: &Topology, me: &str, synced: &BTreeSet<u32>) -> bool {
+    let ring = topology.ring();
+    ring.partitions_held_by(me).into_iter().all(|p| {
+        synced.contains(&p)
+            || !ring
+                .replicas(p)
+                .iter()
+                .any(|r| **r != *me && topology.is_alive(r))
+    })
+}
