@@ -6,7 +6,7 @@ BIN_DIR := bin
 COVER_DIR := coverage
 BINARIES := kilovolt-db kilovolt-cli kilovolt-bench
 
-.PHONY: all build run cluster cluster-stop test test-go test-cover clean clean-all fmt generate-proto install
+.PHONY: all build run cluster cluster-stop test test-go test-cover sim soak clean clean-all fmt generate-proto install
 
 ## all: build the release binaries into bin/
 all: build
@@ -48,6 +48,19 @@ cluster-stop:
 ## test: unit, property and integration tests
 test:
 	$(CARGO) test
+
+SEEDS ?= 200
+SEED ?= 1
+
+## sim: deterministic simulation of $(SEEDS) seeds from $(SEED) (replay one: make sim SEEDS=1 SEED=S)
+sim:
+	$(CARGO) run --quiet --bin kilovolt-sim -- --seeds $(SEEDS) --seed $(SEED)
+
+SOAK_SEEDS ?= 20000
+
+## soak: the long simulation before a release: $(SOAK_SEEDS) seeds from a fresh random start, release build
+soak:
+	$(CARGO) run --release --quiet --bin kilovolt-sim -- --seeds $(SOAK_SEEDS) --seed $$(od -An -N4 -tu4 /dev/urandom | tr -d ' ') --max-failures 10
 
 ## test-go: build the README's Go client and run it against a real node
 test-go:

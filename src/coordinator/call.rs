@@ -25,6 +25,9 @@ pub enum Route {
     Await,
 }
 
+/// Each remote replica of a write and how the write reaches it.
+pub type Routes = Vec<(Arc<str>, Route)>;
+
 /// A write acknowledged to the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Written {
@@ -54,7 +57,7 @@ impl WriteCall {
         key: &str,
         level: Consistency,
         make: impl FnOnce(Option<&Entry>) -> Result<Entry, Error>,
-    ) -> Result<(Self, Vec<(Arc<str>, Route)>), Error> {
+    ) -> Result<(Self, Routes), Error> {
         if level == Consistency::Local {
             return Err(Error::LocalWrite);
         }
@@ -111,18 +114,28 @@ impl WriteCall {
 
     /// The client's answer, once the request is decided or no more answers
     /// will come (`waiting` says why, for the replicas that never answered).
+    ///
     /// At ONE a write is never refused for want of replicas: whatever did
     /// not arrive is held as a hint (the sloppy quorum the contract
-    /// promises).
-    pub fn finish(&self, waiting: &str) -> Result<Written, Error> {
+    /// promises). When no replica took it, the coordinator also keeps the
+    /// entry in its own `store`, in a partition it does not replicate:
+    /// hints expire, but a partition held by a non-replica is handed to
+    /// the replicas by anti-entropy once they are all reachable, however
+    /// long that takes, so the acknowledged write cannot be lost to a hint
+    /// that aged out.
+    pub fn finish(&self, store: &Store, key: &str, waiting: &str) -> Result<Written, Error> {
         match self.tally.decision() {
             Decision::Met => {}
             _ if self.level == Consistency::One => {}
             _ => return Err(Error::Unavailable(self.tally.report(waiting))),
         }
+        let replicas = self.tally.answered();
+        if replicas == 0 {
+            store.merge(key, self.entry.clone());
+        }
         Ok(Written {
             version: self.entry.version,
-            replicas: self.tally.answered(),
+            replicas,
         })
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::oneshot;
 
-pub use call::{Found, ReadCall, ReadOne, Route, WriteCall, Written};
+pub use call::{Found, ReadCall, ReadOne, Route, Routes, WriteCall, Written};
 pub use tally::{required, Answer, Decision, Tally};
 pub use topology::Topology;
 
@@ -181,7 +181,9 @@ impl Coordinator {
             call.record(&replica, answer_of(ack))
         })
         .await;
-        Ok(call.finish(&unanswered(timed_out, timeout))?.version)
+        Ok(call
+            .finish(&self.store, key, &unanswered(timed_out, timeout))?
+            .version)
     }
 
     /// ONE: the first replica that answers, in [`ReadOne`]'s order.

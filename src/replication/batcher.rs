@@ -53,6 +53,11 @@ impl<T> Batcher<T> {
         std::mem::take(&mut self.items)
     }
 
+    /// The items waiting, oldest first.
+    pub fn items(&self) -> &[T] {
+        &self.items
+    }
+
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()

@@ -154,6 +154,12 @@ impl Hints {
         self.by_peer.keys().cloned().collect()
     }
 
+    /// Every hint held, for inspection (the simulator's checker looks for
+    /// surviving copies of a write).
+    pub fn held(&self) -> impl Iterator<Item = &Hint> {
+        self.by_peer.values().flatten()
+    }
+
     /// Hints waiting, over all replicas.
     pub fn pending(&self) -> usize {
         self.count

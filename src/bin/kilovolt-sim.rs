@@ -1,0 +1,66 @@
+//! kilovolt-sim: runs the deterministic cluster simulation for a range of
+//! seeds and reports the first failures with their history and the command
+//! that replays them. `make sim SEEDS=N SEED=S` runs it.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use kilovolt::sim::{run, Config};
+
+/// Deterministic simulation of a Kilovolt-DB cluster under faults.
+#[derive(Parser)]
+#[command(name = "kilovolt-sim", version)]
+struct Args {
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 200)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the whole history of every seed run.
+    #[arg(long)]
+    history: bool,
+    /// Stop after this many failing seeds.
+    #[arg(long, default_value_t = 3)]
+    max_failures: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = Config::default();
+    let started = Instant::now();
+    let mut failures = 0;
+    let mut ops = 0;
+    for seed in args.seed..args.seed.saturating_add(args.seeds) {
+        let outcome = run(seed, &config);
+        ops += outcome.history.ops.len();
+        if args.history {
+            print!("{}", outcome.history.render());
+            println!(
+                "seed {seed}: history fingerprint {:016x}",
+                outcome.fingerprint()
+            );
+        }
+        if !outcome.passed() {
+            failures += 1;
+            eprint!("{}", outcome.report());
+            if failures >= args.max_failures {
+                break;
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if failures > 0 {
+        eprintln!(
+            "{failures} failing seed(s) from seed {}; {secs:.1}s",
+            args.seed
+        );
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "{} seeds from {} passed: {ops} client operations checked in {secs:.1}s",
+        args.seeds, args.seed
+    );
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,265 @@
+//! The checker: what must hold of a run's history and its final state,
+//! given what the store promises (docs/testing.md lists the rules).
+
+use std::collections::BTreeMap;
+
+use super::history::{History, OpRecord};
+use super::node::{OpKind, OpResult};
+use super::time;
+use super::world::World;
+use crate::clock::ntp64;
+use crate::coordinator::{Consistency, Read};
+use crate::crdt::{Entry, Payload, Version};
+
+/// One broken rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The key it concerns, if one.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub what: String,
+}
+
+/// Checks the run that `world` holds, after its final heal and settle.
+pub fn check(world: &World) -> Vec<Violation> {
+    let mut found = Vec::new();
+    let history = &world.history;
+    let finals = converged(world, &mut found);
+    for (node, p) in &world.tree_mismatches {
+        found.push(Violation {
+            key: None,
+            what: format!(
+                "{node}: the Merkle root of partition {p} differs from the recomputed one"
+            ),
+        });
+    }
+    let by_key = ops_by_key(history);
+    for (key, ops) in &by_key {
+        let fin = finals.get(*key).cloned().flatten();
+        let mut bad = |what: String| {
+            found.push(Violation {
+                key: Some(key.to_string()),
+                what,
+            })
+        };
+        for w in ops.iter().filter(|op| op.is_write()) {
+            let Some((_, written)) = w.written() else {
+                continue;
+            };
+            if history.is_lost(w.id) {
+                continue;
+            }
+            if !sees(fin.as_ref().map(|e| e.version), written.version, ops) {
+                bad(format!(
+                    "acknowledged write #{} ({:?}) is lost: the replicas converged on {:?}",
+                    w.id,
+                    written.version,
+                    fin.as_ref().map(|e| e.version)
+                ));
+            }
+        }
+        if let Some(e) = &fin {
+            if writer(ops, e.version, e.is_value().then_some(&e.payload)).is_none() {
+                bad(format!(
+                    "the replicas converged on {:?}, which no client wrote",
+                    e.version
+                ));
+            }
+        }
+        for r in ops.iter().filter(|op| op.kind == OpKind::Get) {
+            let Some((ended, OpResult::Read { read, replicas })) = &r.ended else {
+                continue;
+            };
+            check_read(history, ops, r, *ended, read, *replicas, world, &mut bad);
+            if r.after_heal {
+                let expected = fin.as_ref().map(|e| e.version);
+                let collected = expected.is_none() && read.value.is_none();
+                if read.version != expected && !collected {
+                    bad(format!(
+                        "read #{} after the heal found {:?}, the replicas hold {expected:?}",
+                        r.id, read.version
+                    ));
+                }
+            }
+        }
+    }
+    uncollected(world, &mut found);
+    found
+}
+
+/// The operations of each key, in invocation order.
+fn ops_by_key(history: &History) -> BTreeMap<&str, Vec<&OpRecord>> {
+    let mut by_key: BTreeMap<&str, Vec<&OpRecord>> = BTreeMap::new();
+    for op in &history.ops {
+        by_key.entry(&op.key).or_default().push(op);
+    }
+    by_key
+}
+
+/// Whether state at `version` (`None`: the key holds nothing) shows a
+/// write of `written` or something newer. Nothing counts when a tombstone
+/// or expired value at least as new may have been collected.
+fn sees(version: Option<Version>, written: Version, ops: &[&OpRecord]) -> bool {
+    match version {
+        Some(v) => v >= written,
+        None => ops
+            .iter()
+            .any(|op| op.may_be_collected() && op.stamped.is_some_and(|s| s >= written)),
+    }
+}
+
+/// The write stamped `version` (with `value`, when one was read).
+fn writer<'a>(
+    ops: &[&'a OpRecord],
+    version: Version,
+    value: Option<&Payload>,
+) -> Option<&'a OpRecord> {
+    ops.iter().copied().find(|op| {
+        op.stamped == Some(version)
+            && match (&op.kind, value) {
+                (OpKind::Set { value: v, .. }, Some(Payload::Value(read))) => **v == **read,
+                (OpKind::Set { ttl_ms, .. }, None) => *ttl_ms > 0,
+                (OpKind::Delete, None) => true,
+                _ => false,
+            }
+    })
+}
+
+/// A read names a write that happened, and, when its level overlaps an
+/// acknowledged write's (R + W > N) and nothing disrupted placement or
+/// memory between them, sees that write or something newer.
+#[allow(clippy::too_many_arguments)]
+fn check_read(
+    history: &History,
+    ops: &[&OpRecord],
+    r: &OpRecord,
+    ended: u64,
+    read: &Read,
+    replicas: usize,
+    world: &World,
+    bad: &mut impl FnMut(String),
+) {
+    if let Some(v) = read.version {
+        let value = read.value.as_ref().map(|s| Payload::Value(s.clone()));
+        if writer(ops, v, value.as_ref()).is_none() {
+            bad(format!(
+                "read #{} found {:?} = {:?}, which no client wrote",
+                r.id, read.value, v
+            ));
+        }
+    }
+    if r.level == Consistency::Local {
+        return;
+    }
+    let n = world.config().settings.replication_factor;
+    for w in ops.iter().filter(|op| op.is_write()) {
+        let Some((acked, written)) = w.written() else {
+            continue;
+        };
+        if acked >= r.invoked || written.replicas + replicas <= n {
+            continue;
+        }
+        if history.is_lost(w.id) || history.disrupted(w.invoked, ended) {
+            continue;
+        }
+        if !sees(read.version, written.version, ops) {
+            bad(format!(
+                "read #{} at {} ({replicas} replicas) found {:?}, older than write #{} \
+                 acknowledged by {} replicas before it",
+                r.id,
+                r.level.name(),
+                read.version,
+                w.id,
+                written.replicas
+            ));
+        }
+    }
+}
+
+/// Every key's replicas hold the same entry, every partition's replicas
+/// the same root, and no node holds a key it does not replicate. Returns
+/// each key's converged entry.
+fn converged(world: &World, found: &mut Vec<Violation>) -> BTreeMap<String, Option<Entry>> {
+    let truth = world.truth();
+    let up = world.up();
+    let mut finals = BTreeMap::new();
+    for key in world.history.ops.iter().map(|op| op.key.to_string()) {
+        if finals.contains_key(&key) {
+            continue;
+        }
+        let replicas = truth.replicas(&key);
+        let mut held: Vec<(String, Option<Entry>)> = Vec::new();
+        for &i in &up {
+            let Some(node) = world.node(i) else { continue };
+            let entry = node.store.get(&key);
+            if replicas.iter().any(|r| **r == *node.id) {
+                held.push((node.id.clone(), entry));
+            } else if entry.is_some() {
+                found.push(Violation {
+                    key: Some(key.clone()),
+                    what: format!("{} holds the key but is not one of its replicas", node.id),
+                });
+            }
+        }
+        if held.len() < replicas.len() {
+            found.push(Violation {
+                key: Some(key.clone()),
+                what: format!(
+                    "only {} of {} replicas are up after the heal",
+                    held.len(),
+                    replicas.len()
+                ),
+            });
+        }
+        if held.windows(2).any(|w| w[0].1 != w[1].1) {
+            found.push(Violation {
+                key: Some(key.clone()),
+                what: format!("replicas did not converge: {held:?}"),
+            });
+        }
+        finals.insert(key, held.first().and_then(|(_, e)| e.clone()));
+    }
+    let ring = truth.ring();
+    for p in 0..ring.partitions() {
+        let roots: Vec<(String, u128)> = ring
+            .replicas(p)
+            .iter()
+            .filter_map(|r| {
+                let i = up
+                    .iter()
+                    .copied()
+                    .find(|&i| world.node(i).is_some_and(|n| *n.id == **r))?;
+                world.node(i).map(|n| (n.id.clone(), n.store.root(p)))
+            })
+            .collect();
+        if roots.windows(2).any(|w| w[0].1 != w[1].1) {
+            found.push(Violation {
+                key: None,
+                what: format!("partition {p}: replicas' Merkle roots differ: {roots:x?}"),
+            });
+        }
+    }
+    finals
+}
+
+/// Tombstones and expired values settled long before the end are gone
+/// from every node: the grace plus four anti-entropy intervals.
+fn uncollected(world: &World, found: &mut Vec<Violation>) {
+    let s = &world.config().settings;
+    let now = time::true_ntp64(world.now());
+    let grace = ntp64(s.settle_grace + 4 * s.anti_entropy_interval);
+    for i in world.up() {
+        let Some(node) = world.node(i) else { continue };
+        for p in 0..s.partitions {
+            for (key, version) in node.store.settled(p, now, grace) {
+                found.push(Violation {
+                    key: Some(key.to_string()),
+                    what: format!(
+                        "{} still holds a settled tombstone or expired value {version:?}",
+                        node.id
+                    ),
+                });
+            }
+        }
+    }
+}

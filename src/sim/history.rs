@@ -1,0 +1,208 @@
+//! What happened in one run: every client operation with its invocation,
+//! stamp and outcome, and every fault and membership change, on the
+//! virtual time line. The checker reads it; a failure prints the part of
+//! it that concerns the failing key.
+
+use std::fmt::Write;
+
+use super::node::{OpKind, OpResult};
+use crate::coordinator::Consistency;
+use crate::crdt::Version;
+use crate::store::Key;
+
+/// One client operation.
+#[derive(Clone, Debug)]
+pub struct OpRecord {
+    /// Its number.
+    pub id: usize,
+    /// The node that coordinated it.
+    pub node: String,
+    /// The key.
+    pub key: Key,
+    /// What it did.
+    pub kind: OpKind,
+    /// Its level.
+    pub level: Consistency,
+    /// Virtual microseconds when it was invoked.
+    pub invoked: u64,
+    /// The version a write was stamped with, once stamped.
+    pub stamped: Option<Version>,
+    /// When and how it ended; `None` while pending or when its coordinator
+    /// crashed first (indeterminate).
+    pub ended: Option<(u64, OpResult)>,
+    /// Whether it is one of the reads after the final heal.
+    pub after_heal: bool,
+}
+
+impl OpRecord {
+    /// Whether it writes (Set or Delete).
+    pub fn is_write(&self) -> bool {
+        self.kind != OpKind::Get
+    }
+
+    /// Whether it was acknowledged: its result, if a successful write.
+    pub fn written(&self) -> Option<(u64, crate::coordinator::Written)> {
+        match &self.ended {
+            Some((at, OpResult::Written(w))) => Some((*at, *w)),
+            _ => None,
+        }
+    }
+
+    /// Whether it deletes or sets a value with an expiry: what may leave
+    /// a tombstone or expired value that collection removes.
+    pub fn may_be_collected(&self) -> bool {
+        match &self.kind {
+            OpKind::Delete => true,
+            OpKind::Set { ttl_ms, .. } => *ttl_ms > 0,
+            OpKind::Get => false,
+        }
+    }
+}
+
+/// A change to the cluster that can undo what replication guarantees: a
+/// node lost its memory (crash, leave) or placement moved (join, leave).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disruption {
+    /// A node lost its memory.
+    MemoryLost,
+    /// Placement changed.
+    Placement,
+}
+
+/// The history of one run.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    /// Client operations, by number.
+    pub ops: Vec<OpRecord>,
+    /// Faults and membership changes, with their time.
+    pub events: Vec<(u64, String)>,
+    /// Disruptions, with their time.
+    pub disruptions: Vec<(u64, Disruption)>,
+    /// Writes whose every copy was lost to crashes or leaves, with when.
+    pub lost: Vec<(usize, u64)>,
+    /// How long after a placement change nodes may still route by
+    /// different placements, or new replicas lack what they should hold
+    /// (microseconds).
+    pub placement_settles: u64,
+}
+
+impl History {
+    /// Records an event at `at`.
+    pub fn note(&mut self, at: u64, what: impl Into<String>) {
+        self.events.push((at, what.into()));
+    }
+
+    /// Whether a disruption was in effect in `from..=to`: a node lost its
+    /// memory then, or placement changed shortly before or then.
+    pub fn disrupted(&self, from: u64, to: u64) -> bool {
+        self.disruptions.iter().any(|&(at, kind)| match kind {
+            Disruption::MemoryLost => from <= at && at <= to,
+            Disruption::Placement => at <= to && from <= at + self.placement_settles,
+        })
+    }
+
+    /// Whether write `op` lost every copy.
+    pub fn is_lost(&self, op: usize) -> bool {
+        self.lost.iter().any(|&(o, _)| o == op)
+    }
+
+    /// The whole history, one line per operation end and event, in time
+    /// order: what replays compare.
+    pub fn render(&self) -> String {
+        self.render_where(|_| true)
+    }
+
+    /// The operations on `key`, and every event, in time order.
+    pub fn render_key(&self, key: &str) -> String {
+        self.render_where(|op| &*op.key == key)
+    }
+
+    fn render_where(&self, keep: impl Fn(&OpRecord) -> bool) -> String {
+        // Sorted by time, then events before invocations before ends, then
+        // by number.
+        let mut lines: Vec<(u64, u8, usize, String)> = Vec::new();
+        for (i, (at, what)) in self.events.iter().enumerate() {
+            lines.push((*at, 0, i, format!("{:>10}  ** {what}", ms(*at))));
+        }
+        for op in self.ops.iter().filter(|op| keep(op)) {
+            let what = describe(op);
+            lines.push((
+                op.invoked,
+                1,
+                op.id,
+                format!(
+                    "{:>10}  {} #{} invoke {what}",
+                    ms(op.invoked),
+                    op.node,
+                    op.id
+                ),
+            ));
+            let end = match &op.ended {
+                Some((at, result)) => (*at, outcome(result)),
+                None => (
+                    u64::MAX,
+                    "never answered (coordinator crashed or left)".into(),
+                ),
+            };
+            let stamp = op
+                .stamped
+                .map(|v| format!(" stamped {v:?}"))
+                .unwrap_or_default();
+            let lost = if self.is_lost(op.id) {
+                " [every copy lost to crashes]"
+            } else {
+                ""
+            };
+            lines.push((
+                end.0,
+                2,
+                op.id,
+                format!(
+                    "{:>10}  {} #{} {}{stamp}{lost}",
+                    if end.0 == u64::MAX {
+                        "-".into()
+                    } else {
+                        ms(end.0)
+                    },
+                    op.node,
+                    op.id,
+                    end.1
+                ),
+            ));
+        }
+        lines.sort();
+        let mut out = String::new();
+        for (_, _, _, line) in lines {
+            let _ = writeln!(out, "{line}");
+        }
+        out
+    }
+}
+
+fn describe(op: &OpRecord) -> String {
+    let what = match &op.kind {
+        OpKind::Set { value, ttl_ms: 0 } => format!("set {}={value}", op.key),
+        OpKind::Set { value, ttl_ms } => format!("set {}={value} ttl {ttl_ms}ms", op.key),
+        OpKind::Delete => format!("delete {}", op.key),
+        OpKind::Get => format!("get {}", op.key),
+    };
+    let heal = if op.after_heal { " (after heal)" } else { "" };
+    format!("{what} at {}{heal}", op.level.name())
+}
+
+fn outcome(result: &OpResult) -> String {
+    match result {
+        OpResult::Written(w) => format!("ok {:?} on {} replicas", w.version, w.replicas),
+        OpResult::Read { read, replicas } => format!(
+            "read {} {:?} from {replicas} replicas",
+            read.value.as_deref().unwrap_or("<none>"),
+            read.version
+        ),
+        OpResult::Failed(e) => format!("failed: {e}"),
+    }
+}
+
+/// Virtual microseconds as milliseconds, for the history.
+pub fn ms(us: u64) -> String {
+    format!("{}.{:03}ms", us / 1000, us % 1000)
+}

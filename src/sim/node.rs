@@ -1,0 +1,1051 @@
+//! One simulated node: the production state machines (store, clock,
+//! request calls, delta batching, hints, anti-entropy sessions, acknowledged
+//! collection, round planning) behind a shell that speaks to the simulated
+//! network instead of tonic. Every handler runs to completion at one
+//! virtual instant and leaves what it wants done in [`SimNode::out`].
+//!
+//! Where this shell differs from the production one (`Replicator`,
+//! `AntiEntropy`, the peer service, `node.rs`), the difference is named in
+//! docs/testing.md: no byte-rate throttle, a leaving node does not wait for
+//! its last batches to be answered, and membership comes from the
+//! simulator's oracle rather than gossip.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::anti_entropy::plan::{filled, hand_offs, live_peers, shared_partitions};
+use crate::anti_entropy::{
+    merge_repairs, respond, Collector, Initiator, Limits, Next, PartitionSet, Reply, Request,
+};
+use crate::clock::{ntp64, Clock};
+use crate::coordinator::{
+    tombstone_entry, value_entry, Answer, Consistency, Decision, Read, ReadCall, ReadOne, Route,
+    Topology, WriteCall, Written,
+};
+use crate::crdt::{Entry, Version};
+use crate::replication::{apply_deltas, entry_size, BatchLimits, Batcher, Hint, HintLimits, Hints};
+use crate::store::{Key, Store};
+
+/// Settings every simulated node shares.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Partitions of the keyspace.
+    pub partitions: u32,
+    /// Replicas of each key.
+    pub replication_factor: usize,
+    /// How long a request or a peer call waits for answers.
+    pub request_timeout: Duration,
+    /// Delta batching.
+    pub batch: BatchLimits,
+    /// Hint bounds.
+    pub hints: HintLimits,
+    /// Time between anti-entropy rounds.
+    pub anti_entropy_interval: Duration,
+    /// Time between rounds while a node is still refilling.
+    pub syncing_retry: Duration,
+    /// Age after which tombstones and expired values may be collected.
+    pub settle_grace: Duration,
+    /// How often hints are expired and replayed.
+    pub hint_tick: Duration,
+    /// The most wall-clock drift a remote version may move a clock.
+    pub max_clock_drift: Duration,
+}
+
+/// A client operation, as the workload issues it.
+#[derive(Clone, Debug)]
+pub struct ClientOp {
+    /// Its number in the history.
+    pub id: usize,
+    /// The key it touches.
+    pub key: Key,
+    /// What it does.
+    pub kind: OpKind,
+    /// Its consistency level.
+    pub level: Consistency,
+}
+
+/// What a client operation does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// Set the key to a value, expiring after `ttl_ms` (0: never).
+    Set {
+        /// The value (unique per operation, so reads name their write).
+        value: String,
+        /// Time to live.
+        ttl_ms: u64,
+    },
+    /// Delete the key.
+    Delete,
+    /// Read the key.
+    Get,
+}
+
+/// How a client operation ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpResult {
+    /// A write was acknowledged.
+    Written(Written),
+    /// A read answered, having joined `replicas` answers.
+    Read {
+        /// What it read.
+        read: Read,
+        /// Replicas whose answers it joined.
+        replicas: usize,
+    },
+    /// The request failed with this error.
+    Failed(String),
+}
+
+/// A message between nodes.
+#[derive(Clone, Debug)]
+pub enum Msg {
+    /// A peer call.
+    Request {
+        /// The call's number at the caller.
+        rpc: u64,
+        /// What is asked.
+        req: Req,
+    },
+    /// The answer to a peer call.
+    Response {
+        /// The call's number at the caller.
+        rpc: u64,
+        /// The answer.
+        resp: Resp,
+    },
+}
+
+/// A peer call, as the peer protocol has them.
+#[derive(Clone, Debug)]
+pub enum Req {
+    /// Merge these deltas.
+    Apply(Vec<(Key, Entry)>),
+    /// Read one key.
+    Read(Key),
+    /// Tell your clock.
+    Clock,
+    /// One anti-entropy step.
+    Sync(Request),
+}
+
+/// The answer to a [`Req`].
+#[derive(Clone, Debug)]
+pub enum Resp {
+    /// Deltas merged.
+    Applied,
+    /// The entry held.
+    Read(Option<Entry>),
+    /// The clock's time (NTP64).
+    Clock(u64),
+    /// The step's reply, or why it was refused.
+    Sync(Result<Reply, String>),
+}
+
+/// A timer a node sets.
+#[derive(Clone, Debug)]
+pub enum Timer {
+    /// A peer's batch linger may have passed.
+    Linger(String),
+    /// A peer call's deadline.
+    Rpc(u64),
+    /// A peer call refused at once (cut link, node down), and why.
+    Refused(u64, String),
+    /// A client request's deadline.
+    Call(u64),
+    /// Time for an anti-entropy round (stale when its number is not the
+    /// latest set).
+    AntiEntropy(u64),
+    /// Expire and replay hints.
+    Hints,
+}
+
+/// What a handler asks the simulator to do.
+#[derive(Debug)]
+pub enum Out {
+    /// Send a message to the node `to`.
+    Send {
+        /// The recipient's id.
+        to: String,
+        /// The message.
+        msg: Msg,
+    },
+    /// Fire `timer` after `after`.
+    Timer {
+        /// How long from now.
+        after: Duration,
+        /// The timer.
+        timer: Timer,
+    },
+    /// A client operation was stamped with this version (writes).
+    Stamped {
+        /// The operation.
+        op: usize,
+        /// Its version.
+        version: Version,
+    },
+    /// A client operation ended.
+    Done {
+        /// The operation.
+        op: usize,
+        /// How.
+        result: OpResult,
+    },
+    /// The node has filled what it holds and announces itself ready.
+    Ready,
+    /// A partition's kept Merkle root differs from the recomputed one.
+    TreeMismatch(u32),
+}
+
+/// One write bound for one peer.
+#[derive(Clone, Debug)]
+struct Delta {
+    key: Key,
+    entry: Entry,
+    ack: Option<u64>,
+}
+
+/// One peer's outbound deltas: one batch in flight at a time.
+struct Queue {
+    batcher: Batcher<Delta>,
+    full: VecDeque<Vec<Delta>>,
+    in_flight: bool,
+    linger_at: Option<Instant>,
+}
+
+/// A client request in progress at its coordinator.
+enum Call {
+    Write {
+        op: usize,
+        key: Key,
+        call: WriteCall,
+    },
+    ReadMany {
+        op: usize,
+        key: Key,
+        call: ReadCall,
+    },
+    ReadOne {
+        op: usize,
+        key: Key,
+        call: ReadOne,
+    },
+}
+
+/// A peer call in flight, and what its answer is for.
+enum Rpc {
+    Batch {
+        peer: String,
+        deltas: Vec<Delta>,
+    },
+    Replay {
+        peer: String,
+        hints: Vec<Hint>,
+    },
+    Read {
+        call: u64,
+        peer: Arc<str>,
+    },
+    Clock,
+    Sync,
+    /// A leaving node's last deltas: nobody waits for the answer.
+    Parting,
+}
+
+/// One anti-entropy session's job: a peer and the partitions to compare,
+/// as a round's sync or as a handoff.
+struct Job {
+    peer: String,
+    partitions: Vec<u32>,
+    handoff: bool,
+}
+
+/// The anti-entropy round in progress.
+struct Round {
+    jobs: VecDeque<Job>,
+    handoffs_planned: bool,
+    moved: BTreeSet<u32>,
+    failed: BTreeSet<u32>,
+    session: Option<(Job, Initiator, Instant)>,
+}
+
+/// One simulated node.
+pub struct SimNode {
+    /// Its id (`n1`, `n2`...).
+    pub id: String,
+    settings: Settings,
+    /// Its replica.
+    pub store: Store,
+    clock: Clock,
+    topology: Arc<Topology>,
+    queues: BTreeMap<String, Queue>,
+    hints: Hints,
+    replaying: BTreeSet<String>,
+    collector: Collector,
+    /// Whether it has filled every partition it holds since it started.
+    pub ready: bool,
+    synced: BTreeSet<u32>,
+    round: Option<Round>,
+    wake_pending: bool,
+    ae_timer: u64,
+    next_check: u32,
+    calls: BTreeMap<u64, Call>,
+    rpcs: BTreeMap<u64, Rpc>,
+    next_id: u64,
+    now: Instant,
+    /// What its handlers asked for, drained by the simulator.
+    pub out: Vec<Out>,
+}
+
+impl SimNode {
+    /// A node `id` starting empty at `now` with `topology`: ready when it
+    /// starts a cluster, syncing when it joins one (or restarts).
+    pub fn start(
+        id: &str,
+        settings: Settings,
+        topology: Topology,
+        ready: bool,
+        now: Instant,
+    ) -> Self {
+        let mut node = Self {
+            id: id.to_string(),
+            settings,
+            store: Store::new(settings.partitions),
+            clock: Clock::new(id, super::time::physical, settings.max_clock_drift),
+            topology: Arc::new(topology),
+            queues: BTreeMap::new(),
+            hints: Hints::new(settings.hints),
+            replaying: BTreeSet::new(),
+            collector: Collector::new(),
+            ready,
+            synced: BTreeSet::new(),
+            round: None,
+            wake_pending: false,
+            ae_timer: 0,
+            next_check: 0,
+            calls: BTreeMap::new(),
+            rpcs: BTreeMap::new(),
+            next_id: 0,
+            now,
+            out: Vec::new(),
+        };
+        if !ready {
+            // Read the peers' clocks before serving as a replica.
+            for peer in live_peers(&node.topology, id) {
+                node.call(&peer, Rpc::Clock, Req::Clock);
+            }
+        }
+        let first = if ready {
+            settings.anti_entropy_interval
+        } else {
+            settings.syncing_retry
+        };
+        node.schedule_round(first);
+        node.out.push(Out::Timer {
+            after: settings.hint_tick,
+            timer: Timer::Hints,
+        });
+        node
+    }
+
+    /// Sets the instant the next handler runs at.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    /// The topology this node routes by.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Takes a new membership view: hands hints to peers that came back
+    /// and wakes anti-entropy when a peer came back or placement moved.
+    pub fn set_topology(&mut self, topology: Topology) {
+        let before = std::mem::replace(&mut self.topology, Arc::new(topology));
+        let back: Vec<String> = self
+            .topology
+            .members()
+            .filter(|m| m.alive && !before.is_alive(&m.id))
+            .map(|m| m.id.clone())
+            .collect();
+        let moved = self.topology.ring() != before.ring();
+        if moved || !back.is_empty() {
+            self.wake();
+        }
+        let mut back = back;
+        back.sort();
+        for peer in back {
+            self.replay(&peer);
+        }
+    }
+
+    /// Starts a client operation coordinated here.
+    pub fn invoke(&mut self, op: ClientOp) {
+        match &op.kind {
+            OpKind::Set { value, ttl_ms } => {
+                let (value, ttl_ms) = (value.clone(), *ttl_ms);
+                self.write(op.id, &op.key, op.level, |clock, stored| {
+                    value_entry(clock, stored, &value, ttl_ms)
+                });
+            }
+            OpKind::Delete => {
+                self.write(op.id, &op.key, op.level, tombstone_entry);
+            }
+            OpKind::Get => self.read(op),
+        }
+    }
+
+    fn write(
+        &mut self,
+        op: usize,
+        key: &Key,
+        level: Consistency,
+        make: impl FnOnce(&Clock, Option<&Entry>) -> Result<Entry, crate::error::Error>,
+    ) {
+        let clock = &self.clock;
+        let started = WriteCall::start(&self.id, &self.topology, &self.store, key, level, |s| {
+            make(clock, s)
+        });
+        let (call, routes) = match started {
+            Ok(started) => started,
+            Err(e) => return self.done(op, OpResult::Failed(e.to_string())),
+        };
+        self.out.push(Out::Stamped {
+            op,
+            version: call.entry().version,
+        });
+        let id = self.next_id();
+        for (replica, route) in routes {
+            let entry = call.entry().clone();
+            match route {
+                Route::Hint => self.hints.add(&replica, key.clone(), entry, self.now),
+                Route::Push => self.push(&replica, key.clone(), entry, None),
+                Route::Await => self.push(&replica, key.clone(), entry, Some(id)),
+            }
+        }
+        if call.decision() == Decision::Open {
+            let key = key.clone();
+            self.calls.insert(id, Call::Write { op, key, call });
+            self.timer(self.settings.request_timeout, Timer::Call(id));
+        } else {
+            let result = finish_write(&call, &self.store, key, "not waited for");
+            self.done(op, result);
+        }
+    }
+
+    fn read(&mut self, op: ClientOp) {
+        match op.level {
+            Consistency::Local => {
+                let read = Read::of(self.store.get(&op.key), self.clock.now());
+                self.done(op.id, OpResult::Read { read, replicas: 1 });
+            }
+            Consistency::One => {
+                let call = ReadOne::start(&self.id, &self.topology, &op.key);
+                let id = self.next_id();
+                self.calls.insert(
+                    id,
+                    Call::ReadOne {
+                        op: op.id,
+                        key: op.key,
+                        call,
+                    },
+                );
+                self.read_one_next(id);
+            }
+            Consistency::Quorum | Consistency::All => {
+                let (call, ask) =
+                    ReadCall::start(&self.id, &self.topology, &self.store, &op.key, op.level);
+                let id = self.next_id();
+                for replica in ask {
+                    let req = Req::Read(op.key.clone());
+                    self.call(
+                        &replica.clone(),
+                        Rpc::Read {
+                            call: id,
+                            peer: replica,
+                        },
+                        req,
+                    );
+                }
+                self.calls.insert(
+                    id,
+                    Call::ReadMany {
+                        op: op.id,
+                        key: op.key,
+                        call,
+                    },
+                );
+                self.timer(self.settings.request_timeout, Timer::Call(id));
+                self.settle_read(id);
+            }
+        }
+    }
+
+    /// Asks the next replica of a ONE read, or answers from this node.
+    fn read_one_next(&mut self, id: u64) {
+        let Some(Call::ReadOne { op, key, call }) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let (op, key) = (*op, key.clone());
+        match call.next_replica() {
+            None => {
+                let error = call.unavailable().to_string();
+                self.calls.remove(&id);
+                self.done(op, OpResult::Failed(error));
+            }
+            Some(replica) if *replica == *self.id => {
+                self.calls.remove(&id);
+                let read = Read::of(self.store.get(&key), self.clock.now());
+                self.done(op, OpResult::Read { read, replicas: 1 });
+            }
+            Some(replica) => {
+                self.call(
+                    &replica.clone(),
+                    Rpc::Read {
+                        call: id,
+                        peer: replica,
+                    },
+                    Req::Read(key),
+                );
+            }
+        }
+    }
+
+    /// Answers a QUORUM or ALL read once it is decided.
+    fn settle_read(&mut self, id: u64) {
+        if let Some(Call::ReadMany { call, .. }) = self.calls.get(&id) {
+            if call.decision() != Decision::Open {
+                self.finish_read(id, "not waited for (the level was decided)");
+            }
+        }
+    }
+
+    fn finish_read(&mut self, id: u64, waiting: &str) {
+        let Some(Call::ReadMany { op, key, call }) = self.calls.remove(&id) else {
+            return;
+        };
+        match call.finish(waiting) {
+            Err(e) => self.done(op, OpResult::Failed(e.to_string())),
+            Ok(found) => {
+                for (replica, newest) in found.repairs {
+                    if *replica == *self.id {
+                        self.store.merge(&key, newest);
+                    } else {
+                        self.push(&replica, key.clone(), newest, None);
+                    }
+                }
+                let read = Read::of(found.entry, self.clock.now());
+                self.done(
+                    op,
+                    OpResult::Read {
+                        read,
+                        replicas: found.replicas,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A replica's answer to a write this node coordinates.
+    fn write_answer(&mut self, id: u64, replica: &str, answer: Answer) {
+        let Some(Call::Write { call, .. }) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if call.record(replica, answer) != Decision::Open {
+            self.finish_write_call(id, "not waited for (the level was decided)");
+        }
+    }
+
+    fn finish_write_call(&mut self, id: u64, waiting: &str) {
+        if let Some(Call::Write { op, key, call }) = self.calls.remove(&id) {
+            let result = finish_write(&call, &self.store, &key, waiting);
+            self.done(op, result);
+        }
+    }
+
+    /// Handles a message from node `from`.
+    pub fn receive(&mut self, from: &str, msg: Msg) {
+        match msg {
+            Msg::Request { rpc, req } => {
+                let resp = self.serve(req);
+                self.out.push(Out::Send {
+                    to: from.to_string(),
+                    msg: Msg::Response { rpc, resp },
+                });
+            }
+            Msg::Response { rpc, resp } => self.answered(rpc, Ok(resp)),
+        }
+    }
+
+    /// The peer service: what this node answers to a peer call.
+    fn serve(&mut self, req: Req) -> Resp {
+        match req {
+            Req::Apply(deltas) => {
+                apply_deltas(&self.store, &self.clock, deltas);
+                Resp::Applied
+            }
+            Req::Read(key) => Resp::Read(self.store.get(&key)),
+            Req::Clock => Resp::Clock(self.clock.latest().time),
+            Req::Sync(request) => Resp::Sync(
+                respond(&self.store, request, Limits::default())
+                    .map(|answer| {
+                        merge_repairs(&self.store, &self.clock, answer.merge, self.grace());
+                        answer.reply
+                    })
+                    .map_err(|e| e.to_string()),
+            ),
+        }
+    }
+
+    /// Handles a timer.
+    pub fn fire(&mut self, timer: Timer) {
+        match timer {
+            Timer::Linger(peer) => {
+                if let Some(q) = self.queues.get_mut(&peer) {
+                    q.linger_at = None;
+                }
+                self.pump(&peer);
+            }
+            Timer::Rpc(rpc) => {
+                let why = format!("no answer within {:?}", self.settings.request_timeout);
+                self.answered(rpc, Err(why));
+            }
+            Timer::Refused(rpc, why) => self.answered(rpc, Err(why)),
+            Timer::Call(id) => {
+                let waiting = format!("no answer within {:?}", self.settings.request_timeout);
+                match self.calls.get(&id) {
+                    Some(Call::Write { .. }) => self.finish_write_call(id, &waiting),
+                    Some(Call::ReadMany { .. }) => self.finish_read(id, &waiting),
+                    _ => {}
+                }
+            }
+            Timer::AntiEntropy(n) => {
+                if n == self.ae_timer {
+                    self.start_round();
+                }
+            }
+            Timer::Hints => {
+                self.hints.expire(self.now);
+                for peer in self.hints.peers() {
+                    if self.topology.is_alive(&peer) {
+                        self.replay(&peer);
+                    }
+                }
+                self.timer(self.settings.hint_tick, Timer::Hints);
+            }
+        }
+    }
+
+    /// A peer call ended: its answer, or why there is none.
+    fn answered(&mut self, rpc: u64, answer: Result<Resp, String>) {
+        let Some(purpose) = self.rpcs.remove(&rpc) else {
+            return; // answered already, or from before a restart
+        };
+        match (purpose, answer) {
+            (Rpc::Batch { peer, deltas }, answer) => {
+                if let Some(q) = self.queues.get_mut(&peer) {
+                    q.in_flight = false;
+                }
+                let ok = answer.is_ok();
+                for d in deltas {
+                    if !ok {
+                        self.hints
+                            .add(&peer, d.key.clone(), d.entry.clone(), self.now);
+                    }
+                    if let Some(call) = d.ack {
+                        let answer = match &answer {
+                            Ok(_) => Answer::Ok,
+                            Err(why) => Answer::Failed(format!("{why}; hinted")),
+                        };
+                        self.write_answer(call, &peer, answer);
+                    }
+                }
+                self.pump(&peer);
+            }
+            (Rpc::Replay { peer, hints }, answer) => {
+                self.replaying.remove(&peer);
+                if answer.is_ok() {
+                    self.replay(&peer);
+                } else {
+                    self.hints.restore(&peer, hints);
+                }
+            }
+            (Rpc::Read { call, peer }, answer) => {
+                let entry = match answer {
+                    Ok(Resp::Read(entry)) => Ok(entry),
+                    Ok(other) => Err(format!("unexpected answer {other:?}")),
+                    Err(why) => Err(why),
+                };
+                self.read_answer(call, &peer, entry);
+            }
+            (Rpc::Clock, Ok(Resp::Clock(time))) => {
+                self.clock.observe(Version::new(time, 0));
+            }
+            (Rpc::Clock | Rpc::Parting, _) => {}
+            (Rpc::Sync, answer) => {
+                let reply = match answer {
+                    Ok(Resp::Sync(reply)) => reply,
+                    Ok(other) => Err(format!("unexpected answer {other:?}")),
+                    Err(why) => Err(why),
+                };
+                self.session_step(reply);
+            }
+        }
+    }
+
+    fn read_answer(&mut self, id: u64, peer: &Arc<str>, entry: Result<Option<Entry>, String>) {
+        match self.calls.get_mut(&id) {
+            Some(Call::ReadOne { op, call, .. }) => match entry {
+                Ok(entry) => {
+                    let op = *op;
+                    self.calls.remove(&id);
+                    let read = Read::of(entry, self.clock.now());
+                    self.done(op, OpResult::Read { read, replicas: 1 });
+                }
+                Err(why) => {
+                    call.failed(peer, why);
+                    self.read_one_next(id);
+                }
+            },
+            Some(Call::ReadMany { call, .. }) => {
+                call.record(peer, entry);
+                self.settle_read(id);
+            }
+            _ => {}
+        }
+    }
+
+    // --- Replication: per-peer delta queues and hints ---------------------
+
+    fn push(&mut self, peer: &str, key: Key, entry: Entry, ack: Option<u64>) {
+        let size = entry_size(&key, &entry);
+        let limits = self.settings.batch;
+        let q = self
+            .queues
+            .entry(peer.to_string())
+            .or_insert_with(|| Queue {
+                batcher: Batcher::new(limits.max_bytes, limits.linger),
+                full: VecDeque::new(),
+                in_flight: false,
+                linger_at: None,
+            });
+        if let Some(batch) = q.batcher.push(Delta { key, entry, ack }, size, self.now) {
+            q.full.push_back(batch);
+        }
+        self.pump(peer);
+    }
+
+    /// Sends `peer` its next batch when none is in flight and one is full
+    /// or due; otherwise sets a timer for the linger.
+    fn pump(&mut self, peer: &str) {
+        let now = self.now;
+        let Some(q) = self.queues.get_mut(peer) else {
+            return;
+        };
+        if q.in_flight {
+            return;
+        }
+        match q.full.pop_front().or_else(|| q.batcher.due(now)) {
+            Some(deltas) => {
+                q.in_flight = true;
+                let entries = deltas
+                    .iter()
+                    .map(|d| (d.key.clone(), d.entry.clone()))
+                    .collect();
+                let purpose = Rpc::Batch {
+                    peer: peer.to_string(),
+                    deltas,
+                };
+                self.call(peer, purpose, Req::Apply(entries));
+            }
+            None => {
+                if let Some(due) = q.batcher.deadline() {
+                    if q.linger_at != Some(due) {
+                        q.linger_at = Some(due);
+                        let after = due.saturating_duration_since(now);
+                        self.timer(after, Timer::Linger(peer.to_string()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands `peer` its hints, one batch at a time.
+    fn replay(&mut self, peer: &str) {
+        if self.replaying.contains(peer) {
+            return;
+        }
+        let hints = self.hints.take(peer, self.settings.batch.max_bytes);
+        if hints.is_empty() {
+            return;
+        }
+        self.replaying.insert(peer.to_string());
+        let entries = hints
+            .iter()
+            .map(|h| (h.key.clone(), h.entry.clone()))
+            .collect();
+        let purpose = Rpc::Replay {
+            peer: peer.to_string(),
+            hints,
+        };
+        self.call(peer, purpose, Req::Apply(entries));
+    }
+
+    /// Leaves the cluster gracefully: sends every queued delta, and gives
+    /// every hint to the live replicas of its key. Does not wait for
+    /// answers.
+    pub fn leave(&mut self) {
+        let peers: Vec<String> = self.queues.keys().cloned().collect();
+        for peer in peers {
+            let Some(q) = self.queues.get_mut(&peer) else {
+                continue;
+            };
+            let mut rest: Vec<Delta> = q.full.drain(..).flatten().collect();
+            rest.extend(q.batcher.take());
+            if !rest.is_empty() {
+                let entries = rest.into_iter().map(|d| (d.key, d.entry)).collect();
+                self.call(&peer, Rpc::Parting, Req::Apply(entries));
+            }
+        }
+        let held: Vec<Hint> = self.hints.held().cloned().collect();
+        for hint in held {
+            let replicas = self.topology.replicas(&hint.key).to_vec();
+            for replica in replicas {
+                if *replica != *self.id && self.topology.is_alive(&replica) {
+                    let entries = vec![(hint.key.clone(), hint.entry.clone())];
+                    self.call(&replica, Rpc::Parting, Req::Apply(entries));
+                }
+            }
+        }
+    }
+
+    // --- Anti-entropy --------------------------------------------------------
+
+    /// Starts a round now (or after the one running).
+    fn wake(&mut self) {
+        if self.round.is_some() {
+            self.wake_pending = true;
+        } else {
+            self.schedule_round(Duration::ZERO);
+        }
+    }
+
+    fn schedule_round(&mut self, after: Duration) {
+        self.ae_timer += 1;
+        self.timer(after, Timer::AntiEntropy(self.ae_timer));
+    }
+
+    fn start_round(&mut self) {
+        if self.round.is_some() {
+            self.wake_pending = true;
+            return;
+        }
+        let ring = self.topology.ring();
+        let jobs = live_peers(&self.topology, &self.id)
+            .into_iter()
+            .filter_map(|peer| {
+                let shared = shared_partitions(ring, &self.id, &peer);
+                (!shared.is_empty()).then(|| Job {
+                    partitions: shared.as_slice().to_vec(),
+                    peer,
+                    handoff: false,
+                })
+            })
+            .collect();
+        self.round = Some(Round {
+            jobs,
+            handoffs_planned: false,
+            moved: BTreeSet::new(),
+            failed: BTreeSet::new(),
+            session: None,
+        });
+        self.next_job();
+    }
+
+    /// Starts the round's next session, or ends the round.
+    fn next_job(&mut self) {
+        let Some(round) = self.round.as_mut() else {
+            return;
+        };
+        if round.jobs.is_empty() && !round.handoffs_planned {
+            round.handoffs_planned = true;
+            for (target, partitions) in hand_offs(&self.topology, &self.id, &self.store) {
+                round.moved.extend(partitions.iter().copied());
+                round.jobs.push_back(Job {
+                    peer: target.to_string(),
+                    partitions,
+                    handoff: true,
+                });
+            }
+        }
+        let Some(job) = round.jobs.pop_front() else {
+            return self.end_round();
+        };
+        let salt = self.clock.latest().time;
+        let mut initiator = Initiator::new(
+            PartitionSet::new(job.partitions.iter().copied()),
+            Limits::default(),
+            salt,
+        );
+        let request = initiator.start(&self.store);
+        let peer = job.peer.clone();
+        round.session = Some((job, initiator, self.now));
+        self.call(&peer, Rpc::Sync, Req::Sync(request));
+    }
+
+    /// The reply to the running session's last step.
+    fn session_step(&mut self, reply: Result<Reply, String>) {
+        let grace = self.grace();
+        let Some(round) = self.round.as_mut() else {
+            return;
+        };
+        let Some((job, mut initiator, started)) = round.session.take() else {
+            return;
+        };
+        let step = reply.and_then(|r| {
+            initiator
+                .on_reply(&self.store, r)
+                .map_err(|e| e.to_string())
+        });
+        match step {
+            Err(_) => {
+                if job.handoff {
+                    round.failed.extend(job.partitions.iter().copied());
+                }
+                self.next_job();
+            }
+            Ok(step) => {
+                merge_repairs(&self.store, &self.clock, step.merge, grace);
+                match step.next {
+                    Next::Send(request) => {
+                        let peer = job.peer.clone();
+                        round.session = Some((job, initiator, started));
+                        self.call(&peer, Rpc::Sync, Req::Sync(request));
+                    }
+                    Next::Done(_) => {
+                        if !job.handoff {
+                            self.collector.confirm(&job.peer, &job.partitions, started);
+                            if !self.ready {
+                                self.synced.extend(job.partitions.iter().copied());
+                            }
+                        }
+                        self.next_job();
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a round: drop what was handed off, collect acknowledged
+    /// settled entries, check one tree, turn ready when filled, and set
+    /// the next round.
+    fn end_round(&mut self) {
+        let Some(round) = self.round.take() else {
+            return;
+        };
+        for p in round.moved.difference(&round.failed) {
+            self.store.drop_partition(*p);
+        }
+        self.collector.collect(
+            &self.id,
+            &self.topology,
+            &self.store,
+            self.clock.now(),
+            self.grace(),
+            self.now,
+        );
+        let p = self.next_check % self.settings.partitions;
+        self.next_check = self.next_check.wrapping_add(1);
+        if self.store.recompute_root(p) != self.store.root(p) {
+            self.out.push(Out::TreeMismatch(p));
+        }
+        if !self.ready && filled(&self.topology, &self.id, &self.synced) {
+            self.ready = true;
+            self.out.push(Out::Ready);
+        }
+        let pause = if std::mem::take(&mut self.wake_pending) {
+            Duration::ZERO
+        } else if self.ready {
+            self.settings.anti_entropy_interval
+        } else {
+            self.settings.syncing_retry
+        };
+        self.schedule_round(pause);
+    }
+
+    // --- Inspection for the checker -----------------------------------------
+
+    /// The greatest version of `key` this node holds anywhere: in its store,
+    /// its delta queues, its hints, or peer calls it may still retry.
+    pub fn greatest_copy(&self, key: &str) -> Option<Version> {
+        let mut best = self.store.get(key).map(|e| e.version);
+        let mut see = |k: &str, e: &Entry| {
+            if k == key && best.is_none_or(|b| e.version > b) {
+                best = Some(e.version);
+            }
+        };
+        for q in self.queues.values() {
+            for d in q.batcher.items().iter().chain(q.full.iter().flatten()) {
+                see(&d.key, &d.entry);
+            }
+        }
+        for h in self.hints.held() {
+            see(&h.key, &h.entry);
+        }
+        for rpc in self.rpcs.values() {
+            match rpc {
+                Rpc::Batch { deltas, .. } => deltas.iter().for_each(|d| see(&d.key, &d.entry)),
+                Rpc::Replay { hints, .. } => hints.iter().for_each(|h| see(&h.key, &h.entry)),
+                _ => {}
+            }
+        }
+        best
+    }
+
+    /// Whether nothing waits to be sent: no deltas queued or in flight, no
+    /// hints, no session running.
+    pub fn is_idle(&self) -> bool {
+        self.rpcs.is_empty()
+            && self.hints.pending() == 0
+            && self
+                .queues
+                .values()
+                .all(|q| q.batcher.is_empty() && q.full.is_empty())
+    }
+
+    // --- Plumbing -----------------------------------------------------------
+
+    fn grace(&self) -> u64 {
+        ntp64(self.settings.settle_grace)
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn call(&mut self, to: &str, purpose: Rpc, req: Req) {
+        let rpc = self.next_id();
+        self.rpcs.insert(rpc, purpose);
+        self.out.push(Out::Send {
+            to: to.to_string(),
+            msg: Msg::Request { rpc, req },
+        });
+        self.timer(self.settings.request_timeout, Timer::Rpc(rpc));
+    }
+
+    fn timer(&mut self, after: Duration, timer: Timer) {
+        self.out.push(Out::Timer { after, timer });
+    }
+
+    fn done(&mut self, op: usize, result: OpResult) {
+        self.out.push(Out::Done { op, result });
+    }
+}
+
+fn finish_write(call: &WriteCall, store: &Store, key: &str, waiting: &str) -> OpResult {
+    match call.finish(store, key, waiting) {
+        Ok(written) => OpResult::Written(written),
+        Err(e) => OpResult::Failed(e.to_string()),
+    }
+}

@@ -1,0 +1,34 @@
+use super::*;
+
+#[test]
+fn a_seed_replays_the_identical_history() {
+    let config = Config::default();
+    let a = run(3, &config);
+    let b = run(3, &config);
+    assert_eq!(a.history.render(), b.history.render());
+    assert!(a.history.ops.len() > 100);
+}
+
+/// Runs up to the CI budget of seeds with `bug` planted; returns the first
+/// failing outcome.
+fn first_failure(bug: planted::Bug) -> Option<Outcome> {
+    let _planted = planted::plant(bug);
+    let config = Config::default();
+    (1..=200)
+        .map(|seed| run(seed, &config))
+        .find(|o| !o.passed())
+}
+
+#[test]
+fn the_smaller_version_winning_a_merge_is_caught() {
+    let failed = first_failure(planted::Bug::SmallerVersionWins)
+        .expect("the planted bug went unnoticed for 200 seeds");
+    assert!(failed.report().contains("replay: make sim SEEDS=1 SEED="));
+}
+
+#[test]
+fn collecting_without_acknowledgement_is_caught() {
+    let failed = first_failure(planted::Bug::CollectUnacknowledged)
+        .expect("the planted bug went unnoticed for 200 seeds");
+    assert!(failed.report().contains("replay: make sim SEEDS=1 SEED="));
+}

@@ -1,0 +1,760 @@
+//! The simulated world: nodes, the network between them, virtual time and
+//! the membership oracle, run as one queue of events on one thread.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use super::history::{Disruption, History, OpRecord};
+use super::node::{ClientOp, Msg, OpKind, Out, Req, Resp, SimNode, Timer};
+use super::rng::Rng;
+use super::schedule::{Fault, Planned, PlannedFault};
+use super::{time, Config};
+use crate::cluster::{Member, NodeState};
+use crate::coordinator::{Consistency, Topology};
+use crate::crdt::{Entry, Version};
+use crate::store::Key;
+
+/// How long after the settle time the run may go on for the replicas to
+/// agree before the checker is called anyway.
+const QUIESCE_LIMIT: Duration = Duration::from_secs(30);
+
+/// The longest a node takes to notice a change of membership or
+/// reachability (the failure detector's delay), in microseconds.
+const VIEW_DELAY_MAX_US: u64 = 1_000_000;
+
+/// Something that happens at an instant.
+enum Event {
+    Deliver {
+        from: usize,
+        to: usize,
+        incarnation: u32,
+        msg: Msg,
+    },
+    Timer {
+        node: usize,
+        incarnation: u32,
+        timer: Timer,
+    },
+    Invoke(Planned),
+    FinalRead {
+        node: usize,
+        key: usize,
+    },
+    Fault(PlannedFault),
+    Heal(Heal),
+    View(usize),
+}
+
+/// Undoing a fault.
+enum Heal {
+    Partition(u64),
+    Restart(usize),
+    Calm(u64),
+    Clock(usize, u64),
+}
+
+/// Message loss, duplication and delay while a lossy fault lasts.
+#[derive(Clone, Copy)]
+struct Lossy {
+    drop: u64,
+    duplicate: u64,
+    delay_us: u64,
+}
+
+/// One node's place in the world, up or down.
+struct Slot {
+    id: String,
+    node: Option<SimNode>,
+    incarnation: u32,
+    member: bool,
+    /// The state it last announced.
+    ready: bool,
+}
+
+/// The world of one run.
+pub struct World {
+    config: Config,
+    rng: Rng,
+    epoch: Instant,
+    now: u64,
+    seq: u64,
+    events: BTreeMap<(u64, u64), Event>,
+    slots: Vec<Slot>,
+    cut: BTreeSet<(usize, usize)>,
+    partition_gen: u64,
+    lossy: Option<Lossy>,
+    lossy_gen: u64,
+    clock_gen: Vec<u64>,
+    /// Everything that happened.
+    pub history: History,
+    /// Tree mismatches nodes reported: (node, partition).
+    pub tree_mismatches: Vec<(String, u32)>,
+}
+
+impl World {
+    /// A world of `config.nodes` nodes forming one cluster (and room for
+    /// the nodes that may join), its randomness from `rng`.
+    pub fn new(config: Config, rng: Rng) -> Self {
+        let total = config.nodes + config.joiners;
+        time::reset(total);
+        let slots = (0..total)
+            .map(|i| Slot {
+                id: format!("n{}", i + 1),
+                node: None,
+                incarnation: 0,
+                member: i < config.nodes,
+                ready: true,
+            })
+            .collect();
+        // Every node routes by the new placement, and the new replicas have
+        // had three rounds to fill.
+        let placement_settles =
+            VIEW_DELAY_MAX_US + 3 * config.settings.anti_entropy_interval.as_micros() as u64;
+        let mut world = Self {
+            config,
+            rng,
+            epoch: Instant::now(),
+            now: 0,
+            seq: 0,
+            events: BTreeMap::new(),
+            slots,
+            cut: BTreeSet::new(),
+            partition_gen: 0,
+            lossy: None,
+            lossy_gen: 0,
+            clock_gen: vec![0; total],
+            history: History {
+                placement_settles,
+                ..History::default()
+            },
+            tree_mismatches: Vec::new(),
+        };
+        for i in 0..world.config.nodes {
+            world.boot(i, true);
+        }
+        // The cluster has formed: every founder sees every other.
+        for i in 0..world.config.nodes {
+            let view = world.view_of(Some(i));
+            world.with_node(i, |n| n.set_topology(view));
+        }
+        world
+    }
+
+    /// Runs `ops` and `faults`, heals everything at the end of the chaos
+    /// window, reads every key from every node after the heal, and stops
+    /// once the settle time has passed.
+    pub fn run(&mut self, ops: Vec<Planned>, faults: Vec<PlannedFault>) {
+        for op in ops {
+            self.at(op.at, Event::Invoke(op));
+        }
+        for fault in faults {
+            self.at(fault.at, Event::Fault(fault));
+        }
+        let heal = self.config.chaos.as_micros() as u64;
+        let end = heal + self.config.settle.as_micros() as u64;
+        let final_reads = end - 2_000_000;
+        self.run_until(heal);
+        self.heal_all();
+        self.run_until(final_reads);
+        for node in 0..self.slots.len() {
+            for key in 0..self.config.keys {
+                self.at(final_reads, Event::FinalRead { node, key });
+            }
+        }
+        self.run_until(end);
+        // Collection may still be under way on some replicas: give the
+        // cluster a bounded while more to agree.
+        let limit = end + QUIESCE_LIMIT.as_micros() as u64;
+        while !self.converged() && self.now < limit {
+            self.run_until(self.now + 500_000);
+        }
+    }
+
+    /// Whether every partition's replicas hold equal trees and no node up
+    /// holds a partition it does not replicate.
+    pub fn converged(&self) -> bool {
+        let truth = self.truth();
+        let ring = truth.ring();
+        (0..ring.partitions()).all(|p| {
+            let mut roots = self.up().into_iter().filter_map(|i| {
+                let node = self.node(i)?;
+                let replica = ring.is_replica(p, &node.id);
+                (replica || node.store.partition_len(p) > 0).then(|| (replica, node.store.root(p)))
+            });
+            let first = roots.next();
+            first.is_none_or(|(r, root)| r && roots.all(|(r, x)| r && x == root))
+        })
+    }
+
+    /// The nodes up and members now, by index.
+    pub fn up(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].member && self.slots[i].node.is_some())
+            .collect()
+    }
+
+    /// Node `i`, when up.
+    pub fn node(&self, i: usize) -> Option<&SimNode> {
+        self.slots[i].node.as_ref()
+    }
+
+    /// The true topology: every member, alive when up.
+    pub fn truth(&self) -> Topology {
+        self.view_of(None)
+    }
+
+    /// Virtual microseconds now.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// The settings every node runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn run_until(&mut self, until: u64) {
+        while let Some(entry) = self.events.first_entry() {
+            if entry.key().0 > until {
+                break;
+            }
+            let ((at, _), event) = entry.remove_entry();
+            self.now = at;
+            time::advance_to(at);
+            self.handle(event);
+        }
+        self.now = until;
+        time::advance_to(until);
+    }
+
+    fn at(&mut self, at: u64, event: Event) {
+        self.seq += 1;
+        self.events.insert((at.max(self.now), self.seq), event);
+    }
+
+    fn after(&mut self, d: Duration, event: Event) {
+        self.at(self.now + d.as_micros() as u64, event);
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Deliver {
+                from,
+                to,
+                incarnation,
+                msg,
+            } => {
+                if self.slots[to].incarnation != incarnation || self.is_cut(from, to) {
+                    return;
+                }
+                let from_id = self.slots[from].id.clone();
+                self.with_node(to, |n| n.receive(&from_id, msg));
+            }
+            Event::Timer {
+                node,
+                incarnation,
+                timer,
+            } => {
+                if self.slots[node].incarnation == incarnation {
+                    self.with_node(node, |n| n.fire(timer));
+                }
+            }
+            Event::Invoke(planned) => self.invoke(planned),
+            Event::FinalRead { node, key } => {
+                if self.slots[node].member && self.slots[node].node.is_some() {
+                    let op = self.record(node, key, OpKind::Get, Consistency::All, true);
+                    self.with_node(node, |n| n.invoke(op));
+                }
+            }
+            Event::Fault(f) => self.inject(f),
+            Event::Heal(heal) => self.heal(heal),
+            Event::View(i) => {
+                if self.slots[i].node.is_some() {
+                    let view = self.view_of(Some(i));
+                    self.with_node(i, |n| n.set_topology(view));
+                }
+            }
+        }
+    }
+
+    /// Runs `f` on node `i` (when up) as the running node, then carries out
+    /// what it asked for.
+    fn with_node(&mut self, i: usize, f: impl FnOnce(&mut SimNode)) {
+        let now = self.epoch + Duration::from_micros(self.now);
+        let Some(node) = self.slots[i].node.as_mut() else {
+            return;
+        };
+        time::run_as(i);
+        node.set_now(now);
+        f(node);
+        let out = std::mem::take(&mut node.out);
+        for o in out {
+            self.carry_out(i, o);
+        }
+    }
+
+    fn carry_out(&mut self, i: usize, out: Out) {
+        let incarnation = self.slots[i].incarnation;
+        match out {
+            Out::Send { to, msg } => self.send(i, &to, msg),
+            Out::Timer { after, timer } => self.after(
+                after,
+                Event::Timer {
+                    node: i,
+                    incarnation,
+                    timer,
+                },
+            ),
+            Out::Stamped { op, version } => self.history.ops[op].stamped = Some(version),
+            Out::Done { op, result } => self.history.ops[op].ended = Some((self.now, result)),
+            Out::Ready => {
+                self.slots[i].ready = true;
+                let id = self.slots[i].id.clone();
+                self.history.note(self.now, format!("{id} is ready"));
+                self.views_change();
+            }
+            Out::TreeMismatch(p) => {
+                let id = self.slots[i].id.clone();
+                self.tree_mismatches.push((id, p));
+            }
+        }
+    }
+
+    /// Puts a message on the network: refused at once over a cut link or to
+    /// a node that is down (a request's caller learns it), otherwise
+    /// delivered after a delay, unless lost; perhaps twice.
+    fn send(&mut self, from: usize, to_id: &str, msg: Msg) {
+        let Some(to) = self.slots.iter().position(|s| s.id == to_id) else {
+            return;
+        };
+        let refused = if self.is_cut(from, to) {
+            Some("link cut")
+        } else if self.slots[to].node.is_none() {
+            Some("connection refused")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            if let Msg::Request { rpc, .. } = msg {
+                let incarnation = self.slots[from].incarnation;
+                self.after(
+                    Duration::ZERO,
+                    Event::Timer {
+                        node: from,
+                        incarnation,
+                        timer: Timer::Refused(rpc, why.into()),
+                    },
+                );
+            }
+            return;
+        }
+        let copies = match self.lossy {
+            Some(l) if self.rng.percent(l.drop) => 0,
+            Some(l) if self.rng.percent(l.duplicate) => 2,
+            _ => 1,
+        };
+        let incarnation = self.slots[to].incarnation;
+        for _ in 0..copies {
+            let mut delay = self.rng.between(100, 1_500);
+            if let Some(l) = self.lossy {
+                delay += self.rng.below(l.delay_us);
+            }
+            self.at(
+                self.now + delay,
+                Event::Deliver {
+                    from,
+                    to,
+                    incarnation,
+                    msg: msg.clone(),
+                },
+            );
+        }
+    }
+
+    fn invoke(&mut self, planned: Planned) {
+        let up = self.up();
+        let Some(&node) = up.get((planned.pick % up.len().max(1) as u64) as usize) else {
+            return;
+        };
+        let op = self.record(node, planned.key, planned.kind, planned.level, false);
+        self.with_node(node, |n| n.invoke(op));
+    }
+
+    /// Adds an operation to the history and returns it to invoke.
+    fn record(
+        &mut self,
+        node: usize,
+        key: usize,
+        kind: OpKind,
+        level: Consistency,
+        after_heal: bool,
+    ) -> ClientOp {
+        let id = self.history.ops.len();
+        let kind = match kind {
+            OpKind::Set { ttl_ms, .. } => OpKind::Set {
+                value: format!("v{id}"),
+                ttl_ms,
+            },
+            other => other,
+        };
+        let key: Key = format!("k{key}").into();
+        self.history.ops.push(OpRecord {
+            id,
+            node: self.slots[node].id.clone(),
+            key: key.clone(),
+            kind: kind.clone(),
+            level,
+            invoked: self.now,
+            stamped: None,
+            ended: None,
+            after_heal,
+        });
+        ClientOp {
+            id,
+            key,
+            kind,
+            level,
+        }
+    }
+
+    // --- Membership ----------------------------------------------------------
+
+    /// Starts node `i` empty: ready when it starts the cluster, syncing
+    /// when it joins or restarts.
+    fn boot(&mut self, i: usize, ready: bool) {
+        self.slots[i].ready = ready;
+        let view = self.view_of(Some(i));
+        let now = self.epoch + Duration::from_micros(self.now);
+        time::run_as(i);
+        let node = SimNode::start(&self.slots[i].id, self.config.settings, view, ready, now);
+        self.slots[i].node = Some(node);
+        self.with_node(i, |_| {});
+    }
+
+    /// The membership node `viewer` sees (or the truth, for `None`): every
+    /// member, alive when up and not cut off from the viewer.
+    fn view_of(&self, viewer: Option<usize>) -> Topology {
+        let members = (0..self.slots.len())
+            .filter(|&j| self.slots[j].member)
+            .map(|j| {
+                let slot = &self.slots[j];
+                let alive = slot.node.is_some() && viewer.is_none_or(|v| !self.is_cut(v, j));
+                Member {
+                    id: slot.id.clone(),
+                    address: String::new(),
+                    region: String::new(),
+                    state: if slot.ready {
+                        NodeState::Ready
+                    } else {
+                        NodeState::Syncing
+                    },
+                    alive,
+                    generation: u64::from(slot.incarnation),
+                }
+            })
+            .collect();
+        let s = &self.config.settings;
+        Topology::new(members, s.partitions, s.replication_factor)
+    }
+
+    /// Tells every node up of a change, each after its own detection delay.
+    fn views_change(&mut self) {
+        for i in 0..self.slots.len() {
+            if self.slots[i].node.is_some() {
+                let delay = self.rng.between(50_000, VIEW_DELAY_MAX_US);
+                self.at(self.now + delay, Event::View(i));
+            }
+        }
+    }
+
+    // --- Faults --------------------------------------------------------------
+
+    fn is_cut(&self, a: usize, b: usize) -> bool {
+        self.cut.contains(&(a.min(b), a.max(b)))
+    }
+
+    fn inject(&mut self, planned: PlannedFault) {
+        let lasts = planned.lasts;
+        match planned.fault {
+            Fault::Halves { pick } => {
+                let nodes = self.shuffled_members(pick);
+                let (a, b) = nodes.split_at(nodes.len() / 2);
+                self.partition(&[a, b], &[], lasts);
+            }
+            Fault::Isolate { pick } => {
+                let nodes = self.shuffled_members(pick);
+                if let Some((one, rest)) = nodes.split_first() {
+                    self.partition(&[std::slice::from_ref(one), rest], &[], lasts);
+                }
+            }
+            Fault::Bridge { pick } => {
+                let nodes = self.shuffled_members(pick);
+                if let Some((bridge, rest)) = nodes.split_first() {
+                    let (a, b) = rest.split_at(rest.len() / 2);
+                    self.partition(&[a, b], &[*bridge], lasts);
+                }
+            }
+            Fault::Crash { pick, down } => {
+                let up = self.up();
+                if up.len() <= 1 {
+                    return;
+                }
+                let i = up[(pick % up.len() as u64) as usize];
+                self.crash(i, "crashes (memory lost)");
+                self.after(down, Event::Heal(Heal::Restart(i)));
+            }
+            Fault::Lossy {
+                drop,
+                duplicate,
+                delay,
+            } => {
+                self.lossy = Some(Lossy {
+                    drop,
+                    duplicate,
+                    delay_us: delay.as_micros() as u64,
+                });
+                self.lossy_gen += 1;
+                self.history.note(
+                    self.now,
+                    format!(
+                        "network drops {drop}%, duplicates {duplicate}%, delays up to {delay:?}"
+                    ),
+                );
+                self.after(lasts, Event::Heal(Heal::Calm(self.lossy_gen)));
+            }
+            Fault::ClockJump { pick, offset_us } => {
+                let up = self.up();
+                let Some(&i) = up.get((pick % up.len().max(1) as u64) as usize) else {
+                    return;
+                };
+                time::set_offset(i, offset_us);
+                self.clock_gen[i] += 1;
+                let id = self.slots[i].id.clone();
+                self.history
+                    .note(self.now, format!("{id}'s clock jumps {offset_us}us"));
+                self.after(lasts, Event::Heal(Heal::Clock(i, self.clock_gen[i])));
+            }
+            Fault::JoinDuringPartition { pick } => {
+                let Some(i) = (0..self.slots.len())
+                    .find(|&i| !self.slots[i].member && self.slots[i].incarnation == 0)
+                else {
+                    return;
+                };
+                self.inject(PlannedFault {
+                    at: self.now,
+                    lasts,
+                    fault: Fault::Halves { pick },
+                });
+                self.slots[i].member = true;
+                let id = self.slots[i].id.clone();
+                self.history.note(self.now, format!("{id} joins"));
+                self.history
+                    .disruptions
+                    .push((self.now, Disruption::Placement));
+                self.boot(i, false);
+                self.views_change();
+            }
+            Fault::LeaveDuringPartition { pick } => {
+                let up = self.up();
+                if up.len() <= self.config.settings.replication_factor {
+                    return;
+                }
+                self.inject(PlannedFault {
+                    at: self.now,
+                    lasts,
+                    fault: Fault::Halves { pick },
+                });
+                let i = up[(pick % up.len() as u64) as usize];
+                self.with_node(i, |n| n.leave());
+                self.slots[i].member = false;
+                self.history
+                    .disruptions
+                    .push((self.now, Disruption::Placement));
+                self.crash(i, "leaves the cluster");
+            }
+        }
+    }
+
+    /// Cuts every link between different `sides`, except those of the
+    /// `bridges`, which keep their links to every side.
+    fn partition(&mut self, sides: &[&[usize]], bridges: &[usize], lasts: Duration) {
+        self.cut.clear();
+        for (x, a) in sides.iter().enumerate() {
+            for b in sides.iter().skip(x + 1) {
+                for &i in a.iter() {
+                    for &j in b.iter() {
+                        self.cut.insert((i.min(j), i.max(j)));
+                    }
+                }
+            }
+        }
+        let name = |w: &Self, nodes: &[usize]| {
+            nodes
+                .iter()
+                .map(|&i| w.slots[i].id.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let described: Vec<String> = sides
+            .iter()
+            .map(|s| format!("{{{}}}", name(self, s)))
+            .collect();
+        let bridge = if bridges.is_empty() {
+            String::new()
+        } else {
+            format!(" bridged by {}", name(self, bridges))
+        };
+        self.history.note(
+            self.now,
+            format!("partition {}{bridge}", described.join(" | ")),
+        );
+        self.partition_gen += 1;
+        self.after(lasts, Event::Heal(Heal::Partition(self.partition_gen)));
+        self.views_change();
+    }
+
+    fn shuffled_members(&self, pick: u64) -> Vec<usize> {
+        let mut nodes: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].member)
+            .collect();
+        let mut rng = Rng::new(pick);
+        for i in (1..nodes.len()).rev() {
+            nodes.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        nodes
+    }
+
+    /// Takes node `i` down, losing its memory, and marks the writes whose
+    /// every copy went with it.
+    fn crash(&mut self, i: usize, what: &str) {
+        if self.slots[i].node.take().is_none() {
+            return;
+        }
+        self.slots[i].incarnation += 1;
+        let id = self.slots[i].id.clone();
+        self.history.note(self.now, format!("{id} {what}"));
+        self.history
+            .disruptions
+            .push((self.now, Disruption::MemoryLost));
+        self.mark_lost();
+        self.views_change();
+    }
+
+    /// Marks every stamped write of which no copy (nor a newer version of
+    /// its key) survives anywhere: in a store, a queue, a hint, a call that
+    /// may be retried, or a message on the network.
+    fn mark_lost(&mut self) {
+        let mut greatest: BTreeMap<Key, Version> = BTreeMap::new();
+        let keys: BTreeSet<Key> = self.history.ops.iter().map(|op| op.key.clone()).collect();
+        for key in &keys {
+            let mut best: Option<Version> = None;
+            for slot in &self.slots {
+                if let Some(node) = &slot.node {
+                    best = best.max(node.greatest_copy(key));
+                }
+            }
+            if let Some(v) = best {
+                greatest.insert(key.clone(), v);
+            }
+        }
+        for event in self.events.values() {
+            if let Event::Deliver { msg, .. } = event {
+                for (key, entry) in entries_in(msg) {
+                    let slot = greatest.entry(key.clone()).or_default();
+                    *slot = (*slot).max(entry.version);
+                }
+            }
+        }
+        let now = self.now;
+        let lost: Vec<usize> = self
+            .history
+            .ops
+            .iter()
+            .filter(|op| op.is_write() && !self.history.is_lost(op.id))
+            .filter(|op| {
+                op.stamped
+                    .is_some_and(|v| greatest.get(&op.key).is_none_or(|g| *g < v))
+            })
+            .map(|op| op.id)
+            .collect();
+        self.history
+            .lost
+            .extend(lost.into_iter().map(|op| (op, now)));
+    }
+
+    fn heal(&mut self, heal: Heal) {
+        match heal {
+            Heal::Partition(gen) => {
+                if gen == self.partition_gen && !self.cut.is_empty() {
+                    self.cut.clear();
+                    self.history.note(self.now, "partition healed");
+                    self.views_change();
+                }
+            }
+            Heal::Restart(i) => self.restart(i),
+            Heal::Calm(gen) => {
+                if gen == self.lossy_gen && self.lossy.take().is_some() {
+                    self.history.note(self.now, "network calm");
+                }
+            }
+            Heal::Clock(i, gen) => {
+                if gen == self.clock_gen[i] && time::offset(i) != 0 {
+                    time::set_offset(i, 0);
+                    let id = self.slots[i].id.clone();
+                    self.history
+                        .note(self.now, format!("{id}'s clock is true again"));
+                }
+            }
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        if self.slots[i].member && self.slots[i].node.is_none() {
+            let id = self.slots[i].id.clone();
+            self.history.note(self.now, format!("{id} restarts empty"));
+            self.boot(i, false);
+            self.views_change();
+        }
+    }
+
+    /// The end of the chaos: links restored, the network calm, clocks true,
+    /// crashed members restarted.
+    fn heal_all(&mut self) {
+        self.history.note(self.now, "final heal");
+        self.cut.clear();
+        self.lossy = None;
+        self.partition_gen += 1;
+        self.lossy_gen += 1;
+        for i in 0..self.slots.len() {
+            time::set_offset(i, 0);
+            self.clock_gen[i] += 1;
+            self.restart(i);
+        }
+        self.views_change();
+    }
+}
+
+/// The entries a message carries (deltas, repairs), for the search for
+/// surviving copies.
+fn entries_in(msg: &Msg) -> Vec<(&Key, &Entry)> {
+    use crate::anti_entropy::{Reply, Request};
+    match msg {
+        Msg::Request {
+            req: Req::Apply(deltas),
+            ..
+        } => deltas.iter().map(|(k, e)| (k, e)).collect(),
+        Msg::Request {
+            req: Req::Sync(Request::Repair { entries, .. }),
+            ..
+        } => entries.iter().map(|(k, e)| (k, e)).collect(),
+        Msg::Response {
+            resp: Resp::Sync(Ok(Reply::Entries { entries, .. })),
+            ..
+        } => entries.iter().map(|(k, e)| (k, e)).collect(),
+        Msg::Response {
+            resp: Resp::Read(Some(_)),
+            ..
+        } => Vec::new(),
+        _ => Vec::new(),
+    }
+}
