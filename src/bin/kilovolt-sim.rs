@@ -21,6 +21,10 @@ struct Args {
     /// Print the whole history of every seed run.
     #[arg(long)]
     history: bool,
+    /// Also jump clocks past the tombstone grace and add or remove nodes
+    /// during partitions (faults that expose open bugs).
+    #[arg(long)]
+    all_faults: bool,
     /// Stop after this many failing seeds.
     #[arg(long, default_value_t = 3)]
     max_failures: usize,
@@ -28,7 +32,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = Config::default();
+    let config = Config {
+        all_faults: args.all_faults,
+        ..Config::default()
+    };
     let started = Instant::now();
     let mut failures = 0;
     let mut ops = 0;

@@ -51,19 +51,24 @@ pub struct Config {
     pub settle: Duration,
     /// Every node's settings.
     pub settings: Settings,
+    /// Whether the nemesis also jumps clocks past the tombstone grace and
+    /// joins or removes nodes during partitions, which expose open bugs
+    /// (docs/testing.md).
+    pub all_faults: bool,
 }
 
 impl Default for Config {
-    /// Five nodes (and one that may join), replication factor 3, six keys,
+    /// Five nodes (and one that may join), replication factor 3, twelve keys,
     /// 300 operations over 20 seconds of faults, then 12 seconds healed.
     fn default() -> Self {
         Self {
             nodes: 5,
             joiners: 1,
-            keys: 6,
+            keys: 12,
             ops: 300,
             chaos: Duration::from_secs(20),
             settle: Duration::from_secs(12),
+            all_faults: false,
             settings: Settings {
                 partitions: 16,
                 replication_factor: 3,
@@ -137,7 +142,12 @@ pub fn run(seed: u64, config: &Config) -> Outcome {
     let mut nemesis = rng.fork();
     let network = rng.fork();
     let ops = schedule::workload(&mut workload, config.ops, config.keys, config.chaos);
-    let faults = schedule::faults(&mut nemesis, config.chaos, config.settings.max_clock_drift);
+    let faults = schedule::faults(
+        &mut nemesis,
+        config.chaos,
+        config.settings.max_clock_drift,
+        config.all_faults,
+    );
     let mut world = World::new(config.clone(), network);
     world.run(ops, faults);
     let violations = checker::check(&world);
