@@ -13,6 +13,12 @@ pub const MAX_KEY_BYTES: usize = 4096;
 /// The most operations one `Batch` request may carry.
 pub const MAX_BATCH_OPS: usize = 1000;
 
+/// The longest map field name the node accepts, in bytes (as for keys).
+pub const MAX_FIELD_NAME_BYTES: usize = 4096;
+
+/// The most fields one `MapSet`, `MapGet` or `MapRemove` may name.
+pub const MAX_MAP_FIELDS: usize = 1000;
+
 /// The default for `--max-value-bytes`: 1 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 

@@ -3,9 +3,10 @@
 //! holding them, and when they may go. The shell calls it after each round;
 //! the simulator drives the same state.
 //!
-//! The rule (docs/tombstones.md): an entry settled at `now` (a tombstone
-//! older than the grace, or a value expired that long) is taken as a
-//! candidate; it is removed only once every other replica of its partition
+//! The rule (docs/tombstones.md): an entry settled at `now` (a tombstone or
+//! a map without fields older than the grace, or a value expired that long)
+//! is taken as a candidate, and so are the removed fields of a map removed
+//! that long ago; it is removed only once every other replica of its partition
 //! has completed a session covering the partition that *started after* the
 //! candidates were taken. Such a session left the peer holding the entry
 //! (or it had collected it already), so removing it here cannot let an
@@ -15,13 +16,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use crate::coordinator::Topology;
-use crate::crdt::Version;
-use crate::store::{Key, Store};
+use crate::store::{Settled, Store};
 
 /// Settled entries of one partition awaiting every replica's confirmation.
 struct Candidates {
     taken: Instant,
-    items: Vec<(Key, Version)>,
+    items: Settled,
     confirmed: BTreeSet<String>,
 }
 
@@ -52,10 +52,10 @@ impl Collector {
 
     /// For each partition `me` holds: removes the candidates found earlier
     /// once every other replica of the partition has confirmed them;
-    /// otherwise, when none are pending, takes the entries settled at
-    /// `now_hlc` with `grace` (NTP64) as new candidates at `now`. While a
-    /// replica is unreachable its partitions simply wait. Returns how many
-    /// entries were removed.
+    /// otherwise, when none are pending, takes the entries (and maps'
+    /// removed fields) settled at `now_hlc` with `grace` (NTP64) as new
+    /// candidates at `now`. While a replica is unreachable its partitions
+    /// simply wait. Returns how many entries and fields were removed.
     pub fn collect(
         &mut self,
         me: &str,
@@ -76,7 +76,8 @@ impl Collector {
                     .filter(|r| ***r != *me)
                     .all(|r| pending.confirmed.contains(&**r));
                 if acknowledged || planted_skips_acknowledgement() {
-                    collected += store.collect(p, &pending.items, now_hlc);
+                    collected += store.collect(p, &pending.items.entries, now_hlc)
+                        + store.prune_fields(p, &pending.items.fields);
                     self.pending.remove(&p);
                 }
                 continue;
@@ -84,7 +85,7 @@ impl Collector {
             if store.partition_len(p) == 0 {
                 continue;
             }
-            let items = store.settled(p, now_hlc, grace);
+            let items = store.settled_parts(p, now_hlc, grace);
             if !items.is_empty() {
                 self.pending.insert(
                     p,

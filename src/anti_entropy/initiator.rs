@@ -4,7 +4,8 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use crate::crdt::{Entry, Version};
+use crate::crdt::Entry;
+use crate::keyspace::{Flow, Stamp};
 use crate::store::Key;
 
 use super::message::{
@@ -449,7 +450,7 @@ impl Initiator {
     /// Joins the responder's list of a leaf with this replica's, over the
     /// fingerprints it covers: above `after`, and up to its last one when it
     /// was cut.
-    fn join(&mut self, theirs: &LeafVersions, mine: Vec<(u64, Version, Key)>, after: Option<u64>) {
+    fn join(&mut self, theirs: &LeafVersions, mine: Vec<(u64, Stamp, Key)>, after: Option<u64>) {
         let upto = if theirs.complete {
             u64::MAX
         } else {
@@ -464,13 +465,17 @@ impl Initiator {
         let want = |fingerprint| Wanted { leaf, fingerprint };
         loop {
             match (mine.peek(), theirs.peek()) {
-                (Some(m), Some(&&(fp, version))) if m.0 == fp => {
-                    let (_, mine_version, key) = mine.next().expect("peeked");
+                (Some(m), Some(&&(fp, stamp))) if m.0 == fp => {
+                    let (_, mine_stamp, key) = mine.next().expect("peeked");
                     theirs.next();
-                    if mine_version > version {
-                        self.work.push.push_back(key);
-                    } else if mine_version < version {
-                        self.work.pull.push_back(want(fp));
+                    match mine_stamp.flow(&stamp) {
+                        Flow::InSync => {}
+                        Flow::Push => self.work.push.push_back(key),
+                        Flow::Pull => self.work.pull.push_back(want(fp)),
+                        Flow::Both => {
+                            self.work.push.push_back(key);
+                            self.work.pull.push_back(want(fp));
+                        }
                     }
                 }
                 (Some(m), Some(&&(fp, _))) if m.0 > fp => {

@@ -5,7 +5,8 @@
 //! (digests as 16 bytes, packed), 2 bytes of tag and length for each nested
 //! record and string, 4 bytes of framing per message.
 
-use crate::crdt::{Entry, Payload, Version};
+use crate::crdt::Entry;
+use crate::keyspace::Stamp;
 use crate::store::Key;
 
 use super::{BRANCHES, GROUP_PARTITIONS, LEAVES_PER_BRANCH};
@@ -24,6 +25,8 @@ const COUNT: usize = 4;
 const LEAF_ID: usize = PARTITION + 1;
 /// One `(fingerprint, version)` of a version list.
 pub(super) const VERSION_ITEM: usize = 8 + 16;
+/// The state of a stamp, listed only when a leaf holds a map or counter.
+pub(super) const STATE_ITEM: usize = 8;
 
 /// One leaf of one partition's tree: the unit whose keys are listed when
 /// its digest differs.
@@ -46,15 +49,16 @@ pub struct Wanted {
     pub fingerprint: u64,
 }
 
-/// The responder's keys in one leaf, as `(fingerprint, version)` sorted by
+/// The responder's keys in one leaf, as `(fingerprint, stamp)` sorted by
 /// fingerprint, all of them or a first part.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeafVersions {
     /// The leaf.
     pub leaf: LeafId,
-    /// `(fingerprint, version)` of each key, by fingerprint ascending, above
-    /// the request's `after` for the first leaf of a reply.
-    pub versions: Vec<(u64, Version)>,
+    /// `(fingerprint, stamp)` of each key, by fingerprint ascending, above
+    /// the request's `after` for the first leaf of a reply. The stamp says
+    /// which state wins and whether two maps or counters differ.
+    pub versions: Vec<(u64, Stamp)>,
     /// Whether the list ends here. When false (only the last leaf of a reply
     /// may be cut), the list covers the fingerprints up to its last one, and
     /// the initiator asks again from there.
@@ -289,7 +293,7 @@ impl Reply {
                 MESSAGE
                     + leaves
                         .iter()
-                        .map(|l| leaf_versions_item(l.versions.len()))
+                        .map(|l| leaf_versions_size(&l.versions))
                         .sum::<usize>()
             }
             Reply::Entries { entries, .. } => {
@@ -299,14 +303,11 @@ impl Reply {
     }
 }
 
-/// The bytes an entry for `key` takes in a message: key, value, version,
-/// expiry, kind and their framing.
+/// The bytes an entry for `key` takes in a message: key, value (a string,
+/// or a map's or counter's elements), version, expiry, kind and their
+/// framing.
 pub fn entry_size(key: &str, entry: &Entry) -> usize {
-    let value = match &entry.payload {
-        Payload::Value(v) => v.len(),
-        Payload::Tombstone => 0,
-    };
-    FRAME + (FRAME + key.len()) + 16 + 8 + 1 + (FRAME + value)
+    FRAME + (FRAME + key.len()) + 16 + 8 + 1 + (FRAME + entry.payload_size())
 }
 
 /// A reply with nothing in it: framing and its `covered` count.
@@ -337,9 +338,21 @@ pub(super) fn roots_item(roots: usize) -> usize {
     FRAME + COUNT + FRAME + roots * DIGEST
 }
 
-/// One leaf's list in [`Reply::Versions`].
+/// One leaf's list of `versions` items in [`Reply::Versions`], without
+/// states (strings and tombstones only).
 pub(super) fn leaf_versions_item(versions: usize) -> usize {
     FRAME + LEAF_ID + 1 + FRAME + versions * VERSION_ITEM
+}
+
+/// One leaf's list in [`Reply::Versions`]: states are listed, one per item,
+/// when any key of the list is a map or counter.
+pub(super) fn leaf_versions_size(versions: &[(u64, Stamp)]) -> usize {
+    let states = if versions.iter().any(|(_, s)| s.state != 0) {
+        FRAME + versions.len() * STATE_ITEM
+    } else {
+        0
+    };
+    leaf_versions_item(versions.len()) + states
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@
 //! Every partition keeps a Merkle tree of [`LEAVES`] leaves (leaf by bits of
 //! the key hash), [`BRANCHES`] branches (branch `b` is the XOR of leaves
 //! `16 b .. 16 b + 15`) and a root (the XOR of the branches). A leaf is the
-//! XOR of the 128-bit digests of its entries, `digest(key, version, kind)`.
+//! XOR of the 128-bit digests of its entries: `digest(key, version, kind)`
+//! for a string or tombstone, and for a map or counter also its generation
+//! and content digest (see [`crate::keyspace::entry_digest`]).
 //!
 //! # The protocol
 //!
@@ -34,11 +36,17 @@
 //!    whose root differs. B -> A [`Reply::Leaves`]: B's 16 leaf digests of
 //!    every branch that differs.
 //! 3. A -> B [`Request::Versions`]: the leaves that differ. B -> A
-//!    [`Reply::Versions`]: for each, B's list of `(fingerprint, version)`,
+//!    [`Reply::Versions`]: for each, B's list of `(fingerprint, stamp)`,
 //!    one per key, where the fingerprint is a 64-bit hash of the key salted
-//!    per session. A joins it with its own list for the same leaves: a key
-//!    B holds newer, or that A lacks, is wanted from B; a key A holds newer,
-//!    or that B lacks, is sent to B; equal versions are in sync.
+//!    per session and the stamp ([`Stamp`]) is the version of a string or
+//!    tombstone, or the generation and a content hash of a map or counter.
+//!    A joins it with its own list for the same leaves: a key whose state
+//!    wins on B, or that A lacks, is wanted from B; a key whose state wins
+//!    on A, or that B lacks, is sent to B; equal stamps are in sync. Two
+//!    maps (or counters) of one generation with different contents go both
+//!    ways, since each side needs the other's to hold the join: a map's
+//!    newest version alone would not show that two replicas each hold
+//!    fields the other lacks.
 //! 4. A -> B [`Request::Repair`]: A's entries that B needs, and the
 //!    fingerprints of the keys A wants. B merges the entries (returned by
 //!    [`respond`]) and replies [`Reply::Entries`] with its entries for the
@@ -110,7 +118,8 @@ mod tests;
 use thiserror::Error;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64_with_seed};
 
-use crate::crdt::{Entry, Version};
+use crate::crdt::Entry;
+use crate::keyspace::Stamp;
 use crate::store::Key;
 
 pub use collector::Collector;
@@ -154,9 +163,9 @@ pub trait Replica {
     fn leaves(&self, partition: u32, branch: u8) -> [u128; LEAVES_PER_BRANCH];
 
     /// Every key of `partition` whose leaf is one of `leaves`, with that leaf
-    /// and the key's version, tombstones included, in any order. The leaf
+    /// and the key's [`Stamp`], tombstones included, in any order. The leaf
     /// comes back with each key so that one call serves many leaves.
-    fn versions_in_leaves(&self, partition: u32, leaves: &[u8]) -> Vec<(u8, Key, Version)>;
+    fn versions_in_leaves(&self, partition: u32, leaves: &[u8]) -> Vec<(u8, Key, Stamp)>;
 
     /// The entries held for `keys`; keys not held are left out.
     fn entries(&self, keys: &[&str]) -> Vec<(Key, Entry)>;
@@ -229,9 +238,9 @@ fn group_digest(replica: &impl Replica, partitions: &[u32]) -> u128 {
 
 /// The keys of one leaf as a version list names them.
 struct FingerprintedLeaf {
-    /// `(fingerprint, version, key)`, by fingerprint ascending, without the
+    /// `(fingerprint, stamp, key)`, by fingerprint ascending, without the
     /// keys whose fingerprint another key of the leaf shares.
-    keys: Vec<(u64, Version, Key)>,
+    keys: Vec<(u64, Stamp, Key)>,
     /// How many keys were left out for sharing a fingerprint.
     ambiguous: u64,
 }
@@ -244,7 +253,7 @@ fn fingerprinted(
     partition: u32,
     leaves: &[u8],
 ) -> Vec<FingerprintedLeaf> {
-    let mut lists: Vec<Vec<(u64, Version, Key)>> = vec![Vec::new(); leaves.len()];
+    let mut lists: Vec<Vec<(u64, Stamp, Key)>> = vec![Vec::new(); leaves.len()];
     for (leaf, key, version) in replica.versions_in_leaves(partition, leaves) {
         // A replica that answers for a leaf not asked about is ignored.
         if let Ok(i) = leaves.binary_search(&leaf) {

@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use crate::crdt::Entry;
 use crate::store::Key;
 
-use super::message::{leaf_versions_item, roots_item, EMPTY_REPLY, LEAVES_ITEM, VERSION_ITEM};
+use super::message::{
+    leaf_versions_item, leaf_versions_size, roots_item, EMPTY_REPLY, LEAVES_ITEM, STATE_ITEM,
+    VERSION_ITEM,
+};
 use super::{
     fingerprinted, group_digest, LeafId, LeafVersions, Limits, Replica, Reply, Request,
     SessionError, Wanted, BRANCHES, GROUP_PARTITIONS,
@@ -173,7 +176,7 @@ fn versions(
                     list.retain(|&(fp, _)| fp > after);
                 }
             }
-            let full = leaf_versions_item(list.len());
+            let full = leaf_versions_size(&list);
             if size + full <= budget || out.is_empty() && list.len() <= 1 {
                 size += full;
                 out.push(LeafVersions {
@@ -185,7 +188,12 @@ fn versions(
             }
             // Cut the list: as many as fit, and at least one in an otherwise
             // empty reply so that every reply makes progress.
-            let room = budget.saturating_sub(size + leaf_versions_item(0)) / VERSION_ITEM;
+            let (frame, per_item) = if list.iter().any(|(_, s)| s.state != 0) {
+                (2, VERSION_ITEM + STATE_ITEM)
+            } else {
+                (0, VERSION_ITEM)
+            };
+            let room = budget.saturating_sub(size + leaf_versions_item(0) + frame) / per_item;
             let take = if out.is_empty() { room.max(1) } else { room };
             if take > 0 {
                 list.truncate(take);

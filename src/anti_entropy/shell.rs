@@ -17,6 +17,7 @@ use crate::clock::{ntp64, Clock};
 use crate::cluster::{NodeState, StateAnnouncer};
 use crate::coordinator::Coordinator;
 use crate::crdt::{Entry, Version};
+use crate::keyspace::Stamp;
 use crate::net::{PeerError, Peers};
 use crate::store::{is_settled, Key, Store};
 
@@ -33,7 +34,7 @@ impl Replica for Store {
         Store::leaves(self, partition, branch)
     }
 
-    fn versions_in_leaves(&self, partition: u32, leaves: &[u8]) -> Vec<(u8, Key, Version)> {
+    fn versions_in_leaves(&self, partition: u32, leaves: &[u8]) -> Vec<(u8, Key, Stamp)> {
         Store::versions_in_leaves(self, partition, leaves)
     }
 

@@ -8,6 +8,7 @@ use proptest::prelude::*;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64_with_seed};
 
 use super::*;
+use crate::crdt::{ops, Actor, PnCounter, Version};
 
 /// The test double's key hash seed (the real store brings its own mapping).
 const SEED: u64 = 0x7465_7374_2d61_6521;
@@ -44,6 +45,12 @@ impl MemReplica {
         bytes.extend_from_slice(&entry.version.time.to_le_bytes());
         bytes.extend_from_slice(&entry.version.node.to_le_bytes());
         bytes.push(u8::from(entry.is_value()));
+        if let (Some(content), Some(generation)) = (entry.content_digest(), entry.generation()) {
+            bytes.push(entry.rank().1);
+            bytes.extend_from_slice(&generation.time.to_le_bytes());
+            bytes.extend_from_slice(&generation.node.to_le_bytes());
+            bytes.extend_from_slice(&content.to_le_bytes());
+        }
         xxh3_128(&bytes)
     }
 
@@ -96,13 +103,13 @@ impl Replica for MemReplica {
         std::array::from_fn(|i| tree[branch as usize * LEAVES_PER_BRANCH + i])
     }
 
-    fn versions_in_leaves(&self, partition: u32, leaves: &[u8]) -> Vec<(u8, Key, Version)> {
+    fn versions_in_leaves(&self, partition: u32, leaves: &[u8]) -> Vec<(u8, Key, Stamp)> {
         self.entries
             .iter()
             .filter_map(|(key, entry)| {
                 let (p, leaf) = self.locate(key);
                 (p == partition && leaves.contains(&leaf))
-                    .then(|| (leaf, key.clone(), entry.version))
+                    .then(|| (leaf, key.clone(), Stamp::of(key, entry)))
             })
             .collect()
     }
@@ -209,13 +216,23 @@ fn session(
 
 /// The entry a write of `key` at `(time, node)` left: a function of the
 /// version, as in a cluster where versions are unique; some tombstones,
-/// some expiring values.
+/// some expiring values, some maps and counters of one generation (which
+/// two replicas holding different writes must exchange both ways).
 fn write(key: &str, time: u64, node: u64) -> Entry {
     let version = Version::new(time, node);
-    match (time + node) % 3 {
+    match (time + node) % 5 {
         0 => Entry::tombstone(version),
         1 => Entry::value(version, format!("{key}@{time}/{node}"), 0),
-        _ => Entry::value(version, format!("{key}:{time}"), 1_000 + time),
+        2 => Entry::value(version, format!("{key}:{time}"), 1_000 + time),
+        3 => {
+            let field = format!("f{node}");
+            ops::map_set(None, 0, &[(&field, key)], version, 1, usize::MAX)
+                .expect("a map over nothing")
+        }
+        _ => Entry::counter(
+            version,
+            PnCounter::increment(Version::default(), Actor::new(node, 1), time, time as i64),
+        ),
     }
 }
 
@@ -413,8 +430,8 @@ fn keys_that_share_a_fingerprint_are_left_out() {
         fn leaves(&self, _: u32, _: u8) -> [u128; LEAVES_PER_BRANCH] {
             [0; LEAVES_PER_BRANCH]
         }
-        fn versions_in_leaves(&self, _: u32, leaves: &[u8]) -> Vec<(u8, Key, Version)> {
-            let v = Version::new(1, 1);
+        fn versions_in_leaves(&self, _: u32, leaves: &[u8]) -> Vec<(u8, Key, Stamp)> {
+            let v = Stamp::register(Version::new(1, 1));
             let mut out = vec![(leaves[0], "a".into(), v), (leaves[0], "a".into(), v)];
             out.push((leaves[0], "b".into(), v));
             out.push((99, "not-asked".into(), v));
@@ -735,4 +752,42 @@ fn one_divergent_key_among_100k_costs_under_16_kib_plus_the_entry() {
         entry_size(key, &entry)
     );
     assert!(total - entry_size(key, &entry) < 16 * 1024, "{total}");
+}
+
+/// Two replicas each hold a field of one map that the other lacks, with the
+/// same newest version: a map's version alone would call them in sync. The
+/// stamps tell them apart, and one session sends each side the other's.
+#[test]
+fn maps_with_equal_versions_and_different_fields_converge_in_one_session() {
+    let mut a = MemReplica::new(4);
+    let mut b = MemReplica::new(4);
+    let version = Version::new(10, 1);
+    let on_a = ops::map_set(None, 0, &[("x", "1")], version, 1, 100).unwrap();
+    let on_b = ops::map_set(None, 0, &[("y", "2")], version, 2, 100).unwrap();
+    assert_eq!(on_a.version, on_b.version);
+    a.merge("m".into(), on_a.clone());
+    b.merge("m".into(), on_b.clone());
+    let counter = |actor| {
+        Entry::counter(
+            version,
+            PnCounter::increment(Version::default(), Actor::new(actor, 1), 1, 7),
+        )
+    };
+    a.merge("c".into(), counter(1));
+    b.merge("c".into(), counter(2));
+    let (stats, _) = session(
+        &mut a,
+        &mut b,
+        PartitionSet::new(0..4),
+        Limits::default(),
+        3,
+    );
+    assert_eq!((stats.keys_sent, stats.keys_received), (2, 2));
+    assert_eq!(a.entries, b.entries);
+    let m = a.entries.get("m").unwrap();
+    assert_eq!(ops::read_map(Some(m), 0, &[]).unwrap().unwrap().len(), 2);
+    assert_eq!(ops::read_counter(a.entries.get("c"), 0), Ok(Some(14)));
+    for p in 0..4 {
+        assert_eq!(a.root(p), b.root(p));
+    }
 }

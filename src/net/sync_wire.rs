@@ -4,6 +4,7 @@
 
 use crate::anti_entropy::{LeafId, LeafVersions, PartitionSet, Reply, Request, Wanted};
 use crate::crdt::Version;
+use crate::keyspace::Stamp;
 use crate::proto::cluster as wire;
 use crate::proto::cluster::sync_reply::Step as ReplyStep;
 use crate::proto::cluster::sync_request::Step as RequestStep;
@@ -33,6 +34,9 @@ pub enum SyncWireError {
     /// Parallel arrays of different lengths.
     #[error("sync version list with {0} fingerprints, {1} times and {2} nodes")]
     Ragged(usize, usize, usize),
+    /// A list of states that is neither empty nor one per fingerprint.
+    #[error("sync version list with {0} fingerprints and {1} states")]
+    RaggedStates(usize, usize),
     /// A bad entry.
     #[error(transparent)]
     Entry(#[from] WireError),
@@ -219,9 +223,14 @@ pub fn reply_to_wire(reply: &Reply) -> wire::SyncReply {
                 .map(|l| wire::LeafVersionList {
                     leaf: Some(leaf_to_wire(l.leaf)),
                     fingerprints: l.versions.iter().map(|(f, _)| *f).collect(),
-                    times: l.versions.iter().map(|(_, v)| v.time).collect(),
-                    nodes: l.versions.iter().map(|(_, v)| v.node).collect(),
+                    times: l.versions.iter().map(|(_, v)| v.version.time).collect(),
+                    nodes: l.versions.iter().map(|(_, v)| v.version.node).collect(),
                     complete: l.complete,
+                    states: if l.versions.iter().any(|(_, v)| v.state != 0) {
+                        l.versions.iter().map(|(_, v)| v.state).collect()
+                    } else {
+                        Vec::new()
+                    },
                 })
                 .collect(),
         }),
@@ -267,13 +276,21 @@ pub fn reply_from_wire(r: wire::SyncReply) -> Result<Reply, SyncWireError> {
                     if f != t || f != n {
                         return Err(SyncWireError::Ragged(f, t, n));
                     }
+                    if !l.states.is_empty() && l.states.len() != f {
+                        return Err(SyncWireError::RaggedStates(f, l.states.len()));
+                    }
+                    let states = l.states.into_iter().chain(std::iter::repeat(0));
                     Ok(LeafVersions {
                         leaf: leaf_from_wire(l.leaf)?,
                         versions: l
                             .fingerprints
                             .into_iter()
                             .zip(l.times.into_iter().zip(l.nodes))
-                            .map(|(fp, (time, node))| (fp, Version::new(time, node)))
+                            .zip(states)
+                            .map(|((fp, (time, node)), state)| {
+                                let version = Version::new(time, node);
+                                (fp, Stamp { version, state })
+                            })
                             .collect(),
                         complete: l.complete,
                     })
@@ -346,8 +363,24 @@ mod tests {
             Reply::Versions {
                 leaves: vec![LeafVersions {
                     leaf,
-                    versions: vec![(1, Version::new(2, 3))],
+                    versions: vec![(1, Stamp::register(Version::new(2, 3)))],
                     complete: false,
+                }],
+            },
+            Reply::Versions {
+                leaves: vec![LeafVersions {
+                    leaf,
+                    versions: vec![
+                        (1, Stamp::register(Version::new(2, 3))),
+                        (
+                            2,
+                            Stamp {
+                                version: Version::new(4, 5),
+                                state: 0xabc2,
+                            },
+                        ),
+                    ],
+                    complete: true,
                 }],
             },
             Reply::Entries {
@@ -402,5 +435,20 @@ mod tests {
             })),
         };
         assert_eq!(reply_from_wire(ragged), Err(SyncWireError::Ragged(2, 1, 2)));
+        let ragged_states = wire::SyncReply {
+            step: Some(ReplyStep::Versions(wire::VersionListsStep {
+                leaves: vec![wire::LeafVersionList {
+                    fingerprints: vec![1, 2],
+                    times: vec![1, 2],
+                    nodes: vec![1, 2],
+                    states: vec![7],
+                    ..Default::default()
+                }],
+            })),
+        };
+        assert_eq!(
+            reply_from_wire(ragged_states),
+            Err(SyncWireError::RaggedStates(2, 1))
+        );
     }
 }

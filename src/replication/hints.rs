@@ -27,13 +27,11 @@ impl Hint {
     }
 }
 
-/// The bytes an entry for `key` takes on the wire and in bounds.
+/// The bytes an entry for `key` takes on the wire and in bounds: the key,
+/// the value (a string, or a map or counter delta's elements) and the fixed
+/// parts.
 pub fn entry_size(key: &str, entry: &Entry) -> usize {
-    let value = match &entry.payload {
-        crate::crdt::Payload::Value(v) => v.len(),
-        crate::crdt::Payload::Tombstone => 0,
-    };
-    key.len() + value + 32
+    key.len() + entry.payload_size() + 32
 }
 
 /// Limits on what hints may hold.

@@ -31,10 +31,10 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use crate::crdt::{Entry, Version};
+use crate::crdt::{Entry, Payload, Version};
 use crate::keyspace::{
-    digest_of, entry_digest, key_hash, leaf_of, partition_of_hash, BRANCHES, LEAVES,
-    LEAVES_PER_BRANCH,
+    digest_of, entry_digest, key_hash, leaf_of, partition_of_hash, recomputed_entry_digest, Stamp,
+    BRANCHES, LEAVES, LEAVES_PER_BRANCH,
 };
 use crate::merkle::MerkleTree;
 
@@ -49,10 +49,35 @@ pub type Key = Box<str>;
 /// scans the whole map.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
-    /// Entries holding a value (expired values count until collected).
+    /// Entries holding a string, a map with fields or a counter (expired
+    /// strings count until collected).
     pub values: u64,
-    /// Entries holding a tombstone.
+    /// Entries holding a tombstone, or a map whose fields were all removed
+    /// (it reads as absent and is collected like a tombstone).
     pub tombstones: u64,
+}
+
+/// A map's settled removed fields, each with its settle time
+/// ([`crate::crdt::OrMap::settled_fields`]).
+pub type RemovedFields = Vec<(Box<str>, u64)>;
+
+/// What a partition holds that is settled: collectable once every replica
+/// is known to hold it. Taken by [`Store::settled_parts`], handed back to
+/// [`Store::collect`] and [`Store::prune_fields`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Entries that go whole: tombstones, maps without fields and expired
+    /// strings, with their versions when found.
+    pub entries: Vec<(Key, Version)>,
+    /// Maps that still have fields, each with its settled removed fields.
+    pub fields: Vec<(Key, RemovedFields)>,
+}
+
+impl Settled {
+    /// Whether nothing is settled.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.fields.is_empty()
+    }
 }
 
 /// One partition's share of the store.
@@ -141,7 +166,7 @@ impl Store {
         let place = self.place(key);
         match place.partition.entries.entry_sync(key.into()) {
             scc::hash_map::Entry::Occupied(mut slot) => {
-                let before = Before::of(slot.get());
+                let before = Before::of(slot.key(), slot.get());
                 let changed = slot.get_mut().merge_from(incoming);
                 if changed {
                     self.changed(&place, slot.key(), Some(before), slot.get());
@@ -168,7 +193,7 @@ impl Store {
         let place = self.place(key);
         match place.partition.entries.entry_sync(key.into()) {
             scc::hash_map::Entry::Occupied(mut slot) => {
-                let before = Before::of(slot.get());
+                let before = Before::of(slot.key(), slot.get());
                 let written = stamp(Some(slot.get()))?;
                 if slot.get_mut().merge_from(written.clone()) {
                     self.changed(&place, slot.key(), Some(before), slot.get());
@@ -261,12 +286,12 @@ impl Store {
     }
 
     /// Every key of partition `p` whose Merkle leaf is in `leaves`, as
-    /// `(leaf, key, version)` (tombstones included), in no particular order:
+    /// `(leaf, key, stamp)` (tombstones included), in no particular order:
     /// the last level anti-entropy compares, for the leaves that differ. The
     /// leaf comes with each key so that one call serves many leaves (it is
     /// computed during the scan anyway). Scans partition `p` only; empty
     /// when `p` is out of range or holds nothing.
-    pub fn versions_in_leaves(&self, p: u32, leaves: &[u8]) -> Vec<(u8, Key, Version)> {
+    pub fn versions_in_leaves(&self, p: u32, leaves: &[u8]) -> Vec<(u8, Key, Stamp)> {
         let Some(part) = self.partition(p).filter(|_| !leaves.is_empty()) else {
             return Vec::new();
         };
@@ -277,7 +302,7 @@ impl Store {
         part.entries.iter_sync(|key, entry| {
             let leaf = leaf_of(key_hash(key), partitions);
             if wanted[leaf as usize] {
-                found.push((leaf, key.clone(), entry.version));
+                found.push((leaf, key.clone(), Stamp::of(key, entry)));
             }
             true
         });
@@ -285,7 +310,8 @@ impl Store {
     }
 
     /// The Merkle tree of partition `p` computed from scratch from its map
-    /// (an empty tree when out of range). O(partition size).
+    /// (an empty tree when out of range), the content digests of maps and
+    /// counters included. O(partition size).
     pub fn recompute_tree(&self, p: u32) -> MerkleTree {
         let Some(part) = self.partition(p) else {
             return MerkleTree::new();
@@ -293,7 +319,8 @@ impl Store {
         let partitions = self.partitions();
         let mut leaves = [0u128; LEAVES];
         part.entries.iter_sync(|key, entry| {
-            leaves[leaf_of(key_hash(key), partitions) as usize] ^= entry_digest(key, entry);
+            leaves[leaf_of(key_hash(key), partitions) as usize] ^=
+                recomputed_entry_digest(key, entry);
             true
         });
         MerkleTree::from_entries(leaves.iter().enumerate().map(|(l, &d)| (l as u8, d)))
@@ -310,27 +337,61 @@ impl Store {
     }
 
     /// The entries of partition `p` that are settled at `now`: tombstones
-    /// whose version is older than `grace`, and values expired more than
-    /// `grace` ago (both NTP64). Candidates for collection once every
-    /// replica is known to hold them. Scans partition `p` only.
+    /// and maps without fields whose version is older than `grace`, and
+    /// strings expired more than `grace` ago (both NTP64). Candidates for
+    /// collection once every replica is known to hold them. Scans partition
+    /// `p` only.
     pub fn settled(&self, p: u32, now: u64, grace: u64) -> Vec<(Key, Version)> {
+        self.settled_parts(p, now, grace).entries
+    }
+
+    /// [`Store::settled`], and in the same scan the maps of partition `p`
+    /// that still have fields but hold removed fields settled at `now`
+    /// (removed, with every write they removed, more than `grace` ago).
+    pub fn settled_parts(&self, p: u32, now: u64, grace: u64) -> Settled {
         let Some(part) = self.partition(p) else {
-            return Vec::new();
+            return Settled::default();
         };
-        let mut found = Vec::new();
+        let horizon = now.saturating_sub(grace);
+        let mut found = Settled::default();
         part.entries.iter_sync(|key, entry| {
             if is_settled(entry, now, grace) {
-                found.push((key.clone(), entry.version));
+                found.entries.push((key.clone(), entry.version));
+            } else if let Payload::Map(m) = &entry.payload {
+                let fields = m.settled_fields(horizon);
+                if !fields.is_empty() {
+                    found.fields.push((key.clone(), fields));
+                }
             }
             true
         });
         found
     }
 
+    /// Drops, from the maps of partition `p`, each listed removed field that
+    /// is still removed since the same instant (a write or removal of it
+    /// since keeps it); returns how many. The maps' digests do not change:
+    /// they cover live fields only.
+    pub fn prune_fields(&self, p: u32, items: &[(Key, RemovedFields)]) -> usize {
+        let Some(part) = self.partition(p) else {
+            return 0;
+        };
+        let mut pruned = 0;
+        for (key, fields) in items {
+            part.entries.update_sync(&**key, |_, e| {
+                if let Payload::Map(m) = &mut e.payload {
+                    pruned += m.prune_fields(fields);
+                }
+            });
+        }
+        pruned
+    }
+
     /// Removes each `(key, version)` of partition `p` whose entry still has
-    /// that version and is a tombstone or an expired value at `now` (a newer
-    /// write since the candidates were taken keeps its key); returns how
-    /// many it removed. Counters, tree and expiry index follow.
+    /// that version and is a tombstone, a map without fields or an expired
+    /// value at `now` (a newer write since the candidates were taken keeps
+    /// its key); returns how many it removed. Counters, tree and expiry
+    /// index follow.
     pub fn collect(&self, p: u32, items: &[(Key, Version)], now: u64) -> usize {
         let Some(part) = self.partition(p) else {
             return 0;
@@ -339,7 +400,7 @@ impl Store {
         let mut removed = 0;
         for (key, version) in items {
             let gone = part.entries.remove_if_sync(&**key, |e| {
-                let due = e.version == *version && (!e.is_value() || e.is_expired(now));
+                let due = e.version == *version && (!e.is_live() || e.is_expired(now));
                 if due {
                     // Still under the bucket lock: the removal follows.
                     part.tree
@@ -351,7 +412,7 @@ impl Store {
                 part.len.fetch_sub(1, Ordering::Relaxed);
                 self.counter(Kind::of(&entry))
                     .fetch_sub(1, Ordering::Relaxed);
-                if entry.is_value() {
+                if entry.is_value() && entry.expires_at != 0 {
                     self.expiries
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
@@ -430,7 +491,7 @@ impl Store {
     /// the key's bucket lock, by every path that inserts or changes an entry.
     fn changed(&self, place: &Place<'_>, key: &str, before: Option<Before>, after: &Entry) {
         let new = entry_digest(key, after);
-        let old = before.map_or(0, |b| digest_of(key, b.version, b.kind == Kind::Value));
+        let old = before.map_or(0, |b| b.digest(key));
         place.partition.tree.toggle(place.leaf, old ^ new);
         if before.is_none() {
             place.partition.len.fetch_add(1, Ordering::Relaxed);
@@ -475,8 +536,10 @@ enum Kind {
 }
 
 impl Kind {
+    /// Live (a string, a map with fields, a counter) or not (a tombstone,
+    /// a map whose fields were all removed).
     fn of(entry: &Entry) -> Self {
-        if entry.is_value() {
+        if entry.is_live() {
             Kind::Value
         } else {
             Kind::Tombstone
@@ -484,30 +547,45 @@ impl Kind {
     }
 }
 
-/// What the digest and the counters need of an entry about to be replaced:
-/// its version and kind, copied instead of cloning the entry (and its value).
+/// What the digest and the counters need of an entry about to be replaced,
+/// copied instead of cloning the entry (and its value): its version and
+/// kind, or for a map or counter its digest, taken before the change (the
+/// content digest is kept in the value, so that is O(1) too).
 #[derive(Clone, Copy)]
 struct Before {
     version: Version,
     kind: Kind,
+    is_value: bool,
+    structured: Option<u128>,
 }
 
 impl Before {
-    fn of(entry: &Entry) -> Self {
+    fn of(key: &str, entry: &Entry) -> Self {
         Self {
             version: entry.version,
             kind: Kind::of(entry),
+            is_value: entry.is_value(),
+            structured: entry.content_digest().map(|_| entry_digest(key, entry)),
         }
+    }
+
+    /// The entry's Merkle digest.
+    fn digest(&self, key: &str) -> u128 {
+        self.structured
+            .unwrap_or_else(|| digest_of(key, self.version, self.is_value))
     }
 }
 
-/// Whether `entry` is settled at `now` with `grace` (NTP64): a tombstone
-/// older than `grace`, or a value expired more than `grace` ago. Such an
-/// entry is collectable once every replica holds it, and is never worth
-/// handing to a replica that lacks its key: that replica collected it.
+/// Whether `entry` is settled at `now` with `grace` (NTP64): a tombstone or
+/// a map without fields whose version is older than `grace`, or a string
+/// expired more than `grace` ago. Such an entry is collectable once every
+/// replica holds it, and is never worth handing to a replica that lacks its
+/// key: that replica collected it.
 pub fn is_settled(entry: &Entry, now: u64, grace: u64) -> bool {
     if entry.is_value() {
         entry.expires_at != 0 && entry.expires_at.saturating_add(grace) <= now
+    } else if entry.is_live() {
+        false
     } else {
         entry.version.time.saturating_add(grace) <= now
     }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::crdt::Version;
+use crate::crdt::{ops, Actor, PnCounter, Version};
 use proptest::prelude::*;
 use std::convert::Infallible;
 
@@ -39,8 +39,8 @@ fn assert_trees_consistent(store: &Store) {
             assert_eq!(store.partition_of(&key), p);
             assert_eq!(leaf, leaf_of(key_hash(&key), store.partitions()));
             let entry = store.get(&key).unwrap();
-            assert_eq!(entry.version, version);
-            if entry.is_value() {
+            assert_eq!(Stamp::of(&key, &entry), version);
+            if entry.is_live() {
                 total.values += 1;
             } else {
                 total.tombstones += 1;
@@ -161,7 +161,7 @@ fn keys_land_in_their_keyspace_partition_and_leaf() {
     assert_eq!(store.leaves(695, leaf / 16)[usize::from(leaf % 16)], digest);
     assert_eq!(
         store.versions_in_leaves(695, &[leaf]),
-        vec![(leaf, "user:42".into(), v(5))]
+        vec![(leaf, "user:42".into(), Stamp::register(v(5)))]
     );
     assert!(store
         .versions_in_leaves(695, &[leaf.wrapping_add(1)])
@@ -291,15 +291,31 @@ enum Op {
 }
 
 fn entry() -> impl Strategy<Value = Entry> {
-    // Small ranges so that equal and older versions occur often.
-    (0u64..8, 0u64..3, 0u8..3, 0u64..20).prop_map(|(time, node, kind, expires_at)| {
+    // Small ranges so that equal and older versions occur often; maps and
+    // counters of one generation, whose writes merge.
+    (0u64..8, 0u64..3, 0u8..6, 0u64..20).prop_map(|(time, node, kind, expires_at)| {
         let version = Version::new(time, node);
         match kind {
             0 => Entry::tombstone(version),
             1 => Entry::value(version, format!("{time}.{node}"), 0),
-            _ => Entry::value(version, format!("{time}.{node}"), expires_at + 1),
+            2 => Entry::value(version, format!("{time}.{node}"), expires_at + 1),
+            3 => map_write(version, &format!("f{}", expires_at % 3)),
+            4 => {
+                let set = map_write(Version::new(time, node), "f0");
+                let removal = Version::new(time + 1, node);
+                ops::map_remove(Some(&set), 0, &["f0"], removal).unwrap()
+            }
+            _ => Entry::counter(
+                version,
+                PnCounter::increment(Version::default(), Actor::new(node, 1), time + 1, 5),
+            ),
         }
     })
+}
+
+/// A map write of `field` at `version` over nothing.
+fn map_write(version: Version, field: &str) -> Entry {
+    ops::map_set(None, 0, &[(field, "v")], version, 1, usize::MAX).unwrap()
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -401,4 +417,99 @@ proptest! {
             assert_trees_consistent(&store);
         }
     }
+}
+
+#[test]
+fn maps_and_counters_merge_count_and_keep_trees_exact() {
+    let store = Store::new(P);
+    assert!(store.merge("m", map_write(v(1), "a")));
+    assert!(store.merge("m", map_write(Version::new(1, 2), "b")));
+    assert!(
+        !store.merge("m", map_write(v(1), "a")),
+        "a replay changes nothing"
+    );
+    let c = |seq| {
+        Entry::counter(
+            v(seq),
+            PnCounter::increment(Version::default(), Actor::new(1, 1), seq, 2),
+        )
+    };
+    assert!(store.merge("c", c(2)));
+    assert!(store.merge("c", c(1)));
+    assert!(!store.merge("c", c(2)));
+    assert_eq!(
+        store.stats(),
+        StoreStats {
+            values: 2,
+            tombstones: 0
+        }
+    );
+    assert_trees_consistent(&store);
+    let m = store.get("m").unwrap();
+    assert_eq!(ops::read_map(Some(&m), 0, &[]).unwrap().unwrap().len(), 2);
+    assert_eq!(ops::read_counter(store.get("c").as_ref(), 0), Ok(Some(4)));
+
+    // A map whose fields are all removed counts, and is collected, like a
+    // tombstone.
+    let removal = ops::map_remove(Some(&m), 0, &["a", "b"], v(5)).unwrap();
+    assert!(store.merge("m", removal));
+    assert_eq!(
+        store.stats(),
+        StoreStats {
+            values: 1,
+            tombstones: 1
+        }
+    );
+    assert_trees_consistent(&store);
+    let p = store.partition_of("m");
+    let grace = 10u64 << 32;
+    assert!(store.settled(p, 5, grace).iter().all(|(k, _)| &**k != "m"));
+    let settled = store.settled_parts(p, v(5).time + grace, grace);
+    assert!(settled.fields.is_empty(), "goes as a whole");
+    let mine: Vec<(Key, Version)> = settled
+        .entries
+        .into_iter()
+        .filter(|(k, _)| &**k == "m")
+        .collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(store.collect(p, &mine, v(5).time + grace), 1);
+    assert!(store.get("m").is_none());
+    assert_eq!(
+        store.stats(),
+        StoreStats {
+            values: 1,
+            tombstones: 0
+        }
+    );
+    assert_trees_consistent(&store);
+}
+
+#[test]
+fn settled_removed_fields_of_a_live_map_are_pruned_without_changing_its_digest() {
+    let store = Store::new(P);
+    store.merge("m", map_write(v(1), "keep"));
+    store.merge("m", map_write(v(2), "gone"));
+    let m = store.get("m").unwrap();
+    store.merge("m", ops::map_remove(Some(&m), 0, &["gone"], v(3)).unwrap());
+    let p = store.partition_of("m");
+    let root = store.root(p);
+    let settled = store.settled_parts(p, 103, 100);
+    assert!(settled.entries.is_empty());
+    assert_eq!(settled.fields, vec![("m".into(), vec![("gone".into(), 3)])]);
+    // A write of the field since keeps it.
+    let mut stale = settled.fields.clone();
+    stale[0].1[0].1 = 2;
+    assert_eq!(store.prune_fields(p, &stale), 0);
+    assert_eq!(store.prune_fields(p, &settled.fields), 1);
+    let Some(Entry {
+        payload: Payload::Map(m),
+        ..
+    }) = store.get("m")
+    else {
+        panic!("still a map");
+    };
+    assert!(m.field("gone").is_none());
+    assert_eq!(m.get("keep"), Some("v"));
+    assert_eq!(store.root(p), root);
+    assert_trees_consistent(&store);
 }

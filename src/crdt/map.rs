@@ -1,0 +1,690 @@
+//! The observed-remove map: a map from field names to last-writer-wins
+//! registers, where removing a field removes only the writes the remover
+//! had seen (add wins).
+//!
+//! # State
+//!
+//! Each field holds its *live adds*, each named by a dot `(actor, time)`
+//! (the actor is one life of one node, the time is the HLC time of the
+//! write's version), and a *context*: for each actor, the greatest time of
+//! its writes to this field that this replica has seen, whether they are
+//! still live or were removed since. The field reads as the value of its
+//! live add with the greatest version; a field without live adds is
+//! absent.
+//!
+//! A write to a field, made where the map was observed, carries the new add
+//! and the observed context of the field: merged anywhere, it removes every
+//! add of that field the writer had seen, and leaves the ones it had not
+//! (concurrent writes). A removal is the same without the add. Merge of
+//! two states of a field keeps an add when both hold it, or when one holds
+//! it and the other has not seen it (its context does not cover it): the
+//! usual join of a dot store with its causal context, with contexts kept
+//! per actor as a maximum. That is sound because one actor's writes to one
+//! field are ordered (an actor stamps each write of a key after everything
+//! it observed of the key): having seen an actor's write at time `t` means
+//! having seen, or superseded, its earlier ones.
+//!
+//! # Digest
+//!
+//! Anti-entropy compares replicas by digest. A map's content digest is the
+//! XOR of one 128-bit hash per live add, `(field, actor, time)`, so it does
+//! not depend on the order in which anything arrived, and it is kept
+//! current by every change in O(changed adds). Contexts are left out: two
+//! replicas whose live adds are the same read the same, and a difference in
+//! live adds makes them exchange whole states, contexts included. Leaving
+//! contexts out also lets a replica drop the context of a removed field
+//! (tombstone collection) without making its digest differ from the others.
+
+use std::cmp::Ordering;
+use std::collections::btree_map::{self, BTreeMap};
+
+use xxhash_rust::xxh3::xxh3_128_with_seed;
+
+use super::{Actor, Version};
+
+/// The seed of the hash of a live add in a map's content digest: the ASCII
+/// bytes of `"kv-mapad"`, big-endian. Part of the digest contract between
+/// nodes, like `crate::keyspace::DIGEST_SEED`: fixed forever.
+pub const MAP_ADD_SEED: u64 = 0x6b76_2d6d_6170_6164;
+
+/// One write of a field that is still live: its dot and its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Add {
+    /// The actor that wrote it.
+    pub actor: Actor,
+    /// The HLC time of the write's version.
+    pub time: u64,
+    /// The value written.
+    pub value: Box<str>,
+}
+
+impl Add {
+    /// The version of the write: its time and its actor's node.
+    pub fn version(&self) -> Version {
+        Version::new(self.time, self.actor.node)
+    }
+
+    /// The order of concurrent adds of one field: by version (time, then
+    /// node as a number, as the contract orders versions), then by the
+    /// parts that only differ if versions collide.
+    fn precedence(&self) -> (u64, u64, u64, &str) {
+        (
+            self.time,
+            self.actor.node,
+            self.actor.incarnation,
+            &self.value,
+        )
+    }
+
+    fn dot(&self) -> (Actor, u64) {
+        (self.actor, self.time)
+    }
+}
+
+/// The state of one field: its live adds and its context.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Field {
+    /// Live adds, sorted by dot, one per dot.
+    adds: Vec<Add>,
+    /// Per actor, the greatest time seen; sorted by actor. Covers every
+    /// dot in `adds`.
+    context: Vec<(Actor, u64)>,
+    /// The HLC time of the newest removal of this field merged here (0 for
+    /// none): when a field without adds was removed, which tombstone
+    /// collection needs to know.
+    removed: u64,
+}
+
+impl Field {
+    /// A field state from parts in any order (as a peer may send them):
+    /// duplicates are resolved as a merge would, and the context is extended
+    /// to cover the adds, so the state keeps the invariants merge relies on.
+    pub fn from_parts(adds: Vec<Add>, context: Vec<(Actor, u64)>, removed: u64) -> Self {
+        let mut field = Field {
+            removed,
+            ..Field::default()
+        };
+        for (actor, time) in context {
+            raise(&mut field.context, actor, time);
+        }
+        let mut adds = adds;
+        adds.sort_by(|a, b| a.dot().cmp(&b.dot()).then_with(|| b.value.cmp(&a.value)));
+        adds.dedup_by(|later, kept| later.dot() == kept.dot());
+        for add in &adds {
+            raise(&mut field.context, add.actor, add.time);
+        }
+        field.adds = adds;
+        field
+    }
+
+    /// A field holding one new add and the context `observed` (the
+    /// writer's context of the field, which the add supersedes).
+    pub fn written(add: Add, observed: &[(Actor, u64)]) -> Self {
+        Field::from_parts(vec![add], observed.to_vec(), 0)
+    }
+
+    /// A field holding no add and the context `observed`, removed at HLC
+    /// time `at`: merged, it removes the adds the remover had seen.
+    pub fn removed(observed: &[(Actor, u64)], at: u64) -> Self {
+        Field::from_parts(Vec::new(), observed.to_vec(), at)
+    }
+
+    /// The HLC time of the newest removal of this field merged here (0 for
+    /// none).
+    pub fn removed_at(&self) -> u64 {
+        self.removed
+    }
+
+    /// The live adds, sorted by dot.
+    pub fn adds(&self) -> &[Add] {
+        &self.adds
+    }
+
+    /// The context: per actor, the greatest time seen, sorted by actor.
+    pub fn context(&self) -> &[(Actor, u64)] {
+        &self.context
+    }
+
+    /// The value the field reads as: its live add with the greatest version.
+    pub fn value(&self) -> Option<&str> {
+        self.winner().map(|a| &*a.value)
+    }
+
+    /// The live add the field reads as.
+    pub fn winner(&self) -> Option<&Add> {
+        self.adds
+            .iter()
+            .max_by(|a, b| a.precedence().cmp(&b.precedence()))
+    }
+
+    /// Whether `actor` at `time` is covered by the context.
+    fn covers(&self, actor: Actor, time: u64) -> bool {
+        match self.context.binary_search_by(|(a, _)| a.cmp(&actor)) {
+            Ok(i) => self.context[i].1 >= time,
+            Err(_) => false,
+        }
+    }
+
+    /// When a field without adds settled: the newest time of its context
+    /// and of its removal.
+    fn settle_time(&self) -> u64 {
+        self.context
+            .iter()
+            .map(|&(_, t)| t)
+            .fold(self.removed, u64::max)
+    }
+
+    /// Joins `other` into this field; `name` and `digest` keep the map's
+    /// content digest current. Returns whether this field changed.
+    fn join(&mut self, name: &str, other: Field, digest: &mut u128) -> bool {
+        let mut changed = false;
+        let mine = std::mem::take(&mut self.adds);
+        let mut kept = Vec::with_capacity(mine.len().max(other.adds.len()));
+        let mut theirs = other.adds.into_iter().peekable();
+        let mut mine = mine.into_iter().peekable();
+        loop {
+            let order = match (mine.peek(), theirs.peek()) {
+                (Some(m), Some(t)) => m.dot().cmp(&t.dot()),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => break,
+            };
+            match order {
+                Ordering::Equal => {
+                    let (Some(mut m), Some(t)) = (mine.next(), theirs.next()) else {
+                        break;
+                    };
+                    // Same dot: the same write. Values only differ if dots
+                    // collided; keep the greater so that merge stays a join.
+                    if t.value > m.value {
+                        m.value = t.value;
+                        changed = true;
+                    }
+                    kept.push(m);
+                }
+                Ordering::Less => {
+                    let Some(m) = mine.next() else { break };
+                    if other_covers(&other.context, m.actor, m.time) {
+                        *digest ^= add_hash(name, &m);
+                        changed = true;
+                    } else {
+                        kept.push(m);
+                    }
+                }
+                Ordering::Greater => {
+                    let Some(t) = theirs.next() else { break };
+                    if !self.covers(t.actor, t.time) {
+                        *digest ^= add_hash(name, &t);
+                        changed = true;
+                        kept.push(t);
+                    }
+                }
+            }
+        }
+        self.adds = kept;
+        for (actor, time) in other.context {
+            changed |= raise(&mut self.context, actor, time);
+        }
+        if other.removed > self.removed {
+            self.removed = other.removed;
+            changed = true;
+        }
+        changed
+    }
+
+    fn bytes(&self) -> usize {
+        self.adds.iter().map(|a| a.value.len()).sum()
+    }
+}
+
+fn other_covers(context: &[(Actor, u64)], actor: Actor, time: u64) -> bool {
+    match context.binary_search_by(|(a, _)| a.cmp(&actor)) {
+        Ok(i) => context[i].1 >= time,
+        Err(_) => false,
+    }
+}
+
+/// Raises `actor`'s time in a sorted context to at least `time`; returns
+/// whether it changed.
+fn raise(context: &mut Vec<(Actor, u64)>, actor: Actor, time: u64) -> bool {
+    match context.binary_search_by(|(a, _)| a.cmp(&actor)) {
+        Ok(i) if context[i].1 >= time => false,
+        Ok(i) => {
+            context[i].1 = time;
+            true
+        }
+        Err(i) => {
+            context.insert(i, (actor, time));
+            true
+        }
+    }
+}
+
+/// The hash of one live add in a map's content digest: xxh3-128 with
+/// [`MAP_ADD_SEED`] of `field ‖ node (8, LE) ‖ incarnation (8, LE) ‖ time
+/// (8, LE)`. The field name is the only part of variable length and comes
+/// first, so the encoding is unambiguous. The value is left out: the dot
+/// names the write, as a version names a string's write.
+pub fn add_hash(field: &str, add: &Add) -> u128 {
+    let mut bytes = Vec::with_capacity(field.len() + 24);
+    bytes.extend_from_slice(field.as_bytes());
+    bytes.extend_from_slice(&add.actor.node.to_le_bytes());
+    bytes.extend_from_slice(&add.actor.incarnation.to_le_bytes());
+    bytes.extend_from_slice(&add.time.to_le_bytes());
+    xxh3_128_with_seed(&bytes, MAP_ADD_SEED)
+}
+
+/// An observed-remove map of string fields to last-writer-wins string
+/// values, within one generation (see [`crate::crdt::Entry`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrMap {
+    generation: Version,
+    fields: BTreeMap<Box<str>, Field>,
+    /// XOR of [`add_hash`] over the live adds.
+    digest: u128,
+}
+
+impl OrMap {
+    /// An empty map of generation `generation`: the version of the state it
+    /// was created over (`Version::default()` for a key never written).
+    pub fn new(generation: Version) -> Self {
+        Self {
+            generation,
+            fields: BTreeMap::new(),
+            digest: 0,
+        }
+    }
+
+    /// The map's generation.
+    pub fn generation(&self) -> Version {
+        self.generation
+    }
+
+    /// Merges `state` into field `name` (creating it); returns whether the
+    /// map changed. The way deltas and decoded states are built.
+    pub fn merge_field(&mut self, name: &str, state: Field) -> bool {
+        match self.fields.entry(name.into()) {
+            btree_map::Entry::Occupied(mut slot) => {
+                slot.get_mut().join(name, state, &mut self.digest)
+            }
+            btree_map::Entry::Vacant(slot) => {
+                for add in &state.adds {
+                    self.digest ^= add_hash(name, add);
+                }
+                slot.insert(state);
+                true
+            }
+        }
+    }
+
+    /// Merges `other` (of the same generation) into this map; returns
+    /// whether this map changed. The join of the map lattice: commutative,
+    /// associative and idempotent (see the property tests).
+    pub fn join(&mut self, other: OrMap) -> bool {
+        let mut changed = false;
+        for (name, field) in other.fields {
+            changed |= self.merge_field(&name, field);
+        }
+        changed
+    }
+
+    /// Whether no field has a live add: such a map reads as absent.
+    pub fn is_empty(&self) -> bool {
+        self.fields.values().all(|f| f.adds.is_empty())
+    }
+
+    /// The value of field `name`, if it is present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).and_then(Field::value)
+    }
+
+    /// The state of field `name` (present or removed), if this map knows it.
+    pub fn field(&self, name: &str) -> Option<&Field> {
+        self.fields.get(name)
+    }
+
+    /// The present fields and their values, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.fields
+            .iter()
+            .filter_map(|(n, f)| f.value().map(|v| (&**n, v)))
+    }
+
+    /// Every field this map knows, removed ones included, by name: what the
+    /// wire carries.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &Field)> {
+        self.fields.iter().map(|(n, f)| (&**n, f))
+    }
+
+    /// How many fields are present.
+    pub fn len(&self) -> usize {
+        self.fields.values().filter(|f| !f.adds.is_empty()).count()
+    }
+
+    /// The bytes of the present fields: names and every live value
+    /// (concurrent values of one field all count). What the map limit
+    /// (`--max-value-bytes`) bounds.
+    pub fn bytes(&self) -> usize {
+        self.fields
+            .iter()
+            .filter(|(_, f)| !f.adds.is_empty())
+            .map(|(n, f)| n.len() + f.bytes())
+            .sum()
+    }
+
+    /// An estimate of the state's size in memory and on the wire: names,
+    /// values, 24 bytes per dot and per context item.
+    pub fn wire_size(&self) -> usize {
+        self.fields
+            .iter()
+            .map(|(n, f)| n.len() + 4 + f.bytes() + 28 * f.adds.len() + 26 * f.context.len())
+            .sum()
+    }
+
+    /// The content digest, kept current by every change.
+    pub fn digest(&self) -> u128 {
+        self.digest
+    }
+
+    /// The content digest computed from scratch, to check the kept one.
+    pub fn recompute_digest(&self) -> u128 {
+        self.fields
+            .iter()
+            .flat_map(|(n, f)| f.adds.iter().map(move |a| add_hash(n, a)))
+            .fold(0, |d, h| d ^ h)
+    }
+
+    /// The removed fields (no live add) settled at `horizon` (an HLC time:
+    /// their removal and every write they saw are at or before it), each
+    /// with its settle time: what tombstone collection may drop once every
+    /// replica holds the removals.
+    pub fn settled_fields(&self, horizon: u64) -> Vec<(Box<str>, u64)> {
+        self.fields
+            .iter()
+            .filter(|(_, f)| f.adds.is_empty() && f.settle_time() <= horizon)
+            .map(|(n, f)| (n.clone(), f.settle_time()))
+            .collect()
+    }
+
+    /// Drops each listed field that is still removed with the same settle
+    /// time (a later write or removal of it keeps it); returns how many.
+    /// Only safe once no write of those fields that old can still arrive and
+    /// every replica holds the removals (acknowledged collection sees to
+    /// both). Leaves the digest unchanged: it covers live adds only.
+    pub fn prune_fields(&mut self, fields: &[(Box<str>, u64)]) -> usize {
+        let mut pruned = 0;
+        for (name, settled) in fields {
+            let due = self
+                .fields
+                .get(name)
+                .is_some_and(|f| f.adds.is_empty() && f.settle_time() == *settled);
+            if due {
+                self.fields.remove(name);
+                pruned += 1;
+            }
+        }
+        pruned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const A: Actor = Actor::new(1, 1);
+    const B: Actor = Actor::new(2, 1);
+
+    /// A replica that applies map operations as the coordinator does: each
+    /// write observes this replica's state.
+    #[derive(Clone)]
+    struct Replica {
+        actor: Actor,
+        map: OrMap,
+    }
+
+    impl Replica {
+        fn set(&mut self, field: &str, time: u64, value: &str) -> OrMap {
+            let observed = self
+                .map
+                .field(field)
+                .map(|f| f.context().to_vec())
+                .unwrap_or_default();
+            let add = Add {
+                actor: self.actor,
+                time,
+                value: value.into(),
+            };
+            let mut delta = OrMap::new(self.map.generation());
+            delta.merge_field(field, Field::written(add, &observed));
+            self.map.join(delta.clone());
+            delta
+        }
+
+        fn remove(&mut self, field: &str, time: u64) -> OrMap {
+            let observed = self
+                .map
+                .field(field)
+                .map(|f| f.context().to_vec())
+                .unwrap_or_default();
+            let mut delta = OrMap::new(self.map.generation());
+            delta.merge_field(field, Field::removed(&observed, time));
+            self.map.join(delta.clone());
+            delta
+        }
+    }
+
+    fn replica(actor: Actor) -> Replica {
+        Replica {
+            actor,
+            map: OrMap::new(Version::default()),
+        }
+    }
+
+    fn joined(mut a: OrMap, b: OrMap) -> OrMap {
+        a.join(b);
+        a
+    }
+
+    fn contents(m: &OrMap) -> Vec<(String, String)> {
+        m.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+
+    /// Operations on three replicas with exchanges between them, so that
+    /// the states have shared history, concurrent writes and removals.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Set(usize, u8, u8),
+        Remove(usize, u8),
+        Sync(usize, usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..3usize, 0..3u8, 0..3u8).prop_map(|(r, f, v)| Op::Set(r, f, v)),
+            (0..3usize, 0..3u8).prop_map(|(r, f)| Op::Remove(r, f)),
+            (0..3usize, 0..3usize).prop_map(|(a, b)| Op::Sync(a, b)),
+        ]
+    }
+
+    /// The states of three replicas after `ops`, with every delta produced.
+    fn run(ops: &[Op]) -> (Vec<OrMap>, Vec<OrMap>) {
+        let mut replicas = [replica(A), replica(B), replica(Actor::new(3, 7))];
+        let mut deltas = Vec::new();
+        for (time, op) in ops.iter().enumerate() {
+            let time = time as u64 + 1;
+            match *op {
+                Op::Set(r, f, v) => {
+                    deltas.push(replicas[r].set(&format!("f{f}"), time, &format!("v{v}")))
+                }
+                Op::Remove(r, f) => deltas.push(replicas[r].remove(&format!("f{f}"), time)),
+                Op::Sync(a, b) => {
+                    let from = replicas[a].map.clone();
+                    replicas[b].map.join(from);
+                }
+            }
+        }
+        (replicas.into_iter().map(|r| r.map).collect(), deltas)
+    }
+
+    fn states() -> impl Strategy<Value = Vec<OrMap>> {
+        prop::collection::vec(op(), 0..24).prop_map(|ops| run(&ops).0)
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative(s in states()) {
+            prop_assert_eq!(joined(s[0].clone(), s[1].clone()), joined(s[1].clone(), s[0].clone()));
+        }
+
+        #[test]
+        fn merge_is_associative(s in states()) {
+            let left = joined(joined(s[0].clone(), s[1].clone()), s[2].clone());
+            let right = joined(s[0].clone(), joined(s[1].clone(), s[2].clone()));
+            prop_assert_eq!(left, right);
+        }
+
+        #[test]
+        fn merge_is_idempotent(s in states()) {
+            let once = joined(s[0].clone(), s[1].clone());
+            prop_assert_eq!(joined(once.clone(), s[1].clone()), once.clone());
+            prop_assert_eq!(joined(once.clone(), once.clone()), once);
+        }
+
+        #[test]
+        fn kept_digest_equals_recomputed(s in states()) {
+            for m in &s {
+                prop_assert_eq!(m.digest(), m.recompute_digest());
+            }
+            let all = joined(joined(s[0].clone(), s[1].clone()), s[2].clone());
+            prop_assert_eq!(all.digest(), all.recompute_digest());
+        }
+
+        /// Deltas delivered in any order, any number of times, give the same
+        /// state as delivering each once in order.
+        #[test]
+        fn deltas_in_any_order_and_repeated_converge(
+            ops in prop::collection::vec(op(), 0..20),
+            seed in any::<u64>(),
+        ) {
+            let (_, deltas) = run(&ops);
+            let in_order = deltas.iter().cloned().fold(OrMap::new(Version::default()), joined);
+            let mut shuffled: Vec<OrMap> = deltas.iter().chain(deltas.iter()).cloned().collect();
+            shuffle(&mut shuffled, seed);
+            let any_order = shuffled.into_iter().fold(OrMap::new(Version::default()), joined);
+            prop_assert_eq!(contents(&in_order), contents(&any_order));
+            prop_assert_eq!(in_order.digest(), any_order.digest());
+        }
+    }
+
+    /// A deterministic Fisher-Yates shuffle from `seed`.
+    fn shuffle<T>(items: &mut [T], mut seed: u64) {
+        for i in (1..items.len()).rev() {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            items.swap(i, (seed >> 33) as usize % (i + 1));
+        }
+    }
+
+    #[test]
+    fn concurrent_sets_of_different_fields_all_survive() {
+        let mut a = replica(A);
+        let mut b = replica(B);
+        a.set("x", 1, "1");
+        b.set("y", 2, "2");
+        let merged = joined(a.map.clone(), b.map.clone());
+        assert_eq!(
+            contents(&merged),
+            vec![("x".into(), "1".into()), ("y".into(), "2".into())]
+        );
+    }
+
+    #[test]
+    fn concurrent_sets_of_one_field_keep_the_greater_version() {
+        let mut a = replica(A);
+        let mut b = replica(B);
+        a.set("x", 5, "from-a");
+        b.set("x", 5, "from-b"); // equal times: node 2 > node 1
+        assert_eq!(
+            joined(a.map.clone(), b.map.clone()).get("x"),
+            Some("from-b")
+        );
+        assert_eq!(joined(b.map, a.map).get("x"), Some("from-b"));
+    }
+
+    #[test]
+    fn add_wins_over_a_concurrent_remove_it_had_not_seen() {
+        let mut a = replica(A);
+        let mut b = replica(B);
+        a.set("x", 1, "old");
+        b.map.join(a.map.clone());
+        // Concurrently: a removes x (having seen "old"), b sets x again.
+        a.remove("x", 50);
+        b.set("x", 2, "new");
+        let merged = joined(a.map.clone(), b.map.clone());
+        assert_eq!(merged.get("x"), Some("new"));
+        // Even when the remove carries a later time than the set: the
+        // remover had not seen it, so it survives.
+        let mut a = replica(A);
+        let mut b = replica(B);
+        a.set("x", 1, "old");
+        b.map.join(a.map.clone());
+        b.set("x", 2, "new");
+        a.set("y", 9, "later"); // a's clock is ahead
+        a.remove("x", 50);
+        assert_eq!(joined(a.map, b.map).get("x"), Some("new"));
+    }
+
+    #[test]
+    fn a_remove_removes_what_it_saw_everywhere() {
+        let mut a = replica(A);
+        let mut b = replica(B);
+        a.set("x", 1, "v");
+        b.map.join(a.map.clone());
+        let removal = b.remove("x", 50);
+        assert!(b.map.is_empty());
+        a.map.join(removal);
+        assert_eq!(a.map.get("x"), None);
+        assert!(a.map.is_empty());
+        assert_eq!(a.map.len(), 0);
+        // The removed field's context stays until it is pruned.
+        let removed_at = a.map.field("x").unwrap().removed_at();
+        assert!(removed_at > 1);
+        assert!(a.map.settled_fields(removed_at - 1).is_empty());
+        let settled = a.map.settled_fields(removed_at);
+        assert_eq!(settled, vec![("x".into(), removed_at)]);
+        assert_eq!(a.map.prune_fields(&settled), 1);
+        assert!(a.map.field("x").is_none());
+        assert_eq!(a.map.digest(), a.map.recompute_digest());
+    }
+
+    #[test]
+    fn a_write_supersedes_the_values_it_saw() {
+        let mut a = replica(A);
+        let mut b = replica(B);
+        a.set("x", 1, "a");
+        b.set("x", 2, "b");
+        a.map.join(b.map.clone());
+        let field = a.map.field("x").unwrap();
+        assert_eq!(field.adds().len(), 2, "concurrent values are both kept");
+        a.set("x", 3, "c");
+        assert_eq!(a.map.field("x").unwrap().adds().len(), 1);
+        assert_eq!(a.map.bytes(), 2);
+        b.map.join(a.map.clone());
+        assert_eq!(b.map.get("x"), Some("c"));
+        assert_eq!(b.map.field("x").unwrap().adds().len(), 1);
+    }
+
+    #[test]
+    fn parts_from_a_peer_are_normalized() {
+        let add = Add {
+            actor: A,
+            time: 4,
+            value: "v".into(),
+        };
+        let field = Field::from_parts(vec![add.clone(), add.clone()], vec![(B, 2), (B, 1)], 0);
+        assert_eq!(field.adds().len(), 1);
+        assert_eq!(field.context(), &[(A, 4), (B, 2)]);
+    }
+}
