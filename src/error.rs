@@ -4,6 +4,7 @@
 use thiserror::Error;
 
 use crate::clock::ClockError;
+use crate::crdt::ops::TypeError;
 
 /// Why a request was refused or could not be carried out.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -64,4 +65,8 @@ pub enum Error {
     /// No version could be issued for the write.
     #[error(transparent)]
     Clock(#[from] ClockError),
+    /// The operation does not fit the value the key holds: another kind, a
+    /// map that would grow past the limit, a counter that would overflow.
+    #[error(transparent)]
+    Type(#[from] TypeError),
 }

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod coordinator;
 pub mod crdt;
+pub mod dots;
 pub mod error;
 pub mod keyspace;
 pub mod merkle;

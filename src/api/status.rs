@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 
+use crate::crdt::ops::TypeError;
 use crate::error::Error;
 
 impl From<Error> for Status {
@@ -17,6 +18,10 @@ impl From<Error> for Status {
             | Error::LocalWrite => Code::InvalidArgument,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Clock(_) => Code::FailedPrecondition,
+            Error::Type(TypeError::WrongKind { .. } | TypeError::MapTooLarge { .. }) => {
+                Code::FailedPrecondition
+            }
+            Error::Type(TypeError::CounterOverflow { .. }) => Code::OutOfRange,
         };
         Status::new(code, e.to_string())
     }

@@ -3,11 +3,20 @@
 //! replica, pushes them to the other replicas, and answers when the
 //! requested consistency level is met. Reads at QUORUM and ALL merge the
 //! replicas' answers and repair stale replicas in the background.
+//!
+//! Every write goes through one path ([`Coordinator::write`]): an entry
+//! builder gets the key's stored entry (under the key's lock, when this
+//! node is a replica) and returns the entry to merge and ship. Map and
+//! counter operations, and `Set` (which must not overwrite a map or a
+//! counter), need to see the key's state even where this node is not a
+//! replica: there they first read it from a replica (`observe`) and build
+//! on that copy.
 
 mod call;
 mod tally;
 mod topology;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -20,7 +29,8 @@ pub use tally::{required, Answer, Decision, Tally};
 pub use topology::Topology;
 
 use crate::clock::Clock;
-use crate::crdt::{Entry, Version};
+use crate::crdt::{ops, Entry, Version};
+use crate::dots::Dots;
 use crate::error::Error;
 use crate::net::{PeerError, Peers};
 use crate::replication::Replicator;
@@ -82,6 +92,7 @@ pub struct Coordinator {
     peers: Arc<Peers>,
     replicator: Arc<Replicator>,
     topology: RwLock<Arc<Topology>>,
+    dots: Dots,
 }
 
 impl Coordinator {
@@ -96,6 +107,7 @@ impl Coordinator {
     ) -> Self {
         Self {
             me,
+            dots: Dots::new(clock.id(), clock.now()),
             store,
             clock,
             peers,
@@ -121,7 +133,8 @@ impl Coordinator {
     }
 
     /// Writes `value` at `key`, expiring after `ttl_ms` (0: never). Returns
-    /// the version the write was stamped with.
+    /// the version the write was stamped with. Refused when the key holds a
+    /// map or a counter.
     pub async fn set(
         &self,
         key: &str,
@@ -129,26 +142,174 @@ impl Coordinator {
         ttl_ms: u64,
         level: Consistency,
     ) -> Result<Version, Error> {
+        let observed = self.observe(key, level).await?.flatten();
         self.write(key, level, |stored| {
-            value_entry(&self.clock, stored, value, ttl_ms)
+            value_entry(&self.clock, stored.or(observed.as_ref()), value, ttl_ms)
         })
         .await
     }
 
-    /// Deletes `key` by writing a tombstone. Returns its version.
+    /// Deletes `key`, whatever it holds, by writing a tombstone. Returns its
+    /// version.
     pub async fn delete(&self, key: &str, level: Consistency) -> Result<Version, Error> {
         self.write(key, level, |stored| tombstone_entry(&self.clock, stored))
             .await
     }
 
-    /// Reads `key` at `level`.
+    /// Reads the string at `key` at `level`. Refused when the key holds a
+    /// map or a counter.
     pub async fn get(&self, key: &str, level: Consistency) -> Result<Read, Error> {
-        let entry = match level {
-            Consistency::Local => self.store.get(key),
-            Consistency::One => self.read_one(key).await?,
-            Consistency::Quorum | Consistency::All => self.read_many(key, level).await?,
+        let entry = self.read(key, level).await?;
+        let now = self.clock.now();
+        ops::read_string(entry.as_ref(), now)?;
+        Ok(Read::of(entry, now))
+    }
+
+    /// Sets `fields` of the map at `key`, creating it where the key holds
+    /// nothing; the map may hold at most `limit` bytes of names and values.
+    /// Returns the version of the write. Refused when the key holds a string
+    /// or a counter.
+    pub async fn map_set(
+        &self,
+        key: &str,
+        fields: &[(&str, &str)],
+        limit: usize,
+        level: Consistency,
+    ) -> Result<Version, Error> {
+        let observed = self.observe(key, level).await?.flatten();
+        self.write(key, level, |stored| {
+            let stored = stored.or(observed.as_ref());
+            let version = self.clock.stamp_after(stored.map(|e| e.version))?;
+            let incarnation = self.dots.incarnation();
+            let now = self.clock.now();
+            Ok(ops::map_set(
+                stored,
+                now,
+                fields,
+                version,
+                incarnation,
+                limit,
+            )?)
+        })
+        .await
+    }
+
+    /// Reads the named fields (all when `names` is empty) of the map at
+    /// `key` at `level`; `None` when the key holds no map. Refused when it
+    /// holds a string or a counter.
+    pub async fn map_get(
+        &self,
+        key: &str,
+        names: &[&str],
+        level: Consistency,
+    ) -> Result<Option<BTreeMap<String, String>>, Error> {
+        let entry = self.read(key, level).await?;
+        Ok(ops::read_map(entry.as_ref(), self.clock.now(), names)?)
+    }
+
+    /// Removes the named fields from the map at `key`: the values this node
+    /// sees (values set concurrently elsewhere survive). Returns whether
+    /// there was anything to remove; nothing is written when there was not.
+    /// Refused when the key holds a string or a counter.
+    pub async fn map_remove(
+        &self,
+        key: &str,
+        names: &[&str],
+        level: Consistency,
+    ) -> Result<bool, Error> {
+        if level == Consistency::Local {
+            return Err(Error::LocalWrite);
+        }
+        let observed = self.observe(key, level).await?;
+        let now = self.clock.now();
+        let removes = match &observed {
+            Some(seen) => ops::removes_any(seen.as_ref(), now, names)?,
+            None => self
+                .store
+                .peek(key, |e| ops::removes_any(Some(e), now, names))
+                .unwrap_or(Ok(false))?,
         };
-        Ok(Read::of(entry, self.clock.now()))
+        if !removes {
+            return Ok(false);
+        }
+        self.write(key, level, |stored| {
+            let stored = stored.or(observed.as_ref().and_then(Option::as_ref));
+            let version = self.clock.stamp_after(stored.map(|e| e.version))?;
+            Ok(ops::map_remove(stored, self.clock.now(), names, version)?)
+        })
+        .await?;
+        Ok(true)
+    }
+
+    /// Adds `delta` to the counter at `key`, creating it at 0 where the key
+    /// holds nothing. Returns the counter's value after the increment as
+    /// this node sees it. Refused when the key holds a string or a map, or
+    /// when the value would leave the signed 64-bit range.
+    pub async fn increment(&self, key: &str, delta: i64, level: Consistency) -> Result<i64, Error> {
+        let observed = self.observe(key, level).await?.flatten();
+        let mut after = 0;
+        self.write(key, level, |stored| {
+            let stored = stored.or(observed.as_ref());
+            let version = self.clock.stamp_after(stored.map(|e| e.version))?;
+            let now = self.clock.now();
+            let (entry, value) = ops::increment(stored, now, delta, version, |g, c| {
+                self.dots.next_increment(key, g, c, now)
+            })?;
+            after = value;
+            Ok(entry)
+        })
+        .await?;
+        Ok(after)
+    }
+
+    /// Reads the counter at `key` at `level`: its exact value, `None` when
+    /// the key holds no counter. Refused when it holds a string or a map.
+    pub async fn get_counter(&self, key: &str, level: Consistency) -> Result<Option<i128>, Error> {
+        let entry = self.read(key, level).await?;
+        Ok(ops::read_counter(entry.as_ref(), self.clock.now())?)
+    }
+
+    /// The entry at `key` read at `level`, tombstones and expired values
+    /// included.
+    async fn read(&self, key: &str, level: Consistency) -> Result<Option<Entry>, Error> {
+        match level {
+            Consistency::Local => Ok(self.store.get(key)),
+            Consistency::One => self.read_one(key).await,
+            Consistency::Quorum | Consistency::All => self.read_many(key, level).await,
+        }
+    }
+
+    /// What a write to `key` builds on where this node is not a replica of
+    /// it: the key's entry read at ONE from a replica (`Some(None)` when
+    /// never written), so that kinds are checked and maps and counters
+    /// continue their state. `None` where this node is a replica: the write
+    /// path hands the stored entry to the builder, under the key's lock. A
+    /// write at LOCAL reads nothing (the write path refuses it).
+    ///
+    /// When no replica answers, a write at ONE, which is never refused for
+    /// want of replicas, builds on nothing (`Some(None)`): it is checked
+    /// against nothing, a map or counter write continues the generation of
+    /// a key never written (it merges unless the key was deleted or held
+    /// another kind since), and a removal finds nothing to remove. At
+    /// QUORUM and ALL the write fails as it would have anyway.
+    async fn observe(&self, key: &str, level: Consistency) -> Result<Option<Option<Entry>>, Error> {
+        if level == Consistency::Local
+            || self
+                .topology()
+                .replicas(key)
+                .iter()
+                .any(|r| **r == *self.me)
+        {
+            return Ok(None);
+        }
+        match self.read_one(key).await {
+            Ok(entry) => Ok(Some(entry)),
+            Err(e) if level == Consistency::One => {
+                tracing::debug!(key, error = %e, "no replica to read before a write at ONE; building on nothing");
+                Ok(Some(None))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The write path shared by every kind of write. `make` builds the entry
@@ -297,12 +458,14 @@ fn answer_of(ack: Result<Result<(), PeerError>, oneshot::error::RecvError>) -> A
 
 /// The entry a Set writes over `stored`: `value` stamped by `clock` after
 /// the stored version, expiring `ttl_ms` after its stamp (0: never).
+/// Refused when `stored` holds a map or a counter.
 pub fn value_entry(
     clock: &Clock,
     stored: Option<&Entry>,
     value: &str,
     ttl_ms: u64,
 ) -> Result<Entry, Error> {
+    ops::check_string_write(stored, clock.now())?;
     let version = clock.stamp_after(stored.map(|e| e.version))?;
     let expires_at = expiry(version.time, ttl_ms)?;
     Ok(Entry::value(version, value, expires_at))
@@ -424,6 +587,81 @@ mod tests {
         assert!(c.set("k", "x", u64::MAX, Consistency::One).await.is_err());
         let read = c.get("k", Consistency::One).await.unwrap();
         assert_eq!(read.value.as_deref(), Some("kept"));
+    }
+
+    #[tokio::test]
+    async fn maps_and_counters_go_through_the_write_path_and_kinds_are_kept() {
+        use crate::crdt::ops::TypeError;
+        use crate::crdt::Kind;
+        let c = alone();
+        let one = Consistency::One;
+        let v1 = c
+            .map_set("m", &[("a", "1"), ("b", "2")], 100, one)
+            .await
+            .unwrap();
+        let v2 = c
+            .map_set("m", &[("a", "3")], 100, Consistency::All)
+            .await
+            .unwrap();
+        assert!(v2 > v1);
+        let got = c.map_get("m", &[], one).await.unwrap().unwrap();
+        assert_eq!(got.get("a").map(String::as_str), Some("3"));
+        assert_eq!(got.len(), 2);
+        assert!(c.map_remove("m", &["a", "zz"], one).await.unwrap());
+        assert!(!c.map_remove("m", &["zz"], one).await.unwrap());
+        assert!(!c.map_remove("never", &["a"], one).await.unwrap());
+        assert!(c.store.get("never").is_none(), "nothing written");
+        let got = c
+            .map_get("m", &["a", "b"], Consistency::Local)
+            .await
+            .unwrap();
+        assert_eq!(got.map(|m| m.len()), Some(1));
+        assert!(matches!(
+            c.map_set("m", &[("big", "0123456789")], 10, one).await,
+            Err(Error::Type(TypeError::MapTooLarge { .. }))
+        ));
+
+        assert_eq!(c.increment("n", 5, one).await, Ok(5));
+        assert_eq!(c.increment("n", -7, Consistency::Quorum).await, Ok(-2));
+        assert_eq!(c.get_counter("n", one).await, Ok(Some(-2)));
+        assert_eq!(c.get_counter("absent", one).await, Ok(None));
+
+        let wrong = |e: Result<_, Error>, holds| matches!(e, Err(Error::Type(TypeError::WrongKind { holds: h, .. })) if h == holds);
+        assert!(wrong(c.set("m", "s", 0, one).await.map(|_| ()), Kind::Map));
+        assert!(wrong(c.get("n", one).await.map(|_| ()), Kind::Counter));
+        assert!(wrong(c.increment("m", 1, one).await.map(|_| ()), Kind::Map));
+        assert!(wrong(
+            c.map_get("n", &[], one).await.map(|_| ()),
+            Kind::Counter
+        ));
+        c.set("s", "v", 0, one).await.unwrap();
+        assert!(wrong(
+            c.map_remove("s", &["a"], one).await.map(|_| ()),
+            Kind::String
+        ));
+        assert!(wrong(
+            c.get_counter("s", one).await.map(|_| ()),
+            Kind::String
+        ));
+
+        // Delete removes any kind; the key can then hold another.
+        c.delete("m", one).await.unwrap();
+        assert_eq!(c.map_get("m", &[], one).await, Ok(None));
+        assert_eq!(c.increment("m", 1, one).await, Ok(1));
+        c.delete("n", one).await.unwrap();
+        c.set("n", "now a string", 0, one).await.unwrap();
+
+        for local in [
+            c.map_set("m", &[("a", "1")], 100, Consistency::Local)
+                .await
+                .map(|_| ()),
+            c.map_remove("m", &["a"], Consistency::Local)
+                .await
+                .map(|_| ()),
+            c.increment("m", 1, Consistency::Local).await.map(|_| ()),
+        ] {
+            assert_eq!(local, Err(Error::LocalWrite));
+        }
     }
 
     #[test]

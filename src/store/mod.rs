@@ -152,6 +152,13 @@ impl Store {
         self.partition(p)?.entries.read_sync(key, |_, e| e.clone())
     }
 
+    /// `look` applied to the entry at `key` (tombstones and expired values
+    /// included), without copying it; `None` when the key is not held.
+    pub fn peek<R>(&self, key: &str, look: impl FnOnce(&Entry) -> R) -> Option<R> {
+        let (p, _) = self.locate(key);
+        self.partition(p)?.entries.read_sync(key, |_, e| look(e))
+    }
+
     /// Copies of the entries held at `keys`, skipping keys not held: what
     /// anti-entropy sends once it knows which keys a peer lacks.
     pub fn entries(&self, keys: &[&str]) -> Vec<(Key, Entry)> {
