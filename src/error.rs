@@ -52,6 +52,52 @@ pub enum Error {
         /// The most operations accepted.
         limit: usize,
     },
+    /// A map request names more fields than the limit.
+    #[error("request names {size} fields; the limit is {limit}")]
+    TooManyFields {
+        /// The fields named.
+        size: usize,
+        /// The most fields accepted.
+        limit: usize,
+    },
+    /// A map write names no field.
+    #[error("{op} needs at least one field")]
+    NoFields {
+        /// The operation, as the contract names it.
+        op: &'static str,
+    },
+    /// A field name is the empty string.
+    #[error("field name is empty; a field name needs 1 to {limit} bytes")]
+    EmptyFieldName {
+        /// The longest field name accepted.
+        limit: usize,
+    },
+    /// A field name is longer than the limit.
+    #[error("field name is {size} bytes; the limit is {limit}")]
+    FieldNameTooLong {
+        /// The name's length in bytes.
+        size: usize,
+        /// The longest field name accepted.
+        limit: usize,
+    },
+    /// A field value is larger than `--max-value-bytes`.
+    #[error("value of field {field:?} is {size} bytes; the limit is {limit} (--max-value-bytes)")]
+    FieldValueTooLarge {
+        /// The field.
+        field: String,
+        /// The value's length in bytes.
+        size: usize,
+        /// The largest value accepted.
+        limit: usize,
+    },
+    /// The fields of one request add up to more than `--max-value-bytes`.
+    #[error("fields are {size} bytes in all (names and values); the limit is {limit} (--max-value-bytes)")]
+    FieldsTooLarge {
+        /// The bytes of the names and values.
+        size: usize,
+        /// The most bytes accepted.
+        limit: usize,
+    },
     /// An operation of a batch names none of set, get or delete.
     #[error("batch operation is empty; set one of set, get or delete")]
     EmptyBatchOp,

@@ -375,7 +375,7 @@ async fn malformed_requests_do_not_take_the_node_down() {
 }
 
 #[tokio::test]
-async fn admin_reports_this_node_and_unlanded_rpcs_say_so() {
+async fn admin_reports_this_node_and_faults_are_off_by_default() {
     let node = start_node(|c| c.region = "eu-west".into()).await;
     let mut a = admin(&node).await;
     let members = a
@@ -447,23 +447,6 @@ async fn admin_reports_this_node_and_unlanded_rpcs_say_so() {
             d.partition
         );
     }
-    let status = c
-        .map_set(proto::MapSetRequest {
-            key: "m".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
-    let status = c
-        .increment(proto::IncrementRequest {
-            key: "n".into(),
-            delta: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
     let mut f = proto::faults_client::FaultsClient::new(channel(&node).await);
     let status = f.heal(proto::HealRequest {}).await.unwrap_err();
     assert_eq!(

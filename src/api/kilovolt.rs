@@ -5,7 +5,6 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 use tonic::{Request, Response, Status};
 
-use super::status::not_yet;
 use super::validate;
 use crate::coordinator::{Consistency, Coordinator};
 use crate::crdt::Version;
@@ -13,7 +12,9 @@ use crate::error::Error;
 use crate::proto;
 use crate::proto::kilovolt_server::Kilovolt;
 
-/// Serves `Set`, `Get`, `Delete` and `Batch` through the coordinator.
+/// Serves the contract's `Kilovolt` service through the coordinator:
+/// strings (`Set`, `Get`, `Delete`, `Batch`), maps (`MapSet`, `MapGet`,
+/// `MapRemove`) and counters (`Increment`, `GetCounter`).
 pub struct KilovoltService {
     coordinator: Arc<Coordinator>,
     default_level: Consistency,
@@ -22,7 +23,8 @@ pub struct KilovoltService {
 
 impl KilovoltService {
     /// The service over `coordinator`, resolving DEFAULT to `default_level`
-    /// and refusing values over `max_value_bytes`.
+    /// and refusing values (strings, map field values, whole maps) over
+    /// `max_value_bytes`.
     pub fn new(
         coordinator: Arc<Coordinator>,
         default_level: Consistency,
@@ -44,7 +46,13 @@ pub(super) fn version_to_proto(v: Version) -> proto::Version {
     }
 }
 
-const STRUCTURED: &str = "structured values (maps and counters)";
+/// A counter's exact value as the contract's 64-bit field carries it:
+/// clamped to the signed 64-bit range. Increments refuse to leave the range,
+/// but concurrent increments on different nodes can carry the merged sum
+/// past it; reads then report the bound until decrements bring it back.
+fn counter_value(value: i128) -> i64 {
+    i64::try_from(value).unwrap_or(if value < 0 { i64::MIN } else { i64::MAX })
+}
 
 impl KilovoltService {
     /// `Set`, as the single RPC and each set of a batch carry it out.
@@ -142,36 +150,85 @@ impl Kilovolt for KilovoltService {
 
     async fn map_set(
         &self,
-        _: Request<proto::MapSetRequest>,
+        request: Request<proto::MapSetRequest>,
     ) -> Result<Response<proto::MapSetResponse>, Status> {
-        Err(not_yet("MapSet", STRUCTURED))
+        let req = request.into_inner();
+        let key = validate::key(&req.key)?;
+        let fields = validate::map_fields(&req.fields, self.max_value_bytes)?;
+        let level = validate::consistency(req.consistency, self.default_level)?;
+        let version = self
+            .coordinator
+            .map_set(key, &fields, self.max_value_bytes, level)
+            .await?;
+        Ok(Response::new(proto::MapSetResponse {
+            status: "OK".into(),
+            version: Some(version_to_proto(version)),
+        }))
     }
 
     async fn map_get(
         &self,
-        _: Request<proto::MapGetRequest>,
+        request: Request<proto::MapGetRequest>,
     ) -> Result<Response<proto::MapGetResponse>, Status> {
-        Err(not_yet("MapGet", STRUCTURED))
+        let req = request.into_inner();
+        let key = validate::key(&req.key)?;
+        let names = validate::field_names(&req.fields, None)?;
+        let level = validate::consistency(req.consistency, self.default_level)?;
+        let map = self.coordinator.map_get(key, &names, level).await?;
+        Ok(Response::new(proto::MapGetResponse {
+            found: map.is_some(),
+            fields: map.unwrap_or_default().into_iter().collect(),
+        }))
     }
 
     async fn map_remove(
         &self,
-        _: Request<proto::MapRemoveRequest>,
+        request: Request<proto::MapRemoveRequest>,
     ) -> Result<Response<proto::MapRemoveResponse>, Status> {
-        Err(not_yet("MapRemove", STRUCTURED))
+        let req = request.into_inner();
+        let key = validate::key(&req.key)?;
+        let names = validate::field_names(&req.fields, Some("MapRemove"))?;
+        let level = validate::consistency(req.consistency, self.default_level)?;
+        self.coordinator.map_remove(key, &names, level).await?;
+        Ok(Response::new(proto::MapRemoveResponse {
+            status: "OK".into(),
+        }))
     }
 
     async fn increment(
         &self,
-        _: Request<proto::IncrementRequest>,
+        request: Request<proto::IncrementRequest>,
     ) -> Result<Response<proto::IncrementResponse>, Status> {
-        Err(not_yet("Increment", STRUCTURED))
+        let req = request.into_inner();
+        let key = validate::key(&req.key)?;
+        let level = validate::consistency(req.consistency, self.default_level)?;
+        let value = self.coordinator.increment(key, req.delta, level).await?;
+        Ok(Response::new(proto::IncrementResponse { value }))
     }
 
     async fn get_counter(
         &self,
-        _: Request<proto::GetCounterRequest>,
+        request: Request<proto::GetCounterRequest>,
     ) -> Result<Response<proto::GetCounterResponse>, Status> {
-        Err(not_yet("GetCounter", STRUCTURED))
+        let req = request.into_inner();
+        let key = validate::key(&req.key)?;
+        let level = validate::consistency(req.consistency, self.default_level)?;
+        let value = self.coordinator.get_counter(key, level).await?;
+        Ok(Response::new(proto::GetCounterResponse {
+            found: value.is_some(),
+            value: value.map_or(0, counter_value),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_values_past_the_64_bit_range_read_as_its_bounds() {
+        assert_eq!(counter_value(5), 5);
+        assert_eq!(counter_value(i128::from(i64::MAX) + 1), i64::MAX);
+        assert_eq!(counter_value(i128::from(i64::MIN) - 1), i64::MIN);
     }
 }

@@ -15,6 +15,12 @@ impl From<Error> for Status {
             | Error::UnknownConsistency(_)
             | Error::BatchTooLarge { .. }
             | Error::EmptyBatchOp
+            | Error::TooManyFields { .. }
+            | Error::NoFields { .. }
+            | Error::EmptyFieldName { .. }
+            | Error::FieldNameTooLong { .. }
+            | Error::FieldValueTooLarge { .. }
+            | Error::FieldsTooLarge { .. }
             | Error::LocalWrite => Code::InvalidArgument,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Clock(_) => Code::FailedPrecondition,
@@ -25,12 +31,4 @@ impl From<Error> for Status {
         };
         Status::new(code, e.to_string())
     }
-}
-
-/// The answer of an RPC that the contract names but this release does not
-/// serve yet.
-pub fn not_yet(rpc: &str, feature: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is not implemented in this release of Kilovolt-DB: {feature} are not available yet"
-    ))
 }
