@@ -774,3 +774,231 @@ async fn tombstones_are_collected_only_once_every_replica_holds_them() {
     }
     shutdown_all(nodes).await;
 }
+
+fn map_set(key: &str, pairs: &[(&str, &str)], level: Consistency) -> proto::MapSetRequest {
+    proto::MapSetRequest {
+        key: key.into(),
+        fields: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        consistency: level.into(),
+    }
+}
+
+fn increment(key: &str, delta: i64, level: Consistency) -> proto::IncrementRequest {
+    proto::IncrementRequest {
+        key: key.into(),
+        delta,
+        consistency: level.into(),
+    }
+}
+
+/// The fields of the map `node` holds at `key`, in its own store.
+async fn local_fields(node: &RunningNode, key: &str) -> Option<BTreeSet<(String, String)>> {
+    let got = kv(node)
+        .await
+        .map_get(proto::MapGetRequest {
+            key: key.into(),
+            fields: Vec::new(),
+            consistency: Consistency::Local.into(),
+        })
+        .await
+        .ok()?
+        .into_inner();
+    got.found.then(|| got.fields.into_iter().collect())
+}
+
+/// The counter `node` holds at `key`, in its own store.
+async fn local_counter(node: &RunningNode, key: &str) -> Option<i64> {
+    let got = kv(node)
+        .await
+        .get_counter(proto::GetCounterRequest {
+            key: key.into(),
+            consistency: Consistency::Local.into(),
+        })
+        .await
+        .ok()?
+        .into_inner();
+    got.found.then_some(got.value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maps_and_counters_merge_every_nodes_writes_and_hinted_increments_count_once() {
+    let mut nodes = start_cluster("typed", &["", "", ""], 3).await;
+    let mut expected_fields = BTreeSet::new();
+    let mut expected_sum = 0;
+    for (i, node) in nodes.iter().enumerate() {
+        let mut c = kv(node).await;
+        let field = format!("from-{i}");
+        c.map_set(map_set("profile", &[(&field, "v")], Consistency::One))
+            .await
+            .unwrap();
+        expected_fields.insert((field, "v".to_string()));
+        for _ in 0..10 {
+            c.increment(increment("visits", i as i64 + 1, Consistency::One))
+                .await
+                .unwrap();
+            expected_sum += i as i64 + 1;
+        }
+    }
+
+    // One node goes away: writes for it are held as hints.
+    let stopped = nodes.pop().unwrap();
+    let port = stopped.local_addr().port();
+    stopped.shutdown().await.unwrap();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut c = kv(node).await;
+        let field = format!("while-down-{i}");
+        c.map_set(map_set("profile", &[(&field, "w")], Consistency::Quorum))
+            .await
+            .unwrap();
+        expected_fields.insert((field, "w".to_string()));
+        for _ in 0..5 {
+            c.increment(increment("visits", -2, Consistency::Quorum))
+                .await
+                .unwrap();
+            expected_sum -= 2;
+        }
+    }
+
+    // It comes back empty; hints and anti-entropy both deliver what it
+    // missed, and every increment still counts once.
+    let seeds: Vec<String> = nodes.iter().map(|n| n.info().address.clone()).collect();
+    nodes.push(
+        start_node(|c| {
+            tune(c, "typed");
+            c.port = port;
+            c.cluster = seeds;
+            c.anti_entropy_interval = Duration::from_millis(300);
+        })
+        .await,
+    );
+    for node in &nodes {
+        wait_alive(node, 3).await;
+    }
+    for node in &nodes {
+        eventually(
+            Duration::from_secs(10),
+            "every field and increment",
+            || async {
+                let fields = local_fields(node, "profile").await?;
+                let sum = local_counter(node, "visits").await?;
+                (fields == expected_fields && sum == expected_sum).then_some(())
+            },
+        )
+        .await;
+    }
+    eventually(Duration::from_secs(10), "hints to drain", || async {
+        let mut total = 0;
+        for node in &nodes {
+            let stats = admin(node).await.stats(proto::StatsRequest {}).await.ok()?;
+            total += stats.into_inner().hints_pending;
+        }
+        (total == 0).then_some(())
+    })
+    .await;
+    for node in &nodes {
+        assert_eq!(local_counter(node, "visits").await, Some(expected_sum));
+    }
+    let first = digests(&nodes[0]).await;
+    for node in &nodes[1..] {
+        assert_eq!(digests(node).await, first);
+    }
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_replicas_coordinate_maps_and_counters_and_check_kinds() {
+    let nodes = start_cluster("five-typed", &["", "", "", "", ""], 3).await;
+    let mut a = admin(&nodes[0]).await;
+    for i in 0..4 {
+        let map_key = format!("typed-{i}-map");
+        let counter_key = format!("typed-{i}-counter");
+        for (k, is_map) in [(&map_key, true), (&counter_key, false)] {
+            let replicas = a
+                .replicas(proto::ReplicasRequest { key: k.clone() })
+                .await
+                .unwrap()
+                .into_inner()
+                .replicas;
+            let ids: BTreeSet<_> = replicas.iter().map(|m| m.id.clone()).collect();
+            let (holders, others): (Vec<_>, Vec<_>) =
+                nodes.iter().partition(|n| ids.contains(&n.info().id));
+            assert_eq!((holders.len(), others.len()), (3, 2));
+            let mut first = kv(others[0]).await;
+            let mut second = kv(others[1]).await;
+            if is_map {
+                first
+                    .map_set(map_set(k, &[("a", "1")], Consistency::One))
+                    .await
+                    .unwrap();
+                second
+                    .map_set(map_set(k, &[("b", "2")], Consistency::Quorum))
+                    .await
+                    .unwrap();
+                // The non-replica read the map before writing: a string
+                // write there is refused.
+                let status = second.set(set(k, "s", Consistency::One)).await.unwrap_err();
+                assert_eq!(
+                    status.code(),
+                    Code::FailedPrecondition,
+                    "{}",
+                    status.message()
+                );
+                assert!(status.message().contains("key holds a map"));
+                let read = first
+                    .map_get(proto::MapGetRequest {
+                        key: k.clone(),
+                        fields: Vec::new(),
+                        consistency: Consistency::Quorum.into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(read.fields.len(), 2, "{read:?}");
+                for node in &holders {
+                    eventually(
+                        Duration::from_secs(5),
+                        "both fields on every replica",
+                        || async { (local_fields(node, k).await?.len() == 2).then_some(()) },
+                    )
+                    .await;
+                }
+            } else {
+                for _ in 0..3 {
+                    first
+                        .increment(increment(k, 2, Consistency::One))
+                        .await
+                        .unwrap();
+                    second
+                        .increment(increment(k, 3, Consistency::Quorum))
+                        .await
+                        .unwrap();
+                }
+                let status = first
+                    .map_set(map_set(k, &[("a", "1")], Consistency::One))
+                    .await
+                    .unwrap_err();
+                assert!(status.message().contains("key holds a counter"));
+                for node in &holders {
+                    eventually(
+                        Duration::from_secs(5),
+                        "the full sum on every replica",
+                        || async { (local_counter(node, k).await? == 15).then_some(()) },
+                    )
+                    .await;
+                }
+            }
+            for node in &others {
+                assert_eq!(
+                    local_fields(node, k).await,
+                    None,
+                    "a non-replica keeps no copy"
+                );
+                assert_eq!(local_counter(node, k).await, None);
+            }
+        }
+    }
+    shutdown_all(nodes).await;
+}

@@ -300,3 +300,147 @@ async fn a_node_restarted_empty_refills_and_turns_ready() {
     let after = set(&restarted, "k299", "new").await;
     assert!(order(&after) > order(&before));
 }
+
+async fn map_set(s: &Server, key: &str, field: &str, value: &str) {
+    let req = proto::MapSetRequest {
+        key: key.into(),
+        fields: [(field.to_string(), value.to_string())].into(),
+        consistency: Consistency::One.into(),
+    };
+    KilovoltClient::new(channel(s).await)
+        .map_set(req)
+        .await
+        .unwrap();
+}
+
+async fn increment(s: &Server, key: &str, delta: i64) {
+    let req = proto::IncrementRequest {
+        key: key.into(),
+        delta,
+        consistency: Consistency::One.into(),
+    };
+    KilovoltClient::new(channel(s).await)
+        .increment(req)
+        .await
+        .unwrap();
+}
+
+async fn local_fields(s: &Server, key: &str) -> BTreeMap<String, String> {
+    let req = proto::MapGetRequest {
+        key: key.into(),
+        fields: Vec::new(),
+        consistency: Consistency::Local.into(),
+    };
+    let got = KilovoltClient::new(channel(s).await)
+        .map_get(req)
+        .await
+        .unwrap()
+        .into_inner();
+    got.fields.into_iter().collect()
+}
+
+async fn local_counter(s: &Server, key: &str) -> i64 {
+    let req = proto::GetCounterRequest {
+        key: key.into(),
+        consistency: Consistency::Local.into(),
+    };
+    KilovoltClient::new(channel(s).await)
+        .get_counter(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maps_and_counters_written_on_both_sides_keep_every_field_and_increment() {
+    let a = node("partition-typed", &[], "0");
+    let b = node("partition-typed", &[&a], "0");
+    let c = node("partition-typed", &[&a, &b], "0");
+    let all = [&a, &b, &c];
+    for s in all {
+        wait_ready(s, 3).await;
+    }
+    let id = |s: &Server| s.addr.clone();
+    let mut fields = BTreeMap::new();
+    let mut sum = 0;
+    map_set(&a, "profile", "created", "before").await;
+    fields.insert("created".to_string(), "before".to_string());
+    increment(&a, "visits", 1).await;
+    sum += 1;
+    eventually(
+        Duration::from_secs(10),
+        "replicas to agree before the cut",
+        || async {
+            let first = digests(&a).await;
+            (digests(&b).await == first && digests(&c).await == first).then_some(())
+        },
+    )
+    .await;
+
+    FaultsClient::new(channel(&c).await)
+        .cut(proto::CutRequest {
+            peers: vec![id(&a), id(&b)],
+        })
+        .await
+        .unwrap();
+    for s in [&a, &b] {
+        FaultsClient::new(channel(s).await)
+            .cut(proto::CutRequest {
+                peers: vec![id(&c)],
+            })
+            .await
+            .unwrap();
+    }
+
+    // Each side sets fields of its own, and one both set (the greater
+    // version wins it), increments the counter, and creates a map and a
+    // counter that did not exist before the cut.
+    for (side, servers) in [("majority", vec![&a, &b]), ("minority", vec![&c])] {
+        for (i, s) in servers.iter().enumerate() {
+            let field = format!("{side}-{i}");
+            map_set(s, "profile", &field, side).await;
+            fields.insert(field, side.to_string());
+            map_set(s, "profile", "contested", side).await;
+            map_set(s, "fresh", side, "x").await;
+            for _ in 0..10 {
+                increment(s, "visits", 3).await;
+                increment(s, "fresh-counter", -1).await;
+                sum += 3;
+            }
+        }
+    }
+    assert!(
+        !local_fields(&a, "profile").await.contains_key("minority-0"),
+        "the cut holds"
+    );
+    assert_eq!(local_counter(&c, "visits").await, 31);
+
+    for s in all {
+        FaultsClient::new(channel(s).await)
+            .heal(proto::HealRequest {})
+            .await
+            .unwrap();
+    }
+    for s in all {
+        wait_ready(s, 3).await;
+    }
+    eventually(
+        AE_INTERVAL * 2 + Duration::from_secs(1),
+        "equal digests after the heal",
+        || async {
+            let first = digests(&a).await;
+            (digests(&b).await == first && digests(&c).await == first).then_some(())
+        },
+    )
+    .await;
+    let contested = local_fields(&a, "profile").await["contested"].clone();
+    fields.insert("contested".to_string(), contested);
+    for s in all {
+        assert_eq!(local_fields(s, "profile").await, fields, "on {}", s.addr);
+        assert_eq!(local_counter(s, "visits").await, sum, "on {}", s.addr);
+        let fresh = local_fields(s, "fresh").await;
+        assert_eq!(fresh.keys().collect::<Vec<_>>(), ["majority", "minority"]);
+        assert_eq!(local_counter(s, "fresh-counter").await, -30);
+    }
+}
