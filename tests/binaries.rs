@@ -87,6 +87,73 @@ fn cli_round_trip_and_exit_codes() {
 }
 
 #[test]
+fn cli_maps_and_counters() {
+    let server = Server::start(&[]);
+
+    let out = server.cli(&[
+        "mset",
+        "user:1",
+        "name=ada",
+        "note=a=b",
+        "--consistency",
+        "all",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("OK (version "), "{}", stdout(&out));
+    let out = server.cli(&["mget", "user:1"]);
+    assert_eq!(
+        (out.status.code(), stdout(&out)),
+        (Some(0), "name\tada\nnote\ta=b".to_string())
+    );
+    let out = server.cli(&["--json", "mget", "user:1", "name", "--consistency", "local"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["found"], true);
+    assert_eq!(json["fields"], serde_json::json!({"name": "ada"}));
+    let out = server.cli(&["mdel", "user:1", "name", "note"]);
+    assert_eq!(
+        (out.status.code(), stdout(&out)),
+        (Some(0), "OK".to_string())
+    );
+    let out = server.cli(&["mget", "user:1"]);
+    assert_eq!(out.status.code(), Some(1), "no field left: not found");
+
+    assert_eq!(stdout(&server.cli(&["incr", "hits"])), "1");
+    assert_eq!(stdout(&server.cli(&["incr", "hits", "41"])), "42");
+    assert_eq!(stdout(&server.cli(&["incr", "hits", "-50"])), "-8");
+    let out = server.cli(&["--json", "counter", "hits"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        (json["found"].as_bool(), json["value"].as_i64()),
+        (Some(true), Some(-8))
+    );
+    assert_eq!(server.cli(&["counter", "nothing"]).status.code(), Some(1));
+
+    // The wrong kind is a server error naming the kind held.
+    let out = server.cli(&["mset", "hits", "a=1"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("FailedPrecondition") && stderr(&out).contains("key holds a counter"),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.cli(&["get", "hits"]);
+    assert_eq!(out.status.code(), Some(3));
+    // Overflow is refused, the value kept.
+    let out = server.cli(&["incr", "hits", &i64::MAX.to_string()]);
+    assert_eq!(stdout(&out), (i64::MAX - 8).to_string());
+    let out = server.cli(&["incr", "hits", "9"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("OutOfRange"), "{}", stderr(&out));
+
+    // Usage errors.
+    assert_eq!(server.cli(&["mset", "k"]).status.code(), Some(2));
+    assert_eq!(server.cli(&["mset", "k", "novalue"]).status.code(), Some(2));
+    assert_eq!(server.cli(&["mset", "k", "=v"]).status.code(), Some(2));
+    assert_eq!(server.cli(&["mdel", "k"]).status.code(), Some(2));
+    assert_eq!(server.cli(&["incr", "k", "x"]).status.code(), Some(2));
+}
+
+#[test]
 fn cli_connection_error_is_exit_code_3() {
     // Bind a port and close it, so nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,8 +1,10 @@
 //! `kilovolt-cli`: the command-line client for Kilovolt-DB.
 //!
-//! Exit codes: 0 success, 1 key not found, 2 usage error, 3 server or
-//! connection error (the message carries the gRPC status).
+//! Exit codes: 0 success, 1 key not found (`get`, `mget`, `counter`), 2
+//! usage error, 3 server or connection error (the message carries the gRPC
+//! status, e.g. FailedPrecondition when the key holds another kind).
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -59,11 +61,53 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ReadConsistency::Default)]
         consistency: ReadConsistency,
     },
-    /// Delete a key.
+    /// Delete a key, whatever it holds (string, map or counter).
     Del {
         key: String,
         #[command(flatten)]
         level: WriteLevel,
+    },
+    /// Set fields of the map at a key, creating it: FIELD=VALUE... (the
+    /// first `=` separates the name from the value).
+    Mset {
+        key: String,
+        #[arg(required = true, value_name = "FIELD=VALUE", value_parser = parse_field)]
+        fields: Vec<(String, String)>,
+        #[command(flatten)]
+        level: WriteLevel,
+    },
+    /// Read fields of the map at a key, all of them when none is named
+    /// (exit code 1 when the key holds no map).
+    Mget {
+        key: String,
+        fields: Vec<String>,
+        /// How many replicas must answer.
+        #[arg(long, value_enum, default_value_t = ReadConsistency::Default)]
+        consistency: ReadConsistency,
+    },
+    /// Remove fields of the map at a key.
+    Mdel {
+        key: String,
+        #[arg(required = true)]
+        fields: Vec<String>,
+        #[command(flatten)]
+        level: WriteLevel,
+    },
+    /// Add DELTA (default 1; negative subtracts) to the counter at a key,
+    /// creating it at 0; prints the counter's value after it.
+    Incr {
+        key: String,
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        delta: i64,
+        #[command(flatten)]
+        level: WriteLevel,
+    },
+    /// Read the counter at a key (exit code 1 when the key holds no counter).
+    Counter {
+        key: String,
+        /// How many replicas must answer.
+        #[arg(long, value_enum, default_value_t = ReadConsistency::Default)]
+        consistency: ReadConsistency,
     },
     /// List the nodes the contacted node knows of.
     Members,
@@ -152,6 +196,14 @@ async fn main() -> ExitCode {
     }
 }
 
+/// `FIELD=VALUE`, split at the first `=`; the name may not be empty.
+fn parse_field(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("{arg:?} is not FIELD=VALUE with a non-empty FIELD")),
+    }
+}
+
 async fn connect(cli: &Cli) -> Result<Channel, Failure> {
     let uri = if cli.addr.contains("://") {
         cli.addr.clone()
@@ -237,6 +289,93 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 .await?
                 .into_inner();
             print_written(cli.json, &resp.status, resp.version.as_ref());
+        }
+        Command::Mset { key, fields, level } => {
+            let resp = kv
+                .map_set(proto::MapSetRequest {
+                    key: key.clone(),
+                    fields: fields.iter().cloned().collect(),
+                    consistency: proto::Consistency::from(level.consistency).into(),
+                })
+                .await?
+                .into_inner();
+            print_written(cli.json, &resp.status, resp.version.as_ref());
+        }
+        Command::Mget {
+            key,
+            fields,
+            consistency,
+        } => {
+            let resp = kv
+                .map_get(proto::MapGetRequest {
+                    key: key.clone(),
+                    fields: fields.clone(),
+                    consistency: proto::Consistency::from(*consistency).into(),
+                })
+                .await?
+                .into_inner();
+            let sorted: BTreeMap<_, _> = resp.fields.into_iter().collect();
+            if cli.json {
+                println!("{}", json!({"found": resp.found, "fields": sorted}));
+            } else if resp.found {
+                for (name, value) in &sorted {
+                    println!("{name}\t{value}");
+                }
+            } else {
+                eprintln!("(not found)");
+            }
+            if !resp.found {
+                return Err(Failure::NotFound);
+            }
+        }
+        Command::Mdel { key, fields, level } => {
+            let resp = kv
+                .map_remove(proto::MapRemoveRequest {
+                    key: key.clone(),
+                    fields: fields.clone(),
+                    consistency: proto::Consistency::from(level.consistency).into(),
+                })
+                .await?
+                .into_inner();
+            if cli.json {
+                println!("{}", json!({"status": resp.status}));
+            } else {
+                println!("{}", resp.status);
+            }
+        }
+        Command::Incr { key, delta, level } => {
+            let resp = kv
+                .increment(proto::IncrementRequest {
+                    key: key.clone(),
+                    delta: *delta,
+                    consistency: proto::Consistency::from(level.consistency).into(),
+                })
+                .await?
+                .into_inner();
+            if cli.json {
+                println!("{}", json!({"value": resp.value}));
+            } else {
+                println!("{}", resp.value);
+            }
+        }
+        Command::Counter { key, consistency } => {
+            let resp = kv
+                .get_counter(proto::GetCounterRequest {
+                    key: key.clone(),
+                    consistency: proto::Consistency::from(*consistency).into(),
+                })
+                .await?
+                .into_inner();
+            if cli.json {
+                println!("{}", json!({"found": resp.found, "value": resp.value}));
+            } else if resp.found {
+                println!("{}", resp.value);
+            } else {
+                eprintln!("(not found)");
+            }
+            if !resp.found {
+                return Err(Failure::NotFound);
+            }
         }
         Command::Members => {
             let resp = admin.members(proto::MembersRequest {}).await?.into_inner();
