@@ -4,9 +4,11 @@
 //! It opens `--conns` gRPC channels (HTTP/2 connections) spread over the
 //! `--addr` nodes, writes every key of the key space once (the preload),
 //! then keeps `--concurrency` requests in flight, each task issuing one Get
-//! or Set at a time (or, with `--batch N`, one Batch of N of them), for
-//! `--warmup` (not recorded) and `--duration`, and reports throughput,
-//! latency percentiles and errors by gRPC status code.
+//! or Set at a time (or, with `--batch N`, one Batch of N of them; with
+//! `--workload map` or `counter`, MapGet and MapSet of one field, or
+//! GetCounter and Increment), for `--warmup` (not recorded) and
+//! `--duration`, and reports throughput, latency percentiles and errors by
+//! gRPC status code.
 //!
 //! Exit codes: 0 when the benchmark ran (even if requests failed), 2 usage
 //! error, 3 a node cannot be connected to at all.
@@ -26,7 +28,7 @@ use kilovolt::proto::{self, kilovolt_client::KilovoltClient};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::report::Report;
-use crate::workload::{Progress, Workload};
+use crate::workload::{Kind, Progress, Workload};
 
 /// Largest message the client sends or accepts; the server's own limit is
 /// the one that applies.
@@ -43,7 +45,9 @@ const MAX_MESSAGE_BYTES: usize = 1 << 31;
         --no-preload), then keeps --concurrency requests in flight over \
         --conns connections for --warmup (not recorded) and --duration: each \
         request is a Get (with probability --read-ratio) or a Set of a key \
-        picked uniformly at random. With --batch N above 1, each request in \
+        picked uniformly at random (with --workload map, a MapGet or MapSet \
+        of one of 16 fields of the key's map; with --workload counter, a \
+        GetCounter or an Increment by 1). With --batch N above 1, each request in \
         flight is instead one Batch of N such operations. It then reports \
         ops/s, the p50, p99, p99.9 and max latency of reads, writes and both, \
         and the failed requests by gRPC status code. With --batch, ops/s and \
@@ -55,6 +59,7 @@ const MAX_MESSAGE_BYTES: usize = 1 << 31;
         kilovolt-bench --duration 30s\n  \
         kilovolt-bench --addr 127.0.0.1:50051,127.0.0.1:50052 --read-ratio 0 --consistency quorum\n  \
         kilovolt-bench --batch 16 --read-ratio 0.9\n  \
+        kilovolt-bench --workload counter --read-ratio 0.5\n  \
         kilovolt-bench --json --no-preload --keys 1000 --value-size 1024"
 )]
 struct Cli {
@@ -80,7 +85,8 @@ struct Cli {
     /// How long to run the load before measuring; not counted (0s for none).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Keys in the key space (`key:00000000` upwards).
+    /// Keys in the key space (`key:00000000` upwards; `map:` and `counter:`
+    /// for those workloads).
     #[arg(long, default_value_t = 100_000, value_parser = at_least_one::<u64>)]
     keys: u64,
     /// Bytes in each value written.
@@ -99,6 +105,12 @@ struct Cli {
     /// ops/s and errors then count operations; latency is per batch.
     #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>)]
     batch: usize,
+    /// What the requests read and write: strings (Get, Set), maps (MapGet
+    /// and MapSet of one of 16 fields per key, each --value-size bytes) or
+    /// counters (GetCounter, Increment by 1). --batch applies to strings
+    /// only.
+    #[arg(long, value_enum, default_value_t = WorkloadKind::String)]
+    workload: WorkloadKind,
     /// Print one JSON object with the results instead of the report.
     #[arg(long)]
     json: bool,
@@ -115,6 +127,24 @@ struct Cli {
     /// request then counts as DeadlineExceeded.
     #[arg(long, default_value = "5s", value_parser = positive_duration)]
     timeout: Duration,
+}
+
+/// A workload as named on the command line.
+#[derive(Clone, Copy, ValueEnum)]
+enum WorkloadKind {
+    String,
+    Map,
+    Counter,
+}
+
+impl From<WorkloadKind> for Kind {
+    fn from(k: WorkloadKind) -> Self {
+        match k {
+            WorkloadKind::String => Kind::String,
+            WorkloadKind::Map => Kind::Map,
+            WorkloadKind::Counter => Kind::Counter,
+        }
+    }
 }
 
 /// A consistency level as named on the command line.
@@ -221,6 +251,12 @@ fn targets(cli: &Cli) -> Vec<Target> {
             kilovolt::config::MAX_BATCH_OPS
         ));
     }
+    if cli.batch > 1 && !matches!(cli.workload, WorkloadKind::String) {
+        usage_error(format!(
+            "--batch ({}) applies to the string workload only: Batch carries Set, Get and Delete",
+            cli.batch
+        ));
+    }
     cli.addr
         .iter()
         .map(|addr| {
@@ -321,6 +357,7 @@ async fn bench(cli: Cli, targets: Vec<Target>) -> ExitCode {
         })
         .collect();
     let workload = Arc::new(Workload {
+        kind: cli.workload.into(),
         keys: cli.keys,
         key_width: Workload::key_width_for(cli.keys),
         value: value_of(cli.value_size),
@@ -368,6 +405,7 @@ async fn bench(cli: Cli, targets: Vec<Target>) -> ExitCode {
         consistency: cli.consistency.name(),
         seed: cli.seed,
         batch: cli.batch,
+        workload: Kind::from(cli.workload).name(),
         preload: preload.as_ref(),
         run: &run,
     };

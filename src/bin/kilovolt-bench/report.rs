@@ -31,6 +31,8 @@ pub struct Report<'a> {
     pub seed: u64,
     /// Operations per request (1: plain RPCs).
     pub batch: usize,
+    /// What the requests read and write: "string", "map" or "counter".
+    pub workload: &'static str,
     /// The preload, unless skipped.
     pub preload: Option<&'a PreloadResult>,
     /// The measured run.
@@ -68,12 +70,13 @@ impl Report<'_> {
     pub fn write_text(&self, out: &mut impl Write) -> io::Result<()> {
         writeln!(
             out,
-            "kilovolt-bench: {} ({} connections), {} in flight, {:.0}% reads, consistency {}",
+            "kilovolt-bench: {} ({} connections), {} in flight, {:.0}% reads, consistency {}, {} workload",
             self.addrs.join(","),
             self.conns,
             self.concurrency,
             self.read_ratio * 100.0,
-            self.consistency
+            self.consistency,
+            self.workload
         )?;
         writeln!(
             out,
@@ -164,6 +167,7 @@ impl Report<'_> {
             "consistency": self.consistency,
             "seed": self.seed,
             "batch": self.batch,
+            "workload": self.workload,
             "preload": preload,
             "elapsed_s": self.run.elapsed.as_secs_f64(),
             "reads": self.op_json(&self.run.reads),

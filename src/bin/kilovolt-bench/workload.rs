@@ -87,8 +87,36 @@ impl XorShift {
     }
 }
 
+/// What the load reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Strings: Set and Get.
+    String,
+    /// Maps of [`MAP_FIELDS`] fields: MapSet of one field, MapGet of one.
+    Map,
+    /// Counters: Increment by 1 and GetCounter.
+    Counter,
+}
+
+impl Kind {
+    /// The name, as `--workload` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::String => "string",
+            Kind::Map => "map",
+            Kind::Counter => "counter",
+        }
+    }
+}
+
+/// Fields of each map in the map workload; each write sets one of them and
+/// each read reads one, picked at random.
+pub const MAP_FIELDS: u64 = 16;
+
 /// What every task needs to know to issue requests.
 pub struct Workload {
+    /// What the requests read and write.
+    pub kind: Kind,
     /// Keys in the key space.
     pub keys: u64,
     /// Digits of a key's number, so that every key has the same length.
@@ -111,9 +139,16 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// The name of key number `i`: `key:` and the number, zero-padded.
+    /// The name of key number `i`: `key:` (`map:`, `counter:` for those
+    /// workloads, so that runs of different kinds against one cluster do
+    /// not meet keys of another kind) and the number, zero-padded.
     pub fn key(&self, i: u64) -> String {
-        format!("key:{i:0width$}", width = self.key_width)
+        let prefix = match self.kind {
+            Kind::String => "key",
+            Kind::Map => "map",
+            Kind::Counter => "counter",
+        };
+        format!("{prefix}:{i:0width$}", width = self.key_width)
     }
 
     /// Digits needed for the largest key number, at least 8.
@@ -121,32 +156,83 @@ impl Workload {
         keys.saturating_sub(1).to_string().len().max(8)
     }
 
-    /// Issues one Set of key `i`.
-    async fn set(&self, client: &mut KilovoltClient<Channel>, i: u64) -> Result<(), tonic::Status> {
-        let request = proto::SetRequest {
-            key: self.key(i),
-            value: self.value.clone(),
-            consistency: self.write_level.into(),
-            ttl_ms: 0,
+    /// Issues one write of key `i`: a Set, a MapSet of field `field`, or
+    /// an Increment by 1, as the workload's kind says.
+    async fn set(
+        &self,
+        client: &mut KilovoltClient<Channel>,
+        i: u64,
+        field: u64,
+    ) -> Result<(), tonic::Status> {
+        let key = self.key(i);
+        let consistency = self.write_level.into();
+        let call = async {
+            match self.kind {
+                Kind::String => client
+                    .set(proto::SetRequest {
+                        key,
+                        value: self.value.clone(),
+                        consistency,
+                        ttl_ms: 0,
+                    })
+                    .await
+                    .map(|_| ()),
+                Kind::Map => client
+                    .map_set(proto::MapSetRequest {
+                        key,
+                        fields: [(format!("f{field}"), self.value.clone())].into(),
+                        consistency,
+                    })
+                    .await
+                    .map(|_| ()),
+                Kind::Counter => client
+                    .increment(proto::IncrementRequest {
+                        key,
+                        delta: 1,
+                        consistency,
+                    })
+                    .await
+                    .map(|_| ()),
+            }
         };
-        match tokio::time::timeout(self.timeout, client.set(request)).await {
-            Ok(result) => result.map(|_| ()),
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
             Err(_) => Err(timed_out()),
         }
     }
 
-    /// Issues one Get of key `i`; answers whether the key was found.
+    /// Issues one read of key `i`: a Get, a MapGet of field `field`, or a
+    /// GetCounter; answers whether the key (or the field) was found.
     async fn get(
         &self,
         client: &mut KilovoltClient<Channel>,
         i: u64,
+        field: u64,
     ) -> Result<bool, tonic::Status> {
-        let request = proto::GetRequest {
-            key: self.key(i),
-            consistency: self.read_level.into(),
+        let key = self.key(i);
+        let consistency = self.read_level.into();
+        let call = async {
+            match self.kind {
+                Kind::String => client
+                    .get(proto::GetRequest { key, consistency })
+                    .await
+                    .map(|r| r.into_inner().found),
+                Kind::Map => client
+                    .map_get(proto::MapGetRequest {
+                        key,
+                        fields: vec![format!("f{field}")],
+                        consistency,
+                    })
+                    .await
+                    .map(|r| !r.into_inner().fields.is_empty()),
+                Kind::Counter => client
+                    .get_counter(proto::GetCounterRequest { key, consistency })
+                    .await
+                    .map(|r| r.into_inner().found),
+            }
         };
-        match tokio::time::timeout(self.timeout, client.get(request)).await {
-            Ok(result) => result.map(|response| response.into_inner().found),
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
             Err(_) => Err(timed_out()),
         }
     }
@@ -285,7 +371,7 @@ pub async fn preload(
                     if i >= workload.keys {
                         break;
                     }
-                    let result = workload.set(&mut client, i).await;
+                    let result = workload.set(&mut client, i, i % MAP_FIELDS).await;
                     if let Err(status) = &result {
                         errors.add(status.code());
                     }
@@ -394,10 +480,17 @@ pub async fn run(
                         // Plain RPCs: one Get or Set per request.
                         let i = rng.below(workload.keys);
                         let is_read = rng.unit() < workload.read_ratio;
-                        let result = if is_read {
-                            workload.get(&mut client, i).await
+                        // Drawn only for maps, so that a string run with a
+                        // given seed picks the keys it always picked.
+                        let field = if workload.kind == Kind::Map {
+                            rng.below(MAP_FIELDS)
                         } else {
-                            workload.set(&mut client, i).await.map(|()| true)
+                            0
+                        };
+                        let result = if is_read {
+                            workload.get(&mut client, i, field).await
+                        } else {
+                            workload.set(&mut client, i, field).await.map(|()| true)
                         };
                         let latency = sent.elapsed();
                         if sent < measure_from {
@@ -618,7 +711,8 @@ mod tests {
         assert_eq!(Workload::key_width_for(100_000), 8);
         assert_eq!(Workload::key_width_for(1), 8);
         assert_eq!(Workload::key_width_for(1_000_000_000), 9);
-        let w = Workload {
+        let mut w = Workload {
+            kind: Kind::String,
             keys: 100,
             key_width: 8,
             value: String::new(),
@@ -630,6 +724,8 @@ mod tests {
             batch: 1,
         };
         assert_eq!(w.key(42), "key:00000042");
+        w.kind = Kind::Counter;
+        assert_eq!(w.key(42), "counter:00000042");
     }
 
     #[test]
