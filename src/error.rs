@@ -91,9 +91,9 @@ pub enum Error {
         limit: usize,
     },
     /// The fields of one request add up to more than `--max-value-bytes`.
-    #[error("fields are {size} bytes in all (names and values); the limit is {limit} (--max-value-bytes)")]
+    #[error("fields are {size} bytes in all (names, values and 16 per field); the limit is {limit} (--max-value-bytes)")]
     FieldsTooLarge {
-        /// The bytes of the names and values.
+        /// The size of the fields, as a map counts it.
         size: usize,
         /// The most bytes accepted.
         limit: usize,

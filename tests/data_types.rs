@@ -377,7 +377,7 @@ async fn bad_map_and_counter_input_names_the_limit_and_changes_nothing() {
     fails(
         mset(&mut c, "m", &[("a", &half), ("b", &half)]).await,
         bad,
-        "fields are 122 bytes in all (names and values); the limit is 100",
+        "fields are 154 bytes in all (names, values and 16 per field); the limit is 100",
     );
     let names: Vec<String> = (0..1001).map(|i| format!("f{i}")).collect();
     let many: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -419,10 +419,11 @@ async fn bad_map_and_counter_input_names_the_limit_and_changes_nothing() {
     fails(
         mset(&mut c, "m", &[("b", &half)]).await,
         Code::FailedPrecondition,
-        "map would hold 129 bytes of field names and values; the limit is 100 (--max-value-bytes)",
+        "map would hold 177 bytes (field names, values and 16 per value); the limit is 100 (--max-value-bytes)",
     );
-    // Replacing a value counts the new one only.
-    mset(&mut c, "m", &[("a", &"w".repeat(80))]).await.unwrap();
+    // The map is now exactly at the limit; replacing a value counts the new
+    // one only.
+    mset(&mut c, "m", &[("a", &"w".repeat(60))]).await.unwrap();
 
     // Counters refuse to overflow (OUT_OF_RANGE) and keep their value.
     assert_eq!(incr(&mut c, "n", i64::MAX).await.unwrap(), i64::MAX);

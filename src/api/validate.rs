@@ -2,6 +2,7 @@
 
 use crate::config::{MAX_BATCH_OPS, MAX_FIELD_NAME_BYTES, MAX_KEY_BYTES, MAX_MAP_FIELDS};
 use crate::coordinator::Consistency;
+use crate::crdt::FIELD_OVERHEAD;
 use crate::error::Error;
 use crate::proto;
 
@@ -71,9 +72,9 @@ pub fn field_name(name: &str) -> Result<&str, Error> {
 }
 
 /// The fields of a `MapSet`: between 1 and [`MAX_MAP_FIELDS`], names of 1
-/// to [`MAX_FIELD_NAME_BYTES`] bytes, each value and all names and values
-/// together within `limit` (`--max-value-bytes`, which bounds the whole
-/// map too). Returned by name, so the write does not depend on the order
+/// to [`MAX_FIELD_NAME_BYTES`] bytes, each value within `limit`
+/// (`--max-value-bytes`, which bounds the whole map too), and their size as
+/// a map counts it (names, values, [`FIELD_OVERHEAD`] each) within it too. Returned by name, so the write does not depend on the order
 /// the request listed them in.
 pub fn map_fields(
     fields: &std::collections::HashMap<String, String>,
@@ -91,7 +92,7 @@ pub fn map_fields(
                 limit,
             });
         }
-        total = total.saturating_add(name.len() + value.len());
+        total = total.saturating_add(name.len() + value.len() + FIELD_OVERHEAD);
         pairs.push((name.as_str(), value.as_str()));
     }
     if total > limit {
@@ -166,7 +167,7 @@ mod tests {
                 .collect()
         };
         let two = fields(&[("b", "2"), ("a", "1")]);
-        assert_eq!(map_fields(&two, 4).unwrap(), vec![("a", "1"), ("b", "2")]);
+        assert_eq!(map_fields(&two, 36).unwrap(), vec![("a", "1"), ("b", "2")]);
         assert_eq!(
             map_fields(&fields(&[]), 4).unwrap_err().to_string(),
             "MapSet needs at least one field"
@@ -192,10 +193,10 @@ mod tests {
             "value of field \"f\" is 5 bytes; the limit is 4 (--max-value-bytes)"
         );
         assert_eq!(
-            map_fields(&fields(&[("a", "12"), ("b", "12")]), 5)
+            map_fields(&fields(&[("a", "12"), ("b", "12")]), 37)
                 .unwrap_err()
                 .to_string(),
-            "fields are 6 bytes in all (names and values); the limit is 5 (--max-value-bytes)"
+            "fields are 38 bytes in all (names, values and 16 per field); the limit is 37 (--max-value-bytes)"
         );
         let many: Vec<String> = (0..1001).map(|i| format!("f{i}")).collect();
         assert_eq!(

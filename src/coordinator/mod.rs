@@ -166,7 +166,8 @@ impl Coordinator {
     }
 
     /// Sets `fields` of the map at `key`, creating it where the key holds
-    /// nothing; the map may hold at most `limit` bytes of names and values.
+    /// nothing; the map's size (names, values and a per-value overhead, see
+    /// [`crate::crdt::OrMap::bytes`]) may not pass `limit`.
     /// Returns the version of the write. Refused when the key holds a string
     /// or a counter.
     pub async fn map_set(

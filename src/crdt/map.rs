@@ -47,6 +47,12 @@ use super::{Actor, Version};
 /// nodes, like `crate::keyspace::DIGEST_SEED`: fixed forever.
 pub const MAP_ADD_SEED: u64 = 0x6b76_2d6d_6170_6164;
 
+/// What one live value costs in a map's size ([`OrMap::bytes`]) beyond its
+/// field name and its bytes: about its framing in a `MapGet` answer, so
+/// that a map within the value limit always fits in an answer, however many
+/// small fields it has.
+pub const FIELD_OVERHEAD: usize = 16;
+
 /// One write of a field that is still live: its dot and its value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Add {
@@ -232,8 +238,13 @@ impl Field {
         changed
     }
 
-    fn bytes(&self) -> usize {
-        self.adds.iter().map(|a| a.value.len()).sum()
+    /// The size of the live values: their bytes and [`FIELD_OVERHEAD`]
+    /// each.
+    pub fn bytes(&self) -> usize {
+        self.adds
+            .iter()
+            .map(|a| a.value.len() + FIELD_OVERHEAD)
+            .sum()
     }
 }
 
@@ -361,9 +372,9 @@ impl OrMap {
         self.fields.values().filter(|f| !f.adds.is_empty()).count()
     }
 
-    /// The bytes of the present fields: names and every live value
-    /// (concurrent values of one field all count). What the map limit
-    /// (`--max-value-bytes`) bounds.
+    /// The size of the present fields: names, every live value
+    /// (concurrent values of one field all count) and [`FIELD_OVERHEAD`]
+    /// per value. What the map limit (`--max-value-bytes`) bounds.
     pub fn bytes(&self) -> usize {
         self.fields
             .iter()
@@ -670,7 +681,7 @@ mod tests {
         assert_eq!(field.adds().len(), 2, "concurrent values are both kept");
         a.set("x", 3, "c");
         assert_eq!(a.map.field("x").unwrap().adds().len(), 1);
-        assert_eq!(a.map.bytes(), 2);
+        assert_eq!(a.map.bytes(), 2 + FIELD_OVERHEAD);
         b.map.join(a.map.clone());
         assert_eq!(b.map.get("x"), Some("c"));
         assert_eq!(b.map.field("x").unwrap().adds().len(), 1);

@@ -18,5 +18,5 @@ mod version;
 pub use actor::Actor;
 pub use counter::{ActorCount, PnCounter, COUNTER_SEED};
 pub use entry::{Entry, Held, Kind, Payload};
-pub use map::{add_hash, Add, Field, OrMap, MAP_ADD_SEED};
+pub use map::{add_hash, Add, Field, OrMap, FIELD_OVERHEAD, MAP_ADD_SEED};
 pub use version::Version;

@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-use super::{Actor, Add, Entry, Field, Held, Kind, OrMap, Payload, PnCounter, Version};
+use super::{
+    Actor, Add, Entry, Field, Held, Kind, OrMap, Payload, PnCounter, Version, FIELD_OVERHEAD,
+};
 
 /// Why an operation does not fit the value the key holds.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -31,9 +33,9 @@ pub enum TypeError {
         needs: &'static str,
     },
     /// The map would grow past the value limit.
-    #[error("map would hold {size} bytes of field names and values; the limit is {limit} (--max-value-bytes)")]
+    #[error("map would hold {size} bytes (field names, values and 16 per value); the limit is {limit} (--max-value-bytes)")]
     MapTooLarge {
-        /// The bytes of names and values after the write.
+        /// The map's size after the write ([`OrMap::bytes`]).
         size: usize,
         /// The limit.
         limit: usize,
@@ -151,8 +153,8 @@ fn observed_map<'a>(
 /// incarnation `incarnation` of the node that issued `version`, over the
 /// `stored` state observed at `now`. Each field's delta carries the field's
 /// observed context, so it supersedes every value the writer saw. Refused
-/// when the key holds another kind, or when the map would hold more than
-/// `limit` bytes of names and values.
+/// when the key holds another kind, or when the map's size
+/// ([`OrMap::bytes`]) would pass `limit`.
 pub fn map_set(
     stored: Option<&Entry>,
     now: u64,
@@ -168,10 +170,8 @@ pub fn map_set(
         let old = observed
             .and_then(|m| m.field(name))
             .filter(|f| !f.adds().is_empty())
-            .map_or(0, |f| {
-                name.len() + f.adds().iter().map(|a| a.value.len()).sum::<usize>()
-            });
-        size = size.saturating_sub(old) + name.len() + value.len();
+            .map_or(0, |f| name.len() + f.bytes());
+        size = size.saturating_sub(old) + name.len() + value.len() + FIELD_OVERHEAD;
     }
     if size > limit {
         return Err(TypeError::MapTooLarge { size, limit });
@@ -339,14 +339,14 @@ mod tests {
     #[test]
     fn the_map_limit_counts_names_and_values_after_the_write() {
         let mut state = None;
-        let d = map_set(None, 0, &[("ab", "1234")], v(1), 1, 10).unwrap();
+        let d = map_set(None, 0, &[("ab", "1234")], v(1), 1, 30).unwrap();
         apply(&mut state, d);
         // Replacing the field's value does not count the old one.
-        assert!(map_set(state.as_ref(), 0, &[("ab", "12345678")], v(2), 1, 10).is_ok());
-        let err = map_set(state.as_ref(), 0, &[("cd", "12345")], v(2), 1, 10).unwrap_err();
+        assert!(map_set(state.as_ref(), 0, &[("ab", "12345678")], v(2), 1, 30).is_ok());
+        let err = map_set(state.as_ref(), 0, &[("cd", "12345")], v(2), 1, 30).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "map would hold 13 bytes of field names and values; the limit is 10 (--max-value-bytes)"
+            "map would hold 45 bytes (field names, values and 16 per value); the limit is 30 (--max-value-bytes)"
         );
     }
 
