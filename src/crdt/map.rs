@@ -293,6 +293,21 @@ pub struct OrMap {
     fields: BTreeMap<Box<str>, Field>,
     /// XOR of [`add_hash`] over the live adds.
     digest: u128,
+    /// Fields with a live add, kept so that reading whether the map is
+    /// empty (every kind check, every store merge) does not scan it.
+    live: usize,
+    /// [`OrMap::bytes`], kept so that checking the map limit on a write
+    /// does not scan the map.
+    bytes: usize,
+}
+
+/// What a field adds to a map's live count and size.
+fn weight(name: &str, field: &Field) -> (usize, usize) {
+    if field.adds.is_empty() {
+        (0, 0)
+    } else {
+        (1, name.len() + field.bytes())
+    }
 }
 
 impl OrMap {
@@ -303,6 +318,8 @@ impl OrMap {
             generation,
             fields: BTreeMap::new(),
             digest: 0,
+            live: 0,
+            bytes: 0,
         }
     }
 
@@ -314,18 +331,24 @@ impl OrMap {
     /// Merges `state` into field `name` (creating it); returns whether the
     /// map changed. The way deltas and decoded states are built.
     pub fn merge_field(&mut self, name: &str, state: Field) -> bool {
-        match self.fields.entry(name.into()) {
+        let (before, after, changed) = match self.fields.entry(name.into()) {
             btree_map::Entry::Occupied(mut slot) => {
-                slot.get_mut().join(name, state, &mut self.digest)
+                let before = weight(name, slot.get());
+                let changed = slot.get_mut().join(name, state, &mut self.digest);
+                (before, weight(name, slot.get()), changed)
             }
             btree_map::Entry::Vacant(slot) => {
                 for add in &state.adds {
                     self.digest ^= add_hash(name, add);
                 }
+                let after = weight(name, &state);
                 slot.insert(state);
-                true
+                ((0, 0), after, true)
             }
-        }
+        };
+        self.live = self.live - before.0 + after.0;
+        self.bytes = self.bytes - before.1 + after.1;
+        changed
     }
 
     /// Merges `other` (of the same generation) into this map; returns
@@ -341,7 +364,7 @@ impl OrMap {
 
     /// Whether no field has a live add: such a map reads as absent.
     pub fn is_empty(&self) -> bool {
-        self.fields.values().all(|f| f.adds.is_empty())
+        self.live == 0
     }
 
     /// The value of field `name`, if it is present.
@@ -369,18 +392,14 @@ impl OrMap {
 
     /// How many fields are present.
     pub fn len(&self) -> usize {
-        self.fields.values().filter(|f| !f.adds.is_empty()).count()
+        self.live
     }
 
     /// The size of the present fields: names, every live value
     /// (concurrent values of one field all count) and [`FIELD_OVERHEAD`]
     /// per value. What the map limit (`--max-value-bytes`) bounds.
     pub fn bytes(&self) -> usize {
-        self.fields
-            .iter()
-            .filter(|(_, f)| !f.adds.is_empty())
-            .map(|(n, f)| n.len() + f.bytes())
-            .sum()
+        self.bytes
     }
 
     /// An estimate of the state's size in memory and on the wire: names,
@@ -395,6 +414,15 @@ impl OrMap {
     /// The content digest, kept current by every change.
     pub fn digest(&self) -> u128 {
         self.digest
+    }
+
+    /// The live field count and size ([`OrMap::len`], [`OrMap::bytes`])
+    /// computed from scratch, to check the kept ones.
+    pub fn recompute_size(&self) -> (usize, usize) {
+        self.fields
+            .iter()
+            .map(|(n, f)| weight(n, f))
+            .fold((0, 0), |(l, b), (fl, fb)| (l + fl, b + fb))
     }
 
     /// The content digest computed from scratch, to check the kept one.
@@ -563,12 +591,14 @@ mod tests {
         }
 
         #[test]
-        fn kept_digest_equals_recomputed(s in states()) {
+        fn kept_digest_and_size_equal_recomputed(s in states()) {
             for m in &s {
                 prop_assert_eq!(m.digest(), m.recompute_digest());
+                prop_assert_eq!((m.len(), m.bytes()), m.recompute_size());
             }
             let all = joined(joined(s[0].clone(), s[1].clone()), s[2].clone());
             prop_assert_eq!(all.digest(), all.recompute_digest());
+            prop_assert_eq!((all.len(), all.bytes()), all.recompute_size());
         }
 
         /// Deltas delivered in any order, any number of times, give the same
