@@ -16,13 +16,30 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use crate::coordinator::Topology;
-use crate::store::{Settled, Store};
+use crate::crdt::Version;
+use crate::store::{Key, Settled, Store};
 
 /// Settled entries of one partition awaiting every replica's confirmation.
 struct Candidates {
     taken: Instant,
     items: Settled,
     confirmed: BTreeSet<String>,
+}
+
+/// What one collection removed.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Tombstones and expired values removed, with their versions.
+    pub entries: Vec<(Key, Version)>,
+    /// Removed map fields whose metadata was pruned.
+    pub fields: usize,
+}
+
+impl Collected {
+    /// Entries and fields removed.
+    pub fn total(&self) -> usize {
+        self.entries.len() + self.fields
+    }
 }
 
 /// The candidates of every partition this node holds.
@@ -55,7 +72,7 @@ impl Collector {
     /// otherwise, when none are pending, takes the entries (and maps'
     /// removed fields) settled at `now_hlc` with `grace` (NTP64) as new
     /// candidates at `now`. While a replica is unreachable its partitions
-    /// simply wait. Returns how many entries and fields were removed.
+    /// simply wait. Returns what was removed.
     pub fn collect(
         &mut self,
         me: &str,
@@ -64,10 +81,10 @@ impl Collector {
         now_hlc: u64,
         grace: u64,
         now: Instant,
-    ) -> usize {
+    ) -> Collected {
         let ring = topology.ring();
         self.pending.retain(|p, _| ring.is_replica(*p, me));
-        let mut collected = 0;
+        let mut collected = Collected::default();
         for p in ring.partitions_held_by(me) {
             if let Some(pending) = self.pending.get(&p) {
                 let acknowledged = ring
@@ -76,8 +93,10 @@ impl Collector {
                     .filter(|r| ***r != *me)
                     .all(|r| pending.confirmed.contains(&**r));
                 if acknowledged || planted_skips_acknowledgement() {
-                    collected += store.collect(p, &pending.items.entries, now_hlc)
-                        + store.prune_fields(p, &pending.items.fields);
+                    collected
+                        .entries
+                        .extend(store.collect(p, &pending.items.entries, now_hlc));
+                    collected.fields += store.prune_fields(p, &pending.items.fields);
                     self.pending.remove(&p);
                 }
                 continue;

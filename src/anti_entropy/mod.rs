@@ -122,7 +122,7 @@ use crate::crdt::Entry;
 use crate::keyspace::Stamp;
 use crate::store::Key;
 
-pub use collector::Collector;
+pub use collector::{Collected, Collector};
 pub use initiator::{Initiator, Next, SessionStats, Step};
 pub use message::{entry_size, LeafId, LeafVersions, PartitionSet, Reply, Request, Wanted};
 pub use responder::{respond, Answer};

@@ -343,7 +343,8 @@ impl AntiEntropy {
                 self.clock.now(),
                 ntp64(self.config.settle_grace),
                 Instant::now(),
-            );
+            )
+            .total();
         if collected > 0 {
             tracing::debug!(
                 collected,

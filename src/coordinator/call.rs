@@ -117,25 +117,19 @@ impl WriteCall {
     ///
     /// At ONE a write is never refused for want of replicas: whatever did
     /// not arrive is held as a hint (the sloppy quorum the contract
-    /// promises). When no replica took it, the coordinator also keeps the
-    /// entry in its own `store`, in a partition it does not replicate:
-    /// hints expire, but a partition held by a non-replica is handed to
-    /// the replicas by anti-entropy once they are all reachable, however
-    /// long that takes, so the acknowledged write cannot be lost to a hint
-    /// that aged out.
-    pub fn finish(&self, store: &Store, key: &str, waiting: &str) -> Result<Written, Error> {
+    /// promises). A write no replica took lives only in hints, so only for
+    /// `--max-hint-age`: a copy outside the replicas must not outlive the
+    /// tombstone grace, or it could bring back a value the replicas deleted
+    /// and collected meanwhile.
+    pub fn finish(&self, waiting: &str) -> Result<Written, Error> {
         match self.tally.decision() {
             Decision::Met => {}
             _ if self.level == Consistency::One => {}
             _ => return Err(Error::Unavailable(self.tally.report(waiting))),
         }
-        let replicas = self.tally.answered();
-        if replicas == 0 {
-            store.merge(key, self.entry.clone());
-        }
         Ok(Written {
             version: self.entry.version,
-            replicas,
+            replicas: self.tally.answered(),
         })
     }
 }

@@ -343,9 +343,7 @@ impl Coordinator {
             call.record(&replica, answer_of(ack))
         })
         .await;
-        Ok(call
-            .finish(&self.store, key, &unanswered(timed_out, timeout))?
-            .version)
+        Ok(call.finish(&unanswered(timed_out, timeout))?.version)
     }
 
     /// ONE: the first replica that answers, in [`ReadOne`]'s order.

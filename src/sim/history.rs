@@ -3,6 +3,7 @@
 //! virtual time line. The checker reads it; a failure prints the part of
 //! it that concerns the failing key.
 
+use std::collections::BTreeSet;
 use std::fmt::Write;
 
 use super::node::{OpKind, OpResult};
@@ -78,8 +79,11 @@ pub struct History {
     pub events: Vec<(u64, String)>,
     /// Disruptions, with their time.
     pub disruptions: Vec<(u64, Disruption)>,
-    /// Writes whose every copy was lost to crashes or leaves, with when.
+    /// Writes whose every copy was lost to crashes, leaves or hints aging
+    /// out, with when.
     pub lost: Vec<(usize, u64)>,
+    /// Tombstones and expired values some node collected.
+    pub collected: BTreeSet<(Key, Version)>,
     /// How long after a placement change nodes may still route by
     /// different placements, or new replicas lack what they should hold
     /// (microseconds).

@@ -195,6 +195,10 @@ pub enum Out {
     Ready,
     /// A partition's kept Merkle root differs from the recomputed one.
     TreeMismatch(u32),
+    /// Hints past their age were dropped (a copy of a write may be gone).
+    HintsExpired,
+    /// Settled entries collection removed.
+    Collected(Vec<(Key, Version)>),
 }
 
 /// One write bound for one peer.
@@ -215,21 +219,9 @@ struct Queue {
 
 /// A client request in progress at its coordinator.
 enum Call {
-    Write {
-        op: usize,
-        key: Key,
-        call: WriteCall,
-    },
-    ReadMany {
-        op: usize,
-        key: Key,
-        call: ReadCall,
-    },
-    ReadOne {
-        op: usize,
-        key: Key,
-        call: ReadOne,
-    },
+    Write { op: usize, call: WriteCall },
+    ReadMany { op: usize, key: Key, call: ReadCall },
+    ReadOne { op: usize, key: Key, call: ReadOne },
 }
 
 /// A peer call in flight, and what its answer is for.
@@ -424,11 +416,10 @@ impl SimNode {
             }
         }
         if call.decision() == Decision::Open {
-            let key = key.clone();
-            self.calls.insert(id, Call::Write { op, key, call });
+            self.calls.insert(id, Call::Write { op, call });
             self.timer(self.settings.request_timeout, Timer::Call(id));
         } else {
-            let result = finish_write(&call, &self.store, key, "not waited for");
+            let result = finish_write(&call, "not waited for");
             self.done(op, result);
         }
     }
@@ -557,8 +548,8 @@ impl SimNode {
     }
 
     fn finish_write_call(&mut self, id: u64, waiting: &str) {
-        if let Some(Call::Write { op, key, call }) = self.calls.remove(&id) {
-            let result = finish_write(&call, &self.store, &key, waiting);
+        if let Some(Call::Write { op, call }) = self.calls.remove(&id) {
+            let result = finish_write(&call, waiting);
             self.done(op, result);
         }
     }
@@ -625,7 +616,9 @@ impl SimNode {
                 }
             }
             Timer::Hints => {
-                self.hints.expire(self.now);
+                if self.hints.expire(self.now) > 0 {
+                    self.out.push(Out::HintsExpired);
+                }
                 for peer in self.hints.peers() {
                     if self.topology.is_alive(&peer) {
                         self.replay(&peer);
@@ -946,7 +939,7 @@ impl SimNode {
         for p in round.moved.difference(&round.failed) {
             self.store.drop_partition(*p);
         }
-        self.collector.collect(
+        let collected = self.collector.collect(
             &self.id,
             &self.topology,
             &self.store,
@@ -954,6 +947,9 @@ impl SimNode {
             self.grace(),
             self.now,
         );
+        if !collected.entries.is_empty() {
+            self.out.push(Out::Collected(collected.entries));
+        }
         let p = self.next_check % self.settings.partitions;
         self.next_check = self.next_check.wrapping_add(1);
         if self.store.recompute_root(p) != self.store.root(p) {
@@ -1043,8 +1039,8 @@ impl SimNode {
     }
 }
 
-fn finish_write(call: &WriteCall, store: &Store, key: &str, waiting: &str) -> OpResult {
-    match call.finish(store, key, waiting) {
+fn finish_write(call: &WriteCall, waiting: &str) -> OpResult {
+    match call.finish(waiting) {
         Ok(written) => OpResult::Written(written),
         Err(e) => OpResult::Failed(e.to_string()),
     }

@@ -80,7 +80,9 @@ pub struct World {
     seq: u64,
     events: BTreeMap<(u64, u64), Event>,
     slots: Vec<Slot>,
-    cut: BTreeSet<(usize, usize)>,
+    /// The links each active partition cuts, by partition number;
+    /// partitions overlap.
+    cuts: BTreeMap<u64, BTreeSet<(usize, usize)>>,
     partition_gen: u64,
     lossy: Option<Lossy>,
     lossy_gen: u64,
@@ -118,7 +120,7 @@ impl World {
             seq: 0,
             events: BTreeMap::new(),
             slots,
-            cut: BTreeSet::new(),
+            cuts: BTreeMap::new(),
             partition_gen: 0,
             lossy: None,
             lossy_gen: 0,
@@ -313,6 +315,8 @@ impl World {
                 self.history.note(self.now, format!("{id} is ready"));
                 self.views_change();
             }
+            Out::HintsExpired => self.mark_lost(),
+            Out::Collected(entries) => self.history.collected.extend(entries),
             Out::TreeMismatch(p) => {
                 let id = self.slots[i].id.clone();
                 self.tree_mismatches.push((id, p));
@@ -470,7 +474,8 @@ impl World {
     // --- Faults --------------------------------------------------------------
 
     fn is_cut(&self, a: usize, b: usize) -> bool {
-        self.cut.contains(&(a.min(b), a.max(b)))
+        let pair = (a.min(b), a.max(b));
+        self.cuts.values().any(|cut| cut.contains(&pair))
     }
 
     fn inject(&mut self, planned: PlannedFault) {
@@ -578,16 +583,18 @@ impl World {
     /// Cuts every link between different `sides`, except those of the
     /// `bridges`, which keep their links to every side.
     fn partition(&mut self, sides: &[&[usize]], bridges: &[usize], lasts: Duration) {
-        self.cut.clear();
+        let mut cut = BTreeSet::new();
         for (x, a) in sides.iter().enumerate() {
             for b in sides.iter().skip(x + 1) {
                 for &i in a.iter() {
                     for &j in b.iter() {
-                        self.cut.insert((i.min(j), i.max(j)));
+                        cut.insert((i.min(j), i.max(j)));
                     }
                 }
             }
         }
+        self.partition_gen += 1;
+        self.cuts.insert(self.partition_gen, cut);
         let name = |w: &Self, nodes: &[usize]| {
             nodes
                 .iter()
@@ -606,9 +613,12 @@ impl World {
         };
         self.history.note(
             self.now,
-            format!("partition {}{bridge}", described.join(" | ")),
+            format!(
+                "partition #{} {}{bridge}",
+                self.partition_gen,
+                described.join(" | ")
+            ),
         );
-        self.partition_gen += 1;
         self.after(lasts, Event::Heal(Heal::Partition(self.partition_gen)));
         self.views_change();
     }
@@ -642,7 +652,11 @@ impl World {
 
     /// Marks every stamped write of which no copy (nor a newer version of
     /// its key) survives anywhere: in a store, a queue, a hint, a call that
-    /// may be retried, or a message on the network.
+    /// may be retried, or a message on the network. Called when copies are
+    /// destroyed: a crash, a leave, hints aging out. A tombstone or expired
+    /// value that some node collected is never marked: collection removes
+    /// it by design, and the checker must still see it if an older value
+    /// comes back.
     fn mark_lost(&mut self) {
         let mut greatest: BTreeMap<Key, Version> = BTreeMap::new();
         let keys: BTreeSet<Key> = self.history.ops.iter().map(|op| op.key.clone()).collect();
@@ -672,6 +686,10 @@ impl World {
             .iter()
             .filter(|op| op.is_write() && !self.history.is_lost(op.id))
             .filter(|op| {
+                !op.stamped
+                    .is_some_and(|v| self.history.collected.contains(&(op.key.clone(), v)))
+            })
+            .filter(|op| {
                 op.stamped
                     .is_some_and(|v| greatest.get(&op.key).is_none_or(|g| *g < v))
             })
@@ -685,9 +703,9 @@ impl World {
     fn heal(&mut self, heal: Heal) {
         match heal {
             Heal::Partition(gen) => {
-                if gen == self.partition_gen && !self.cut.is_empty() {
-                    self.cut.clear();
-                    self.history.note(self.now, "partition healed");
+                if self.cuts.remove(&gen).is_some() {
+                    self.history
+                        .note(self.now, format!("partition #{gen} healed"));
                     self.views_change();
                 }
             }
@@ -721,7 +739,7 @@ impl World {
     /// crashed members restarted.
     fn heal_all(&mut self) {
         self.history.note(self.now, "final heal");
-        self.cut.clear();
+        self.cuts.clear();
         self.lossy = None;
         self.partition_gen += 1;
         self.lossy_gen += 1;

@@ -399,12 +399,12 @@ impl Store {
     /// value at `now` (a newer write since the candidates were taken keeps
     /// its key); returns how many it removed. Counters, tree and expiry
     /// index follow.
-    pub fn collect(&self, p: u32, items: &[(Key, Version)], now: u64) -> usize {
+    pub fn collect(&self, p: u32, items: &[(Key, Version)], now: u64) -> Vec<(Key, Version)> {
         let Some(part) = self.partition(p) else {
-            return 0;
+            return Vec::new();
         };
         let partitions = self.partitions();
-        let mut removed = 0;
+        let mut removed = Vec::new();
         for (key, version) in items {
             let gone = part.entries.remove_if_sync(&**key, |e| {
                 let due = e.version == *version && (!e.is_live() || e.is_expired(now));
@@ -423,9 +423,9 @@ impl Store {
                     self.expiries
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&(entry.expires_at, key));
+                        .remove(&(entry.expires_at, key.clone()));
                 }
-                removed += 1;
+                removed.push((key, entry.version));
             }
         }
         removed
