@@ -8,9 +8,14 @@
 //! is taken as a candidate, and so are the removed fields of a map removed
 //! that long ago; it is removed only once every other replica of its partition
 //! has completed a session covering the partition that *started after* the
-//! candidates were taken. Such a session left the peer holding the entry
-//! (or it had collected it already), so removing it here cannot let an
-//! older value on that peer come back.
+//! candidates were taken, and every other member, asked after that, has
+//! said it holds nothing of the partition. Such a session left the peer
+//! holding the entry (or it had collected it already), so removing it here
+//! cannot let an older value on that peer come back; and a member that no
+//! longer replicates the partition but still holds a copy to hand off (it
+//! stopped being a replica when a node joined or left) would bring an older
+//! value back just the same, so its partitions wait until it has handed
+//! them off and dropped them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -54,6 +59,33 @@ impl Collector {
         Self::default()
     }
 
+    /// Records that `peer`, asked at `asked_at` whether it holds entries
+    /// of `asked` (partitions it does not replicate), holds those of `held`
+    /// only: for the others it holds no copy that could bring back what
+    /// this node collects.
+    pub fn confirm_absent(&mut self, peer: &str, asked: &[u32], held: &[u32], asked_at: Instant) {
+        let absent = asked.iter().filter(|p| !held.contains(p));
+        self.confirm(peer, &absent.copied().collect::<Vec<_>>(), asked_at);
+    }
+
+    /// The members to ask whether they hold entries of partitions with
+    /// pending candidates that they do not replicate, and which partitions
+    /// to ask each about. A node that stopped replicating a partition keeps
+    /// its copy until it has handed it to every replica; collecting before
+    /// it has would let that copy bring back what was collected.
+    pub fn outsiders(&self, me: &str, topology: &Topology) -> BTreeMap<String, Vec<u32>> {
+        let ring = topology.ring();
+        let mut ask: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for &p in self.pending.keys() {
+            for m in topology.members() {
+                if m.id != me && !ring.is_replica(p, &m.id) {
+                    ask.entry(m.id.clone()).or_default().push(p);
+                }
+            }
+        }
+        ask
+    }
+
     /// Records that `peer` completed a session over `partitions` that
     /// started at `started`: it then held every entry this node held at
     /// that moment.
@@ -68,10 +100,10 @@ impl Collector {
     }
 
     /// For each partition `me` holds: removes the candidates found earlier
-    /// once every other replica of the partition has confirmed them;
+    /// once every other member has confirmed them (see the module);
     /// otherwise, when none are pending, takes the entries (and maps'
     /// removed fields) settled at `now_hlc` with `grace` (NTP64) as new
-    /// candidates at `now`. While a replica is unreachable its partitions
+    /// candidates at `now`. While a member is unreachable the partitions
     /// simply wait. Returns what was removed.
     pub fn collect(
         &mut self,
@@ -87,11 +119,12 @@ impl Collector {
         let mut collected = Collected::default();
         for p in ring.partitions_held_by(me) {
             if let Some(pending) = self.pending.get(&p) {
-                let acknowledged = ring
-                    .replicas(p)
-                    .iter()
-                    .filter(|r| ***r != *me)
-                    .all(|r| pending.confirmed.contains(&**r));
+                // Every other member: replicas by a session, the others by
+                // saying they hold nothing of the partition.
+                let acknowledged = topology
+                    .members()
+                    .filter(|m| m.id != me)
+                    .all(|m| pending.confirmed.contains(&m.id));
                 if acknowledged || planted_skips_acknowledgement() {
                     collected
                         .entries

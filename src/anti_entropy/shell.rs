@@ -213,6 +213,7 @@ impl AntiEntropy {
                 () = tokio::time::sleep(pause) => {}
                 () = self.wake.notified() => {}
             }
+            self.ask_outsiders().await;
             self.round().await;
             self.hand_off().await;
             self.collect_settled();
@@ -318,6 +319,30 @@ impl AntiEntropy {
             dropped += 1;
         }
         dropped
+    }
+
+    /// Asks the members that do not replicate partitions with pending
+    /// candidates whether they still hold entries of them
+    /// ([`Collector::outsiders`]); those that answer none are confirmed.
+    async fn ask_outsiders(&self) {
+        let ask = self
+            .collector
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .outsiders(&self.me, &self.coordinator.topology());
+        for (peer, partitions) in ask {
+            let asked_at = Instant::now();
+            match self.peers.holding(&peer, &partitions).await {
+                Ok(held) => self
+                    .collector
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .confirm_absent(&peer, &partitions, &held, asked_at),
+                Err(e) => {
+                    tracing::debug!(peer = %peer, error = %e, "could not ask what a peer holds")
+                }
+            }
+        }
     }
 
     /// Records that `peer` completed a session over `partitions` that started

@@ -21,10 +21,6 @@ struct Args {
     /// Print the whole history of every seed run.
     #[arg(long)]
     history: bool,
-    /// Also add and remove nodes during partitions (a fault that exposes an
-    /// open bug).
-    #[arg(long)]
-    placement_changes: bool,
     /// Stop after this many failing seeds.
     #[arg(long, default_value_t = 3)]
     max_failures: usize,
@@ -32,10 +28,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = Config {
-        placement_changes: args.placement_changes,
-        ..Config::default()
-    };
+    let config = Config::default();
     let started = Instant::now();
     let mut failures = 0;
     let mut ops = 0;

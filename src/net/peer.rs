@@ -93,6 +93,7 @@ impl Peers {
         let request = wire::ReadRequest {
             header: Some(self.header()),
             keys: keys.iter().map(|k| k.to_string()).collect(),
+            partitions: Vec::new(),
         };
         let mut client = self.client(peer).await?;
         let reply = self.call(client.read(request)).await?;
@@ -109,9 +110,21 @@ impl Peers {
         let request = wire::ReadRequest {
             header: Some(self.header()),
             keys: Vec::new(),
+            partitions: Vec::new(),
         };
         let mut client = self.client(peer).await?;
         Ok(self.call(client.read(request)).await?.clock)
+    }
+
+    /// Which of `partitions` `peer` holds entries of.
+    pub async fn holding(&self, peer: &str, partitions: &[u32]) -> Result<Vec<u32>, PeerError> {
+        let request = wire::ReadRequest {
+            header: Some(self.header()),
+            keys: Vec::new(),
+            partitions: partitions.to_vec(),
+        };
+        let mut client = self.client(peer).await?;
+        Ok(self.call(client.read(request)).await?.held)
     }
 
     /// Sends one anti-entropy step to `peer` and returns its reply.

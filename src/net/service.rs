@@ -97,7 +97,16 @@ impl Peer for PeerService {
             .filter_map(|k| self.store.get(k).map(|e| to_wire(k, &e)))
             .collect();
         let clock = self.clock.latest().time;
-        Ok(Response::new(wire::ReadResponse { entries, clock }))
+        let held = req
+            .partitions
+            .into_iter()
+            .filter(|&p| self.store.partition_len(p) > 0)
+            .collect();
+        Ok(Response::new(wire::ReadResponse {
+            entries,
+            clock,
+            held,
+        }))
     }
 
     async fn sync(

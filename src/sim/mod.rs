@@ -51,9 +51,6 @@ pub struct Config {
     pub settle: Duration,
     /// Every node's settings.
     pub settings: Settings,
-    /// Whether the nemesis also joins or removes nodes during partitions,
-    /// which exposes an open bug (docs/testing.md).
-    pub placement_changes: bool,
 }
 
 impl Default for Config {
@@ -67,7 +64,6 @@ impl Default for Config {
             ops: 300,
             chaos: Duration::from_secs(20),
             settle: Duration::from_secs(12),
-            placement_changes: false,
             settings: Settings {
                 partitions: 16,
                 replication_factor: 3,
@@ -141,12 +137,7 @@ pub fn run(seed: u64, config: &Config) -> Outcome {
     let mut nemesis = rng.fork();
     let network = rng.fork();
     let ops = schedule::workload(&mut workload, config.ops, config.keys, config.chaos);
-    let faults = schedule::faults(
-        &mut nemesis,
-        config.chaos,
-        config.settings.max_clock_drift,
-        config.placement_changes,
-    );
+    let faults = schedule::faults(&mut nemesis, config.chaos, config.settings.max_clock_drift);
     let mut world = World::new(config.clone(), network);
     world.run(ops, faults);
     let violations = checker::check(&world);

@@ -127,6 +127,8 @@ pub enum Req {
     Clock,
     /// One anti-entropy step.
     Sync(Request),
+    /// Which of these partitions do you hold entries of?
+    Holding(Vec<u32>),
 }
 
 /// The answer to a [`Req`].
@@ -140,6 +142,8 @@ pub enum Resp {
     Clock(u64),
     /// The step's reply, or why it was refused.
     Sync(Result<Reply, String>),
+    /// The partitions asked about that are held.
+    Holding(Vec<u32>),
 }
 
 /// A timer a node sets.
@@ -240,6 +244,11 @@ enum Rpc {
     },
     Clock,
     Sync,
+    Holding {
+        peer: String,
+        asked: Vec<u32>,
+        at: Instant,
+    },
     /// A leaving node's last deltas: nobody waits for the answer.
     Parting,
 }
@@ -577,6 +586,12 @@ impl SimNode {
             }
             Req::Read(key) => Resp::Read(self.store.get(&key)),
             Req::Clock => Resp::Clock(self.clock.latest().time),
+            Req::Holding(partitions) => Resp::Holding(
+                partitions
+                    .into_iter()
+                    .filter(|&p| self.store.partition_len(p) > 0)
+                    .collect(),
+            ),
             Req::Sync(request) => Resp::Sync(
                 respond(&self.store, request, Limits::default())
                     .map(|answer| {
@@ -674,7 +689,10 @@ impl SimNode {
             (Rpc::Clock, Ok(Resp::Clock(time))) => {
                 self.clock.observe(Version::new(time, 0));
             }
-            (Rpc::Clock | Rpc::Parting, _) => {}
+            (Rpc::Holding { peer, asked, at }, Ok(Resp::Holding(held))) => {
+                self.collector.confirm_absent(&peer, &asked, &held, at);
+            }
+            (Rpc::Clock | Rpc::Parting | Rpc::Holding { .. }, _) => {}
             (Rpc::Sync, answer) => {
                 let reply = match answer {
                     Ok(Resp::Sync(reply)) => reply,
@@ -832,6 +850,11 @@ impl SimNode {
         if self.round.is_some() {
             self.wake_pending = true;
             return;
+        }
+        for (peer, asked) in self.collector.outsiders(&self.id, &self.topology) {
+            let req = Req::Holding(asked.clone());
+            let at = self.now;
+            self.call(&peer.clone(), Rpc::Holding { peer, asked, at }, req);
         }
         let ring = self.topology.ring();
         let jobs = live_peers(&self.topology, &self.id)

@@ -152,16 +152,9 @@ fn write_level(rng: &mut Rng) -> Consistency {
 
 /// The nemesis's faults over `window`: one every 0.5 to 3 seconds, each
 /// lasting 0.3 to 6 seconds; faults overlap (partitions too: a link is
-/// cut while any partition cuts it). `drift` is the clock drift bound that jumps exceed. Nodes join
-/// or leave during a partition only with `placement`: that exposes an open
-/// bug (docs/testing.md). Either way the same numbers are drawn, so a
-/// seed's other faults do not change with `placement`.
-pub fn faults(
-    rng: &mut Rng,
-    window: Duration,
-    drift: Duration,
-    placement: bool,
-) -> Vec<PlannedFault> {
+/// cut while any partition cuts it). `drift` is the clock drift bound that
+/// jumps exceed.
+pub fn faults(rng: &mut Rng, window: Duration, drift: Duration) -> Vec<PlannedFault> {
     let window_us = window.as_micros() as u64;
     let drift_us = drift.as_micros() as i64;
     let mut at = rng.between(200_000, 1_000_000);
@@ -195,13 +188,7 @@ pub fn faults(
             14 => Fault::JoinDuringPartition { pick },
             _ => Fault::LeaveDuringPartition { pick },
         };
-        let moves = matches!(
-            fault,
-            Fault::JoinDuringPartition { .. } | Fault::LeaveDuringPartition { .. }
-        );
-        if placement || !moves {
-            planned.push(PlannedFault { at, lasts, fault });
-        }
+        planned.push(PlannedFault { at, lasts, fault });
         at += rng.between(500_000, 3_000_000);
     }
     planned
