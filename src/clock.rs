@@ -48,6 +48,12 @@ pub struct Clock {
     id: u64,
     physical: PhysicalClock,
     drift_events: AtomicU64,
+    /// The time of the last version `stamp_after` issued. The HLC alone
+    /// does not remember a stamp above a floor beyond the drift bound (it
+    /// refuses to move that far), so two writes over the same far-future
+    /// floor would get the same version; this keeps every version this
+    /// clock issues distinct.
+    last_issued: AtomicU64,
 }
 
 impl Clock {
@@ -65,6 +71,7 @@ impl Clock {
             id,
             physical,
             drift_events: AtomicU64::new(0),
+            last_issued: AtomicU64::new(0),
         }
     }
 
@@ -84,24 +91,40 @@ impl Clock {
     /// rule `max(hlc.now(), stored + 1)`, so that this node's write wins
     /// over a value stamped in the future by a fast clock elsewhere.
     pub fn stamp_after(&self, floor: Option<Version>) -> Result<Version, ClockError> {
-        let now = self.hlc.new_timestamp();
-        let version = Version::new(now.get_time().0, self.id);
-        match floor {
-            Some(floor) if version <= floor => {
+        let now = self.hlc.new_timestamp().get_time().0;
+        let wanted = match floor {
+            Some(floor) if Version::new(now, self.id) <= floor => {
                 let time = floor
                     .time
                     .checked_add(1)
                     .ok_or(ClockError::Exhausted(floor))?;
-                let version = Version::new(time, self.id);
                 // Keep later stamps above this one. When the floor is beyond
                 // the drift bound the clock refuses to move, which is the
                 // point of the bound; the write still wins its key.
                 let _ = self
                     .hlc
                     .update_with_timestamp(&Timestamp::new(NTP64(time), *self.hlc.get_id()));
-                Ok(version)
+                time
             }
-            _ => Ok(version),
+            _ => now,
+        };
+        let mut last = self.last_issued.load(Ordering::Relaxed);
+        loop {
+            let time = if wanted > last {
+                wanted
+            } else {
+                last.checked_add(1)
+                    .ok_or(ClockError::Exhausted(Version::new(last, self.id)))?
+            };
+            match self.last_issued.compare_exchange_weak(
+                last,
+                time,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(Version::new(time, self.id)),
+                Err(seen) => last = seen,
+            }
         }
     }
 }
@@ -175,6 +198,18 @@ mod tests {
         let v = c.stamp_after(Some(future)).unwrap();
         assert!(v > future);
         assert!(c.stamp_after(Some(v)).unwrap() > v);
+    }
+
+    /// Found by the simulator: two map writes over the same far-future
+    /// floor got one version (so one dot) between them.
+    #[test]
+    fn stamps_over_the_same_far_floor_stay_distinct() {
+        let c = clock();
+        let future = Version::new(c.now() + (3600u64 << 32), u64::MAX);
+        let a = c.stamp_after(Some(future)).unwrap();
+        let b = c.stamp_after(Some(future)).unwrap();
+        assert!(a > future && b > a);
+        assert!(c.stamp_after(None).unwrap() > b);
     }
 
     #[test]
