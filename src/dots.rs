@@ -79,6 +79,20 @@ impl Dots {
         }
     }
 
+    /// The dots of node `node` as incarnation `incarnation`, drawn by the
+    /// caller: for a shell that must draw incarnations deterministically
+    /// (the simulator) instead of from this process's physical clock.
+    pub fn with_incarnation(node: u64, incarnation: u64, capacity: usize) -> Self {
+        Self {
+            node,
+            capacity: capacity.max(1),
+            table: Mutex::new(Table {
+                incarnation,
+                last: HashMap::new(),
+            }),
+        }
+    }
+
     /// How many counters an incarnation issues increments for.
     pub fn capacity(&self) -> usize {
         self.capacity

@@ -94,6 +94,8 @@ impl ActorCount {
             // greater so that merge stays a join.
             let slot = self.pending.entry(seq).or_insert(delta);
             *slot = (*slot).max(delta);
+        } else if planted_counts_twice() {
+            self.sum = self.sum.saturating_add(i128::from(delta));
         }
     }
 
@@ -137,6 +139,18 @@ impl ActorCount {
         }
         d
     }
+}
+
+/// The simulator's planted bug: an increment delivered again is counted
+/// again.
+#[cfg(test)]
+fn planted_counts_twice() -> bool {
+    crate::sim::planted::is(crate::sim::planted::Bug::DuplicateCountedTwice)
+}
+
+#[cfg(not(test))]
+fn planted_counts_twice() -> bool {
+    false
 }
 
 /// The hash of a counter's dot summary: xxh3-128 with [`COUNTER_SEED`] of

@@ -9,7 +9,7 @@ use super::time;
 use super::world::World;
 use crate::clock::ntp64;
 use crate::coordinator::{Consistency, Read};
-use crate::crdt::{Entry, Payload, Version};
+use crate::crdt::{Actor, Entry, Payload, Version};
 
 /// One broken rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +42,23 @@ pub fn check(world: &World) -> Vec<Violation> {
                 what,
             })
         };
+        let now = time::true_ntp64(world.now());
+        if ops.iter().any(|op| {
+            matches!(
+                op.kind,
+                OpKind::MapSet { .. } | OpKind::MapRemove { .. } | OpKind::MapGet
+            )
+        }) {
+            check_map(history, ops, fin.as_ref(), now, &mut bad);
+            continue;
+        }
+        if ops
+            .iter()
+            .any(|op| matches!(op.kind, OpKind::Increment { .. } | OpKind::GetCounter))
+        {
+            check_counter(history, ops, fin.as_ref(), now, &mut bad);
+            continue;
+        }
         for w in ops.iter().filter(|op| op.is_write()) {
             let Some((_, written)) = w.written() else {
                 continue;
@@ -85,6 +102,258 @@ pub fn check(world: &World) -> Vec<Violation> {
     }
     uncollected(world, &mut found);
     found
+}
+
+/// One MapSet's add of one field, from the delta it built.
+struct SetAdd<'a> {
+    op: &'a OpRecord,
+    field: String,
+    actor: Actor,
+    time: u64,
+    value: String,
+}
+
+/// Every stamped MapSet's adds.
+fn set_adds<'a>(ops: &[&'a OpRecord]) -> Vec<SetAdd<'a>> {
+    let mut adds = Vec::new();
+    for op in ops {
+        let (
+            OpKind::MapSet { .. },
+            Some(Entry {
+                payload: Payload::Map(m),
+                ..
+            }),
+        ) = (&op.kind, &op.delta)
+        else {
+            continue;
+        };
+        for (name, field) in m.fields() {
+            for add in field.adds() {
+                adds.push(SetAdd {
+                    op,
+                    field: name.to_string(),
+                    actor: add.actor,
+                    time: add.time,
+                    value: add.value.to_string(),
+                });
+            }
+        }
+    }
+    adds
+}
+
+/// Whether write `x` (a MapSet or MapRemove) observed `add` and so
+/// supersedes or removes it: its delta's context of the field covers the
+/// add's dot.
+fn covers(x: &OpRecord, add: &SetAdd) -> bool {
+    x.id != add.op.id
+        && matches!(&x.delta, Some(Entry { payload: Payload::Map(m), .. })
+            if m.field(&add.field).is_some_and(|f| f
+                .context()
+                .iter()
+                .any(|(a, t)| *a == add.actor && *t >= add.time)))
+}
+
+/// Whether `op` was acknowledged and a copy of it survived.
+fn acknowledged(history: &History, op: &OpRecord) -> bool {
+    op.written().is_some() && !history.is_lost(op.id)
+}
+
+/// A map's rules: after the heal the converged map holds a field exactly
+/// when some set of it is not removed or superseded by a write that
+/// observed it. Precisely, for every field value the map holds, its MapSet
+/// exists and no acknowledged (surviving) write observed and superseded
+/// it; and every acknowledged (surviving) MapSet that no stamped write
+/// observed is held (its field present). Indeterminate writes and writes
+/// whose every copy was lost may go either way. Every value a MapGet read
+/// was set by a MapSet of that field, and the reads after the heal find
+/// the converged map.
+fn check_map(
+    history: &History,
+    ops: &[&OpRecord],
+    fin: Option<&Entry>,
+    now: u64,
+    bad: &mut impl FnMut(String),
+) {
+    let finals = match crate::crdt::ops::read_map(fin, now, &[]) {
+        Ok(fields) => fields.unwrap_or_default(),
+        Err(e) => return bad(format!("the replicas converged on something else: {e}")),
+    };
+    let adds = set_adds(ops);
+    let writes: Vec<&OpRecord> = ops
+        .iter()
+        .copied()
+        .filter(|op| op.delta.is_some())
+        .collect();
+    for (field, value) in &finals {
+        let Some(add) = adds.iter().find(|a| a.field == *field && a.value == *value) else {
+            bad(format!(
+                "the replicas converged on {field}={value}, which no client set"
+            ));
+            continue;
+        };
+        if let Some(x) = writes
+            .iter()
+            .find(|x| acknowledged(history, x) && covers(x, add))
+        {
+            bad(format!(
+                "{field}={value} of #{} survives acknowledged #{}, which observed it",
+                add.op.id, x.id
+            ));
+        }
+    }
+    for add in adds.iter().filter(|a| acknowledged(history, a.op)) {
+        if !finals.contains_key(&add.field) && !writes.iter().any(|x| covers(x, add)) {
+            bad(format!(
+                "acknowledged #{} set {}={}, which no write observed, but the converged map \
+                 lacks the field",
+                add.op.id, add.field, add.value
+            ));
+        }
+    }
+    for r in ops.iter().filter(|op| op.kind == OpKind::MapGet) {
+        let Some((ended, OpResult::MapRead { fields, .. })) = &r.ended else {
+            continue;
+        };
+        for (field, value) in fields.iter().flatten() {
+            if !adds
+                .iter()
+                .any(|a| a.field == *field && a.value == *value && a.op.invoked <= *ended)
+            {
+                bad(format!(
+                    "read #{} found {field}={value}, which no client set before",
+                    r.id
+                ));
+            }
+        }
+        if r.after_heal && fields.clone().unwrap_or_default() != finals {
+            bad(format!(
+                "read #{} after the heal found {fields:?}, the replicas hold {finals:?}",
+                r.id
+            ));
+        }
+    }
+}
+
+/// A counter's rules: after the heal the converged counter counts each
+/// increment at most once and every acknowledged (surviving) increment
+/// exactly once: the dots it holds are dots of stamped increments, those
+/// of acknowledged surviving increments among them, and its value is the
+/// sum of their deltas. So the value lies between the acknowledged sum
+/// plus the negative indeterminate deltas and that sum plus the positive
+/// ones. Every value a GetCounter read is within the sums of the negative
+/// and positive increments stamped before it ended, and the reads after
+/// the heal find the converged value.
+fn check_counter(
+    history: &History,
+    ops: &[&OpRecord],
+    fin: Option<&Entry>,
+    now: u64,
+    bad: &mut impl FnMut(String),
+) {
+    let value = match crate::crdt::ops::read_counter(fin, now) {
+        Ok(value) => value,
+        Err(e) => return bad(format!("the replicas converged on something else: {e}")),
+    };
+    let mut dots: BTreeMap<(Actor, u64), (&OpRecord, i64)> = BTreeMap::new();
+    for op in ops {
+        let (
+            OpKind::Increment { delta },
+            Some(Entry {
+                payload: Payload::Counter(c),
+                ..
+            }),
+        ) = (&op.kind, &op.delta)
+        else {
+            continue;
+        };
+        for dot in counter_dots(c) {
+            dots.insert(dot, (op, *delta));
+        }
+    }
+    let (mut low, mut high, mut acked) = (0i128, 0i128, 0i128);
+    for (op, delta) in dots.values() {
+        let d = i128::from(*delta);
+        if acknowledged(history, op) {
+            acked += d;
+        } else if d < 0 {
+            low += d;
+        } else {
+            high += d;
+        }
+    }
+    let held = match fin {
+        Some(Entry {
+            payload: Payload::Counter(c),
+            ..
+        }) => counter_dots(c),
+        _ => Vec::new(),
+    };
+    let mut sum = 0i128;
+    for dot in &held {
+        match dots.get(dot) {
+            Some((_, delta)) => sum += i128::from(*delta),
+            None => bad(format!(
+                "the converged counter holds increment {dot:?}, which no client issued"
+            )),
+        }
+    }
+    let value = value.unwrap_or(0);
+    if value != sum {
+        bad(format!(
+            "the converged counter reads {value}, but the increments it holds sum to {sum}"
+        ));
+    }
+    for (dot, (op, _)) in &dots {
+        if acknowledged(history, op) && !held.contains(dot) {
+            bad(format!(
+                "acknowledged increment #{} ({dot:?}) is not counted",
+                op.id
+            ));
+        }
+    }
+    if value < acked + low || value > acked + high {
+        bad(format!(
+            "the converged counter reads {value}, outside {}..={} (acknowledged {acked})",
+            acked + low,
+            acked + high
+        ));
+    }
+    for r in ops.iter().filter(|op| op.kind == OpKind::GetCounter) {
+        let Some((ended, OpResult::CounterRead { value: read, .. })) = &r.ended else {
+            continue;
+        };
+        let before = dots.values().filter(|(op, _)| op.invoked <= *ended);
+        let (lo, hi) = before.fold((0i128, 0i128), |(lo, hi), (_, d)| {
+            let d = i128::from(*d);
+            (lo + d.min(0), hi + d.max(0))
+        });
+        let got = read.unwrap_or(0);
+        if got < lo || got > hi {
+            bad(format!(
+                "read #{} found {got}, outside {lo}..={hi}, the sums of the increments \
+                 issued before it ended",
+                r.id
+            ));
+        }
+        if r.after_heal && got != value {
+            bad(format!(
+                "read #{} after the heal found {got}, the replicas hold {value}",
+                r.id
+            ));
+        }
+    }
+}
+
+/// The dots a counter (or an increment's delta) counts: per actor its run
+/// without gaps and the increments past a gap.
+pub fn counter_dots(c: &crate::crdt::PnCounter) -> Vec<(Actor, u64)> {
+    let mut dots = Vec::new();
+    for (actor, count) in c.actors() {
+        dots.extend((1..=count.upto()).map(|seq| (actor, seq)));
+        dots.extend(count.pending().map(|(seq, _)| (actor, seq)));
+    }
+    dots
 }
 
 /// The operations of each key, in invocation order.

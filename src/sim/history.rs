@@ -28,6 +28,8 @@ pub struct OpRecord {
     pub invoked: u64,
     /// The version a write was stamped with, once stamped.
     pub stamped: Option<Version>,
+    /// The delta a map or counter write built, once stamped.
+    pub delta: Option<crate::crdt::Entry>,
     /// When and how it ended; `None` while pending or when its coordinator
     /// crashed first (indeterminate).
     pub ended: Option<(u64, OpResult)>,
@@ -36,9 +38,9 @@ pub struct OpRecord {
 }
 
 impl OpRecord {
-    /// Whether it writes (Set or Delete).
+    /// Whether it writes (Set, Delete, MapSet, MapRemove, Increment).
     pub fn is_write(&self) -> bool {
-        self.kind != OpKind::Get
+        self.kind.is_write()
     }
 
     /// Whether it was acknowledged: its result, if a successful write.
@@ -55,7 +57,7 @@ impl OpRecord {
         match &self.kind {
             OpKind::Delete => true,
             OpKind::Set { ttl_ms, .. } => *ttl_ms > 0,
-            OpKind::Get => false,
+            _ => false,
         }
     }
 }
@@ -189,6 +191,14 @@ fn describe(op: &OpRecord) -> String {
         OpKind::Set { value, ttl_ms } => format!("set {}={value} ttl {ttl_ms}ms", op.key),
         OpKind::Delete => format!("delete {}", op.key),
         OpKind::Get => format!("get {}", op.key),
+        OpKind::MapSet { fields } => {
+            let set: Vec<String> = fields.iter().map(|(n, v)| format!("{n}={v}")).collect();
+            format!("map-set {} {}", op.key, set.join(","))
+        }
+        OpKind::MapRemove { fields } => format!("map-remove {} {}", op.key, fields.join(",")),
+        OpKind::MapGet => format!("map-get {}", op.key),
+        OpKind::Increment { delta } => format!("increment {} by {delta}", op.key),
+        OpKind::GetCounter => format!("get-counter {}", op.key),
     };
     let heal = if op.after_heal { " (after heal)" } else { "" };
     format!("{what} at {}{heal}", op.level.name())
@@ -202,6 +212,22 @@ fn outcome(result: &OpResult) -> String {
             read.value.as_deref().unwrap_or("<none>"),
             read.version
         ),
+        OpResult::MapRead {
+            fields: None,
+            replicas,
+        } => format!("read no map from {replicas} replicas"),
+        OpResult::MapRead {
+            fields: Some(fields),
+            replicas,
+        } => {
+            let read: Vec<String> = fields.iter().map(|(n, v)| format!("{n}={v}")).collect();
+            format!("read {{{}}} from {replicas} replicas", read.join(","))
+        }
+        OpResult::CounterRead { value, replicas } => match value {
+            Some(v) => format!("read {v} from {replicas} replicas"),
+            None => format!("read no counter from {replicas} replicas"),
+        },
+        OpResult::Unchanged => "ok: none of the fields was there, nothing written".into(),
         OpResult::Failed(e) => format!("failed: {e}"),
     }
 }

@@ -43,8 +43,12 @@ pub struct Config {
     pub joiners: usize,
     /// Keys the workload touches.
     pub keys: usize,
-    /// Client operations.
+    /// Client operations on strings.
     pub ops: usize,
+    /// Map keys, and as many counter keys, the typed workload touches.
+    pub typed_keys: usize,
+    /// Client operations on maps and counters.
+    pub typed_ops: usize,
     /// How long faults are injected and operations issued.
     pub chaos: Duration,
     /// How long the cluster runs healed before the final check.
@@ -54,14 +58,18 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// Five nodes (and one that may join), replication factor 3, twelve keys,
-    /// 300 operations over 20 seconds of faults, then 12 seconds healed.
+    /// Five nodes (and one that may join), replication factor 3, twelve
+    /// string keys, three map and three counter keys, 300 string and 150
+    /// map and counter operations over 20 seconds of faults, then 12
+    /// seconds healed.
     fn default() -> Self {
         Self {
             nodes: 5,
             joiners: 1,
             keys: 12,
             ops: 300,
+            typed_keys: 3,
+            typed_ops: 150,
             chaos: Duration::from_secs(20),
             settle: Duration::from_secs(12),
             settings: Settings {
@@ -136,7 +144,16 @@ pub fn run(seed: u64, config: &Config) -> Outcome {
     let mut workload = rng.fork();
     let mut nemesis = rng.fork();
     let network = rng.fork();
-    let ops = schedule::workload(&mut workload, config.ops, config.keys, config.chaos);
+    let mut ops = schedule::workload(&mut workload, config.ops, config.keys, config.chaos);
+    // Forked after the string workload is drawn, so that it stays the same.
+    let mut typed = workload.fork();
+    ops.extend(schedule::typed_workload(
+        &mut typed,
+        config.typed_ops,
+        config.typed_keys,
+        config.chaos,
+    ));
+    ops.sort_by_key(|op| op.at);
     let faults = schedule::faults(&mut nemesis, config.chaos, config.settings.max_clock_drift);
     let mut world = World::new(config.clone(), network);
     world.run(ops, faults);

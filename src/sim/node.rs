@@ -23,7 +23,8 @@ use crate::coordinator::{
     tombstone_entry, value_entry, Answer, Consistency, Decision, Read, ReadCall, ReadOne, Route,
     Topology, WriteCall, Written,
 };
-use crate::crdt::{Entry, Version};
+use crate::crdt::{ops, Entry, Version};
+use crate::dots::{Dots, DEFAULT_CAPACITY};
 use crate::replication::{apply_deltas, entry_size, BatchLimits, Batcher, Hint, HintLimits, Hints};
 use crate::store::{Key, Store};
 
@@ -79,7 +80,47 @@ pub enum OpKind {
     Delete,
     /// Read the key.
     Get,
+    /// Set fields of the map at the key.
+    MapSet {
+        /// Field names and values (values unique per operation).
+        fields: Vec<(String, String)>,
+    },
+    /// Remove fields of the map at the key (the values this coordinator
+    /// sees).
+    MapRemove {
+        /// Field names.
+        fields: Vec<String>,
+    },
+    /// Read every field of the map at the key.
+    MapGet,
+    /// Add `delta` to the counter at the key.
+    Increment {
+        /// The amount, possibly negative.
+        delta: i64,
+    },
+    /// Read the counter at the key.
+    GetCounter,
 }
+
+impl OpKind {
+    /// Whether it writes.
+    pub fn is_write(&self) -> bool {
+        !matches!(self, OpKind::Get | OpKind::MapGet | OpKind::GetCounter)
+    }
+
+    /// Whether it is a map or counter write, which builds on the key's
+    /// state and so first reads it where its coordinator is no replica.
+    fn observes(&self) -> bool {
+        matches!(
+            self,
+            OpKind::MapSet { .. } | OpKind::MapRemove { .. } | OpKind::Increment { .. }
+        )
+    }
+}
+
+/// The size a simulated map may reach (`--max-value-bytes`): far above
+/// what the workload's few short fields need.
+pub const MAP_LIMIT: usize = 64 * 1024;
 
 /// How a client operation ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +134,24 @@ pub enum OpResult {
         /// Replicas whose answers it joined.
         replicas: usize,
     },
+    /// A map read answered: the fields (`None`: no map), having joined
+    /// `replicas` answers.
+    MapRead {
+        /// The fields read.
+        fields: Option<BTreeMap<String, String>>,
+        /// Replicas whose answers it joined.
+        replicas: usize,
+    },
+    /// A counter read answered: the value (`None`: no counter), having
+    /// joined `replicas` answers.
+    CounterRead {
+        /// The value read.
+        value: Option<i128>,
+        /// Replicas whose answers it joined.
+        replicas: usize,
+    },
+    /// A map removal found none of its fields and wrote nothing.
+    Unchanged,
     /// The request failed with this error.
     Failed(String),
 }
@@ -187,6 +246,9 @@ pub enum Out {
         op: usize,
         /// Its version.
         version: Version,
+        /// The delta a map or counter write built (its dots and contexts),
+        /// which the checker needs to tell what it adds, removes or counts.
+        delta: Option<Entry>,
     },
     /// A client operation ended.
     Done {
@@ -224,8 +286,8 @@ struct Queue {
 /// A client request in progress at its coordinator.
 enum Call {
     Write { op: usize, call: WriteCall },
-    ReadMany { op: usize, key: Key, call: ReadCall },
-    ReadOne { op: usize, key: Key, call: ReadOne },
+    ReadMany { op: ClientOp, call: ReadCall },
+    ReadOne { op: ClientOp, call: ReadOne },
 }
 
 /// A peer call in flight, and what its answer is for.
@@ -278,6 +340,7 @@ pub struct SimNode {
     /// Its replica.
     pub store: Store,
     clock: Clock,
+    dots: Dots,
     topology: Arc<Topology>,
     queues: BTreeMap<String, Queue>,
     hints: Hints,
@@ -300,19 +363,26 @@ pub struct SimNode {
 
 impl SimNode {
     /// A node `id` starting empty at `now` with `topology`: ready when it
-    /// starts a cluster, syncing when it joins one (or restarts).
+    /// starts a cluster, syncing when it joins one (or restarts). Each
+    /// start is a new actor for maps and counters: its incarnation is its
+    /// clock's time, or just after `last_incarnation` (its previous life's)
+    /// when that is later, as production draws one per process.
     pub fn start(
         id: &str,
         settings: Settings,
         topology: Topology,
         ready: bool,
         now: Instant,
+        last_incarnation: u64,
     ) -> Self {
+        let clock = Clock::new(id, super::time::physical, settings.max_clock_drift);
+        let incarnation = clock.now().max(last_incarnation.saturating_add(1));
         let mut node = Self {
             id: id.to_string(),
             settings,
             store: Store::new(settings.partitions),
-            clock: Clock::new(id, super::time::physical, settings.max_clock_drift),
+            dots: Dots::with_incarnation(clock.id(), incarnation, DEFAULT_CAPACITY),
+            clock,
             topology: Arc::new(topology),
             queues: BTreeMap::new(),
             hints: Hints::new(settings.hints),
@@ -347,6 +417,11 @@ impl SimNode {
             timer: Timer::Hints,
         });
         node
+    }
+
+    /// The incarnation of this life of the node: its actor's.
+    pub fn incarnation(&self) -> u64 {
+        self.dots.incarnation()
     }
 
     /// Sets the instant the next handler runs at.
@@ -385,14 +460,94 @@ impl SimNode {
         match &op.kind {
             OpKind::Set { value, ttl_ms } => {
                 let (value, ttl_ms) = (value.clone(), *ttl_ms);
-                self.write(op.id, &op.key, op.level, |clock, stored| {
+                self.write(op.id, &op.key, op.level, |clock, _, stored| {
                     value_entry(clock, stored, &value, ttl_ms)
                 });
             }
             OpKind::Delete => {
-                self.write(op.id, &op.key, op.level, tombstone_entry);
+                self.write(op.id, &op.key, op.level, |clock, _, stored| {
+                    tombstone_entry(clock, stored)
+                });
             }
-            OpKind::Get => self.read(op),
+            kind if kind.observes() => {
+                let replica = self
+                    .topology
+                    .replicas(&op.key)
+                    .iter()
+                    .any(|r| **r == *self.id);
+                if op.level == Consistency::Local || replica {
+                    self.build(op, None);
+                } else {
+                    // Where the coordinator is no replica, production first
+                    // reads the key at ONE (`observe`), then builds on it.
+                    self.read_one(op);
+                }
+            }
+            _ => self.read(op),
+        }
+    }
+
+    /// A map or counter write, built as the production coordinator builds
+    /// it on the key's stored entry, or on `observed` (what a replica held,
+    /// read first where this node is not one).
+    fn build(&mut self, op: ClientOp, observed: Option<Option<Entry>>) {
+        let seen = observed.clone().flatten();
+        let (id, key, level) = (op.id, op.key.clone(), op.level);
+        match op.kind {
+            OpKind::MapSet { fields } => {
+                let fields: Vec<(&str, &str)> = fields
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                self.write(id, &key, level, |clock, dots, stored| {
+                    let stored = stored.or(seen.as_ref());
+                    let version = clock.stamp_after(stored.map(|e| e.version))?;
+                    let incarnation = dots.incarnation();
+                    let now = clock.now();
+                    Ok(ops::map_set(
+                        stored,
+                        now,
+                        &fields,
+                        version,
+                        incarnation,
+                        MAP_LIMIT,
+                    )?)
+                });
+            }
+            OpKind::MapRemove { fields } => {
+                let names: Vec<&str> = fields.iter().map(String::as_str).collect();
+                let now = self.clock.now();
+                let removes = match &observed {
+                    Some(seen) => ops::removes_any(seen.as_ref(), now, &names),
+                    None => self
+                        .store
+                        .peek(&key, |e| ops::removes_any(Some(e), now, &names))
+                        .unwrap_or(Ok(false)),
+                };
+                match removes {
+                    Err(e) => return self.done(id, OpResult::Failed(e.to_string())),
+                    Ok(false) => return self.done(id, OpResult::Unchanged),
+                    Ok(true) => {}
+                }
+                self.write(id, &key, level, |clock, _, stored| {
+                    let stored = stored.or(seen.as_ref());
+                    let version = clock.stamp_after(stored.map(|e| e.version))?;
+                    Ok(ops::map_remove(stored, clock.now(), &names, version)?)
+                });
+            }
+            OpKind::Increment { delta } => {
+                let key_name = key.clone();
+                self.write(id, &key, level, |clock, dots, stored| {
+                    let stored = stored.or(seen.as_ref());
+                    let version = clock.stamp_after(stored.map(|e| e.version))?;
+                    let now = clock.now();
+                    let (entry, _) = ops::increment(stored, now, delta, version, |g, c| {
+                        dots.next_increment(&key_name, g, c, now)
+                    })?;
+                    Ok(entry)
+                });
+            }
+            _ => {}
         }
     }
 
@@ -401,19 +556,25 @@ impl SimNode {
         op: usize,
         key: &Key,
         level: Consistency,
-        make: impl FnOnce(&Clock, Option<&Entry>) -> Result<Entry, crate::error::Error>,
+        make: impl FnOnce(&Clock, &Dots, Option<&Entry>) -> Result<Entry, crate::error::Error>,
     ) {
-        let clock = &self.clock;
+        let (clock, dots) = (&self.clock, &self.dots);
         let started = WriteCall::start(&self.id, &self.topology, &self.store, key, level, |s| {
-            make(clock, s)
+            make(clock, dots, s)
         });
         let (call, routes) = match started {
             Ok(started) => started,
             Err(e) => return self.done(op, OpResult::Failed(e.to_string())),
         };
+        let entry = call.entry();
         self.out.push(Out::Stamped {
             op,
-            version: call.entry().version,
+            version: entry.version,
+            delta: matches!(
+                entry.payload,
+                crate::crdt::Payload::Map(_) | crate::crdt::Payload::Counter(_)
+            )
+            .then(|| entry.clone()),
         });
         let id = self.next_id();
         for (replica, route) in routes {
@@ -436,28 +597,17 @@ impl SimNode {
     fn read(&mut self, op: ClientOp) {
         match op.level {
             Consistency::Local => {
-                let read = Read::of(self.store.get(&op.key), self.clock.now());
-                self.done(op.id, OpResult::Read { read, replicas: 1 });
+                let entry = self.store.get(&op.key);
+                self.read_done(op, Ok(entry), 1);
             }
-            Consistency::One => {
-                let call = ReadOne::start(&self.id, &self.topology, &op.key);
-                let id = self.next_id();
-                self.calls.insert(
-                    id,
-                    Call::ReadOne {
-                        op: op.id,
-                        key: op.key,
-                        call,
-                    },
-                );
-                self.read_one_next(id);
-            }
+            Consistency::One => self.read_one(op),
             Consistency::Quorum | Consistency::All => {
                 let (call, ask) =
                     ReadCall::start(&self.id, &self.topology, &self.store, &op.key, op.level);
                 let id = self.next_id();
+                let key = op.key.clone();
                 for replica in ask {
-                    let req = Req::Read(op.key.clone());
+                    let req = Req::Read(key.clone());
                     self.call(
                         &replica.clone(),
                         Rpc::Read {
@@ -467,36 +617,67 @@ impl SimNode {
                         req,
                     );
                 }
-                self.calls.insert(
-                    id,
-                    Call::ReadMany {
-                        op: op.id,
-                        key: op.key,
-                        call,
-                    },
-                );
+                self.calls.insert(id, Call::ReadMany { op, call });
                 self.timer(self.settings.request_timeout, Timer::Call(id));
                 self.settle_read(id);
             }
         }
     }
 
+    /// Starts a read at ONE: a client's, or a write's `observe`.
+    fn read_one(&mut self, op: ClientOp) {
+        let call = ReadOne::start(&self.id, &self.topology, &op.key);
+        let id = self.next_id();
+        self.calls.insert(id, Call::ReadOne { op, call });
+        self.read_one_next(id);
+    }
+
+    /// What a read found, or why it found nothing: the client's answer, as
+    /// the production coordinator makes it of the entry, or, for a write
+    /// that observed the key first, the write built on it. A write at ONE
+    /// that no replica answered builds on nothing, as production's does.
+    fn read_done(&mut self, op: ClientOp, entry: Result<Option<Entry>, String>, replicas: usize) {
+        let now = self.clock.now();
+        let result = match (&op.kind, entry) {
+            (kind, Ok(entry)) if kind.is_write() => return self.build(op, Some(entry)),
+            (kind, Err(_)) if kind.is_write() && op.level == Consistency::One => {
+                return self.build(op, Some(None))
+            }
+            (_, Err(e)) => OpResult::Failed(e),
+            (OpKind::MapGet, Ok(entry)) => match ops::read_map(entry.as_ref(), now, &[]) {
+                Ok(fields) => OpResult::MapRead { fields, replicas },
+                Err(e) => OpResult::Failed(e.to_string()),
+            },
+            (OpKind::GetCounter, Ok(entry)) => match ops::read_counter(entry.as_ref(), now) {
+                Ok(value) => OpResult::CounterRead { value, replicas },
+                Err(e) => OpResult::Failed(e.to_string()),
+            },
+            (_, Ok(entry)) => OpResult::Read {
+                read: Read::of(entry, now),
+                replicas,
+            },
+        };
+        self.done(op.id, result);
+    }
+
     /// Asks the next replica of a ONE read, or answers from this node.
     fn read_one_next(&mut self, id: u64) {
-        let Some(Call::ReadOne { op, key, call }) = self.calls.get_mut(&id) else {
+        let Some(Call::ReadOne { op, call }) = self.calls.get_mut(&id) else {
             return;
         };
-        let (op, key) = (*op, key.clone());
+        let key = op.key.clone();
         match call.next_replica() {
             None => {
                 let error = call.unavailable().to_string();
-                self.calls.remove(&id);
-                self.done(op, OpResult::Failed(error));
+                if let Some(Call::ReadOne { op, .. }) = self.calls.remove(&id) {
+                    self.read_done(op, Err(error), 0);
+                }
             }
             Some(replica) if *replica == *self.id => {
-                self.calls.remove(&id);
-                let read = Read::of(self.store.get(&key), self.clock.now());
-                self.done(op, OpResult::Read { read, replicas: 1 });
+                if let Some(Call::ReadOne { op, .. }) = self.calls.remove(&id) {
+                    let entry = self.store.get(&key);
+                    self.read_done(op, Ok(entry), 1);
+                }
             }
             Some(replica) => {
                 self.call(
@@ -521,27 +702,20 @@ impl SimNode {
     }
 
     fn finish_read(&mut self, id: u64, waiting: &str) {
-        let Some(Call::ReadMany { op, key, call }) = self.calls.remove(&id) else {
+        let Some(Call::ReadMany { op, call }) = self.calls.remove(&id) else {
             return;
         };
         match call.finish(waiting) {
-            Err(e) => self.done(op, OpResult::Failed(e.to_string())),
+            Err(e) => self.done(op.id, OpResult::Failed(e.to_string())),
             Ok(found) => {
                 for (replica, newest) in found.repairs {
                     if *replica == *self.id {
-                        self.store.merge(&key, newest);
+                        self.store.merge(&op.key, newest);
                     } else {
-                        self.push(&replica, key.clone(), newest, None);
+                        self.push(&replica, op.key.clone(), newest, None);
                     }
                 }
-                let read = Read::of(found.entry, self.clock.now());
-                self.done(
-                    op,
-                    OpResult::Read {
-                        read,
-                        replicas: found.replicas,
-                    },
-                );
+                self.read_done(op, Ok(found.entry), found.replicas);
             }
         }
     }
@@ -706,12 +880,11 @@ impl SimNode {
 
     fn read_answer(&mut self, id: u64, peer: &Arc<str>, entry: Result<Option<Entry>, String>) {
         match self.calls.get_mut(&id) {
-            Some(Call::ReadOne { op, call, .. }) => match entry {
+            Some(Call::ReadOne { call, .. }) => match entry {
                 Ok(entry) => {
-                    let op = *op;
-                    self.calls.remove(&id);
-                    let read = Read::of(entry, self.clock.now());
-                    self.done(op, OpResult::Read { read, replicas: 1 });
+                    if let Some(Call::ReadOne { op, .. }) = self.calls.remove(&id) {
+                        self.read_done(op, Ok(entry), 1);
+                    }
                 }
                 Err(why) => {
                     call.failed(peer, why);
@@ -997,10 +1170,20 @@ impl SimNode {
     /// The greatest version of `key` this node holds anywhere: in its store,
     /// its delta queues, its hints, or peer calls it may still retry.
     pub fn greatest_copy(&self, key: &str) -> Option<Version> {
-        let mut best = self.store.get(key).map(|e| e.version);
+        let mut best: Option<Version> = None;
+        self.each_copy(key, |e| best = best.max(Some(e.version)));
+        best
+    }
+
+    /// Calls `f` with every copy of `key` this node holds: in its store, its
+    /// delta queues, its hints, or peer calls it may still retry.
+    pub fn each_copy(&self, key: &str, mut f: impl FnMut(&Entry)) {
+        if let Some(e) = self.store.get(key) {
+            f(&e);
+        }
         let mut see = |k: &str, e: &Entry| {
-            if k == key && best.is_none_or(|b| e.version > b) {
-                best = Some(e.version);
+            if k == key {
+                f(e);
             }
         };
         for q in self.queues.values() {
@@ -1018,7 +1201,6 @@ impl SimNode {
                 _ => {}
             }
         }
-        best
     }
 
     /// Whether nothing waits to be sent: no deltas queued or in flight, no

@@ -13,6 +13,9 @@ pub enum Bug {
     /// Settled entries are collected without waiting for every replica to
     /// confirm that it holds them.
     CollectUnacknowledged,
+    /// A counter increment delivered again (a duplicate, a retry, a
+    /// repair) is counted again.
+    DuplicateCountedTwice,
 }
 
 thread_local! {

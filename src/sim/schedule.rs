@@ -15,7 +15,8 @@ pub struct Planned {
     pub at: u64,
     /// Picks the coordinator among the nodes up at `at`.
     pub pick: u64,
-    /// The key's index.
+    /// The key's index (among the keys of its kind: strings, maps or
+    /// counters).
     pub key: usize,
     /// What it does.
     pub kind: OpKind,
@@ -128,6 +129,79 @@ pub fn workload(rng: &mut Rng, count: usize, keys: usize, window: Duration) -> V
                     _ => Consistency::All,
                 };
                 (OpKind::Get, level)
+            };
+            Planned {
+                at,
+                pick,
+                key,
+                kind,
+                level,
+            }
+        })
+        .collect();
+    ops.sort_by_key(|op| op.at);
+    ops
+}
+
+/// The fields the map workload sets and removes: few, so that sets and
+/// removals of one field conflict.
+const FIELDS: [&str; 4] = ["a", "b", "c", "d"];
+
+/// The map and counter workload: `count` operations over `keys` map keys
+/// and `keys` counter keys (their own, so kinds never collide) spread over
+/// `window`: per type, 40% writes that add (MapSet of 1 to 3 fields,
+/// Increment by -3 to 5, never 0), 20% MapRemove of 1 or 2 fields (maps) or
+/// more increments (counters), 40% reads. Writes at ONE, QUORUM and ALL,
+/// reads also at LOCAL. Drawn from its own stream, so a seed's string
+/// workload does not change with it. Map values are filled in when invoked.
+pub fn typed_workload(rng: &mut Rng, count: usize, keys: usize, window: Duration) -> Vec<Planned> {
+    let window_us = window.as_micros() as u64;
+    let mut ops: Vec<Planned> = (0..count)
+        .map(|_| {
+            let at = rng.below(window_us);
+            let pick = rng.next_u64();
+            let key = rng.below(keys as u64) as usize;
+            let map = rng.percent(50);
+            let roll = rng.below(100);
+            let (kind, level) = if roll < 60 {
+                let kind = if map && roll < 40 {
+                    let mut fields: Vec<(String, String)> = Vec::new();
+                    for _ in 0..rng.between(1, 4) {
+                        let name = FIELDS[rng.below(FIELDS.len() as u64) as usize];
+                        if !fields.iter().any(|(n, _)| n == name) {
+                            fields.push((name.to_string(), String::new()));
+                        }
+                    }
+                    OpKind::MapSet { fields }
+                } else if map {
+                    let mut fields: Vec<String> = Vec::new();
+                    for _ in 0..rng.between(1, 3) {
+                        let name = FIELDS[rng.below(FIELDS.len() as u64) as usize];
+                        if !fields.iter().any(|n| n == name) {
+                            fields.push(name.to_string());
+                        }
+                    }
+                    OpKind::MapRemove { fields }
+                } else {
+                    let delta = rng.between(0, 8) as i64 - 3;
+                    OpKind::Increment {
+                        delta: if delta == 0 { 1 } else { delta },
+                    }
+                };
+                (kind, write_level(rng))
+            } else {
+                let level = match rng.below(10) {
+                    0 => Consistency::Local,
+                    1..=3 => Consistency::One,
+                    4..=6 => Consistency::Quorum,
+                    _ => Consistency::All,
+                };
+                let kind = if map {
+                    OpKind::MapGet
+                } else {
+                    OpKind::GetCounter
+                };
+                (kind, level)
             };
             Planned {
                 at,

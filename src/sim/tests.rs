@@ -32,3 +32,10 @@ fn collecting_without_acknowledgement_is_caught() {
         .expect("the planted bug went unnoticed for 200 seeds");
     assert!(failed.report().contains("replay: make sim SEEDS=1 SEED="));
 }
+
+#[test]
+fn counting_a_duplicate_increment_twice_is_caught() {
+    let failed = first_failure(planted::Bug::DuplicateCountedTwice)
+        .expect("the planted bug went unnoticed for 200 seeds");
+    assert!(failed.report().contains("replay: make sim SEEDS=1 SEED="));
+}

@@ -39,6 +39,7 @@ enum Event {
     FinalRead {
         node: usize,
         key: usize,
+        kind: OpKind,
     },
     Fault(PlannedFault),
     Heal(Heal),
@@ -69,6 +70,8 @@ struct Slot {
     member: bool,
     /// The state it last announced.
     ready: bool,
+    /// The incarnation of its last life (0: never started).
+    last_incarnation: u64,
 }
 
 /// The world of one run.
@@ -106,6 +109,7 @@ impl World {
                 incarnation: 0,
                 member: i < config.nodes,
                 ready: true,
+                last_incarnation: 0,
             })
             .collect();
         // Every node routes by the new placement, and the new replicas have
@@ -159,8 +163,13 @@ impl World {
         self.heal_all();
         self.run_until(final_reads);
         for node in 0..self.slots.len() {
-            for key in 0..self.config.keys {
-                self.at(final_reads, Event::FinalRead { node, key });
+            let typed = self.config.typed_keys;
+            let reads = (0..self.config.keys)
+                .map(|key| (key, OpKind::Get))
+                .chain((0..typed).map(|key| (key, OpKind::MapGet)))
+                .chain((0..typed).map(|key| (key, OpKind::GetCounter)));
+            for (key, kind) in reads {
+                self.at(final_reads, Event::FinalRead { node, key, kind });
             }
         }
         self.run_until(end);
@@ -262,9 +271,9 @@ impl World {
                 }
             }
             Event::Invoke(planned) => self.invoke(planned),
-            Event::FinalRead { node, key } => {
+            Event::FinalRead { node, key, kind } => {
                 if self.slots[node].member && self.slots[node].node.is_some() {
-                    let op = self.record(node, key, OpKind::Get, Consistency::All, true);
+                    let op = self.record(node, key, kind, Consistency::All, true);
                     self.with_node(node, |n| n.invoke(op));
                 }
             }
@@ -307,7 +316,10 @@ impl World {
                     timer,
                 },
             ),
-            Out::Stamped { op, version } => self.history.ops[op].stamped = Some(version),
+            Out::Stamped { op, version, delta } => {
+                self.history.ops[op].stamped = Some(version);
+                self.history.ops[op].delta = delta;
+            }
             Out::Done { op, result } => self.history.ops[op].ended = Some((self.now, result)),
             Out::Ready => {
                 self.slots[i].ready = true;
@@ -399,9 +411,20 @@ impl World {
                 value: format!("v{id}"),
                 ttl_ms,
             },
+            OpKind::MapSet { fields } => OpKind::MapSet {
+                fields: fields
+                    .into_iter()
+                    .map(|(name, _)| (name, format!("v{id}")))
+                    .collect(),
+            },
             other => other,
         };
-        let key: Key = format!("k{key}").into();
+        let prefix = match kind {
+            OpKind::MapSet { .. } | OpKind::MapRemove { .. } | OpKind::MapGet => "m",
+            OpKind::Increment { .. } | OpKind::GetCounter => "c",
+            _ => "k",
+        };
+        let key: Key = format!("{prefix}{key}").into();
         self.history.ops.push(OpRecord {
             id,
             node: self.slots[node].id.clone(),
@@ -410,6 +433,7 @@ impl World {
             level,
             invoked: self.now,
             stamped: None,
+            delta: None,
             ended: None,
             after_heal,
         });
@@ -430,7 +454,16 @@ impl World {
         let view = self.view_of(Some(i));
         let now = self.epoch + Duration::from_micros(self.now);
         time::run_as(i);
-        let node = SimNode::start(&self.slots[i].id, self.config.settings, view, ready, now);
+        let last = self.slots[i].last_incarnation;
+        let node = SimNode::start(
+            &self.slots[i].id,
+            self.config.settings,
+            view,
+            ready,
+            now,
+            last,
+        );
+        self.slots[i].last_incarnation = node.incarnation();
         self.slots[i].node = Some(node);
         self.with_node(i, |_| {});
     }
@@ -658,6 +691,31 @@ impl World {
     /// it by design, and the checker must still see it if an older value
     /// comes back.
     fn mark_lost(&mut self) {
+        let typed: Vec<usize> = self
+            .history
+            .ops
+            .iter()
+            .filter(|op| !self.history.is_lost(op.id))
+            .filter(|op| {
+                op.delta.as_ref().is_some_and(|delta| {
+                    !self.slots.iter().filter_map(|s| s.node.as_ref()).any(|n| {
+                        let mut held = false;
+                        n.each_copy(&op.key, |e| held |= holds(e, delta));
+                        held
+                    }) && !self.events.values().any(|event| match event {
+                        Event::Deliver { msg, .. } => entries_in(msg)
+                            .iter()
+                            .any(|(k, e)| **k == op.key && holds(e, delta)),
+                        _ => false,
+                    })
+                })
+            })
+            .map(|op| op.id)
+            .collect();
+        let now = self.now;
+        self.history
+            .lost
+            .extend(typed.into_iter().map(|op| (op, now)));
         let mut greatest: BTreeMap<Key, Version> = BTreeMap::new();
         let keys: BTreeSet<Key> = self.history.ops.iter().map(|op| op.key.clone()).collect();
         for key in &keys {
@@ -684,7 +742,7 @@ impl World {
             .history
             .ops
             .iter()
-            .filter(|op| op.is_write() && !self.history.is_lost(op.id))
+            .filter(|op| op.is_write() && op.delta.is_none() && !self.history.is_lost(op.id))
             .filter(|op| {
                 !op.stamped
                     .is_some_and(|v| self.history.collected.contains(&(op.key.clone(), v)))
@@ -749,6 +807,42 @@ impl World {
             self.restart(i);
         }
         self.views_change();
+    }
+}
+
+/// Whether `copy` holds what the map or counter write `delta` wrote: a
+/// counter of its generation that counts its increment, or a map of its
+/// generation whose every field's context covers the delta's and which
+/// keeps no add the delta superseded or removed. A copy that superseded the write holds it too;
+/// a copy whose removed fields were pruned after the grace no longer does.
+pub fn holds(copy: &Entry, delta: &Entry) -> bool {
+    use crate::crdt::Payload;
+    match (&copy.payload, &delta.payload) {
+        (Payload::Counter(c), Payload::Counter(d)) => {
+            let held = super::checker::counter_dots(c);
+            c.generation() == d.generation()
+                && super::checker::counter_dots(d)
+                    .iter()
+                    .all(|dot| held.contains(dot))
+        }
+        (Payload::Map(c), Payload::Map(d)) => {
+            c.generation() == d.generation()
+                && d.fields().all(|(name, df)| {
+                    c.field(name).is_some_and(|cf| {
+                        let covered = |ctx: &[(crate::crdt::Actor, u64)], actor, t| {
+                            ctx.iter().any(|(a, ct)| *a == actor && *ct >= t)
+                        };
+                        df.context()
+                            .iter()
+                            .all(|&(a, t)| covered(cf.context(), a, t))
+                            && cf.adds().iter().all(|add| {
+                                df.adds().contains(add)
+                                    || !covered(df.context(), add.actor, add.time)
+                            })
+                    })
+                })
+        }
+        _ => false,
     }
 }
 
