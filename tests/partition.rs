@@ -119,6 +119,48 @@ async fn local(s: &Server, key: &str) -> proto::GetResponse {
         .into_inner()
 }
 
+/// Waits up to `within` until the three servers report equal digests.
+async fn wait_agree(servers: [&Server; 3], within: Duration, what: &str) {
+    let [a, b, c] = servers;
+    eventually(within, what, || async {
+        let first = digests(a).await;
+        (digests(b).await == first && digests(c).await == first).then_some(())
+    })
+    .await;
+}
+
+/// Cuts `lonely` off from `rest`, on every node (a cut is held by the node
+/// that asks for it, so each side cuts the other).
+async fn cut_off(lonely: &Server, rest: [&Server; 2]) {
+    FaultsClient::new(channel(lonely).await)
+        .cut(proto::CutRequest {
+            peers: rest.iter().map(|s| s.addr.clone()).collect(),
+        })
+        .await
+        .unwrap();
+    for s in rest {
+        FaultsClient::new(channel(s).await)
+            .cut(proto::CutRequest {
+                peers: vec![lonely.addr.clone()],
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// Heals every cut on every server and waits until all are ready again.
+async fn heal_all(servers: [&Server; 3]) {
+    for s in servers {
+        FaultsClient::new(channel(s).await)
+            .heal(proto::HealRequest {})
+            .await
+            .unwrap();
+    }
+    for s in servers {
+        wait_ready(s, 3).await;
+    }
+}
+
 fn order(v: &proto::Version) -> (u64, u128) {
     (v.time, u128::from_str_radix(&v.node, 16).unwrap())
 }
@@ -150,39 +192,22 @@ async fn a_partition_heals_by_itself_without_losing_or_resurrecting() {
     for s in all {
         wait_ready(s, 3).await;
     }
-    let id = |s: &Server| s.addr.clone(); // node id = advertised address
     let mut acked = Acked::default();
     for i in 0..20 {
         let key = format!("before-{i}");
         acked.record(&key, set(&a, &key, "v0").await, Some("v0"));
     }
     // Wait until every replica holds what was written before the cut.
-    eventually(
+    wait_agree(
+        [&a, &b, &c],
         Duration::from_secs(10),
         "replicas to agree before the cut",
-        || async {
-            let first = digests(&a).await;
-            (digests(&b).await == first && digests(&c).await == first).then_some(())
-        },
     )
     .await;
 
     // Cut c off from a and b, on every node (a cut is held by the node that
     // asks for it, so each side cuts the other).
-    FaultsClient::new(channel(&c).await)
-        .cut(proto::CutRequest {
-            peers: vec![id(&a), id(&b)],
-        })
-        .await
-        .unwrap();
-    for s in [&a, &b] {
-        FaultsClient::new(channel(s).await)
-            .cut(proto::CutRequest {
-                peers: vec![id(&c)],
-            })
-            .await
-            .unwrap();
-    }
+    cut_off(&c, [&a, &b]).await;
 
     // Both sides take writes and deletes at ONE.
     for i in 0..20 {
@@ -213,23 +238,12 @@ async fn a_partition_heals_by_itself_without_losing_or_resurrecting() {
         "the cut holds"
     );
 
-    for s in all {
-        FaultsClient::new(channel(s).await)
-            .heal(proto::HealRequest {})
-            .await
-            .unwrap();
-    }
-    for s in all {
-        wait_ready(s, 3).await;
-    }
+    heal_all(all).await;
     let healed = Instant::now();
-    eventually(
+    wait_agree(
+        [&a, &b, &c],
         AE_INTERVAL * 2 + Duration::from_secs(1),
         "equal digests after the heal",
-        || async {
-            let first = digests(&a).await;
-            (digests(&b).await == first && digests(&c).await == first).then_some(())
-        },
     )
     .await;
     let converged = healed.elapsed();
@@ -274,11 +288,7 @@ async fn a_node_restarted_empty_refills_and_turns_ready() {
     for i in 0..300 {
         set(&a, &format!("k{i}"), "v").await;
     }
-    eventually(Duration::from_secs(10), "replicas to agree", || async {
-        let first = digests(&a).await;
-        (digests(&b).await == first && digests(&c).await == first).then_some(())
-    })
-    .await;
+    wait_agree([&a, &b, &c], Duration::from_secs(10), "replicas to agree").await;
 
     // Kill c outright (no graceful leave) and start it again, empty, at the
     // same address, so with the same id.
@@ -361,37 +371,20 @@ async fn maps_and_counters_written_on_both_sides_keep_every_field_and_increment(
     for s in all {
         wait_ready(s, 3).await;
     }
-    let id = |s: &Server| s.addr.clone();
     let mut fields = BTreeMap::new();
     let mut sum = 0;
     map_set(&a, "profile", "created", "before").await;
     fields.insert("created".to_string(), "before".to_string());
     increment(&a, "visits", 1).await;
     sum += 1;
-    eventually(
+    wait_agree(
+        [&a, &b, &c],
         Duration::from_secs(10),
         "replicas to agree before the cut",
-        || async {
-            let first = digests(&a).await;
-            (digests(&b).await == first && digests(&c).await == first).then_some(())
-        },
     )
     .await;
 
-    FaultsClient::new(channel(&c).await)
-        .cut(proto::CutRequest {
-            peers: vec![id(&a), id(&b)],
-        })
-        .await
-        .unwrap();
-    for s in [&a, &b] {
-        FaultsClient::new(channel(s).await)
-            .cut(proto::CutRequest {
-                peers: vec![id(&c)],
-            })
-            .await
-            .unwrap();
-    }
+    cut_off(&c, [&a, &b]).await;
 
     // Each side sets fields of its own, and one both set (the greater
     // version wins it), increments the counter, and creates a map and a
@@ -416,22 +409,11 @@ async fn maps_and_counters_written_on_both_sides_keep_every_field_and_increment(
     );
     assert_eq!(local_counter(&c, "visits").await, 31);
 
-    for s in all {
-        FaultsClient::new(channel(s).await)
-            .heal(proto::HealRequest {})
-            .await
-            .unwrap();
-    }
-    for s in all {
-        wait_ready(s, 3).await;
-    }
-    eventually(
+    heal_all(all).await;
+    wait_agree(
+        [&a, &b, &c],
         AE_INTERVAL * 2 + Duration::from_secs(1),
         "equal digests after the heal",
-        || async {
-            let first = digests(&a).await;
-            (digests(&b).await == first && digests(&c).await == first).then_some(())
-        },
     )
     .await;
     let contested = local_fields(&a, "profile").await["contested"].clone();
