@@ -52,7 +52,10 @@ const MAX_MESSAGE_BYTES: usize = 1 << 31;
         ops/s, the p50, p99, p99.9 and max latency of reads, writes and both, \
         and the failed requests by gRPC status code. With --batch, ops/s and \
         errors count operations, while latency is that of the whole batch \
-        each operation travelled in. Progress goes to stderr once a second.\n\n\
+        each operation travelled in. With --rate, requests are sent on a \
+        fixed schedule instead (an open load), and a request held back by a \
+        slow answer counts its latency from the instant it was due. \
+        Progress goes to stderr once a second.\n\n\
         Exit codes: 0 the benchmark ran (even if requests failed), 2 usage \
         error, 3 a node cannot be connected to.",
     after_help = "Examples:\n  \
@@ -60,6 +63,7 @@ const MAX_MESSAGE_BYTES: usize = 1 << 31;
         kilovolt-bench --addr 127.0.0.1:50051,127.0.0.1:50052 --read-ratio 0 --consistency quorum\n  \
         kilovolt-bench --batch 16 --read-ratio 0.9\n  \
         kilovolt-bench --workload counter --read-ratio 0.5\n  \
+        kilovolt-bench --rate 20000 --duration 30s\n  \
         kilovolt-bench --json --no-preload --keys 1000 --value-size 1024"
 )]
 struct Cli {
@@ -89,6 +93,11 @@ struct Cli {
     /// for those workloads).
     #[arg(long, default_value_t = 100_000, value_parser = at_least_one::<u64>)]
     keys: u64,
+    /// Bytes in each key: its prefix (`key:`, `map:` or `counter:`) and the
+    /// key's number, zero-padded to fill them. By default the number takes
+    /// 8 digits, or as many as the largest key number needs.
+    #[arg(long, value_name = "BYTES")]
+    key_size: Option<usize>,
     /// Bytes in each value written.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
@@ -111,6 +120,14 @@ struct Cli {
     /// only.
     #[arg(long, value_enum, default_value_t = WorkloadKind::String)]
     workload: WorkloadKind,
+    /// Requests per second to send in all (an open load), instead of
+    /// sending each task's next request as soon as its last one is
+    /// answered. Each task sends on a fixed schedule; a request that is late
+    /// because the answer before it was slow counts its latency from the
+    /// instant it was due, so that the delay shows in its latency too. With
+    /// --batch, each request is one batch.
+    #[arg(long, value_name = "REQUESTS_PER_SEC", value_parser = positive_rate)]
+    rate: Option<f64>,
     /// Print one JSON object with the results instead of the report.
     #[arg(long)]
     json: bool,
@@ -204,6 +221,15 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Parses a request rate: a number of requests per second above zero.
+fn positive_rate(s: &str) -> Result<f64, String> {
+    let r: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !r.is_finite() || r <= 0.0 {
+        return Err(format!("{r} is not a rate above zero"));
+    }
+    Ok(r)
+}
+
 /// Parses a whole number of at least one.
 fn at_least_one<T: TryFrom<u64>>(s: &str) -> Result<T, String> {
     let n: u64 = s.parse().map_err(|e| format!("{e}"))?;
@@ -256,6 +282,16 @@ fn targets(cli: &Cli) -> Vec<Target> {
             "--batch ({}) applies to the string workload only: Batch carries Set, Get and Delete",
             cli.batch
         ));
+    }
+    if let Some(size) = cli.key_size {
+        let prefix = Kind::from(cli.workload).key_prefix();
+        let needed = prefix.len() + Workload::digits_for(cli.keys);
+        if size < needed {
+            usage_error(format!(
+                "--key-size ({size}) cannot hold {} keys: they need {needed} bytes",
+                cli.keys
+            ));
+        }
     }
     cli.addr
         .iter()
@@ -359,7 +395,11 @@ async fn bench(cli: Cli, targets: Vec<Target>) -> ExitCode {
     let workload = Arc::new(Workload {
         kind: cli.workload.into(),
         keys: cli.keys,
-        key_width: Workload::key_width_for(cli.keys),
+        key_width: match cli.key_size {
+            // Checked in `targets`: the size holds the prefix and the digits.
+            Some(size) => size - Kind::from(cli.workload).key_prefix().len(),
+            None => Workload::key_width_for(cli.keys),
+        },
         value: value_of(cli.value_size),
         read_ratio: cli.read_ratio,
         read_level: cli.consistency.for_reads(),
@@ -389,6 +429,7 @@ async fn bench(cli: Cli, targets: Vec<Target>) -> ExitCode {
         cli.concurrency,
         cli.warmup,
         cli.duration,
+        cli.rate,
         &progress,
     )
     .await;
@@ -406,6 +447,7 @@ async fn bench(cli: Cli, targets: Vec<Target>) -> ExitCode {
         seed: cli.seed,
         batch: cli.batch,
         workload: Kind::from(cli.workload).name(),
+        rate: cli.rate,
         preload: preload.as_ref(),
         run: &run,
     };

@@ -33,6 +33,9 @@ pub struct Report<'a> {
     pub batch: usize,
     /// What the requests read and write: "string", "map" or "counter".
     pub workload: &'static str,
+    /// Requests per second asked for (an open load); `None`: as fast as
+    /// answers come.
+    pub rate: Option<f64>,
     /// The preload, unless skipped.
     pub preload: Option<&'a PreloadResult>,
     /// The measured run.
@@ -92,6 +95,12 @@ impl Report<'_> {
                 out,
                 "batches of {} operations: ops and errors count operations, latency is per batch",
                 self.batch
+            )?;
+        }
+        if let Some(rate) = self.rate {
+            writeln!(
+                out,
+                "open load: {rate:.0} requests/s on a fixed schedule; a late request counts from when it was due"
             )?;
         }
         match self.preload {
@@ -168,8 +177,10 @@ impl Report<'_> {
             "seed": self.seed,
             "batch": self.batch,
             "workload": self.workload,
+            "rate": self.rate,
             "preload": preload,
             "elapsed_s": self.run.elapsed.as_secs_f64(),
+            "warmup_ops": self.run.warmup_ops,
             "reads": self.op_json(&self.run.reads),
             "writes": self.op_json(&self.run.writes),
             "total": self.op_json(&total),

@@ -107,6 +107,17 @@ impl Kind {
             Kind::Counter => "counter",
         }
     }
+
+    /// What every key of this kind starts with: `key:` (`map:`, `counter:`
+    /// for those workloads, so that runs of different kinds against one
+    /// cluster do not meet keys of another kind).
+    pub fn key_prefix(self) -> &'static str {
+        match self {
+            Kind::String => "key:",
+            Kind::Map => "map:",
+            Kind::Counter => "counter:",
+        }
+    }
 }
 
 /// Fields of each map in the map workload; each write sets one of them and
@@ -143,17 +154,18 @@ impl Workload {
     /// workloads, so that runs of different kinds against one cluster do
     /// not meet keys of another kind) and the number, zero-padded.
     pub fn key(&self, i: u64) -> String {
-        let prefix = match self.kind {
-            Kind::String => "key",
-            Kind::Map => "map",
-            Kind::Counter => "counter",
-        };
-        format!("{prefix}:{i:0width$}", width = self.key_width)
+        let prefix = self.kind.key_prefix();
+        format!("{prefix}{i:0width$}", width = self.key_width)
+    }
+
+    /// Digits of the largest key number of a key space of `keys`.
+    pub fn digits_for(keys: u64) -> usize {
+        keys.saturating_sub(1).to_string().len()
     }
 
     /// Digits needed for the largest key number, at least 8.
     pub fn key_width_for(keys: u64) -> usize {
-        keys.saturating_sub(1).to_string().len().max(8)
+        Self::digits_for(keys).max(8)
     }
 
     /// Issues one write of key `i`: a Set, a MapSet of field `field`, or
@@ -439,6 +451,49 @@ pub struct RunResult {
     /// From the end of the warmup until the last task finished its last
     /// request: the time the measured requests were issued in.
     pub elapsed: Duration,
+    /// Operations sent during the warmup (succeeded or failed), not
+    /// recorded: with the measured ones, all the server was asked to do,
+    /// for dividing its CPU time by.
+    pub warmup_ops: u64,
+}
+
+/// When each request of one task is due under `--rate`: every
+/// `interval`, from a start staggered by the task's number so that the
+/// tasks' requests interleave evenly instead of leaving together.
+struct Schedule {
+    /// When the next request is due.
+    next: Instant,
+    /// The time between two requests of this task.
+    interval: Duration,
+}
+
+impl Schedule {
+    /// The schedule of task `task` of `tasks` sharing `rate` requests per
+    /// second in all, from `start`.
+    fn new(rate: f64, tasks: usize, task: usize, start: Instant) -> Self {
+        let interval = Duration::from_secs_f64(tasks as f64 / rate);
+        let offset = interval.mul_f64(task as f64 / tasks as f64);
+        Self {
+            next: start + offset,
+            interval,
+        }
+    }
+
+    /// Waits until the next request is due and answers the instant its
+    /// latency counts from: when this task is behind (its last answer came
+    /// after this request was due), the instant it was due, and the request
+    /// goes at once; otherwise the instant the timer woke the task, so that
+    /// the timer's own lateness (up to a millisecond in tokio) is not
+    /// counted against the server.
+    async fn wait(&mut self) -> Instant {
+        let due = self.next;
+        self.next += self.interval;
+        if Instant::now() >= due {
+            return due;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        Instant::now()
+    }
 }
 
 /// Runs the warmup and then the measured period: every task issues one
@@ -446,13 +501,16 @@ pub struct RunResult {
 /// `read_ratio`, until `warmup + duration` has passed. With `batch` above
 /// 1 each request is one Batch of that many such operations, each counted
 /// and recorded with the batch's latency. Requests started during the
-/// warmup are not recorded.
+/// warmup are not recorded. With a `rate`, the tasks share that many
+/// requests per second, each on a fixed schedule, and a request held back
+/// by a slow answer counts its latency from the instant it was due.
 pub async fn run(
     workload: &Arc<Workload>,
     clients: &[KilovoltClient<Channel>],
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
+    rate: Option<f64>,
     progress: &Progress,
 ) -> RunResult {
     let started = Instant::now();
@@ -471,8 +529,12 @@ pub async fn run(
                 let mut reads = OpStats::default();
                 let mut writes = OpStats::default();
                 let mut ops: Vec<(u64, bool)> = Vec::with_capacity(workload.batch);
+                let mut schedule = rate.map(|r| Schedule::new(r, concurrency, t, started));
                 loop {
-                    let sent = Instant::now();
+                    let sent = match &mut schedule {
+                        Some(schedule) => schedule.wait().await,
+                        None => Instant::now(),
+                    };
                     if sent >= end {
                         break;
                     }
@@ -547,7 +609,7 @@ pub async fn run(
         .collect();
 
     if !warmup.is_zero() {
-        let ticker = progress.start(warm, move |elapsed, (ops, errors)| {
+        let ticker = progress.start(Arc::clone(&warm), move |elapsed, (ops, errors)| {
             format!(
                 "warmup  {:>4}s/{}  {:.0} ops/s  errors {}",
                 elapsed.as_secs(),
@@ -580,6 +642,8 @@ pub async fn run(
         }
     }
     result.elapsed = measure_from.elapsed();
+    let (warm_ok, warm_failed) = warm.read();
+    result.warmup_ops = warm_ok + warm_failed;
     ticker.stop().await;
     result
 }
@@ -726,6 +790,55 @@ mod tests {
         assert_eq!(w.key(42), "key:00000042");
         w.kind = Kind::Counter;
         assert_eq!(w.key(42), "counter:00000042");
+    }
+
+    #[test]
+    fn a_schedule_staggers_tasks_and_spaces_requests() {
+        let start = Instant::now();
+        // 4 tasks sharing 1000 requests/s: each sends every 4 ms, task 1
+        // a quarter of that after task 0.
+        let s0 = Schedule::new(1000.0, 4, 0, start);
+        let s1 = Schedule::new(1000.0, 4, 1, start);
+        assert_eq!(s0.interval, Duration::from_millis(4));
+        assert_eq!(s0.next, start);
+        assert_eq!(s1.next - start, Duration::from_millis(1));
+    }
+
+    #[tokio::test]
+    async fn a_late_task_sends_at_once_and_counts_from_the_due_times() {
+        let start = Instant::now() - Duration::from_millis(50);
+        let mut s = Schedule::new(1000.0, 1, 0, start);
+        assert_eq!(s.wait().await, start);
+        assert_eq!(s.wait().await, start + Duration::from_millis(1));
+    }
+
+    #[tokio::test]
+    async fn a_task_on_time_counts_from_when_it_woke() {
+        let start = Instant::now() + Duration::from_millis(5);
+        let mut s = Schedule::new(100.0, 1, 0, start);
+        let sent = s.wait().await;
+        assert!(sent >= start);
+        assert_eq!(s.next, start + Duration::from_millis(10));
+    }
+
+    #[test]
+    fn key_width_can_follow_a_key_size() {
+        assert_eq!(Workload::digits_for(1_000_000), 6);
+        assert_eq!(Workload::digits_for(1), 1);
+        let w = Workload {
+            kind: Kind::String,
+            keys: 1_000_000,
+            key_width: 16 - Kind::String.key_prefix().len(),
+            value: String::new(),
+            read_ratio: 0.5,
+            read_level: proto::Consistency::Default,
+            write_level: proto::Consistency::Default,
+            timeout: Duration::from_secs(1),
+            seed: 1,
+            batch: 1,
+        };
+        assert_eq!(w.key(999_999), "key:000000999999");
+        assert_eq!(w.key(999_999).len(), 16);
     }
 
     #[test]
