@@ -6,7 +6,7 @@ BIN_DIR := bin
 COVER_DIR := coverage
 BINARIES := kilovolt-db kilovolt-cli kilovolt-bench
 
-.PHONY: all build run cluster cluster-stop test test-go test-cover sim soak clean clean-all fmt generate-proto install
+.PHONY: all build run cluster cluster-stop test test-go test-cover sim soak bench clean clean-all fmt generate-proto install
 
 ## all: build the release binaries into bin/
 all: build
@@ -74,6 +74,11 @@ test-cover:
 	@mv $(COVER_DIR)/lcov.info $(COVER_DIR)/coverage.out
 	@mv $(COVER_DIR)/tarpaulin-report.html $(COVER_DIR)/coverage.html
 	@echo "coverage: $(COVER_DIR)/coverage.out $(COVER_DIR)/coverage.html"
+
+## bench: the standard benchmark suite on this machine (about 10 minutes); rewrites the tables in docs/performance.md (QUICK=1 for a short trial, PASSES=N)
+bench: build
+	$(CARGO) build --release --example bare-server
+	bash benches/suite.sh
 
 ## fmt: format the code
 fmt:

@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# The standard benchmark suite (`make bench`): Kilovolt-DB against the bare
+# tonic server (benches/bare_server.rs) and Redis, every row measured in the
+# same run on this machine, client and servers sharing its cores over
+# loopback. Rows alternate within each pass so that the machine's noise
+# spreads over all of them; each figure is the median of the passes. At the
+# end the tables in docs/performance.md (between the suite markers) are
+# rewritten by benches/suite_report.py, with each figure also as a ratio
+# against its baseline of the same run.
+#
+# Rows, each pass: one node and the bare server, 90% and 0% reads; one node
+# with --batch 16; Redis SET and GET without and with -P 16; three nodes
+# with replication factor 3, writes at ONE and QUORUM through one node.
+# Every row also gives the server's CPU time per operation (utime + stime
+# from /proc/PID/stat, before and after the row, divided by the operations
+# the server was sent). Once per run: resident bytes per key after loading
+# MEMORY_KEYS keys (node, bare server, Redis), and latency under an open
+# load at half of the median peak (node and bare server).
+#
+# Usage: bash benches/suite.sh (after `make build` and
+# `cargo build --release --example bare-server`; `make bench` does all).
+# Knobs (environment): PASSES (default 4), DURATION (5s), WARMUP (1s),
+# MEMORY_KEYS (1000000), QUICK=1 (2 passes of 2s, 200,000 keys: a trial
+# run), DOC (the file to rewrite, default docs/performance.md; DOC= to
+# only print the tables), OUT (folder for raw results, target/bench).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ ${QUICK:-0} == 1 ]]; then
+	PASSES=${PASSES:-2} DURATION=${DURATION:-2s} MEMORY_KEYS=${MEMORY_KEYS:-200000}
+fi
+PASSES=${PASSES:-4}
+DURATION=${DURATION:-5s}
+WARMUP=${WARMUP:-1s}
+MEMORY_KEYS=${MEMORY_KEYS:-1000000}
+DOC=${DOC-docs/performance.md}
+OUT=${OUT:-target/bench}
+BIN=bin
+BARE=target/release/examples/bare-server
+KEYS=100000
+CONCURRENCY=64
+HZ=$(getconf CLK_TCK)
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
+
+for b in kilovolt-db kilovolt-cli kilovolt-bench; do
+	[[ -x $BIN/$b ]] || { echo "$BIN/$b is missing: run make build" >&2; exit 1; }
+done
+[[ -x $BARE ]] || { echo "$BARE is missing: cargo build --release --example bare-server" >&2; exit 1; }
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null ||
+	! command -v redis-cli >/dev/null; then
+	echo "installing Redis from Debian's packages" >&2
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		redis-server redis-tools >/dev/null
+fi
+
+mkdir -p "$OUT"
+RESULTS=$OUT/results.jsonl
+: >"$RESULTS"
+seconds=$(python3 -c "import sys; s=sys.argv[1]; print(float(s[:-2])/1000 if s.endswith('ms') else float(s.rstrip('s')))" "$DURATION")
+echo "suite: $PASSES passes of ${DURATION} after ${WARMUP} warmup, $CONCURRENCY in flight; results in $RESULTS" >&2
+
+# record ROW PASS JSON: one measurement.
+record() { printf '{"row":"%s","pass":%s,%s}\n' "$1" "$2" "$3" >>"$RESULTS"; }
+
+# ticks_of PID...: their CPU ticks added up.
+ticks_of() {
+	local sum=0 p
+	for p in "$@"; do sum=$((sum + $(cpu_ticks "$p"))); done
+	echo "$sum"
+}
+
+# kv ROW PASS "PIDS" ADDR ARGS...: one kilovolt-bench row against ADDR,
+# server CPU read from PIDS (space-separated).
+kv() {
+	local row=$1 pass=$2 pids=$3 addr=$4 t0 t1 json
+	shift 4
+	# shellcheck disable=SC2086
+	t0=$(ticks_of $pids)
+	json=$("$BIN/kilovolt-bench" --addr "$addr" --concurrency "$CONCURRENCY" --keys "$KEYS" \
+		--key-size 16 --value-size 100 --duration "$DURATION" --warmup "$WARMUP" --no-preload \
+		--json "$@" 2>/dev/null)
+	# shellcheck disable=SC2086
+	t1=$(ticks_of $pids)
+	record "$row" "$pass" "$(python3 - "$json" "$((t1 - t0))" "$HZ" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1]); ticks = int(sys.argv[2]); hz = int(sys.argv[3])
+t = r["total"]
+sent = t["ops"] + t["errors_total"] + r["warmup_ops"]
+cpu = ticks / hz * 1e6 / sent if sent else 0
+print('"ops":%.1f,"cpu_us":%.3f,"p50_us":%s,"p99_us":%s,"errors":%d' % (
+    t["ops_per_sec"], cpu, t["latency_us"]["p50"], t["latency_us"]["p99"], t["errors_total"]))
+PY
+)"
+	tail -n1 "$RESULTS" >&2
+}
+
+# redis ROW PASS TEST PIPELINE REQUESTS: one redis-benchmark row.
+redis() {
+	local row=$1 pass=$2 test=$3 pipeline=$4 n=$5 t0 t1 csv
+	t0=$(cpu_ticks "$REDIS_PID")
+	csv=$(redis-benchmark -h 127.0.0.1 -p 56120 -c "$CONCURRENCY" -n "$n" -d 100 -r "$KEYS" \
+		-P "$pipeline" -t "$test" --csv 2>/dev/null)
+	t1=$(cpu_ticks "$REDIS_PID")
+	record "$row" "$pass" "$(python3 - "$csv" "$((t1 - t0))" "$HZ" "$n" <<'PY'
+import csv, io, sys
+rows = list(csv.DictReader(io.StringIO(sys.argv[1])))
+r = rows[-1]; ticks = int(sys.argv[2]); hz = int(sys.argv[3]); n = int(sys.argv[4])
+print('"ops":%.1f,"cpu_us":%.3f,"p50_us":%.1f,"p99_us":%.1f,"errors":0' % (
+    float(r["rps"]), ticks / hz * 1e6 / n, float(r["p50_latency_ms"]) * 1000,
+    float(r["p99_latency_ms"]) * 1000))
+PY
+)"
+	tail -n1 "$RESULTS" >&2
+}
+
+# preload ADDR: writes every key of the throughput runs once.
+preload() {
+	"$BIN/kilovolt-bench" --addr "$1" --concurrency "$CONCURRENCY" --keys "$KEYS" --key-size 16 \
+		--value-size 100 --duration 1ms --warmup 0s --read-ratio 1 --json >/dev/null 2>&1
+}
+
+# ---- memory: resident bytes per key, each server fresh and alone ----
+memory() { # memory ROW PID LOAD...: VmRSS before and after LOAD
+	local row=$1 pid=$2 before after
+	shift 2
+	sleep 1
+	before=$(rss_kib "$pid")
+	"$@"
+	sleep 1
+	after=$(rss_kib "$pid")
+	record "$row" 1 "$(printf '"bytes_per_key":%.1f,"rss_before_kib":%s,"rss_after_kib":%s,"keys":%s' \
+		"$(python3 -c "print(($after - $before) * 1024 / $MEMORY_KEYS)")" "$before" "$after" "$MEMORY_KEYS")"
+	tail -n1 "$RESULTS" >&2
+}
+load_kv() { # load_kv ADDR: MEMORY_KEYS keys of 16 bytes with 100-byte values
+	"$BIN/kilovolt-bench" --addr "$1" --keys "$MEMORY_KEYS" --key-size 16 --value-size 100 \
+		--duration 1ms --warmup 0s --read-ratio 1 --json >/dev/null 2>&1
+}
+load_redis() { # the same keys and values, as kilovolt-bench writes them
+	python3 - "$MEMORY_KEYS" <<'PY' | redis-cli -p 56132 --pipe >/dev/null
+import sys
+n = int(sys.argv[1])
+value = "".join(chr(ord("a") + i % 26) for i in range(100))
+out = sys.stdout
+for i in range(n):
+    key = "key:%012d" % i
+    out.write("*3\r\n$3\r\nSET\r\n$16\r\n%s\r\n$100\r\n%s\r\n" % (key, value))
+PY
+	local held
+	held=$(redis-cli -p 56132 dbsize)
+	[[ $held == "$MEMORY_KEYS" ]] || { echo "Redis holds $held keys, not $MEMORY_KEYS" >&2; return 1; }
+}
+
+echo "memory: $MEMORY_KEYS keys" >&2
+start_node 56131 bench-memory
+pid=$SPAWNED
+wait_ready 127.0.0.1:56131 1
+memory memory_kv "$pid" load_kv 127.0.0.1:56131
+stop "$pid"
+spawn "$BARE" --port 56130
+pid=$SPAWNED
+wait_port 56130
+memory memory_bare "$pid" load_kv 127.0.0.1:56130
+stop "$pid"
+spawn redis-server --port 56132 --bind 127.0.0.1 --save '' --appendonly no
+pid=$SPAWNED
+wait_port 56132
+memory memory_redis "$pid" load_redis
+stop "$pid"
+
+# ---- throughput: every server up for the whole run ----
+spawn "$BARE" --port 56100
+BARE_PID=$SPAWNED
+start_node 56101 bench-one
+KV_PID=$SPAWNED
+start_node 56111 bench-three 127.0.0.1:56112,127.0.0.1:56113
+RF3_PIDS=$SPAWNED
+start_node 56112 bench-three 127.0.0.1:56111,127.0.0.1:56113
+RF3_PIDS="$RF3_PIDS $SPAWNED"
+start_node 56113 bench-three 127.0.0.1:56111,127.0.0.1:56112
+RF3_PIDS="$RF3_PIDS $SPAWNED"
+spawn redis-server --port 56120 --bind 127.0.0.1 --save '' --appendonly no
+REDIS_PID=$SPAWNED
+wait_port 56100
+wait_port 56120
+wait_ready 127.0.0.1:56101 1
+wait_ready 127.0.0.1:56111 3
+preload 127.0.0.1:56100
+preload 127.0.0.1:56101
+preload 127.0.0.1:56111
+redis-benchmark -h 127.0.0.1 -p 56120 -c "$CONCURRENCY" -n $((KEYS * 3)) -d 100 -r "$KEYS" \
+	-t set -q >/dev/null 2>&1
+plain=$(python3 -c "print(int(60000 * $seconds))")
+piped=$(python3 -c "print(int(600000 * $seconds))")
+
+for pass in $(seq "$PASSES"); do
+	echo "pass $pass of $PASSES" >&2
+	kv bare_r90 "$pass" "$BARE_PID" 127.0.0.1:56100 --read-ratio 0.9
+	kv kv_r90 "$pass" "$KV_PID" 127.0.0.1:56101 --read-ratio 0.9
+	kv bare_r0 "$pass" "$BARE_PID" 127.0.0.1:56100 --read-ratio 0
+	kv kv_r0 "$pass" "$KV_PID" 127.0.0.1:56101 --read-ratio 0
+	kv kv_batch16 "$pass" "$KV_PID" 127.0.0.1:56101 --read-ratio 0.9 --batch 16
+	redis redis_set "$pass" set 1 "$plain"
+	redis redis_get "$pass" get 1 "$plain"
+	redis redis_set_p16 "$pass" set 16 "$piped"
+	redis redis_get_p16 "$pass" get 16 "$piped"
+	kv rf3_one "$pass" "$RF3_PIDS" 127.0.0.1:56111 --read-ratio 0 --consistency one
+	kv rf3_quorum "$pass" "$RF3_PIDS" 127.0.0.1:56111 --read-ratio 0 --consistency quorum
+done
+
+# ---- latency under an open load at half of the median peak ----
+half() { python3 - "$RESULTS" "$1" <<'PY'
+import json, statistics, sys
+ops = [r["ops"] for r in map(json.loads, open(sys.argv[1])) if r["row"] == sys.argv[2]]
+print(round(statistics.median(ops) / 2))
+PY
+}
+kv_rate=$(half kv_r90)
+bare_rate=$(half bare_r90)
+for pass in 1 2; do
+	kv bare_half "$pass" "$BARE_PID" 127.0.0.1:56100 --read-ratio 0.9 --rate "$bare_rate"
+	kv kv_half "$pass" "$KV_PID" 127.0.0.1:56101 --read-ratio 0.9 --rate "$kv_rate"
+done
+
+machine=$OUT/machine.json
+python3 - "$PASSES" "$DURATION" "$WARMUP" "$CONCURRENCY" >"$machine" <<'PY'
+import json, os, platform, subprocess, sys
+def cmd(*args):
+    try:
+        return subprocess.run(args, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+print(json.dumps({
+    "cores": os.cpu_count(), "model": model, "memory_gib": round(mem / 2**20),
+    "kernel": platform.release(), "rustc": cmd("rustc", "--version"),
+    "redis": cmd("redis-server", "--version").split(" sha=")[0],
+    "passes": int(sys.argv[1]), "duration": sys.argv[2], "warmup": sys.argv[3],
+    "concurrency": int(sys.argv[4]),
+}))
+PY
+python3 benches/suite_report.py "$RESULTS" "$machine" "$DOC"
