@@ -109,6 +109,9 @@ pub struct Store {
     expiries: Mutex<BTreeSet<(u64, Key)>>,
 }
 
+/// A locked slot of a partition's map that holds an entry.
+type OccupiedSlot<'a> = scc::hash_map::OccupiedEntry<'a, Key, Entry>;
+
 /// Where a key lives in the store: its partition and its Merkle leaf there.
 #[derive(Clone, Copy)]
 struct Place<'a> {
@@ -171,14 +174,15 @@ impl Store {
     /// state changed. This is the only way state enters the store.
     pub fn merge(&self, key: &str, incoming: Entry) -> bool {
         let place = self.place(key);
+        // A key already held is found by reference, without allocating the
+        // owned key that inserting needs; a key that is new (or removed in
+        // between) takes the insert path, which locks the bucket again.
+        if let Some(mut slot) = place.partition.entries.get_sync(key) {
+            return self.merge_into(&place, &mut slot, incoming);
+        }
         match place.partition.entries.entry_sync(key.into()) {
             scc::hash_map::Entry::Occupied(mut slot) => {
-                let before = Before::of(slot.key(), slot.get());
-                let changed = slot.get_mut().merge_from(incoming);
-                if changed {
-                    self.changed(&place, slot.key(), Some(before), slot.get());
-                }
-                changed
+                self.merge_into(&place, &mut slot, incoming)
             }
             scc::hash_map::Entry::Vacant(slot) => {
                 self.changed(&place, slot.key(), None, &incoming);
@@ -198,15 +202,12 @@ impl Store {
         stamp: impl FnOnce(Option<&Entry>) -> Result<Entry, E>,
     ) -> Result<Entry, E> {
         let place = self.place(key);
+        // As in `merge`: no owned key for a key already held.
+        if let Some(mut slot) = place.partition.entries.get_sync(key) {
+            return self.write_into(&place, &mut slot, stamp);
+        }
         match place.partition.entries.entry_sync(key.into()) {
-            scc::hash_map::Entry::Occupied(mut slot) => {
-                let before = Before::of(slot.key(), slot.get());
-                let written = stamp(Some(slot.get()))?;
-                if slot.get_mut().merge_from(written.clone()) {
-                    self.changed(&place, slot.key(), Some(before), slot.get());
-                }
-                Ok(written)
-            }
+            scc::hash_map::Entry::Occupied(mut slot) => self.write_into(&place, &mut slot, stamp),
             scc::hash_map::Entry::Vacant(slot) => {
                 let written = stamp(None)?;
                 self.changed(&place, slot.key(), None, &written);
@@ -214,6 +215,31 @@ impl Store {
                 Ok(written)
             }
         }
+    }
+
+    /// `merge` into a slot that holds an entry, under its bucket lock.
+    fn merge_into(&self, place: &Place<'_>, slot: &mut OccupiedSlot<'_>, incoming: Entry) -> bool {
+        let before = Before::of(slot.key(), slot.get());
+        let changed = slot.get_mut().merge_from(incoming);
+        if changed {
+            self.changed(place, slot.key(), Some(before), slot.get());
+        }
+        changed
+    }
+
+    /// `write` into a slot that holds an entry, under its bucket lock.
+    fn write_into<E>(
+        &self,
+        place: &Place<'_>,
+        slot: &mut OccupiedSlot<'_>,
+        stamp: impl FnOnce(Option<&Entry>) -> Result<Entry, E>,
+    ) -> Result<Entry, E> {
+        let before = Before::of(slot.key(), slot.get());
+        let written = stamp(Some(slot.get()))?;
+        if slot.get_mut().merge_from(written.clone()) {
+            self.changed(place, slot.key(), Some(before), slot.get());
+        }
+        Ok(written)
     }
 
     /// Removes up to `budget` values whose expiry has passed at `now`;
