@@ -56,6 +56,7 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
 fi
 
 mkdir -p "$OUT"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
 seconds=$(python3 -c "import sys; s=sys.argv[1]; print(float(s[:-2])/1000 if s.endswith('ms') else float(s.rstrip('s')))" "$DURATION")
@@ -225,7 +226,7 @@ for pass in 1 2; do
 done
 
 machine=$OUT/machine.json
-python3 - "$PASSES" "$DURATION" "$WARMUP" "$CONCURRENCY" >"$machine" <<'PY'
+python3 - "$PASSES" "$DURATION" "$WARMUP" "$CONCURRENCY" "$LOAD_START" >"$machine" <<'PY'
 import json, os, platform, subprocess, sys
 def cmd(*args):
     try:
@@ -240,6 +241,9 @@ print(json.dumps({
     "redis": cmd("redis-server", "--version").split(" sha=")[0],
     "passes": int(sys.argv[1]), "duration": sys.argv[2], "warmup": sys.argv[3],
     "concurrency": int(sys.argv[4]),
+    # Other work on the machine shows here: the suite itself keeps about
+    # two runnable processes (client and server).
+    "load_start": sys.argv[5], "load_end": " ".join(open("/proc/loadavg").read().split()[:3]),
 }))
 PY
 python3 benches/suite_report.py "$RESULTS" "$machine" "$DOC"

@@ -80,7 +80,10 @@ def render(res, machine):
         f"Linux {m['kernel']}, {m['rustc']}, {m['redis']}; "
         f"{m['passes']} passes of {m['duration']} after a {m['warmup']} warm-up, "
         f"{m['concurrency']} requests in flight, 100-byte values, 16-byte keys, "
-        "100,000 keys preloaded. Figures are medians over the passes; "
+        "100,000 keys preloaded. Load average (1, 5, 15 min) at the start "
+        f"{m.get('load_start', '-')}, at the end {m.get('load_end', '-')}: "
+        "the suite itself keeps about two processes busy, more means other work "
+        "shared the cores. Figures are medians over the passes; "
         "*spread* is how far apart the medians of the first and the second half "
         "of the passes (two runs, back to back) are, relative to the median."
     )
