@@ -83,7 +83,11 @@ impl Settled {
 /// One partition's share of the store.
 #[derive(Default)]
 struct Partition {
-    entries: scc::HashMap<Key, Entry>,
+    /// Each entry is boxed: a slot of the map then takes 24 bytes (the boxed
+    /// key and a pointer) instead of 64, and scc keeps its slot arrays about
+    /// half full, so the box's own 48 bytes cost far less than the slot
+    /// space they free (docs/performance.md, memory).
+    entries: scc::HashMap<Key, Box<Entry>>,
     /// The XOR summary of `entries`, updated under the same bucket lock as
     /// every change of an entry.
     tree: MerkleTree,
@@ -110,7 +114,7 @@ pub struct Store {
 }
 
 /// A locked slot of a partition's map that holds an entry.
-type OccupiedSlot<'a> = scc::hash_map::OccupiedEntry<'a, Key, Entry>;
+type OccupiedSlot<'a> = scc::hash_map::OccupiedEntry<'a, Key, Box<Entry>>;
 
 /// Where a key lives in the store: its partition and its Merkle leaf there.
 #[derive(Clone, Copy)]
@@ -152,7 +156,9 @@ impl Store {
     /// A copy of the entry at `key`, tombstones and expired values included.
     pub fn get(&self, key: &str) -> Option<Entry> {
         let (p, _) = self.locate(key);
-        self.partition(p)?.entries.read_sync(key, |_, e| e.clone())
+        self.partition(p)?
+            .entries
+            .read_sync(key, |_, e| Entry::clone(e))
     }
 
     /// `look` applied to the entry at `key` (tombstones and expired values
@@ -186,7 +192,7 @@ impl Store {
             }
             scc::hash_map::Entry::Vacant(slot) => {
                 self.changed(&place, slot.key(), None, &incoming);
-                slot.insert_entry(incoming);
+                slot.insert_entry(Box::new(incoming));
                 true
             }
         }
@@ -211,7 +217,7 @@ impl Store {
             scc::hash_map::Entry::Vacant(slot) => {
                 let written = stamp(None)?;
                 self.changed(&place, slot.key(), None, &written);
-                slot.insert_entry(written.clone());
+                slot.insert_entry(Box::new(written.clone()));
                 Ok(written)
             }
         }
