@@ -29,7 +29,7 @@ pub use tally::{required, Answer, Decision, Tally};
 pub use topology::Topology;
 
 use crate::clock::Clock;
-use crate::crdt::{ops, Entry, Version};
+use crate::crdt::{ops, Entry, Payload, Version};
 use crate::dots::Dots;
 use crate::error::Error;
 use crate::net::{PeerError, Peers};
@@ -74,13 +74,20 @@ impl Read {
     /// What a client reads of `entry` at `now` (NTP64): tombstones and
     /// expired values read as no value, with their version.
     pub fn of(entry: Option<Entry>, now: u64) -> Self {
-        Self {
-            value: entry
-                .as_ref()
-                .and_then(|e| e.live_value(now))
-                .map(Box::from),
-            version: entry.map(|e| e.version),
-        }
+        let Some(entry) = entry else {
+            return Self {
+                value: None,
+                version: None,
+            };
+        };
+        let live = entry.live_value(now).is_some();
+        let version = Some(entry.version);
+        // The entry is ours: move its string out rather than copy it.
+        let value = match entry.payload {
+            Payload::Value(v) if live => Some(v),
+            _ => None,
+        };
+        Self { value, version }
     }
 }
 
@@ -405,6 +412,10 @@ async fn gather<C: Pending, F: Future>(
     timeout: Duration,
     mut record: impl FnMut(&mut C, F::Output) -> Decision,
 ) -> bool {
+    // Most requests are decided at once (ONE on a replica): no timer then.
+    if pending.is_empty() || call.decision() != Decision::Open {
+        return false;
+    }
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     while call.decision() == Decision::Open {
