@@ -151,11 +151,6 @@ impl Collector {
         }
         collected
     }
-
-    /// Partitions with candidates awaiting confirmation.
-    pub fn pending_partitions(&self) -> usize {
-        self.pending.len()
-    }
 }
 
 /// The simulator's planted bug: collect without waiting for the replicas.

@@ -1203,17 +1203,6 @@ impl SimNode {
         }
     }
 
-    /// Whether nothing waits to be sent: no deltas queued or in flight, no
-    /// hints, no session running.
-    pub fn is_idle(&self) -> bool {
-        self.rpcs.is_empty()
-            && self.hints.pending() == 0
-            && self
-                .queues
-                .values()
-                .all(|q| q.batcher.is_empty() && q.full.is_empty())
-    }
-
     // --- Plumbing -----------------------------------------------------------
 
     fn grace(&self) -> u64 {
