@@ -863,10 +863,6 @@ fn entries_in(msg: &Msg) -> Vec<(&Key, &Entry)> {
             resp: Resp::Sync(Ok(Reply::Entries { entries, .. })),
             ..
         } => entries.iter().map(|(k, e)| (k, e)).collect(),
-        Msg::Response {
-            resp: Resp::Read(Some(_)),
-            ..
-        } => Vec::new(),
         _ => Vec::new(),
     }
 }
