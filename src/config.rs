@@ -130,6 +130,13 @@ pub struct Config {
     #[arg(long, env = "KILOVOLT_REPLICATION_BATCH_BYTES", default_value_t = 64 * 1024)]
     pub replication_batch_bytes: usize,
 
+    /// The most bytes of deltas waiting for one peer. A peer slower than
+    /// the writes to it would otherwise make its queue grow without limit;
+    /// deltas past the bound are held as hints instead (counted in
+    /// `Stats.deltas_overflowed`).
+    #[arg(long, env = "KILOVOLT_REPLICATION_QUEUE_BYTES", default_value_t = 16 << 20)]
+    pub replication_queue_bytes: usize,
+
     /// Time between anti-entropy rounds with every replica peer.
     #[arg(long, env = "KILOVOLT_ANTI_ENTROPY_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub anti_entropy_interval: Duration,

@@ -199,6 +199,7 @@ pub async fn start_with_clock(
         BatchLimits {
             max_bytes: config.replication_batch_bytes,
             linger: config.replication_linger,
+            max_queued_bytes: config.replication_queue_bytes,
         },
         HintLimits {
             max_hints: config.max_hints,

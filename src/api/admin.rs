@@ -100,6 +100,7 @@ impl Admin for AdminService {
             anti_entropy_rounds: self.sync.rounds(),
             anti_entropy_repaired: self.sync.repaired(),
             merkle_mismatches: self.sync.mismatches(),
+            deltas_overflowed: self.replicator.deltas_overflowed(),
         }))
     }
 

@@ -456,6 +456,7 @@ fn print_stats(as_json: bool, s: &proto::StatsResponse) {
         ("tombstones", s.tombstones),
         ("hints_pending", s.hints_pending),
         ("hints_dropped", s.hints_dropped),
+        ("deltas_overflowed", s.deltas_overflowed),
         ("anti_entropy_rounds", s.anti_entropy_rounds),
         ("anti_entropy_repaired", s.anti_entropy_repaired),
         ("clock_drift_events", s.clock_drift_events),

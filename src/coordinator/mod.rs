@@ -32,8 +32,8 @@ use crate::clock::Clock;
 use crate::crdt::{ops, Entry, Payload, Version};
 use crate::dots::Dots;
 use crate::error::Error;
-use crate::net::{PeerError, Peers};
-use crate::replication::Replicator;
+use crate::net::Peers;
+use crate::replication::{Replicator, Undelivered};
 use crate::store::Store;
 
 /// How many replicas must answer before a request succeeds.
@@ -458,7 +458,7 @@ fn unanswered(timed_out: bool, timeout: Duration) -> String {
     }
 }
 
-fn answer_of(ack: Result<Result<(), PeerError>, oneshot::error::RecvError>) -> Answer {
+fn answer_of(ack: Result<Result<(), Undelivered>, oneshot::error::RecvError>) -> Answer {
     match ack {
         Ok(Ok(())) => Answer::Ok,
         Ok(Err(e)) => Answer::Failed(format!("{e}; hinted")),
@@ -542,6 +542,7 @@ mod tests {
             BatchLimits {
                 max_bytes: 1024,
                 linger: Duration::from_millis(1),
+                max_queued_bytes: 1 << 20,
             },
             HintLimits {
                 max_hints: 10,

@@ -10,13 +10,14 @@ mod batcher;
 mod hints;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
-pub use batcher::Batcher;
+pub use batcher::{BatchLimits, Batcher, Overflow};
 pub use hints::{entry_size, Hint, HintLimits, Hints};
 
 use crate::clock::Clock;
@@ -38,8 +39,27 @@ pub fn apply_deltas(store: &Store, clock: &Clock, deltas: Vec<(Key, Entry)>) -> 
     changed
 }
 
+/// Why a delta did not reach its peer (it is held as a hint then).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Undelivered {
+    /// The peer call failed.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// The peer's queue was full: the peer is slower than the writes to it.
+    #[error("delta queue full ({queued_bytes} bytes waiting; the limit is {limit})")]
+    QueueFull {
+        /// Bytes waiting when the delta came.
+        queued_bytes: usize,
+        /// `--replication-queue-bytes`.
+        limit: usize,
+    },
+    /// The queue stopped (the node is shutting down).
+    #[error("delta queue closed")]
+    Closed,
+}
+
 /// Tells a waiting coordinator whether its delta reached the peer.
-pub type Ack = oneshot::Sender<Result<(), PeerError>>;
+pub type Ack = oneshot::Sender<Result<(), Undelivered>>;
 
 /// One write bound for one peer.
 struct Delta {
@@ -48,17 +68,23 @@ struct Delta {
     ack: Option<Ack>,
 }
 
-/// How deltas are batched.
-#[derive(Clone, Copy, Debug)]
-pub struct BatchLimits {
-    /// Bytes that fill a batch.
-    pub max_bytes: usize,
-    /// How long a delta may wait for others to share its batch.
-    pub linger: Duration,
+/// What one peer's queue task and the writers share.
+struct Shared {
+    waiting: Mutex<Waiting>,
+    wake: Notify,
+}
+
+/// One peer's waiting deltas.
+struct Waiting {
+    batcher: Batcher<Delta>,
+    /// Set by [`Replicator::flush`]: send what waits, then stop.
+    closed: bool,
+    /// Deltas refused since the queue was last empty (for the log).
+    overflowed: u64,
 }
 
 struct Queue {
-    tx: mpsc::UnboundedSender<Delta>,
+    shared: Arc<Shared>,
     task: JoinHandle<()>,
 }
 
@@ -68,6 +94,7 @@ pub struct Replicator {
     batch: BatchLimits,
     queues: Mutex<HashMap<String, Queue>>,
     hints: Mutex<Hints>,
+    overflowed: AtomicU64,
 }
 
 impl Replicator {
@@ -78,23 +105,77 @@ impl Replicator {
             batch,
             queues: Mutex::new(HashMap::new()),
             hints: Mutex::new(Hints::new(hint_limits)),
+            overflowed: AtomicU64::new(0),
         })
     }
 
     /// Queues `entry` for `peer`; `ack`, when given, learns whether it
-    /// arrived. A delta that does not arrive is kept as a hint.
+    /// arrived. A delta that does not arrive is kept as a hint, and so is
+    /// one that finds the peer's queue full (`max_queued_bytes`) or closed.
     pub fn push(self: &Arc<Self>, peer: &str, key: Key, entry: Entry, ack: Option<Ack>) {
+        let shared = {
+            let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+            let queue = queues.entry(peer.to_string()).or_insert_with(|| {
+                let shared = Arc::new(Shared {
+                    waiting: Mutex::new(Waiting {
+                        batcher: Batcher::new(self.batch),
+                        closed: false,
+                        overflowed: 0,
+                    }),
+                    wake: Notify::new(),
+                });
+                let task = tokio::spawn(self.clone().run_queue(peer.to_string(), shared.clone()));
+                Queue { shared, task }
+            });
+            queue.shared.clone()
+        };
+        let size = entry_size(&key, &entry);
         let delta = Delta { key, entry, ack };
-        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
-        let queue = queues.entry(peer.to_string()).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let task = tokio::spawn(self.clone().run_queue(peer.to_string(), rx));
-            Queue { tx, task }
-        });
-        if let Err(mpsc::error::SendError(delta)) = queue.tx.send(delta) {
-            // The queue task is gone (shutting down): hold the write.
-            self.hint(peer, delta.key, delta.entry);
+        let refused = {
+            let mut waiting = lock(&shared.waiting);
+            if waiting.closed {
+                Some((delta, Undelivered::Closed))
+            } else {
+                match waiting.batcher.push(delta, size, Instant::now()) {
+                    Ok(()) => None,
+                    Err(Overflow { item, queued_bytes }) => {
+                        waiting.overflowed += 1;
+                        if waiting.overflowed == 1 {
+                            tracing::warn!(
+                                peer,
+                                queued_bytes,
+                                limit = self.batch.max_queued_bytes,
+                                "delta queue full: the peer is slower than the writes to it; \
+                                 holding further deltas as hints"
+                            );
+                        }
+                        let why = Undelivered::QueueFull {
+                            queued_bytes,
+                            limit: self.batch.max_queued_bytes,
+                        };
+                        Some((item, why))
+                    }
+                }
+            }
+        };
+        match refused {
+            None => shared.wake.notify_one(),
+            Some((delta, why)) => {
+                if matches!(why, Undelivered::QueueFull { .. }) {
+                    self.overflowed.fetch_add(1, Ordering::Relaxed);
+                }
+                self.hint(peer, delta.key, delta.entry);
+                if let Some(ack) = delta.ack {
+                    let _ = ack.send(Err(why));
+                }
+            }
         }
+    }
+
+    /// Deltas that found their peer's queue full and were held as hints
+    /// instead, since start.
+    pub fn deltas_overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
     }
 
     /// Holds `entry` for `peer`, which cannot take it now.
@@ -159,7 +240,7 @@ impl Replicator {
     }
 
     /// Sends every queued delta and stops the queues; deltas pushed
-    /// afterwards become hints.
+    /// afterwards go to new queues.
     pub async fn flush(&self) {
         let queues: Vec<Queue> = self
             .queues
@@ -169,47 +250,56 @@ impl Replicator {
             .map(|(_, q)| q)
             .collect();
         for q in queues {
-            drop(q.tx);
+            lock(&q.shared.waiting).closed = true;
+            q.shared.wake.notify_one();
             let _ = q.task.await;
         }
     }
 
-    fn hints(&self) -> std::sync::MutexGuard<'_, Hints> {
-        self.hints.lock().unwrap_or_else(PoisonError::into_inner)
+    fn hints(&self) -> MutexGuard<'_, Hints> {
+        lock(&self.hints)
     }
 
-    /// One peer's queue: gathers deltas into batches and sends one batch at
-    /// a time, so a slow peer delays only its own deltas, and deltas that
-    /// arrive while a batch is in flight form the next one.
-    async fn run_queue(self: Arc<Self>, peer: String, mut rx: mpsc::UnboundedReceiver<Delta>) {
-        let mut batcher = Batcher::new(self.batch.max_bytes, self.batch.linger);
+    /// One peer's queue: sends one batch at a time, so a slow peer delays
+    /// only its own deltas, and deltas that arrive while a batch is in
+    /// flight form the next one. Once closed, sends what waits and stops.
+    async fn run_queue(self: Arc<Self>, peer: String, shared: Arc<Shared>) {
         loop {
-            let deadline = batcher.deadline();
-            let linger = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
+            let (batch, deadline) = {
+                let mut waiting = lock(&shared.waiting);
+                let batch = match waiting.batcher.next(Instant::now()) {
+                    Some(batch) => Some(batch),
+                    None if waiting.closed => {
+                        let rest = waiting.batcher.take();
+                        if rest.is_empty() {
+                            return;
+                        }
+                        Some(rest)
+                    }
+                    None => None,
+                };
+                if waiting.batcher.is_empty() && waiting.overflowed > 0 {
+                    tracing::info!(
+                        peer = %peer,
+                        overflowed = waiting.overflowed,
+                        "delta queue drained; the deltas it refused are held as hints"
+                    );
+                    waiting.overflowed = 0;
                 }
+                (batch, waiting.batcher.deadline())
             };
-            tokio::select! {
-                delta = rx.recv() => match delta {
-                    Some(d) => {
-                        let size = entry_size(&d.key, &d.entry);
-                        if let Some(batch) = batcher.push(d, size, Instant::now()) {
-                            self.send(&peer, batch).await;
+            match batch {
+                Some(batch) => self.send(&peer, batch).await,
+                None => {
+                    let linger = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d.into()).await,
+                            None => std::future::pending().await,
                         }
-                    }
-                    None => {
-                        let rest = batcher.take();
-                        if !rest.is_empty() {
-                            self.send(&peer, rest).await;
-                        }
-                        return;
-                    }
-                },
-                () = linger => {
-                    if let Some(batch) = batcher.due(Instant::now()) {
-                        self.send(&peer, batch).await;
+                    };
+                    tokio::select! {
+                        () = shared.wake.notified() => {}
+                        () = linger => {}
                     }
                 }
             }
@@ -221,7 +311,12 @@ impl Replicator {
             .iter()
             .map(|d| (d.key.clone(), d.entry.clone()))
             .collect();
-        let result = self.peers.apply(peer, &entries).await.map(|_| ());
+        let result = self
+            .peers
+            .apply(peer, &entries)
+            .await
+            .map(|_| ())
+            .map_err(Undelivered::from);
         if let Err(e) = &result {
             tracing::debug!(peer, error = %e, deltas = batch.len(), "delta batch failed; holding hints");
             let mut hints = self.hints();
@@ -235,5 +330,80 @@ impl Replicator {
                 let _ = ack.send(result.clone());
             }
         }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::crdt::Version;
+    use crate::net::Switch;
+
+    #[tokio::test]
+    async fn a_slow_peer_overflows_its_queue_into_counted_hints() {
+        // A peer that accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let peers = Arc::new(Peers::new(
+            "n1".into(),
+            Arc::new(Switch::new()),
+            Duration::from_secs(60),
+        ));
+        peers.set_addresses(HashMap::from([("slow".to_string(), addr.to_string())]));
+        let replicator = Replicator::new(
+            peers,
+            BatchLimits {
+                max_bytes: 1024,
+                linger: Duration::from_millis(1),
+                max_queued_bytes: 16 * 1024,
+            },
+            HintLimits {
+                max_hints: 1000,
+                max_bytes: 1 << 20,
+                max_age: Duration::from_secs(60),
+            },
+        );
+        let entry = Entry::value(Version::new(1, 1), "x".repeat(1000), 0);
+        let size = entry_size("k00", &entry);
+        let fit = 16 * 1024 / size;
+        let mut acks = Vec::new();
+        for i in 0..100 {
+            let (tx, rx) = oneshot::channel();
+            let key = format!("k{i:02}");
+            replicator.push("slow", key.into(), entry.clone(), Some(tx));
+            acks.push(rx);
+        }
+        // What fits the bound waits for the peer; the rest is held as
+        // hints, counted, and its writers learn why at once.
+        assert_eq!(replicator.deltas_overflowed(), (100 - fit) as u64);
+        assert_eq!(replicator.hints_pending(), 100 - fit);
+        let last = acks.pop().unwrap().await.unwrap();
+        assert_eq!(
+            last,
+            Err(Undelivered::QueueFull {
+                queued_bytes: fit * size,
+                limit: 16 * 1024
+            })
+        );
+        assert_eq!(
+            last.unwrap_err().to_string(),
+            format!(
+                "delta queue full ({} bytes waiting; the limit is 16384)",
+                fit * size
+            )
+        );
     }
 }

@@ -79,6 +79,7 @@ impl Default for Config {
                 batch: BatchLimits {
                     max_bytes: 16 * 1024,
                     linger: Duration::from_millis(2),
+                    max_queued_bytes: 64 * 1024,
                 },
                 hints: HintLimits {
                     max_hints: 10_000,

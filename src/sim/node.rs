@@ -25,7 +25,9 @@ use crate::coordinator::{
 };
 use crate::crdt::{ops, Entry, Version};
 use crate::dots::{Dots, DEFAULT_CAPACITY};
-use crate::replication::{apply_deltas, entry_size, BatchLimits, Batcher, Hint, HintLimits, Hints};
+use crate::replication::{
+    apply_deltas, entry_size, BatchLimits, Batcher, Hint, HintLimits, Hints, Overflow, Undelivered,
+};
 use crate::store::{Key, Store};
 
 /// Settings every simulated node shares.
@@ -278,7 +280,6 @@ struct Delta {
 /// One peer's outbound deltas: one batch in flight at a time.
 struct Queue {
     batcher: Batcher<Delta>,
-    full: VecDeque<Vec<Delta>>,
     in_flight: bool,
     linger_at: Option<Instant>,
 }
@@ -577,20 +578,23 @@ impl SimNode {
             .then(|| entry.clone()),
         });
         let id = self.next_id();
-        for (replica, route) in routes {
-            let entry = call.entry().clone();
-            match route {
-                Route::Hint => self.hints.add(&replica, key.clone(), entry, self.now),
-                Route::Push => self.push(&replica, key.clone(), entry, None),
-                Route::Await => self.push(&replica, key.clone(), entry, Some(id)),
-            }
-        }
+        let entry = call.entry().clone();
+        // The call waits before the deltas are queued: a full queue answers
+        // at once.
         if call.decision() == Decision::Open {
             self.calls.insert(id, Call::Write { op, call });
             self.timer(self.settings.request_timeout, Timer::Call(id));
         } else {
             let result = finish_write(&call, "not waited for");
             self.done(op, result);
+        }
+        for (replica, route) in routes {
+            let entry = entry.clone();
+            match route {
+                Route::Hint => self.hints.add(&replica, key.clone(), entry, self.now),
+                Route::Push => self.push(&replica, key.clone(), entry, None),
+                Route::Await => self.push(&replica, key.clone(), entry, Some(id)),
+            }
         }
     }
 
@@ -908,15 +912,25 @@ impl SimNode {
             .queues
             .entry(peer.to_string())
             .or_insert_with(|| Queue {
-                batcher: Batcher::new(limits.max_bytes, limits.linger),
-                full: VecDeque::new(),
+                batcher: Batcher::new(limits),
                 in_flight: false,
                 linger_at: None,
             });
-        if let Some(batch) = q.batcher.push(Delta { key, entry, ack }, size, self.now) {
-            q.full.push_back(batch);
+        match q.batcher.push(Delta { key, entry, ack }, size, self.now) {
+            Ok(()) => self.pump(peer),
+            // The peer is slower than the writes to it: hold the delta as
+            // a hint, as production's queue does.
+            Err(Overflow { item, queued_bytes }) => {
+                self.hints.add(peer, item.key, item.entry, self.now);
+                if let Some(call) = item.ack {
+                    let why = Undelivered::QueueFull {
+                        queued_bytes,
+                        limit: limits.max_queued_bytes,
+                    };
+                    self.write_answer(call, peer, Answer::Failed(format!("{why}; hinted")));
+                }
+            }
         }
-        self.pump(peer);
     }
 
     /// Sends `peer` its next batch when none is in flight and one is full
@@ -929,7 +943,7 @@ impl SimNode {
         if q.in_flight {
             return;
         }
-        match q.full.pop_front().or_else(|| q.batcher.due(now)) {
+        match q.batcher.next(now) {
             Some(deltas) => {
                 q.in_flight = true;
                 let entries = deltas
@@ -984,8 +998,7 @@ impl SimNode {
             let Some(q) = self.queues.get_mut(&peer) else {
                 continue;
             };
-            let mut rest: Vec<Delta> = q.full.drain(..).flatten().collect();
-            rest.extend(q.batcher.take());
+            let rest = q.batcher.take();
             if !rest.is_empty() {
                 let entries = rest.into_iter().map(|d| (d.key, d.entry)).collect();
                 self.call(&peer, Rpc::Parting, Req::Apply(entries));
@@ -1187,7 +1200,7 @@ impl SimNode {
             }
         };
         for q in self.queues.values() {
-            for d in q.batcher.items().iter().chain(q.full.iter().flatten()) {
+            for d in q.batcher.items() {
                 see(&d.key, &d.entry);
             }
         }
