@@ -108,7 +108,8 @@ pub struct Config {
     pub request_timeout: Duration,
 
     /// How long a hint is kept for an unreachable replica before it is
-    /// dropped (counted in Stats; anti-entropy repairs what it carried).
+    /// dropped (counted in Stats; anti-entropy repairs what it carried
+    /// where a replica holds the write).
     #[arg(long, env = "KILOVOLT_MAX_HINT_AGE", default_value = "3h", value_parser = humantime::parse_duration)]
     pub max_hint_age: Duration,
 

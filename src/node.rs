@@ -130,9 +130,10 @@ impl RunningNode {
         }
         let replicator = &self.handles.replicator;
         replicator.flush().await;
-        hand_off_hints(&self.handles.coordinator, replicator, &self.info.id).await;
+        let hints_dropped =
+            hand_off_hints(&self.handles.coordinator, replicator, &self.info.id).await;
         let left = self.membership.leave().await;
-        info!(node = %self.info.id, hints_left = replicator.hints_pending(), "stopped");
+        info!(node = %self.info.id, hints_dropped, "stopped");
         served?;
         left.map_err(NodeError::from)
     }
@@ -408,22 +409,40 @@ async fn tend_hints(coordinator: Arc<Coordinator>, replicator: Arc<Replicator>) 
 
 /// On shutdown: hints that cannot reach their own replica now are given to
 /// the key's other live replicas, so the write outlives this node;
-/// anti-entropy later carries it to the replica that missed it.
-async fn hand_off_hints(coordinator: &Coordinator, replicator: &Arc<Replicator>, me: &str) {
+/// anti-entropy later carries it to the replica that missed it. A hint with
+/// no live replica to take it, and whatever could not be delivered in the
+/// end, dies with this node: counted in `hints_dropped` and logged with the
+/// reason. Returns how many hints were dropped so.
+async fn hand_off_hints(
+    coordinator: &Coordinator,
+    replicator: &Arc<Replicator>,
+    me: &str,
+) -> usize {
     let topology = coordinator.topology();
+    let mut dropped = 0;
     for peer in replicator.hinted_peers() {
         if topology.is_alive(&peer) && replicator.replay(&peer).await > 0 {
             continue;
         }
+        let mut stranded = 0;
         for hint in replicator.take_hints(&peer) {
+            let mut handed = false;
             for other in topology.replicas(&hint.key) {
                 if **other != *peer && **other != *me && topology.is_alive(other) {
                     replicator.push(other, hint.key.clone(), hint.entry.clone(), None);
+                    handed = true;
                 }
             }
+            stranded += usize::from(!handed);
         }
+        replicator.hints_abandoned(
+            stranded,
+            "shutting down with no live replica to hand them to",
+        );
+        dropped += stranded;
     }
     replicator.flush().await;
+    dropped + replicator.drop_hints("shutting down; their replicas could not take them")
 }
 
 /// Removes expired values every `interval`, at most `batch` per tick, while
@@ -449,5 +468,65 @@ async fn collect_expired(
         if removed > 0 {
             tracing::debug!(removed, "collected expired values");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crdt::{Entry, Version};
+    use crate::replication::BatchLimits;
+
+    fn member(id: &str, alive: bool) -> Member {
+        Member {
+            id: id.into(),
+            address: String::new(),
+            region: String::new(),
+            state: NodeState::Ready,
+            alive,
+            generation: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn hints_that_die_at_shutdown_are_counted() {
+        // Three nodes, so every key's replicas are n1 (this one), n2 (down)
+        // and n3 (alive but unreachable: no address is known).
+        let members = vec![member("n1", true), member("n2", false), member("n3", true)];
+        let peers = Arc::new(Peers::new(
+            "n1".into(),
+            Arc::new(Switch::new()),
+            Duration::from_secs(1),
+        ));
+        let replicator = Replicator::new(
+            peers.clone(),
+            BatchLimits {
+                max_bytes: 1024,
+                linger: Duration::from_millis(1),
+                max_queued_bytes: 1 << 20,
+            },
+            HintLimits {
+                max_hints: 10,
+                max_bytes: 1 << 20,
+                max_age: Duration::from_secs(60),
+            },
+        );
+        let coordinator = Coordinator::new(
+            "n1".into(),
+            Arc::new(Store::new(16)),
+            Arc::new(Clock::new("n1", clock::system_time, Duration::from_secs(1))),
+            peers,
+            replicator.clone(),
+            Topology::new(members, 16, 3),
+        );
+        let entry = Entry::value(Version::new(1, 1), "v", 0);
+        // Held for n3, whose only other replica (n2) is down: no one can
+        // take it. Held for n2: handed to n3, which cannot take it either.
+        replicator.hint("n3", "a".into(), entry.clone());
+        replicator.hint("n2", "b".into(), entry);
+        let dropped = hand_off_hints(&coordinator, &replicator, "n1").await;
+        assert_eq!(dropped, 2);
+        assert_eq!(replicator.hints_dropped(), 2);
+        assert_eq!(replicator.hints_pending(), 0);
     }
 }

@@ -1,7 +1,9 @@
 //! Hinted handoff: writes held for replicas that could not take them, to be
 //! handed on when they are back. Bounded in count, bytes and age; whatever
-//! is dropped is counted, never silently lost (anti-entropy repairs it).
-//! Pure state; the shell decides when to replay.
+//! is dropped is counted, never silently lost. Anti-entropy repairs a
+//! dropped hint only where some replica holds its write: a ONE write that
+//! no replica took lived only in hints, and is gone with them.
+//! Pure state; the shell decides when to replay, and logs drops.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -67,8 +69,8 @@ impl Hints {
     }
 
     /// Holds `entry` for `peer`. When a bound is exceeded, the oldest hints
-    /// (of any replica) are dropped and counted.
-    pub fn add(&mut self, peer: &str, key: Key, entry: Entry, now: Instant) {
+    /// (of any replica) are dropped and counted; returns how many.
+    pub fn add(&mut self, peer: &str, key: Key, entry: Entry, now: Instant) -> usize {
         let hint = Hint {
             key,
             entry,
@@ -80,11 +82,7 @@ impl Hints {
             .entry(peer.to_string())
             .or_default()
             .push_back(hint);
-        while self.count > self.limits.max_hints || self.bytes > self.limits.max_bytes {
-            if !self.drop_oldest() {
-                break;
-            }
-        }
+        self.enforce_bounds()
     }
 
     /// Drops hints older than the age limit at `now`; returns how many.
@@ -132,19 +130,33 @@ impl Hints {
         taken
     }
 
-    /// Puts back hints whose replay failed, ahead of newer ones.
-    pub fn restore(&mut self, peer: &str, hints: Vec<Hint>) {
+    /// Puts back hints whose replay failed, ahead of newer ones; returns
+    /// how many hints the bounds then dropped.
+    pub fn restore(&mut self, peer: &str, hints: Vec<Hint>) -> usize {
         let queue = self.by_peer.entry(peer.to_string()).or_default();
         for h in hints.into_iter().rev() {
             self.count += 1;
             self.bytes += h.size();
             queue.push_front(h);
         }
-        while self.count > self.limits.max_hints || self.bytes > self.limits.max_bytes {
-            if !self.drop_oldest() {
-                break;
-            }
-        }
+        self.enforce_bounds()
+    }
+
+    /// Counts `n` hints taken out (with [`Hints::take`]) that will never be
+    /// delivered, e.g. at shutdown with no live replica to hand them to.
+    pub fn count_dropped(&mut self, n: usize) {
+        self.dropped += n as u64;
+    }
+
+    /// Drops every hint held, counted; returns how many (at shutdown, for
+    /// what could not be delivered).
+    pub fn drop_all(&mut self) -> usize {
+        let n = self.count;
+        self.by_peer.clear();
+        self.count = 0;
+        self.bytes = 0;
+        self.dropped += n as u64;
+        n
     }
 
     /// The replicas that have hints waiting.
@@ -166,6 +178,18 @@ impl Hints {
     /// Hints dropped unsent since start (too old or over a bound).
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// Drops the oldest hints while a bound is exceeded; returns how many.
+    fn enforce_bounds(&mut self) -> usize {
+        let mut dropped = 0;
+        while self.count > self.limits.max_hints || self.bytes > self.limits.max_bytes {
+            if !self.drop_oldest() {
+                break;
+            }
+            dropped += 1;
+        }
+        dropped
     }
 
     fn drop_oldest(&mut self) -> bool {

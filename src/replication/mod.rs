@@ -180,7 +180,8 @@ impl Replicator {
 
     /// Holds `entry` for `peer`, which cannot take it now.
     pub fn hint(&self, peer: &str, key: Key, entry: Entry) {
-        self.hints().add(peer, key, entry, Instant::now());
+        let dropped = self.hints().add(peer, key, entry, Instant::now());
+        log_over_bound(dropped);
     }
 
     /// Hints waiting, over all peers.
@@ -203,11 +204,40 @@ impl Replicator {
         let expired = self.hints().expire(Instant::now());
         if expired > 0 {
             tracing::warn!(
-                expired,
-                "dropped hints past --max-hint-age; anti-entropy repairs them"
+                dropped = expired,
+                reason = "older than --max-hint-age",
+                "dropped hints; anti-entropy repairs them only where a replica holds the write"
             );
         }
         expired
+    }
+
+    /// Counts `n` hints taken out with [`Replicator::take_hints`] that will
+    /// never be delivered, and logs why.
+    pub fn hints_abandoned(&self, n: usize, reason: &str) {
+        if n == 0 {
+            return;
+        }
+        self.hints().count_dropped(n);
+        tracing::warn!(
+            dropped = n,
+            reason,
+            "dropped hints; anti-entropy repairs them only where a replica holds the write"
+        );
+    }
+
+    /// Drops every hint still held, counted and logged with `reason`;
+    /// returns how many (at shutdown: memory is not durable).
+    pub fn drop_hints(&self, reason: &str) -> usize {
+        let n = self.hints().drop_all();
+        if n > 0 {
+            tracing::warn!(
+                dropped = n,
+                reason,
+                "dropped hints; anti-entropy repairs them only where a replica holds the write"
+            );
+        }
+        n
     }
 
     /// Hands `peer` its hints, batch by batch, until none is left or a batch
@@ -227,7 +257,8 @@ impl Replicator {
                 Ok(_) => delivered += entries.len(),
                 Err(e) => {
                     tracing::debug!(peer, error = %e, "hint replay failed; kept for later");
-                    self.hints().restore(peer, batch);
+                    let dropped = self.hints().restore(peer, batch);
+                    log_over_bound(dropped);
                     return delivered;
                 }
             }
@@ -321,15 +352,29 @@ impl Replicator {
             tracing::debug!(peer, error = %e, deltas = batch.len(), "delta batch failed; holding hints");
             let mut hints = self.hints();
             let now = Instant::now();
-            for (key, entry) in entries {
-                hints.add(peer, key, entry, now);
-            }
+            let dropped: usize = entries
+                .into_iter()
+                .map(|(key, entry)| hints.add(peer, key, entry, now))
+                .sum();
+            drop(hints);
+            log_over_bound(dropped);
         }
         for d in batch {
             if let Some(ack) = d.ack {
                 let _ = ack.send(result.clone());
             }
         }
+    }
+}
+
+/// Logs hints the count or byte bound dropped.
+fn log_over_bound(dropped: usize) {
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            reason = "over --max-hints or --max-hint-bytes (the oldest go first)",
+            "dropped hints; anti-entropy repairs them only where a replica holds the write"
+        );
     }
 }
 

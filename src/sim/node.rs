@@ -263,7 +263,8 @@ pub enum Out {
     Ready,
     /// A partition's kept Merkle root differs from the recomputed one.
     TreeMismatch(u32),
-    /// Hints past their age were dropped (a copy of a write may be gone).
+    /// Hints past their age or over a bound were dropped (a copy of a
+    /// write may be gone).
     HintsExpired,
     /// Settled entries collection removed.
     Collected(Vec<(Key, Version)>),
@@ -591,7 +592,7 @@ impl SimNode {
         for (replica, route) in routes {
             let entry = entry.clone();
             match route {
-                Route::Hint => self.hints.add(&replica, key.clone(), entry, self.now),
+                Route::Hint => self.hint(&replica, key.clone(), entry),
                 Route::Push => self.push(&replica, key.clone(), entry, None),
                 Route::Await => self.push(&replica, key.clone(), entry, Some(id)),
             }
@@ -835,8 +836,7 @@ impl SimNode {
                 let ok = answer.is_ok();
                 for d in deltas {
                     if !ok {
-                        self.hints
-                            .add(&peer, d.key.clone(), d.entry.clone(), self.now);
+                        self.hint(&peer, d.key.clone(), d.entry.clone());
                     }
                     if let Some(call) = d.ack {
                         let answer = match &answer {
@@ -852,8 +852,8 @@ impl SimNode {
                 self.replaying.remove(&peer);
                 if answer.is_ok() {
                     self.replay(&peer);
-                } else {
-                    self.hints.restore(&peer, hints);
+                } else if self.hints.restore(&peer, hints) > 0 {
+                    self.out.push(Out::HintsExpired);
                 }
             }
             (Rpc::Read { call, peer }, answer) => {
@@ -921,7 +921,7 @@ impl SimNode {
             // The peer is slower than the writes to it: hold the delta as
             // a hint, as production's queue does.
             Err(Overflow { item, queued_bytes }) => {
-                self.hints.add(peer, item.key, item.entry, self.now);
+                self.hint(peer, item.key, item.entry);
                 if let Some(call) = item.ack {
                     let why = Undelivered::QueueFull {
                         queued_bytes,
@@ -930,6 +930,13 @@ impl SimNode {
                     self.write_answer(call, peer, Answer::Failed(format!("{why}; hinted")));
                 }
             }
+        }
+    }
+
+    /// Holds `entry` for `peer`; says so when the bounds drop older hints.
+    fn hint(&mut self, peer: &str, key: Key, entry: Entry) {
+        if self.hints.add(peer, key, entry, self.now) > 0 {
+            self.out.push(Out::HintsExpired);
         }
     }
 
