@@ -51,16 +51,18 @@ pub fn hand_offs(topology: &Topology, me: &str, store: &Store) -> BTreeMap<Arc<s
     targets
 }
 
-/// Whether every partition `me` holds has been synced with a live peer
-/// (`synced`), or has no live peer to sync with: a node that started empty
-/// is ready then.
-pub fn filled(topology: &Topology, me: &str, synced: &BTreeSet<u32>) -> bool {
+/// Whether every partition `me` holds has been synced (`synced`: pairs of
+/// partition and peer) with each of its other replicas: a node that started
+/// empty is ready then. Any one of them may hold a write that a quorum
+/// including this node's lost copy acknowledged, and one the failure
+/// detector holds dead may only be cut off, still holding it: so the node
+/// waits for every one rather than turn ready without what it lost.
+pub fn filled(topology: &Topology, me: &str, synced: &BTreeSet<(u32, String)>) -> bool {
     let ring = topology.ring();
     ring.partitions_held_by(me).into_iter().all(|p| {
-        synced.contains(&p)
-            || !ring
-                .replicas(p)
-                .iter()
-                .any(|r| **r != *me && topology.is_alive(r))
+        ring.replicas(p)
+            .iter()
+            .filter(|r| ***r != *me)
+            .all(|r| synced.contains(&(p, r.to_string())))
     })
 }

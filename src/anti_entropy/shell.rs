@@ -130,8 +130,8 @@ pub struct AntiEntropyConfig {
 const SYNCING_RETRY: Duration = Duration::from_millis(200);
 
 /// Runs anti-entropy sessions with this node's replica peers, and turns a
-/// node that started `syncing` ready once it has filled every partition it
-/// holds from a peer.
+/// node that started `syncing` ready once it has synced every partition it
+/// holds with each of the partition's other replicas.
 pub struct AntiEntropy {
     me: String,
     store: Arc<Store>,
@@ -143,8 +143,8 @@ pub struct AntiEntropy {
     wake: Notify,
     announcer: StateAnnouncer,
     ready: AtomicBool,
-    /// While syncing: the partitions synced with at least one peer.
-    synced: Mutex<BTreeSet<u32>>,
+    /// While syncing: the partitions synced, each with the peer.
+    synced: Mutex<BTreeSet<(u32, String)>>,
     /// The partition the next tree check recomputes.
     next_check: AtomicU64,
     /// Settled entries awaiting every replica's acknowledgement.
@@ -245,8 +245,8 @@ impl AntiEntropy {
         }
     }
 
-    /// Whether every partition this node holds has been synced with a live
-    /// peer, or has no live peer to sync with.
+    /// Whether every partition this node holds has been synced with each of
+    /// its other replicas.
     fn filled(&self) -> bool {
         let synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
         filled(&self.coordinator.topology(), &self.me, &synced)
@@ -273,7 +273,7 @@ impl AntiEntropy {
                         self.synced
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
-                            .extend(partitions);
+                            .extend(partitions.iter().map(|p| (*p, peer.clone())));
                     }
                     if stats.keys_sent + stats.keys_received > 0 {
                         tracing::info!(

@@ -146,8 +146,11 @@ pub struct Found {
     pub replicas: usize,
 }
 
-/// One read at QUORUM or ALL: every live replica is asked at once, and the
-/// first answers that meet the level are joined.
+/// One read at QUORUM or ALL: every live, ready replica is asked at once,
+/// and the first answers that meet the level are joined. A replica that is
+/// not `ready` (syncing: restarted empty and refilling) still takes writes,
+/// but its answer does not count: its "not found" may hide a write it lost,
+/// which another replica still holds.
 pub struct ReadCall {
     tally: Tally,
     answers: Vec<(Arc<str>, Option<Entry>)>,
@@ -156,7 +159,8 @@ pub struct ReadCall {
 impl ReadCall {
     /// Starts a read of `key` at `level` (QUORUM or ALL) coordinated by `me`;
     /// returns the call and the remote replicas to ask. This node's own copy,
-    /// when it is a replica, is its first answer.
+    /// when it is a ready replica, is its first answer. Replicas that are
+    /// not ready fail at once, with their state as their fate.
     pub fn start(
         me: &str,
         topology: &Topology,
@@ -171,7 +175,11 @@ impl ReadCall {
         };
         let mut ask = Vec::with_capacity(replicas.len());
         for replica in replicas {
-            if **replica == *me {
+            let state = topology.member(replica).map(|m| m.state);
+            if let Some(state) = state.filter(|s| *s != NodeState::Ready) {
+                call.tally
+                    .record(replica, Answer::Failed(not_counted(state).into()));
+            } else if **replica == *me {
                 call.record(replica, Ok(store.get(key)));
             } else if topology.is_alive(replica) {
                 ask.push(replica.clone());
@@ -192,7 +200,8 @@ impl ReadCall {
     ) -> Decision {
         match answer {
             Ok(entry) => {
-                if self.tally.decision() == Decision::Open {
+                let asked = self.tally.waiting().any(|r| r == &**replica);
+                if asked && self.tally.decision() == Decision::Open {
                     self.tally.record(replica, Answer::Ok);
                     self.answers.push((replica.clone(), entry));
                 }
@@ -241,10 +250,20 @@ impl ReadCall {
     }
 }
 
-/// One read at ONE: the replicas are tried one after another until one
-/// answers. Ready replicas first (a replica still refilling after a restart
-/// may lack the key), this node first among equals; then the live ones that
-/// are not ready, then the rest.
+/// Why a replica in `state` does not count toward a read.
+fn not_counted(state: NodeState) -> &'static str {
+    match state {
+        NodeState::Syncing => "syncing (refilling after a restart; not counted for reads)",
+        NodeState::Joining => "joining (not yet a replica; not counted for reads)",
+        NodeState::Leaving => "leaving (not counted for reads)",
+        NodeState::Ready => "ready",
+    }
+}
+
+/// One read at ONE: the ready replicas are tried one after another, this
+/// node first, until one answers. A replica that is not ready (syncing:
+/// restarted empty and refilling) does not count, at ONE as at QUORUM and
+/// ALL: its "not found" may hide a write acknowledged at ALL.
 pub struct ReadOne {
     order: Vec<Arc<str>>,
     next: usize,
@@ -254,15 +273,20 @@ pub struct ReadOne {
 impl ReadOne {
     /// Starts a read of `key` at ONE coordinated by `me`.
     pub fn start(me: &str, topology: &Topology, key: &str) -> Self {
-        let mut order = topology.replicas(key).to_vec();
-        let rank = |id: &str| match topology.member(id) {
-            Some(m) if m.alive && m.state == NodeState::Ready => 0,
-            Some(m) if m.alive => 1,
-            _ => 2,
-        };
-        order.sort_by_key(|r| (rank(r), **r != *me));
+        let replicas = topology.replicas(key);
+        let mut tally = Tally::new(Consistency::One, replicas.iter().cloned());
+        let mut order = Vec::with_capacity(replicas.len());
+        for replica in replicas {
+            match topology.member(replica).map(|m| m.state) {
+                Some(state) if state != NodeState::Ready => {
+                    tally.record(replica, Answer::Failed(not_counted(state).into()));
+                }
+                _ => order.push(replica.clone()),
+            }
+        }
+        order.sort_by_key(|r| (!topology.is_alive(r), **r != *me));
         Self {
-            tally: Tally::new(Consistency::One, order.iter().cloned()),
+            tally,
             order,
             next: 0,
         }
@@ -283,5 +307,92 @@ impl ReadOne {
     /// UNAVAILABLE naming each replica's fate, once every one failed.
     pub fn unavailable(&self) -> Error {
         Error::Unavailable(self.tally.report("not asked"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Member;
+
+    fn topology(states: &[(&str, NodeState)]) -> Topology {
+        let members = states
+            .iter()
+            .map(|(id, state)| Member {
+                id: (*id).into(),
+                address: String::new(),
+                region: String::new(),
+                state: *state,
+                alive: true,
+                generation: 1,
+            })
+            .collect();
+        Topology::new(members, 16, 3)
+    }
+
+    #[test]
+    fn a_replica_restarted_empty_does_not_count_toward_a_read_quorum() {
+        // n1 and n2 took a QUORUM write; n2 then restarted empty and is
+        // syncing. n3 (ready, without the write) coordinates a QUORUM read.
+        let t = topology(&[
+            ("n1", NodeState::Ready),
+            ("n2", NodeState::Syncing),
+            ("n3", NodeState::Ready),
+        ]);
+        let store = Store::new(16);
+        let written = Entry::value(Version::new(7, 1), "v", 0);
+        let (mut call, ask) = ReadCall::start("n3", &t, &store, "k", Consistency::Quorum);
+        assert_eq!(ask, vec![Arc::from("n1")], "a syncing replica is not asked");
+        // Were n2 asked, its "not found" would complete the quorum.
+        assert_eq!(call.record(&Arc::from("n2"), Ok(None)), Decision::Open);
+        assert_eq!(
+            call.record(&Arc::from("n1"), Ok(Some(written.clone()))),
+            Decision::Met
+        );
+        let found = call.finish("-").unwrap();
+        assert_eq!((found.entry, found.replicas), (Some(written), 2));
+    }
+
+    #[test]
+    fn too_few_ready_replicas_fail_naming_each_fate() {
+        let t = topology(&[
+            ("n1", NodeState::Ready),
+            ("n2", NodeState::Syncing),
+            ("n3", NodeState::Syncing),
+        ]);
+        let store = Store::new(16);
+        let (call, ask) = ReadCall::start("n1", &t, &store, "k", Consistency::Quorum);
+        assert!(ask.is_empty());
+        assert_eq!(call.decision(), Decision::Failed);
+        let Err(Error::Unavailable(why)) = call.finish("-") else {
+            panic!("expected UNAVAILABLE");
+        };
+        assert_eq!(
+            why,
+            "consistency QUORUM needs 2 of 3 replicas; 1 answered; n1: ok; \
+             n2: syncing (refilling after a restart; not counted for reads); \
+             n3: syncing (refilling after a restart; not counted for reads)"
+        );
+    }
+
+    #[test]
+    fn a_read_at_one_asks_only_ready_replicas() {
+        let t = topology(&[
+            ("n1", NodeState::Syncing),
+            ("n2", NodeState::Ready),
+            ("n3", NodeState::Ready),
+        ]);
+        let mut call = ReadOne::start("n1", &t, "k");
+        let mut asked = Vec::new();
+        while let Some(r) = call.next_replica() {
+            call.failed(&r, "cut".into());
+            asked.push(r);
+        }
+        asked.sort();
+        assert_eq!(asked, vec![Arc::from("n2"), Arc::from("n3")]);
+        assert!(call
+            .unavailable()
+            .to_string()
+            .contains("n1: syncing (refilling after a restart; not counted for reads)"));
     }
 }

@@ -395,8 +395,10 @@ fn writer<'a>(
 }
 
 /// A read names a write that happened, and, when its level overlaps an
-/// acknowledged write's (R + W > N) and nothing disrupted placement or
-/// memory between them, sees that write or something newer.
+/// acknowledged write's (R + W > N), sees that write or something newer,
+/// across crashes and restarts, unless placement moved between them or no
+/// node's store held the write any more before the read ended (every
+/// replica that had it lost its memory: what no replication survives).
 #[allow(clippy::too_many_arguments)]
 fn check_read(
     history: &History,
@@ -428,7 +430,10 @@ fn check_read(
         if acked >= r.invoked || written.replicas + replicas <= n {
             continue;
         }
-        if history.is_lost(w.id) || history.disrupted(w.invoked, ended) {
+        if history.is_lost(w.id)
+            || history.unheld_by(w.id, ended)
+            || history.disrupted(w.invoked, ended)
+        {
             continue;
         }
         if !sees(read.version, written.version, ops) {

@@ -62,12 +62,11 @@ impl OpRecord {
     }
 }
 
-/// A change to the cluster that can undo what replication guarantees: a
-/// node lost its memory (crash, leave) or placement moved (join, leave).
+/// A change to the cluster that can undo what replication guarantees:
+/// placement moved (join, leave). A node losing its memory undoes it only
+/// for the writes it took with it ([`History::unheld`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disruption {
-    /// A node lost its memory.
-    MemoryLost,
     /// Placement changed.
     Placement,
 }
@@ -84,6 +83,10 @@ pub struct History {
     /// Writes whose every copy was lost to crashes, leaves or hints aging
     /// out, with when.
     pub lost: Vec<(usize, u64)>,
+    /// Acknowledged writes that no node's store held any more (every replica
+    /// that had it lost its memory), with when: no replication can make a
+    /// read see such a write until a copy from a queue or hint arrives.
+    pub unheld: Vec<(usize, u64)>,
     /// Tombstones and expired values some node collected.
     pub collected: BTreeSet<(Key, Version)>,
     /// How long after a placement change nodes may still route by
@@ -98,13 +101,17 @@ impl History {
         self.events.push((at, what.into()));
     }
 
-    /// Whether a disruption was in effect in `from..=to`: a node lost its
-    /// memory then, or placement changed shortly before or then.
+    /// Whether a disruption was in effect in `from..=to`: placement changed
+    /// shortly before or then.
     pub fn disrupted(&self, from: u64, to: u64) -> bool {
         self.disruptions.iter().any(|&(at, kind)| match kind {
-            Disruption::MemoryLost => from <= at && at <= to,
             Disruption::Placement => at <= to && from <= at + self.placement_settles,
         })
+    }
+
+    /// Whether write `op` was held by no store at some moment up to `to`.
+    pub fn unheld_by(&self, op: usize, to: u64) -> bool {
+        self.unheld.iter().any(|&(o, at)| o == op && at <= to)
     }
 
     /// Whether write `op` lost every copy.

@@ -350,7 +350,7 @@ pub struct SimNode {
     collector: Collector,
     /// Whether it has filled every partition it holds since it started.
     pub ready: bool,
-    synced: BTreeSet<u32>,
+    synced: BTreeSet<(u32, String)>,
     round: Option<Round>,
     wake_pending: bool,
     ae_timer: u64,
@@ -1135,7 +1135,9 @@ impl SimNode {
                         if !job.handoff {
                             self.collector.confirm(&job.peer, &job.partitions, started);
                             if !self.ready {
-                                self.synced.extend(job.partitions.iter().copied());
+                                let peer = &job.peer;
+                                self.synced
+                                    .extend(job.partitions.iter().map(|p| (*p, peer.clone())));
                             }
                         }
                         self.next_job();

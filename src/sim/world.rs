@@ -676,11 +676,38 @@ impl World {
         self.slots[i].incarnation += 1;
         let id = self.slots[i].id.clone();
         self.history.note(self.now, format!("{id} {what}"));
-        self.history
-            .disruptions
-            .push((self.now, Disruption::MemoryLost));
+        self.mark_unheld();
         self.mark_lost();
         self.views_change();
+    }
+
+    /// Marks every acknowledged write that no node's store holds any more
+    /// (nor a newer version of its key): every replica that had it lost its
+    /// memory. A read after that may miss it; one before may not.
+    fn mark_unheld(&mut self) {
+        let now = self.now;
+        let unheld: Vec<usize> = self
+            .history
+            .ops
+            .iter()
+            .filter(|op| {
+                op.written()
+                    .is_some_and(|(at, w)| at <= now && w.replicas > 0)
+            })
+            .filter(|op| !self.history.unheld.iter().any(|&(o, _)| o == op.id))
+            .filter(|op| {
+                !self.slots.iter().filter_map(|s| s.node.as_ref()).any(|n| {
+                    n.store.get(&op.key).is_some_and(|e| match &op.delta {
+                        Some(delta) => holds(&e, delta),
+                        None => op.stamped.is_some_and(|v| e.version >= v),
+                    })
+                })
+            })
+            .map(|op| op.id)
+            .collect();
+        self.history
+            .unheld
+            .extend(unheld.into_iter().map(|op| (op, now)));
     }
 
     /// Marks every stamped write of which no copy (nor a newer version of
