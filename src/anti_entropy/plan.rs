@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::PartitionSet;
+use crate::cluster::NodeState;
 use crate::coordinator::Topology;
 use crate::ring::Ring;
 use crate::store::Store;
@@ -56,13 +57,65 @@ pub fn hand_offs(topology: &Topology, me: &str, store: &Store) -> BTreeMap<Arc<s
 /// empty is ready then. Any one of them may hold a write that a quorum
 /// including this node's lost copy acknowledged, and one the failure
 /// detector holds dead may only be cut off, still holding it: so the node
-/// waits for every one rather than turn ready without what it lost.
+/// waits for every one rather than turn ready without what it lost. Only a
+/// replica that left gracefully and stopped is not waited for: it holds
+/// nothing any more (memory is not durable).
 pub fn filled(topology: &Topology, me: &str, synced: &BTreeSet<(u32, String)>) -> bool {
     let ring = topology.ring();
+    let gone = |id: &str| {
+        topology
+            .member(id)
+            .is_some_and(|m| !m.alive && m.state == NodeState::Leaving)
+    };
     ring.partitions_held_by(me).into_iter().all(|p| {
         ring.replicas(p)
             .iter()
-            .filter(|r| ***r != *me)
+            .filter(|r| ***r != *me && !gone(r))
             .all(|r| synced.contains(&(p, r.to_string())))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Member;
+
+    fn member(id: &str, state: NodeState, alive: bool) -> Member {
+        Member {
+            id: id.into(),
+            address: String::new(),
+            region: String::new(),
+            state,
+            alive,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn a_restarted_node_is_filled_once_synced_with_every_other_replica() {
+        // Three nodes, rf 3: every partition is on all of them. n3 is held
+        // dead, but may only be cut off, holding writes n1 lost.
+        let topology = |n3: NodeState| {
+            Topology::new(
+                vec![
+                    member("n1", NodeState::Syncing, true),
+                    member("n2", NodeState::Ready, true),
+                    member("n3", n3, false),
+                ],
+                4,
+                3,
+            )
+        };
+        let with = |peers: &[&str]| -> BTreeSet<(u32, String)> {
+            (0..4)
+                .flat_map(|p| peers.iter().map(move |r| (p, r.to_string())))
+                .collect()
+        };
+        let t = topology(NodeState::Ready);
+        assert!(!filled(&t, "n1", &with(&[])));
+        assert!(!filled(&t, "n1", &with(&["n2"])), "n3 was not synced");
+        assert!(filled(&t, "n1", &with(&["n2", "n3"])));
+        // A replica that left gracefully holds nothing: no need to wait.
+        assert!(filled(&topology(NodeState::Leaving), "n1", &with(&["n2"])));
+    }
 }
