@@ -114,7 +114,7 @@ impl Replicator {
     /// one that finds the peer's queue full (`max_queued_bytes`) or closed.
     pub fn push(self: &Arc<Self>, peer: &str, key: Key, entry: Entry, ack: Option<Ack>) {
         let shared = {
-            let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut queues = lock(&self.queues);
             let queue = queues.entry(peer.to_string()).or_insert_with(|| {
                 let shared = Arc::new(Shared {
                     waiting: Mutex::new(Waiting {
