@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use thiserror::Error;
 
 /// The longest key the node accepts, in bytes.
 pub const MAX_KEY_BYTES: usize = 4096;
@@ -211,7 +212,160 @@ fn parse_value_limit(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
+/// A flag whose value is outside the range the node can run with.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("--{flag} is {value}; it must be {range}")]
+pub struct ConfigError {
+    /// The flag, without its leading dashes.
+    pub flag: &'static str,
+    /// The value given, as the user would write it.
+    pub value: String,
+    /// The accepted range, in words.
+    pub range: &'static str,
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// `value` within `min..=max`, or the error naming `flag` and `range`.
+fn check_duration(
+    flag: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+    range: &'static str,
+) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError {
+        flag,
+        value: humantime::format_duration(value).to_string(),
+        range,
+    })
+}
+
+/// `value` within `min..=max`, or the error naming `flag` and `range`.
+fn check_count<T: PartialOrd + ToString>(
+    flag: &'static str,
+    value: T,
+    min: T,
+    max: T,
+    range: &'static str,
+) -> Result<(), ConfigError> {
+    if min <= value && value <= max {
+        return Ok(());
+    }
+    Err(ConfigError {
+        flag,
+        value: value.to_string(),
+        range,
+    })
+}
+
 impl Config {
+    /// Checks every setting against the range the node can run with, so
+    /// that a bad value stops the node at start with one line naming the
+    /// flag, rather than a panic or a busy loop later. A zero interval
+    /// would spin its task; a duration of centuries would overflow the
+    /// clock arithmetic.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ms = Duration::from_millis;
+        check_duration(
+            "max-clock-drift",
+            self.max_clock_drift,
+            ms(1),
+            HOUR,
+            "1ms to 1h",
+        )?;
+        check_duration(
+            "gossip-interval",
+            self.gossip_interval,
+            ms(10),
+            MINUTE,
+            "10ms to 1m",
+        )?;
+        if !(1.0..=100.0).contains(&self.phi_threshold) {
+            return Err(ConfigError {
+                flag: "phi-threshold",
+                value: self.phi_threshold.to_string(),
+                range: "1 to 100",
+            });
+        }
+        check_duration(
+            "dead-node-grace",
+            self.dead_node_grace,
+            ms(100),
+            365 * DAY,
+            "100ms to 365d",
+        )?;
+        check_duration(
+            "request-timeout",
+            self.request_timeout,
+            ms(1),
+            10 * MINUTE,
+            "1ms to 10m",
+        )?;
+        check_duration(
+            "max-hint-age",
+            self.max_hint_age,
+            ms(1),
+            30 * DAY,
+            "1ms to 30d",
+        )?;
+        check_duration(
+            "replication-linger",
+            self.replication_linger,
+            Duration::ZERO,
+            SECOND,
+            "0s to 1s",
+        )?;
+        check_count(
+            "replication-batch-bytes",
+            self.replication_batch_bytes,
+            1,
+            64 << 20,
+            "1 to 67108864 bytes",
+        )?;
+        check_duration(
+            "anti-entropy-interval",
+            self.anti_entropy_interval,
+            ms(10),
+            DAY,
+            "10ms to 1d",
+        )?;
+        check_count(
+            "anti-entropy-bytes-per-sec",
+            self.anti_entropy_bytes_per_sec,
+            1024,
+            1 << 40,
+            "1024 to 1099511627776 bytes per second",
+        )?;
+        check_duration(
+            "tombstone-grace",
+            self.tombstone_grace,
+            Duration::ZERO,
+            365 * DAY,
+            "0s to 365d",
+        )?;
+        check_duration(
+            "expiry-interval",
+            self.expiry_interval,
+            ms(1),
+            HOUR,
+            "1ms to 1h",
+        )?;
+        check_count(
+            "expiry-batch",
+            self.expiry_batch,
+            1,
+            10_000_000,
+            "1 to 10000000",
+        )
+    }
+
     /// The settings with every default, as if no flag were given.
     pub fn defaults() -> Self {
         Self::parse_from(["kilovolt-db"])
@@ -290,6 +444,37 @@ mod tests {
             .unwrap();
         assert_eq!(c.advertised(4000), "db1:7");
         assert_eq!(c.node_id("db1:7"), "n1");
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(Config::defaults().validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_value_that_would_break_the_node_names_its_flag_and_range() {
+        for (flag, value) in [
+            ("--expiry-interval", "0s"),
+            ("--anti-entropy-interval", "0s"),
+            ("--gossip-interval", "0s"),
+            ("--max-clock-drift", "0s"),
+            ("--request-timeout", "0s"),
+            ("--dead-node-grace", "1000years"),
+            ("--phi-threshold", "0"),
+            ("--phi-threshold", "NaN"),
+            ("--expiry-batch", "0"),
+            ("--anti-entropy-bytes-per-sec", "0"),
+            ("--replication-batch-bytes", "0"),
+        ] {
+            let c = Config::try_parse_from(["kilovolt-db", flag, value]).unwrap();
+            let err = c.validate().unwrap_err();
+            assert_eq!(format!("--{}", err.flag), flag);
+            let text = err.to_string();
+            assert!(
+                text.starts_with(flag) && text.contains("it must be"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::anti_entropy::{AntiEntropy, AntiEntropyConfig, Limits};
 use crate::api::{AdminService, FaultsService, KilovoltService};
 use crate::clock::{self, Clock, PhysicalClock};
 use crate::cluster::{ClusterError, Member, Membership, MembershipConfig, NodeState};
-use crate::config::{Config, DefaultConsistency};
+use crate::config::{Config, ConfigError, DefaultConsistency};
 use crate::coordinator::{Consistency, Coordinator, Topology};
 use crate::net::{PeerService, Peers, Switch};
 use crate::proto;
@@ -46,6 +46,9 @@ pub struct NodeInfo {
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, Error)]
 pub enum NodeError {
+    /// A setting is out of the range the node can run with.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The listen address could not be bound (in use, not permitted...).
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -149,6 +152,7 @@ pub async fn start_with_clock(
     config: Config,
     physical: PhysicalClock,
 ) -> Result<RunningNode, NodeError> {
+    config.validate()?;
     let addr = config.bind_addr();
     let listener = TcpListener::bind(addr)
         .await
