@@ -106,9 +106,10 @@ pub struct Store {
     values: AtomicU64,
     tombstones: AtomicU64,
     /// Values with an expiry, by expiry instant, so that collection takes the
-    /// due ones first and never scans the map. An element may be stale (the
-    /// key was rewritten since); collection checks the entry before removing.
-    /// One index for all partitions: collection wants the earliest expiry of
+    /// due ones first and never scans the map: exactly one element per
+    /// string held with an expiry (a rewrite, delete, collection or drop
+    /// takes the old one out under the key's lock, so refreshing a TTL does
+    /// not grow it). One index for all partitions: collection wants the earliest expiry of
     /// the whole store, not of each partition.
     expiries: Mutex<BTreeSet<(u64, Key)>>,
 }
@@ -451,11 +452,8 @@ impl Store {
                 part.len.fetch_sub(1, Ordering::Relaxed);
                 self.counter(Kind::of(&entry))
                     .fetch_sub(1, Ordering::Relaxed);
-                if entry.is_value() && entry.expires_at != 0 {
-                    self.expiries
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&(entry.expires_at, key.clone()));
+                if let Some(at) = expiry_of(&entry) {
+                    self.unindex_expiry(at, &key);
                 }
                 removed.push((key, entry.version));
             }
@@ -489,11 +487,8 @@ impl Store {
             part.len.fetch_sub(1, Ordering::Relaxed);
             self.counter(Kind::of(entry))
                 .fetch_sub(1, Ordering::Relaxed);
-            if entry.is_value() && entry.expires_at != 0 {
-                self.expiries
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&(entry.expires_at, key.clone()));
+            if let Some(at) = expiry_of(entry) {
+                self.unindex_expiry(at, key);
             }
             removed += 1;
             false
@@ -536,7 +531,19 @@ impl Store {
             place.partition.len.fetch_add(1, Ordering::Relaxed);
         }
         self.recount(before.map(|b| b.kind), after);
-        self.index_expiry(key, after);
+        let expiry = expiry_of(after);
+        if let Some(old) = before
+            .and_then(|b| b.expiry)
+            .filter(|&old| Some(old) != expiry)
+        {
+            self.unindex_expiry(old, key);
+        }
+        if let Some(at) = expiry.filter(|&at| before.and_then(|b| b.expiry) != Some(at)) {
+            self.expiries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert((at, key.into()));
+        }
     }
 
     /// Moves the counters from the kind an entry had to the kind it has.
@@ -558,13 +565,13 @@ impl Store {
         }
     }
 
-    fn index_expiry(&self, key: &str, entry: &Entry) {
-        if entry.expires_at != 0 && entry.is_value() {
-            self.expiries
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert((entry.expires_at, key.into()));
-        }
+    /// Takes `(at, key)` out of the expiry index: the value that expired at
+    /// `at` was replaced or removed.
+    fn unindex_expiry(&self, at: u64, key: &str) {
+        self.expiries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(at, Key::from(key)));
     }
 }
 
@@ -596,6 +603,7 @@ struct Before {
     kind: Kind,
     is_value: bool,
     structured: Option<u128>,
+    expiry: Option<u64>,
 }
 
 impl Before {
@@ -605,6 +613,7 @@ impl Before {
             kind: Kind::of(entry),
             is_value: entry.is_value(),
             structured: entry.content_digest().map(|_| entry_digest(key, entry)),
+            expiry: expiry_of(entry),
         }
     }
 
@@ -613,6 +622,12 @@ impl Before {
         self.structured
             .unwrap_or_else(|| digest_of(key, self.version, self.is_value))
     }
+}
+
+/// The instant the expiry index files `entry` under: a string's expiry,
+/// `None` for a string that never expires and for every other kind.
+fn expiry_of(entry: &Entry) -> Option<u64> {
+    (entry.is_value() && entry.expires_at != 0).then_some(entry.expires_at)
 }
 
 /// Whether `entry` is settled at `now` with `grace` (NTP64): a tombstone or

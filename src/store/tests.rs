@@ -1,6 +1,7 @@
 use super::*;
 use crate::crdt::{ops, Actor, PnCounter, Version};
 use proptest::prelude::*;
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 
 /// The partition count of most tests: small, so that keys share partitions.
@@ -15,6 +16,7 @@ fn v(time: u64) -> Version {
 fn assert_trees_consistent(store: &Store) {
     let all: Vec<u8> = (0..=255).collect();
     let mut total = StoreStats::default();
+    let mut expiring = BTreeSet::new();
     for p in 0..store.partitions() {
         let reference = store.recompute_tree(p);
         assert_eq!(store.root(p), reference.root(), "root of partition {p}");
@@ -45,9 +47,17 @@ fn assert_trees_consistent(store: &Store) {
             } else {
                 total.tombstones += 1;
             }
+            if entry.is_value() && entry.expires_at != 0 {
+                expiring.insert((entry.expires_at, key));
+            }
         }
     }
     assert_eq!(store.stats(), total);
+    assert_eq!(
+        *store.expiries.lock().unwrap(),
+        expiring,
+        "the expiry index holds one entry per expiring value held"
+    );
 }
 
 #[test]
@@ -118,6 +128,24 @@ fn a_rewritten_key_is_not_collected_at_its_old_expiry() {
     assert_eq!(store.collect_expired(200, 10), 0);
     assert_eq!(store.get("k").unwrap().live_value(200), Some("long"));
     assert_eq!(store.collect_expired(500, 10), 1);
+    assert_trees_consistent(&store);
+}
+
+/// Measured in a cluster: rewriting 1,000 keys with a TTL 300 times grew
+/// each node by 30 MiB, every overwrite leaving its old expiry indexed.
+#[test]
+fn rewriting_a_key_with_a_ttl_keeps_one_index_entry() {
+    let store = Store::new(P);
+    for i in 1..=300 {
+        store.merge("session", Entry::value(v(i), "s", 1_000 + i));
+        let _ = store.write("other", |_| {
+            Ok::<_, Infallible>(Entry::value(v(i), "o", 2_000 + i))
+        });
+    }
+    assert_eq!(store.expiries.lock().unwrap().len(), 2);
+    store.merge("session", Entry::tombstone(v(400)));
+    store.merge("other", Entry::value(v(400), "kept", 0));
+    assert_eq!(store.expiries.lock().unwrap().len(), 0);
     assert_trees_consistent(&store);
 }
 
