@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 
+use super::latency::Latencies;
 use super::switch::{Switch, Verdict};
 use super::sync_wire::{reply_from_wire, request_to_wire};
 use super::wire::{from_wire, to_wire};
@@ -50,6 +51,7 @@ pub struct Peers {
     timeout: Duration,
     addresses: RwLock<HashMap<String, String>>,
     channels: RwLock<HashMap<String, Channel>>,
+    latencies: Latencies,
 }
 
 impl Peers {
@@ -61,12 +63,19 @@ impl Peers {
             timeout,
             addresses: RwLock::new(HashMap::new()),
             channels: RwLock::new(HashMap::new()),
+            latencies: Latencies::new(),
         }
     }
 
     /// The per-call timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// How long a request should wait on `peer` before it also asks
+    /// another replica ([`Latencies::hedge_after`]).
+    pub fn hedge_after(&self, peer: &str) -> Duration {
+        self.latencies.hedge_after(peer)
     }
 
     /// Replaces the known peer addresses (node id -> host:port).
@@ -83,8 +92,11 @@ impl Peers {
             header: Some(self.header()),
             entries: entries.iter().map(|(k, e)| to_wire(k, e)).collect(),
         };
+        let started = Instant::now();
         let mut client = self.client(peer).await?;
-        let reply = self.call(client.apply(request)).await?;
+        let reply = self
+            .call(Some((peer, started)), client.apply(request))
+            .await?;
         Ok(reply.changed)
     }
 
@@ -95,8 +107,11 @@ impl Peers {
             keys: keys.iter().map(|k| k.to_string()).collect(),
             partitions: Vec::new(),
         };
+        let started = Instant::now();
         let mut client = self.client(peer).await?;
-        let reply = self.call(client.read(request)).await?;
+        let reply = self
+            .call(Some((peer, started)), client.read(request))
+            .await?;
         reply
             .entries
             .into_iter()
@@ -112,8 +127,12 @@ impl Peers {
             keys: Vec::new(),
             partitions: Vec::new(),
         };
+        let started = Instant::now();
         let mut client = self.client(peer).await?;
-        Ok(self.call(client.read(request)).await?.clock)
+        Ok(self
+            .call(Some((peer, started)), client.read(request))
+            .await?
+            .clock)
     }
 
     /// Which of `partitions` `peer` holds entries of.
@@ -123,15 +142,19 @@ impl Peers {
             keys: Vec::new(),
             partitions: partitions.to_vec(),
         };
+        let started = Instant::now();
         let mut client = self.client(peer).await?;
-        Ok(self.call(client.read(request)).await?.held)
+        Ok(self
+            .call(Some((peer, started)), client.read(request))
+            .await?
+            .held)
     }
 
     /// Sends one anti-entropy step to `peer` and returns its reply.
     pub async fn sync(&self, peer: &str, request: &Request) -> Result<Reply, PeerError> {
         let request = request_to_wire(self.header(), request);
         let mut client = self.client(peer).await?;
-        let reply = self.call(client.sync(request)).await?;
+        let reply = self.call(None, client.sync(request)).await?;
         reply_from_wire(reply).map_err(|e| PeerError::Failed(e.to_string()))
     }
 
@@ -155,18 +178,35 @@ impl Peers {
             .max_encoding_message_size(MAX_PEER_MESSAGE))
     }
 
+    /// Runs `call` within the timeout. For a call that measures a peer's
+    /// latency (`(peer, started)`, started before the switch's verdict so
+    /// that an injected delay counts; small requests only: not an
+    /// anti-entropy step, whose time is spent on the work it carries),
+    /// records how long it took, timeouts included; a refused call says
+    /// nothing of the latency.
     async fn call<T>(
         &self,
+        measure: Option<(&str, Instant)>,
         call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, PeerError> {
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Ok(reply)) => {
+                if let Some((peer, started)) = measure {
+                    self.latencies.record(peer, started.elapsed());
+                }
+                Ok(reply.into_inner())
+            }
             Ok(Err(status)) => Err(PeerError::Failed(format!(
                 "{:?}: {}",
                 status.code(),
                 status.message()
             ))),
-            Err(_) => Err(PeerError::Timeout(self.timeout)),
+            Err(_) => {
+                if let Some((peer, started)) = measure {
+                    self.latencies.record(peer, started.elapsed());
+                }
+                Err(PeerError::Timeout(self.timeout))
+            }
         }
     }
 
