@@ -119,10 +119,16 @@ impl Peer for PeerService {
             tracing::warn!(error = %e, "refused an anti-entropy step");
             Status::invalid_argument(e.to_string())
         })?;
-        let reply = self.anti_entropy.respond(step).map_err(|e| {
-            tracing::warn!(error = %e, "refused an anti-entropy step");
-            Status::invalid_argument(e.to_string())
-        })?;
+        // A step may list the versions of whole partitions: on a blocking
+        // thread, so that client requests do not queue behind the scan.
+        let anti_entropy = self.anti_entropy.clone();
+        let reply = tokio::task::spawn_blocking(move || anti_entropy.respond(step))
+            .await
+            .map_err(|e| Status::internal(format!("anti-entropy step failed: {e}")))?
+            .map_err(|e| {
+                tracing::warn!(error = %e, "refused an anti-entropy step");
+                Status::invalid_argument(e.to_string())
+            })?;
         Ok(Response::new(reply_to_wire(&reply)))
     }
 }
