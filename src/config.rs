@@ -260,6 +260,23 @@ impl Config {
     pub fn max_message_bytes(&self) -> usize {
         self.max_value_bytes + MAX_KEY_BYTES + 64 * 1024
     }
+
+    /// The largest peer message the node decodes or encodes, either way.
+    /// The protocol's largest messages are a delta batch (closed once its
+    /// entries reach `--replication-batch-bytes`), an anti-entropy step (at
+    /// most its own limit, 256 KiB) and a read answer, each with at most
+    /// one entry past its budget; an entry is a value at its limit and its
+    /// key. Twice that covers a map's dots and contexts and the protobuf
+    /// framing the size estimates leave out, plus 64 KiB for the rest.
+    pub fn max_peer_message_bytes(&self) -> usize {
+        let budget = self
+            .replication_batch_bytes
+            .max(crate::anti_entropy::Limits::default().max_message_bytes);
+        budget
+            .saturating_add(self.max_value_bytes + MAX_KEY_BYTES)
+            .saturating_mul(2)
+            .saturating_add(64 * 1024)
+    }
 }
 
 #[cfg(test)]
