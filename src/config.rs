@@ -19,6 +19,10 @@ pub const MAX_FIELD_NAME_BYTES: usize = 4096;
 /// The most fields one `MapSet`, `MapGet` or `MapRemove` may name.
 pub const MAX_MAP_FIELDS: usize = 1000;
 
+/// The most partitions a cluster may have (`--partitions`); bounds the
+/// partition sets peers exchange.
+pub const MAX_PARTITIONS: u32 = 65536;
+
 /// The default for `--max-value-bytes`: 1 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 
@@ -85,7 +89,7 @@ pub struct Config {
 
     /// Fixed number of partitions keys are hashed into; must be the same on
     /// every node for the cluster's whole life.
-    #[arg(long, env = "KILOVOLT_PARTITIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, env = "KILOVOLT_PARTITIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PARTITIONS)))]
     pub partitions: u32,
 
     /// How often a node gossips membership (e.g. 100ms).
