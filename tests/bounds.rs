@@ -222,3 +222,210 @@ async fn a_peer_message_larger_than_the_protocol_needs_is_refused() {
     let applied = peer.apply(largest).await.expect("the largest entry passes");
     assert_eq!(applied.into_inner().changed, 1);
 }
+
+/// One adversarial peer message.
+#[derive(Clone, Debug)]
+enum Hostile {
+    /// A read naming the stored 1 MiB key `repeats` times among `others`,
+    /// and `partitions` (repeated, any number).
+    Read {
+        repeats: usize,
+        others: Vec<String>,
+        partitions: Vec<u32>,
+    },
+    /// `copies` of one map entry whose field context lists `actors` actors
+    /// in descending order.
+    Apply { copies: usize, actors: u64 },
+    /// A summary with a bitmap of `bitmap` bytes of `fill` and `groups`
+    /// digests.
+    Summary {
+        bitmap: usize,
+        fill: u8,
+        groups: usize,
+    },
+    /// A repair wanting one key `repeats` times.
+    Repair { repeats: usize },
+    /// A versions step listing `leaves` leaves, ascending or repeated.
+    Versions { leaves: u32, repeated: bool },
+}
+
+fn hostile() -> impl proptest::strategy::Strategy<Value = Hostile> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (
+            1usize..3000,
+            prop::collection::vec("[a-z]{1,8}", 0..50),
+            prop::collection::vec(any::<u32>(), 0..3000)
+        )
+            .prop_map(|(repeats, others, partitions)| Hostile::Read {
+                repeats,
+                others,
+                partitions
+            }),
+        (1usize..20, 0u64..40_000).prop_map(|(copies, actors)| Hostile::Apply { copies, actors }),
+        (
+            prop_oneof![0usize..200, 8190usize..8200, Just(100_000)],
+            any::<u8>(),
+            0usize..3000
+        )
+            .prop_map(|(bitmap, fill, groups)| Hostile::Summary {
+                bitmap,
+                fill,
+                groups
+            }),
+        (1usize..5000).prop_map(|repeats| Hostile::Repair { repeats }),
+        (1u32..5000, any::<bool>())
+            .prop_map(|(leaves, repeated)| Hostile::Versions { leaves, repeated }),
+    ]
+}
+
+/// Sends `message`; the encoded size of the answer, or the refusal.
+async fn send(
+    peer: &mut wire::peer_client::PeerClient<tonic::transport::Channel>,
+    message: Hostile,
+) -> Result<usize, tonic::Status> {
+    use prost::Message;
+    use wire::sync_request::Step;
+    let sync = |step| wire::SyncRequest {
+        header: header(),
+        max_reply_bytes: u32::MAX,
+        step: Some(step),
+    };
+    match message {
+        Hostile::Read {
+            repeats,
+            mut others,
+            partitions,
+        } => {
+            others.extend(std::iter::repeat_n("big".to_string(), repeats));
+            let request = wire::ReadRequest {
+                header: header(),
+                keys: others,
+                partitions,
+            };
+            let reply = peer.read(request).await?.into_inner();
+            let mut keys: Vec<&str> = reply.entries.iter().map(|e| e.key.as_str()).collect();
+            keys.sort_unstable();
+            let before = keys.len();
+            keys.dedup();
+            assert_eq!(keys.len(), before, "each key is answered once");
+            Ok(reply.encoded_len())
+        }
+        Hostile::Apply { copies, actors } => {
+            let field = wire::MapField {
+                name: "f".into(),
+                adds: Vec::new(),
+                context: (0..actors)
+                    .rev()
+                    .map(|n| wire::ActorTime {
+                        actor: Some(wire::Actor {
+                            node: n,
+                            incarnation: 1,
+                        }),
+                        time: n + 1,
+                    })
+                    .collect(),
+                removed_at: 1,
+            };
+            let entry = wire::Entry {
+                key: "m".into(),
+                time: 1,
+                node: 1,
+                map: Some(wire::MapState {
+                    generation_time: 1,
+                    generation_node: 1,
+                    fields: vec![field],
+                }),
+                ..Default::default()
+            };
+            let request = wire::ApplyRequest {
+                header: header(),
+                entries: vec![entry; copies],
+            };
+            Ok(peer.apply(request).await?.into_inner().encoded_len())
+        }
+        Hostile::Summary {
+            bitmap,
+            fill,
+            groups,
+        } => {
+            let step = Step::Summary(wire::SummaryStep {
+                partitions: vec![fill; bitmap],
+                groups: vec![0; groups * 16],
+            });
+            Ok(peer.sync(sync(step)).await?.into_inner().encoded_len())
+        }
+        Hostile::Repair { repeats } => {
+            let wanted = wire::WantedKey {
+                leaf: Some(wire::LeafRef {
+                    partition: 1,
+                    leaf: 2,
+                }),
+                fingerprint: 3,
+            };
+            let step = Step::Repair(wire::RepairStep {
+                salt: 1,
+                entries: Vec::new(),
+                wanted: vec![wanted; repeats],
+            });
+            Ok(peer.sync(sync(step)).await?.into_inner().encoded_len())
+        }
+        Hostile::Versions { leaves, repeated } => {
+            let leaves = (0..leaves)
+                .map(|i| wire::LeafRef {
+                    partition: if repeated { 0 } else { i / 256 },
+                    leaf: if repeated { 0 } else { i % 256 },
+                })
+                .collect();
+            let step = Step::Versions(wire::VersionsStep {
+                salt: 1,
+                leaves,
+                after: None,
+            });
+            Ok(peer.sync(sync(step)).await?.into_inner().encoded_len())
+        }
+    }
+}
+
+#[test]
+fn hostile_peer_messages_are_answered_or_refused_clearly_in_bounded_memory() {
+    use proptest::prelude::*;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let _one = MEASURING.blocking_lock();
+    let limit = Config::defaults().max_peer_message_bytes();
+    let (node, peer) = runtime.block_on(async {
+        let node = start_node(|_| {}).await;
+        set_large(&node, "big").await;
+        let peer = wire::peer_client::PeerClient::new(channel(&node).await)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        (node, peer)
+    });
+    proptest!(ProptestConfig::with_cases(48), |(message in hostile())| {
+        let mut peer = peer.clone();
+        let shown = format!("{message:?}");
+        let shown = &shown[..shown.len().min(200)];
+        let (answer, growth) = runtime.block_on(peak_growth(send(&mut peer, message)));
+        match answer {
+            Ok(size) => prop_assert!(size <= limit, "{shown}: answer of {size} bytes"),
+            Err(status) => {
+                prop_assert!(
+                    matches!(
+                        status.code(),
+                        Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange
+                    ),
+                    "{shown}: {status:?}"
+                );
+                prop_assert!(!status.message().is_empty());
+            }
+        }
+        prop_assert!(growth < BOUND, "{shown}: memory grew by {growth} bytes");
+    });
+    runtime
+        .block_on(node.shutdown())
+        .expect("the node shuts down");
+}
