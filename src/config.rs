@@ -20,6 +20,10 @@ pub const MAX_FIELD_NAME_BYTES: usize = 4096;
 /// The most fields one `MapSet`, `MapGet` or `MapRemove` may name.
 pub const MAX_MAP_FIELDS: usize = 1000;
 
+/// The most partitions a cluster may have (`--partitions`); bounds the
+/// partition sets peers exchange.
+pub const MAX_PARTITIONS: u32 = 65536;
+
 /// The default for `--max-value-bytes`: 1 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 
@@ -86,7 +90,7 @@ pub struct Config {
 
     /// Fixed number of partitions keys are hashed into; must be the same on
     /// every node for the cluster's whole life.
-    #[arg(long, env = "KILOVOLT_PARTITIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, env = "KILOVOLT_PARTITIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PARTITIONS)))]
     pub partitions: u32,
 
     /// How often a node gossips membership (e.g. 100ms).
@@ -413,6 +417,23 @@ impl Config {
     /// transport before it is buffered.
     pub fn max_message_bytes(&self) -> usize {
         self.max_value_bytes + MAX_KEY_BYTES + 64 * 1024
+    }
+
+    /// The largest peer message the node decodes or encodes, either way.
+    /// The protocol's largest messages are a delta batch (closed once its
+    /// entries reach `--replication-batch-bytes`), an anti-entropy step (at
+    /// most its own limit, 256 KiB) and a read answer, each with at most
+    /// one entry past its budget; an entry is a value at its limit and its
+    /// key. Twice that covers a map's dots and contexts and the protobuf
+    /// framing the size estimates leave out, plus 64 KiB for the rest.
+    pub fn max_peer_message_bytes(&self) -> usize {
+        let budget = self
+            .replication_batch_bytes
+            .max(crate::anti_entropy::Limits::default().max_message_bytes);
+        budget
+            .saturating_add(self.max_value_bytes + MAX_KEY_BYTES)
+            .saturating_mul(2)
+            .saturating_add(64 * 1024)
     }
 }
 

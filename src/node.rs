@@ -197,6 +197,7 @@ pub async fn start_with_clock(
         info.id.clone(),
         switch.clone(),
         config.request_timeout,
+        config.max_peer_message_bytes(),
     ));
     let replicator = Replicator::new(
         peers.clone(),
@@ -272,6 +273,7 @@ pub async fn start_with_clock(
         coordinator.clone(),
         default_level(config.default_consistency),
         config.max_value_bytes,
+        max_message,
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
@@ -292,9 +294,10 @@ pub async fn start_with_clock(
         clock,
         switch,
         anti_entropy,
+        config.max_peer_message_bytes(),
     ))
-    .max_decoding_message_size(crate::net::peer::MAX_PEER_MESSAGE)
-    .max_encoding_message_size(crate::net::peer::MAX_PEER_MESSAGE);
+    .max_decoding_message_size(config.max_peer_message_bytes())
+    .max_encoding_message_size(config.max_peer_message_bytes());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -593,6 +593,7 @@ mod tests {
             "n1".into(),
             Arc::new(Switch::new()),
             Duration::from_secs(1),
+            1 << 20,
         ));
         let replicator = Replicator::new(
             peers.clone(),

@@ -11,6 +11,9 @@ pub mod switch;
 pub mod sync_wire;
 pub mod wire;
 
+#[cfg(test)]
+mod hostile;
+
 pub use peer::{PeerError, Peers};
 pub use service::PeerService;
 pub use switch::{Switch, Verdict};

@@ -23,10 +23,6 @@ use crate::store::Key;
 /// protocol 1 would read a map as an empty string).
 pub const PROTOCOL: u32 = 2;
 
-/// The largest peer message, either way: a batch or a read answer of values
-/// at the value limit. Generous; batches are closed far below it.
-pub const MAX_PEER_MESSAGE: usize = 1 << 30;
-
 /// Why a call to a peer failed.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum PeerError {
@@ -49,18 +45,27 @@ pub struct Peers {
     me: String,
     switch: Arc<Switch>,
     timeout: Duration,
+    max_message_bytes: usize,
     addresses: RwLock<HashMap<String, String>>,
     channels: RwLock<HashMap<String, Channel>>,
     latencies: Latencies,
 }
 
 impl Peers {
-    /// Calls from node `me`, judged by `switch`, each bounded by `timeout`.
-    pub fn new(me: String, switch: Arc<Switch>, timeout: Duration) -> Self {
+    /// Calls from node `me`, judged by `switch`, each bounded by `timeout`
+    /// and by `max_message_bytes` either way (the peer message limit,
+    /// [`crate::config::Config::max_peer_message_bytes`]).
+    pub fn new(
+        me: String,
+        switch: Arc<Switch>,
+        timeout: Duration,
+        max_message_bytes: usize,
+    ) -> Self {
         Self {
             me,
             switch,
             timeout,
+            max_message_bytes,
             addresses: RwLock::new(HashMap::new()),
             channels: RwLock::new(HashMap::new()),
             latencies: Latencies::new(),
@@ -174,8 +179,8 @@ impl Peers {
         }
         let channel = self.channel(peer)?;
         Ok(PeerClient::new(channel)
-            .max_decoding_message_size(MAX_PEER_MESSAGE)
-            .max_encoding_message_size(MAX_PEER_MESSAGE))
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
     }
 
     /// Runs `call` within the timeout. For a call that measures a peer's
