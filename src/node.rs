@@ -432,11 +432,12 @@ async fn hand_off_hints(coordinator: &Coordinator, replicator: &Arc<Replicator>,
     replicator.flush().await;
 }
 
-/// Removes expired values every `interval`, at most `batch` per tick, while
-/// this node is alone. With peers, an expired value is kept (it reads as
-/// absent): removing it before every replica holds it could let a lagging
-/// replica's older value win the next anti-entropy session, which
-/// acknowledged collection will prevent.
+/// Every `interval`, at most `batch` per tick: removes expired values while
+/// this node is alone; with peers, drops only their bytes. An expired value
+/// is kept with peers (it reads as absent): removing it before every replica
+/// holds it could let a lagging replica's older value win the next
+/// anti-entropy session, so acknowledged collection removes it later; its
+/// bytes need not wait that long.
 async fn collect_expired(
     coordinator: Arc<Coordinator>,
     store: Arc<Store>,
@@ -449,6 +450,10 @@ async fn collect_expired(
     loop {
         ticker.tick().await;
         if coordinator.topology().members().count() > 1 {
+            let dropped = store.drop_expired_bytes(clock.now(), batch);
+            if dropped > 0 {
+                tracing::debug!(dropped, "dropped the bytes of expired values");
+            }
             continue;
         }
         let removed = store.collect_expired(clock.now(), batch);

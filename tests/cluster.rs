@@ -373,6 +373,43 @@ async fn one_answers_within_a_second_while_replicas_are_silent() {
     shutdown_all(nodes).await;
 }
 
+/// An expired value waits hours in a cluster for acknowledged collection;
+/// its bytes must not: every replica drops them at expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_values_drop_their_bytes_on_every_replica() {
+    let nodes = start_cluster_with("expired", &["", ""], |c| {
+        c.replication_factor = 2;
+        c.expiry_interval = Duration::from_millis(20);
+    })
+    .await;
+    let mut client = kv(&nodes[0]).await;
+    let mut request = set("session", &"x".repeat(100_000), Consistency::All);
+    request.ttl_ms = 300;
+    client.set(request).await.unwrap();
+    for node in &nodes {
+        let store = node.handles().store.clone();
+        eventually(
+            Duration::from_secs(10),
+            "the expired value's bytes to be dropped",
+            || {
+                let store = store.clone();
+                async move {
+                    let held = store.peek("session", |e| e.payload.clone())?;
+                    (held == kilovolt::crdt::Payload::Expired).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    let read = client
+        .get(get("session", Consistency::All))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!read.found, "an expired value reads as not found");
+    shutdown_all(nodes).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rf3_over_three_regions_puts_one_replica_in_each() {
     let nodes = start_cluster("regions", &["eu", "eu", "us", "ap"], 3).await;

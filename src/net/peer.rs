@@ -20,8 +20,10 @@ use crate::store::Key;
 /// The peer protocol's number, sent in every request. A receiver refuses a
 /// number it does not speak rather than misread the message. 2: entries
 /// carry maps and counters, version lists carry stamps (a node of
-/// protocol 1 would read a map as an empty string).
-pub const PROTOCOL: u32 = 2;
+/// protocol 1 would read a map as an empty string). 3: entries carry
+/// expired strings whose bytes were dropped (a node of protocol 2 would
+/// read one as an empty string).
+pub const PROTOCOL: u32 = 3;
 
 /// Why a call to a peer failed.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]

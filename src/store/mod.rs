@@ -255,14 +255,9 @@ impl Store {
     pub fn collect_expired(&self, now: u64, budget: usize) -> usize {
         let mut removed = 0;
         for _ in 0..budget {
-            let due = {
-                let mut expiries = self.expiries.lock().unwrap_or_else(PoisonError::into_inner);
-                match expiries.first() {
-                    Some((at, _)) if *at <= now => expiries.pop_first(),
-                    _ => None,
-                }
+            let Some((at, key)) = self.next_due(now) else {
+                break;
             };
-            let Some((at, key)) = due else { break };
             let (p, leaf) = self.locate(&key);
             let Some(partition) = self.partition(p) else {
                 continue;
@@ -286,6 +281,40 @@ impl Store {
             }
         }
         removed
+    }
+
+    /// Drops the bytes of up to `budget` strings whose expiry has passed at
+    /// `now` ([`Entry::drop_expired_bytes`]); returns how many. For a node
+    /// with peers, which must keep an expired string until every replica
+    /// holds it (acknowledged collection) but need not keep its bytes. The
+    /// Merkle digest does not change: it covers the version, not the bytes.
+    pub fn drop_expired_bytes(&self, now: u64, budget: usize) -> usize {
+        let mut dropped = 0;
+        for _ in 0..budget {
+            let Some((at, key)) = self.next_due(now) else {
+                break;
+            };
+            let place = self.place(&key);
+            if let Some(mut slot) = place.partition.entries.get_sync(&*key) {
+                let before = Before::of(&key, slot.get());
+                let entry = slot.get_mut();
+                if entry.expires_at == at && entry.drop_expired_bytes(now) {
+                    self.changed(&place, &key, Some(before), slot.get());
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Takes the earliest element of the expiry index when it is due at
+    /// `now`.
+    fn next_due(&self, now: u64) -> Option<(u64, Key)> {
+        let mut expiries = self.expiries.lock().unwrap_or_else(PoisonError::into_inner);
+        match expiries.first() {
+            Some((at, _)) if *at <= now => expiries.pop_first(),
+            _ => None,
+        }
     }
 
     /// What the store holds now.
@@ -625,9 +654,11 @@ impl Before {
 }
 
 /// The instant the expiry index files `entry` under: a string's expiry,
-/// `None` for a string that never expires and for every other kind.
+/// `None` for a string that never expires, one whose bytes were dropped
+/// already, and every other kind.
 fn expiry_of(entry: &Entry) -> Option<u64> {
-    (entry.is_value() && entry.expires_at != 0).then_some(entry.expires_at)
+    (matches!(entry.payload, Payload::Value(_)) && entry.expires_at != 0)
+        .then_some(entry.expires_at)
 }
 
 /// Whether `entry` is settled at `now` with `grace` (NTP64): a tombstone or

@@ -47,7 +47,7 @@ fn assert_trees_consistent(store: &Store) {
             } else {
                 total.tombstones += 1;
             }
-            if entry.is_value() && entry.expires_at != 0 {
+            if matches!(entry.payload, Payload::Value(_)) && entry.expires_at != 0 {
                 expiring.insert((entry.expires_at, key));
             }
         }
@@ -102,6 +102,28 @@ fn a_failed_stamp_changes_nothing() {
     // Nor does a failed stamp of a new key leave an empty slot behind.
     assert_eq!(store.write("new", |_| Err("no")), Err("no"));
     assert_eq!(store.get("new"), None);
+    assert_trees_consistent(&store);
+}
+
+/// With peers an expired value waits for acknowledged collection, hours
+/// in the default settings: only its bytes go at expiry.
+#[test]
+fn expired_values_drop_their_bytes_and_keep_their_digest() {
+    let store = Store::new(P);
+    store.merge("gone", Entry::value(v(1), "x".repeat(1000), 100));
+    store.merge("later", Entry::value(v(2), "y", 300));
+    store.merge("forever", Entry::value(v(3), "z", 0));
+    let roots: Vec<u128> = (0..P).map(|p| store.root(p)).collect();
+    let stats = store.stats();
+    assert_eq!(store.drop_expired_bytes(99, 10), 0);
+    assert_eq!(store.drop_expired_bytes(100, 10), 1);
+    assert_eq!(store.get("gone").unwrap().payload, Payload::Expired);
+    assert_eq!(store.get("later").unwrap().live_value(100), Some("y"));
+    assert_eq!(roots, (0..P).map(|p| store.root(p)).collect::<Vec<_>>());
+    assert_eq!(store.stats(), stats);
+    assert_eq!(store.drop_expired_bytes(u64::MAX, 10), 1);
+    // Acknowledged collection still takes it whole, once settled.
+    assert_eq!(store.settled(store.partition_of("gone"), 200, 50).len(), 1);
     assert_trees_consistent(&store);
 }
 
@@ -314,6 +336,8 @@ enum Op {
     Write { key: u8, tombstone: bool },
     /// Run the expiry collector at `now` with `budget`.
     Collect { now: u64, budget: usize },
+    /// Drop the bytes of expired values at `now`, at most `budget`.
+    DropBytes { now: u64, budget: usize },
     /// Drop partition `p` (possibly out of range).
     Drop { p: u32 },
 }
@@ -351,6 +375,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (0u8..16, entry()).prop_map(|(key, entry)| Op::Merge { key, entry }),
         2 => (0u8..16, any::<bool>()).prop_map(|(key, tombstone)| Op::Write { key, tombstone }),
         2 => (0u64..25, 0usize..5).prop_map(|(now, budget)| Op::Collect { now, budget }),
+        2 => (0u64..25, 0usize..5).prop_map(|(now, budget)| Op::DropBytes { now, budget }),
         1 => (0u32..10).prop_map(|p| Op::Drop { p }),
     ]
 }
@@ -440,6 +465,7 @@ proptest! {
                     }).unwrap();
                 }
                 Op::Collect { now, budget } => { store.collect_expired(now, budget); }
+                Op::DropBytes { now, budget } => { store.drop_expired_bytes(now, budget); }
                 Op::Drop { p } => { store.drop_partition(p); }
             }
             assert_trees_consistent(&store);
