@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use thiserror::Error;
 
 /// The longest key the node accepts, in bytes.
 pub const MAX_KEY_BYTES: usize = 4096;
@@ -18,6 +19,10 @@ pub const MAX_FIELD_NAME_BYTES: usize = 4096;
 
 /// The most fields one `MapSet`, `MapGet` or `MapRemove` may name.
 pub const MAX_MAP_FIELDS: usize = 1000;
+
+/// The most partitions a cluster may have (`--partitions`); bounds the
+/// partition sets peers exchange.
+pub const MAX_PARTITIONS: u32 = 65536;
 
 /// The default for `--max-value-bytes`: 1 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
@@ -85,7 +90,7 @@ pub struct Config {
 
     /// Fixed number of partitions keys are hashed into; must be the same on
     /// every node for the cluster's whole life.
-    #[arg(long, env = "KILOVOLT_PARTITIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, env = "KILOVOLT_PARTITIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PARTITIONS)))]
     pub partitions: u32,
 
     /// How often a node gossips membership (e.g. 100ms).
@@ -219,7 +224,160 @@ fn parse_value_limit(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
+/// A flag whose value is outside the range the node can run with.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("--{flag} is {value}; it must be {range}")]
+pub struct ConfigError {
+    /// The flag, without its leading dashes.
+    pub flag: &'static str,
+    /// The value given, as the user would write it.
+    pub value: String,
+    /// The accepted range, in words.
+    pub range: &'static str,
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// `value` within `min..=max`, or the error naming `flag` and `range`.
+fn check_duration(
+    flag: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+    range: &'static str,
+) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError {
+        flag,
+        value: humantime::format_duration(value).to_string(),
+        range,
+    })
+}
+
+/// `value` within `min..=max`, or the error naming `flag` and `range`.
+fn check_count<T: PartialOrd + ToString>(
+    flag: &'static str,
+    value: T,
+    min: T,
+    max: T,
+    range: &'static str,
+) -> Result<(), ConfigError> {
+    if min <= value && value <= max {
+        return Ok(());
+    }
+    Err(ConfigError {
+        flag,
+        value: value.to_string(),
+        range,
+    })
+}
+
 impl Config {
+    /// Checks every setting against the range the node can run with, so
+    /// that a bad value stops the node at start with one line naming the
+    /// flag, rather than a panic or a busy loop later. A zero interval
+    /// would spin its task; a duration of centuries would overflow the
+    /// clock arithmetic.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ms = Duration::from_millis;
+        check_duration(
+            "max-clock-drift",
+            self.max_clock_drift,
+            ms(1),
+            HOUR,
+            "1ms to 1h",
+        )?;
+        check_duration(
+            "gossip-interval",
+            self.gossip_interval,
+            ms(10),
+            MINUTE,
+            "10ms to 1m",
+        )?;
+        if !(1.0..=100.0).contains(&self.phi_threshold) {
+            return Err(ConfigError {
+                flag: "phi-threshold",
+                value: self.phi_threshold.to_string(),
+                range: "1 to 100",
+            });
+        }
+        check_duration(
+            "dead-node-grace",
+            self.dead_node_grace,
+            ms(100),
+            365 * DAY,
+            "100ms to 365d",
+        )?;
+        check_duration(
+            "request-timeout",
+            self.request_timeout,
+            ms(1),
+            10 * MINUTE,
+            "1ms to 10m",
+        )?;
+        check_duration(
+            "max-hint-age",
+            self.max_hint_age,
+            ms(1),
+            30 * DAY,
+            "1ms to 30d",
+        )?;
+        check_duration(
+            "replication-linger",
+            self.replication_linger,
+            Duration::ZERO,
+            SECOND,
+            "0s to 1s",
+        )?;
+        check_count(
+            "replication-batch-bytes",
+            self.replication_batch_bytes,
+            1,
+            64 << 20,
+            "1 to 67108864 bytes",
+        )?;
+        check_duration(
+            "anti-entropy-interval",
+            self.anti_entropy_interval,
+            ms(10),
+            DAY,
+            "10ms to 1d",
+        )?;
+        check_count(
+            "anti-entropy-bytes-per-sec",
+            self.anti_entropy_bytes_per_sec,
+            1024,
+            1 << 40,
+            "1024 to 1099511627776 bytes per second",
+        )?;
+        check_duration(
+            "tombstone-grace",
+            self.tombstone_grace,
+            Duration::ZERO,
+            365 * DAY,
+            "0s to 365d",
+        )?;
+        check_duration(
+            "expiry-interval",
+            self.expiry_interval,
+            ms(1),
+            HOUR,
+            "1ms to 1h",
+        )?;
+        check_count(
+            "expiry-batch",
+            self.expiry_batch,
+            1,
+            10_000_000,
+            "1 to 10000000",
+        )
+    }
+
     /// The settings with every default, as if no flag were given.
     pub fn defaults() -> Self {
         Self::parse_from(["kilovolt-db"])
@@ -268,6 +426,23 @@ impl Config {
     pub fn max_message_bytes(&self) -> usize {
         self.max_value_bytes + MAX_KEY_BYTES + 64 * 1024
     }
+
+    /// The largest peer message the node decodes or encodes, either way.
+    /// The protocol's largest messages are a delta batch (closed once its
+    /// entries reach `--replication-batch-bytes`), an anti-entropy step (at
+    /// most its own limit, 256 KiB) and a read answer, each with at most
+    /// one entry past its budget; an entry is a value at its limit and its
+    /// key. Twice that covers a map's dots and contexts and the protobuf
+    /// framing the size estimates leave out, plus 64 KiB for the rest.
+    pub fn max_peer_message_bytes(&self) -> usize {
+        let budget = self
+            .replication_batch_bytes
+            .max(crate::anti_entropy::Limits::default().max_message_bytes);
+        budget
+            .saturating_add(self.max_value_bytes + MAX_KEY_BYTES)
+            .saturating_mul(2)
+            .saturating_add(64 * 1024)
+    }
 }
 
 #[cfg(test)]
@@ -298,6 +473,37 @@ mod tests {
             .unwrap();
         assert_eq!(c.advertised(4000), "db1:7");
         assert_eq!(c.node_id("db1:7"), "n1");
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(Config::defaults().validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_value_that_would_break_the_node_names_its_flag_and_range() {
+        for (flag, value) in [
+            ("--expiry-interval", "0s"),
+            ("--anti-entropy-interval", "0s"),
+            ("--gossip-interval", "0s"),
+            ("--max-clock-drift", "0s"),
+            ("--request-timeout", "0s"),
+            ("--dead-node-grace", "1000years"),
+            ("--phi-threshold", "0"),
+            ("--phi-threshold", "NaN"),
+            ("--expiry-batch", "0"),
+            ("--anti-entropy-bytes-per-sec", "0"),
+            ("--replication-batch-bytes", "0"),
+        ] {
+            let c = Config::try_parse_from(["kilovolt-db", flag, value]).unwrap();
+            let err = c.validate().unwrap_err();
+            assert_eq!(format!("--{}", err.flag), flag);
+            let text = err.to_string();
+            assert!(
+                text.starts_with(flag) && text.contains("it must be"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

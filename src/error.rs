@@ -101,6 +101,19 @@ pub enum Error {
     /// An operation of a batch names none of set, get or delete.
     #[error("batch operation is empty; set one of set, get or delete")]
     EmptyBatchOp,
+    /// The answer would be larger than one message may carry: the work
+    /// stopped as soon as it passed the limit, before it was all done.
+    #[error("{what} reached {size} bytes; the limit is {limit} ({why})")]
+    AnswerTooLarge {
+        /// What was being answered, and how far it got.
+        what: String,
+        /// The size the answer reached when the work stopped.
+        size: usize,
+        /// The largest answer accepted.
+        limit: usize,
+        /// Where the limit comes from.
+        why: &'static str,
+    },
     /// LOCAL was asked of a write.
     #[error("consistency LOCAL is for reads only; a write needs DEFAULT, ONE, QUORUM or ALL")]
     LocalWrite,

@@ -21,6 +21,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
+    if let Err(e) = config.validate() {
+        // The same exit code clap gives any other usage error.
+        eprintln!("kilovolt-db: {e}");
+        return ExitCode::from(2);
+    }
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(config.log_level.as_directive()));
     tracing_subscriber::fmt()

@@ -19,7 +19,7 @@ use crate::anti_entropy::{AntiEntropy, AntiEntropyConfig, Limits};
 use crate::api::{AdminService, FaultsService, KilovoltService};
 use crate::clock::{self, Clock, PhysicalClock};
 use crate::cluster::{ClusterError, Member, Membership, MembershipConfig, NodeState};
-use crate::config::{Config, DefaultConsistency};
+use crate::config::{Config, ConfigError, DefaultConsistency};
 use crate::coordinator::{Consistency, Coordinator, Topology};
 use crate::net::{PeerService, Peers, Switch};
 use crate::proto;
@@ -46,6 +46,9 @@ pub struct NodeInfo {
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, Error)]
 pub enum NodeError {
+    /// A setting is out of the range the node can run with.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The listen address could not be bound (in use, not permitted...).
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -150,6 +153,7 @@ pub async fn start_with_clock(
     config: Config,
     physical: PhysicalClock,
 ) -> Result<RunningNode, NodeError> {
+    config.validate()?;
     let addr = config.bind_addr();
     let listener = TcpListener::bind(addr)
         .await
@@ -194,6 +198,7 @@ pub async fn start_with_clock(
         info.id.clone(),
         switch.clone(),
         config.request_timeout,
+        config.max_peer_message_bytes(),
     ));
     let replicator = Replicator::new(
         peers.clone(),
@@ -270,6 +275,7 @@ pub async fn start_with_clock(
         coordinator.clone(),
         default_level(config.default_consistency),
         config.max_value_bytes,
+        max_message,
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
@@ -290,9 +296,10 @@ pub async fn start_with_clock(
         clock,
         switch,
         anti_entropy,
+        config.max_peer_message_bytes(),
     ))
-    .max_decoding_message_size(crate::net::peer::MAX_PEER_MESSAGE)
-    .max_encoding_message_size(crate::net::peer::MAX_PEER_MESSAGE);
+    .max_decoding_message_size(config.max_peer_message_bytes())
+    .max_encoding_message_size(config.max_peer_message_bytes());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -445,11 +452,12 @@ async fn hand_off_hints(
     dropped + replicator.drop_hints("shutting down; their replicas could not take them")
 }
 
-/// Removes expired values every `interval`, at most `batch` per tick, while
-/// this node is alone. With peers, an expired value is kept (it reads as
-/// absent): removing it before every replica holds it could let a lagging
-/// replica's older value win the next anti-entropy session, which
-/// acknowledged collection will prevent.
+/// Every `interval`, at most `batch` per tick: removes expired values while
+/// this node is alone; with peers, drops only their bytes. An expired value
+/// is kept with peers (it reads as absent): removing it before every replica
+/// holds it could let a lagging replica's older value win the next
+/// anti-entropy session, so acknowledged collection removes it later; its
+/// bytes need not wait that long.
 async fn collect_expired(
     coordinator: Arc<Coordinator>,
     store: Arc<Store>,
@@ -462,6 +470,10 @@ async fn collect_expired(
     loop {
         ticker.tick().await;
         if coordinator.topology().members().count() > 1 {
+            let dropped = store.drop_expired_bytes(clock.now(), batch);
+            if dropped > 0 {
+                tracing::debug!(dropped, "dropped the bytes of expired values");
+            }
             continue;
         }
         let removed = store.collect_expired(clock.now(), batch);
@@ -497,6 +509,7 @@ mod tests {
             "n1".into(),
             Arc::new(Switch::new()),
             Duration::from_secs(1),
+            1 << 20,
         ));
         let replicator = Replicator::new(
             peers.clone(),

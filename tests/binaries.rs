@@ -222,3 +222,23 @@ fn flags_are_also_environment_variables() {
     assert_eq!(json["self_id"], "env-node");
     assert_eq!(json["members"][0]["region"], "mars");
 }
+
+#[test]
+fn a_flag_out_of_range_is_one_line_naming_it_and_exit_2() {
+    for (flag, value, range) in [
+        ("--expiry-interval", "0s", "1ms to 1h"),
+        ("--anti-entropy-interval", "0s", "10ms to 1d"),
+    ] {
+        let out = Command::new(SERVER)
+            .args(["--host", "127.0.0.1", "--port", "0", flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(flag) && err.contains(value) && err.contains(range),
+            "{err}"
+        );
+    }
+}

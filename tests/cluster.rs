@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{admin, eventually, kv, start_node};
 use kilovolt::config::Config;
+use kilovolt::net::switch::Degradation;
 use kilovolt::node::RunningNode;
 use kilovolt::proto::{self, Consistency};
 use tonic::Code;
@@ -290,6 +291,122 @@ async fn five_nodes_rf3_forward_from_non_replicas() {
             );
         }
     }
+    shutdown_all(nodes).await;
+}
+
+/// `message` as a request the client gives up on after a second.
+fn within_a_second<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(Duration::from_secs(1));
+    request
+}
+
+/// A replica that is silent but not (yet) held dead, as behind a real
+/// partition the failure detector has not noticed: ONE must still answer
+/// within a second. The request timeout is long here, so a coordinator
+/// that waited on the silent replica could not answer in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_answers_within_a_second_while_replicas_are_silent() {
+    let nodes = start_cluster_with("silent", &["", "", ""], |c| {
+        c.replication_factor = 2;
+        c.request_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let coordinator = &nodes[0];
+    let mut a = admin(coordinator).await;
+    // A key of which the coordinator is not a replica, so ONE goes remote.
+    let mut found = None;
+    for i in 0.. {
+        let key = format!("silent-{i}");
+        let replicas: Vec<String> = a
+            .replicas(proto::ReplicasRequest { key: key.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .replicas
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        if !replicas.contains(&coordinator.info().id) {
+            found = Some((key, replicas));
+            break;
+        }
+    }
+    let (key, replicas) = found.unwrap();
+    let mut client = kv(coordinator).await;
+    client.set(set(&key, "v1", Consistency::All)).await.unwrap();
+
+    let silent = Degradation {
+        drop: 0.0,
+        delay: Duration::from_secs(30),
+    };
+    // The first replica a ONE read asks (placement order) goes silent.
+    coordinator
+        .handles()
+        .switch
+        .degrade([replicas[0].clone()], silent);
+    let read = client
+        .get(within_a_second(get(&key, Consistency::One)))
+        .await
+        .expect("a ONE read asks the next replica when the first is silent")
+        .into_inner();
+    assert_eq!(read.value, "v1");
+
+    // Both replicas silent: a ONE write is answered, held for delivery.
+    coordinator
+        .handles()
+        .switch
+        .degrade(replicas.iter().cloned(), silent);
+    client
+        .set(within_a_second(set(&key, "v2", Consistency::One)))
+        .await
+        .expect("a ONE write is answered while every replica is silent");
+    coordinator.handles().switch.heal();
+    for node in nodes.iter().filter(|n| replicas.contains(&n.info().id)) {
+        eventually(
+            Duration::from_secs(15),
+            "the write held for silent replicas to reach them",
+            || async { (local_value(node, &key).await.as_deref() == Some("v2")).then_some(()) },
+        )
+        .await;
+    }
+    shutdown_all(nodes).await;
+}
+
+/// An expired value waits hours in a cluster for acknowledged collection;
+/// its bytes must not: every replica drops them at expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_values_drop_their_bytes_on_every_replica() {
+    let nodes = start_cluster_with("expired", &["", ""], |c| {
+        c.replication_factor = 2;
+        c.expiry_interval = Duration::from_millis(20);
+    })
+    .await;
+    let mut client = kv(&nodes[0]).await;
+    let mut request = set("session", &"x".repeat(100_000), Consistency::All);
+    request.ttl_ms = 300;
+    client.set(request).await.unwrap();
+    for node in &nodes {
+        let store = node.handles().store.clone();
+        eventually(
+            Duration::from_secs(10),
+            "the expired value's bytes to be dropped",
+            || {
+                let store = store.clone();
+                async move {
+                    let held = store.peek("session", |e| e.payload.clone())?;
+                    (held == kilovolt::crdt::Payload::Expired).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    let read = client
+        .get(get("session", Consistency::All))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!read.found, "an expired value reads as not found");
     shutdown_all(nodes).await;
 }
 

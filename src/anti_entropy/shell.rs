@@ -216,8 +216,18 @@ impl AntiEntropy {
             self.ask_outsiders().await;
             self.round().await;
             self.hand_off().await;
-            self.collect_settled();
-            self.check_tree();
+            // Both scan what this node holds (every held partition, then one
+            // whole partition): on a blocking thread, so that requests on the
+            // async workers do not queue behind them.
+            let scans = self.clone();
+            let scanned = tokio::task::spawn_blocking(move || {
+                scans.collect_settled();
+                scans.check_tree();
+            })
+            .await;
+            if let Err(e) = scanned {
+                tracing::error!(error = %e, "tombstone collection or the tree check failed");
+            }
             if !self.is_ready() && self.filled() {
                 self.ready.store(true, Ordering::Relaxed);
                 self.announcer.announce(NodeState::Ready).await;

@@ -1,8 +1,11 @@
 //! The client API: the contract's `Kilovolt` service.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_util::future::join_all;
+use prost::Message;
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use super::validate;
@@ -19,22 +22,63 @@ pub struct KilovoltService {
     coordinator: Arc<Coordinator>,
     default_level: Consistency,
     max_value_bytes: usize,
+    max_message_bytes: usize,
 }
 
 impl KilovoltService {
     /// The service over `coordinator`, resolving DEFAULT to `default_level`
-    /// and refusing values (strings, map field values, whole maps) over
-    /// `max_value_bytes`.
+    /// refusing values (strings, map field values, whole maps) over
+    /// `max_value_bytes`, and stopping a `Batch` whose answer grows past
+    /// `max_message_bytes` (the encode limit).
     pub fn new(
         coordinator: Arc<Coordinator>,
         default_level: Consistency,
         max_value_bytes: usize,
+        max_message_bytes: usize,
     ) -> Self {
         Self {
             coordinator,
             default_level,
             max_value_bytes,
+            max_message_bytes,
         }
+    }
+}
+
+/// How many gets of one batch may hold their values at once before they are
+/// counted: bounds what a batch holds beyond its answer's limit.
+const BATCH_READS_AT_ONCE: usize = 16;
+
+/// The bytes a batch's answer may still take. Its operations run
+/// concurrently; each one counts its result as it finishes, and once the
+/// answer is over the limit no further operation starts, so the work stops
+/// with the answer instead of after it.
+struct AnswerBudget {
+    limit: usize,
+    used: AtomicUsize,
+    reads: Semaphore,
+}
+
+impl AnswerBudget {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: AtomicUsize::new(0),
+            reads: Semaphore::new(BATCH_READS_AT_ONCE),
+        }
+    }
+
+    /// Whether the answer is already over the limit.
+    fn spent(&self) -> bool {
+        self.used.load(Ordering::Relaxed) > self.limit
+    }
+
+    /// Counts `result` into the answer; false when that takes it over.
+    fn charge(&self, result: &proto::BatchResult) -> bool {
+        let len = result.encoded_len();
+        // A repeated field: one byte of tag and the length, then the record.
+        let cost = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+        self.used.fetch_add(cost, Ordering::Relaxed) + cost <= self.limit
     }
 }
 
@@ -91,10 +135,23 @@ impl KilovoltService {
     }
 
     /// One operation of a batch, answered as its single RPC would be, a
-    /// failure carried as a `Failure` result.
-    async fn do_batch_op(&self, op: proto::BatchOp) -> proto::BatchResult {
+    /// failure carried as a `Failure` result; `None` when the answer went
+    /// over `budget` before or with it (it did not run, or its result was
+    /// dropped).
+    async fn do_batch_op(
+        &self,
+        op: proto::BatchOp,
+        budget: &AnswerBudget,
+    ) -> Option<proto::BatchResult> {
         use proto::batch_op::Op;
         use proto::batch_result::Result as R;
+        let _reading = match op.op {
+            Some(Op::Get(_)) => budget.reads.acquire().await.ok(),
+            _ => None,
+        };
+        if budget.spent() {
+            return None;
+        }
         let result = match op.op {
             Some(Op::Set(req)) => self.do_set(req).await.map(R::Set),
             Some(Op::Get(req)) => self.do_get(req).await.map(R::Get),
@@ -107,9 +164,10 @@ impl KilovoltService {
                 message: status.message().to_string(),
             })
         });
-        proto::BatchResult {
+        let result = proto::BatchResult {
             result: Some(result),
-        }
+        };
+        budget.charge(&result).then_some(result)
     }
 }
 
@@ -144,7 +202,25 @@ impl Kilovolt for KilovoltService {
     ) -> Result<Response<proto::BatchResponse>, Status> {
         let ops = request.into_inner().ops;
         validate::batch_size(ops.len())?;
-        let results = join_all(ops.into_iter().map(|op| self.do_batch_op(op))).await;
+        let total = ops.len();
+        let budget = AnswerBudget::new(self.max_message_bytes);
+        let results = join_all(ops.into_iter().map(|op| self.do_batch_op(op, &budget))).await;
+        let Some(results) = results.into_iter().collect::<Option<Vec<_>>>() else {
+            let size = budget.used.load(Ordering::Relaxed);
+            tracing::warn!(
+                operations = total,
+                size,
+                limit = budget.limit,
+                "refused a batch whose answer is over the message limit"
+            );
+            return Err(Error::AnswerTooLarge {
+                what: format!("the answer to a batch of {total} operations"),
+                size,
+                limit: budget.limit,
+                why: "the message limit: --max-value-bytes plus 69632",
+            }
+            .into());
+        };
         Ok(Response::new(proto::BatchResponse { results }))
     }
 

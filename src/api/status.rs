@@ -23,6 +23,7 @@ impl From<Error> for Status {
             | Error::FieldsTooLarge { .. }
             | Error::LocalWrite => Code::InvalidArgument,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::AnswerTooLarge { .. } => Code::ResourceExhausted,
             Error::Clock(_) => Code::FailedPrecondition,
             Error::Type(TypeError::WrongKind { .. } | TypeError::MapTooLarge { .. }) => {
                 Code::FailedPrecondition

@@ -36,6 +36,13 @@ use crate::net::Peers;
 use crate::replication::{Replicator, Undelivered};
 use crate::store::Store;
 
+/// How long a write at ONE waits to read the key's state from a replica
+/// (where this node is not one) before it builds on nothing: two hedge
+/// delays ([`crate::net::latency::MAX_HEDGE`]), so that with the write's
+/// own wait the client is answered within a second however silent the
+/// replicas are.
+const OBSERVE_AT_ONE: Duration = Duration::from_millis(600);
+
 /// How many replicas must answer before a request succeeds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Consistency {
@@ -294,8 +301,8 @@ impl Coordinator {
     /// path hands the stored entry to the builder, under the key's lock. A
     /// write at LOCAL reads nothing (the write path refuses it).
     ///
-    /// When no replica answers, a write at ONE, which is never refused for
-    /// want of replicas, builds on nothing (`Some(None)`): it is checked
+    /// When no replica answers (at ONE: within [`OBSERVE_AT_ONE`]), a write
+    /// at ONE, which is never refused for want of replicas, builds on nothing (`Some(None)`): it is checked
     /// against nothing, a map or counter write continues the generation of
     /// a key never written (it merges unless the key was deleted or held
     /// another kind since), and a removal finds nothing to remove. At
@@ -310,7 +317,18 @@ impl Coordinator {
         {
             return Ok(None);
         }
-        match self.read_one(key).await {
+        let read = if level == Consistency::One {
+            tokio::time::timeout(OBSERVE_AT_ONE, self.read_one(key))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Unavailable(format!(
+                        "no replica answered within {OBSERVE_AT_ONE:?}"
+                    )))
+                })
+        } else {
+            self.read_one(key).await
+        };
+        match read {
             Ok(entry) => Ok(Some(entry)),
             Err(e) if level == Consistency::One => {
                 tracing::debug!(key, error = %e, "no replica to read before a write at ONE; building on nothing");
@@ -333,6 +351,7 @@ impl Coordinator {
         let (mut call, routes) =
             WriteCall::start(&self.me, &topology, &self.store, key, level, make)?;
         let acks = FuturesUnordered::new();
+        let mut awaited = Vec::new();
         for (replica, route) in routes {
             let entry = call.entry().clone();
             match route {
@@ -341,11 +360,23 @@ impl Coordinator {
                 Route::Await => {
                     let (tx, rx) = oneshot::channel();
                     self.replicator.push(&replica, key.into(), entry, Some(tx));
+                    awaited.push(replica.clone());
                     acks.push(async move { (replica, rx.await) });
                 }
             }
         }
-        let timeout = self.peers.timeout();
+        // ONE never fails for want of replicas: once the replicas have been
+        // silent for longer than they usually take, the write is answered
+        // from its queued copies (each becomes a hint if delivery fails)
+        // rather than after the full timeout.
+        let timeout = match level {
+            Consistency::One => awaited
+                .iter()
+                .map(|r| self.peers.hedge_after(r))
+                .max()
+                .unwrap_or_default(),
+            _ => self.peers.timeout(),
+        };
         let timed_out = gather(&mut call, acks, timeout, |call, (replica, ack)| {
             call.record(&replica, answer_of(ack))
         })
@@ -353,20 +384,46 @@ impl Coordinator {
         Ok(call.finish(&unanswered(timed_out, timeout))?.version)
     }
 
-    /// ONE: the first replica that answers, in [`ReadOne`]'s order.
+    /// ONE: the first replica that answers, in [`ReadOne`]'s order. A
+    /// replica silent for longer than it usually takes (its hedge delay) is
+    /// not waited for alone: the next one is asked too, and the first answer
+    /// wins; a failure moves on at once.
     async fn read_one(&self, key: &str) -> Result<Option<Entry>, Error> {
         let topology = self.topology();
         let mut call = ReadOne::start(&self.me, &topology, key);
-        while let Some(replica) = call.next_replica() {
-            if *replica == *self.me {
-                return Ok(self.store.get(key));
+        let mut asking = FuturesUnordered::new();
+        // Each turn asks the next replica: at the start, after a failure,
+        // and when the newest one asked stayed silent past its hedge delay.
+        // `None` once every replica has been asked: then only the answers
+        // in flight are waited for.
+        let mut hedge;
+        loop {
+            match call.next_replica() {
+                Some(replica) if *replica == *self.me => return Ok(self.store.get(key)),
+                Some(replica) => {
+                    hedge = Some(self.peers.hedge_after(&replica));
+                    let peers = &self.peers;
+                    asking.push(async move {
+                        let read = peers.read(&replica, &[key]).await;
+                        (replica, read)
+                    });
+                }
+                None if asking.is_empty() => return Err(call.unavailable()),
+                None => hedge = None,
             }
-            match self.peers.read(&replica, &[key]).await {
-                Ok(entries) => return Ok(entries.into_iter().next().map(|(_, e)| e)),
-                Err(e) => call.failed(&replica, e.to_string()),
+            let next = match hedge {
+                Some(after) => match tokio::time::timeout(after, asking.next()).await {
+                    Ok(next) => next,
+                    Err(_) => continue,
+                },
+                None => asking.next().await,
+            };
+            match next {
+                Some((_, Ok(entries))) => return Ok(entries.into_iter().next().map(|(_, e)| e)),
+                Some((replica, Err(e))) => call.failed(&replica, e.to_string()),
+                None => {}
             }
         }
-        Err(call.unavailable())
     }
 
     /// QUORUM and ALL: ask every replica at once, join what the first
@@ -536,6 +593,7 @@ mod tests {
             "n1".into(),
             Arc::new(Switch::new()),
             Duration::from_secs(1),
+            1 << 20,
         ));
         let replicator = Replicator::new(
             peers.clone(),

@@ -56,6 +56,14 @@ pub enum Payload {
     Tombstone,
     /// The key holds this string.
     Value(Box<str>),
+    /// The key held a string whose expiry has passed, and its bytes were
+    /// dropped. In a cluster an expired string stays until every replica
+    /// holds it (so that no replica's older value comes back), which may be
+    /// hours: dropping its bytes at expiry keeps that wait from holding
+    /// memory. It reads as absent on every node, whatever its clock says,
+    /// and at the same version and expiry it wins over the string it
+    /// replaced, so the bytes drop on every replica it reaches.
+    Expired,
     /// The key holds a map.
     Map(Box<OrMap>),
     /// The key holds a counter.
@@ -174,7 +182,7 @@ impl Entry {
     pub fn kind(&self) -> Kind {
         match self.payload {
             Payload::Tombstone => Kind::Tombstone,
-            Payload::Value(_) => Kind::String,
+            Payload::Value(_) | Payload::Expired => Kind::String,
             Payload::Map(_) => Kind::Map,
             Payload::Counter(_) => Kind::Counter,
         }
@@ -183,7 +191,7 @@ impl Entry {
     /// What the key reads as at `now` (NTP64).
     pub fn held(&self, now: u64) -> Held<'_> {
         match &self.payload {
-            Payload::Tombstone => Held::Absent,
+            Payload::Tombstone | Payload::Expired => Held::Absent,
             Payload::Value(_) if self.is_expired(now) => Held::Absent,
             Payload::Value(v) => Held::String(v),
             Payload::Map(m) if m.is_empty() => Held::Absent,
@@ -201,14 +209,30 @@ impl Entry {
         }
     }
 
-    /// Whether this entry is a string whose expiry has passed at `now`.
+    /// Whether this entry is a string whose expiry has passed at `now`
+    /// (an [`Payload::Expired`] one has, by definition).
     pub fn is_expired(&self, now: u64) -> bool {
-        self.expires_at != 0 && self.expires_at <= now && self.is_value()
+        match self.payload {
+            Payload::Value(_) => self.expires_at != 0 && self.expires_at <= now,
+            Payload::Expired => true,
+            _ => false,
+        }
     }
 
-    /// Whether this entry is a string (expired or not).
+    /// Whether this entry is a string (expired or not, its bytes dropped
+    /// or not).
     pub fn is_value(&self) -> bool {
-        matches!(self.payload, Payload::Value(_))
+        matches!(self.payload, Payload::Value(_) | Payload::Expired)
+    }
+
+    /// Drops the bytes of a string whose expiry has passed at `now`;
+    /// returns whether it did. The version, expiry and Merkle digest stay.
+    pub fn drop_expired_bytes(&mut self, now: u64) -> bool {
+        let due = matches!(self.payload, Payload::Value(_)) && self.is_expired(now);
+        if due {
+            self.payload = Payload::Expired;
+        }
+        due
     }
 
     /// Whether this entry holds something: not a tombstone, nor a map whose
@@ -218,7 +242,7 @@ impl Entry {
         match &self.payload {
             Payload::Tombstone => false,
             Payload::Map(m) => !m.is_empty(),
-            Payload::Value(_) | Payload::Counter(_) => true,
+            Payload::Value(_) | Payload::Expired | Payload::Counter(_) => true,
         }
     }
 
@@ -227,7 +251,7 @@ impl Entry {
         match &self.payload {
             Payload::Map(m) => Some(m.generation()),
             Payload::Counter(c) => Some(c.generation()),
-            Payload::Tombstone | Payload::Value(_) => None,
+            Payload::Tombstone | Payload::Value(_) | Payload::Expired => None,
         }
     }
 
@@ -237,7 +261,7 @@ impl Entry {
     /// ranks to tell which side holds the state that wins.
     pub fn rank(&self) -> (Version, u8) {
         match &self.payload {
-            Payload::Tombstone | Payload::Value(_) => (self.version, 0),
+            Payload::Tombstone | Payload::Value(_) | Payload::Expired => (self.version, 0),
             Payload::Counter(c) => (c.generation(), 1),
             Payload::Map(m) => (m.generation(), 2),
         }
@@ -250,7 +274,7 @@ impl Entry {
         match &self.payload {
             Payload::Map(m) => Some(m.digest()),
             Payload::Counter(c) => Some(c.digest()),
-            Payload::Tombstone | Payload::Value(_) => None,
+            Payload::Tombstone | Payload::Value(_) | Payload::Expired => None,
         }
     }
 
@@ -260,7 +284,7 @@ impl Entry {
         match &self.payload {
             Payload::Map(m) => Some(m.recompute_digest()),
             Payload::Counter(c) => Some(c.recompute_digest()),
-            Payload::Tombstone | Payload::Value(_) => None,
+            Payload::Tombstone | Payload::Value(_) | Payload::Expired => None,
         }
     }
 
@@ -269,7 +293,7 @@ impl Entry {
     /// and hint bounds count.
     pub fn payload_size(&self) -> usize {
         match &self.payload {
-            Payload::Tombstone => 0,
+            Payload::Tombstone | Payload::Expired => 0,
             Payload::Value(v) => v.len(),
             Payload::Map(m) => m.wire_size(),
             Payload::Counter(c) => c.wire_size(),
@@ -323,17 +347,20 @@ impl Entry {
 }
 
 /// The order of two strings or tombstones: version, then the tie-breakers
-/// (expiry, then a tombstone before any string, strings by their bytes).
+/// (expiry, then a tombstone before any string, strings by their bytes,
+/// and an expired string whose bytes were dropped after the string it
+/// was: the same write, later in its life).
 fn register_order(a: &Entry, b: &Entry) -> Ordering {
-    fn string(e: &Entry) -> Option<&str> {
+    fn payload(e: &Entry) -> (u8, &str) {
         match &e.payload {
-            Payload::Value(v) => Some(v),
-            _ => None,
+            Payload::Value(v) => (1, v),
+            Payload::Expired => (2, ""),
+            _ => (0, ""),
         }
     }
     (a.version, a.expires_at)
         .cmp(&(b.version, b.expires_at))
-        .then_with(|| string(a).cmp(&string(b)))
+        .then_with(|| payload(a).cmp(&payload(b)))
 }
 
 /// The order in which the incoming entry wins: reversed by the simulator's
@@ -375,15 +402,26 @@ mod tests {
 
     fn register() -> impl Strategy<Value = Entry> {
         // Small ranges so that equal times and equal versions occur often.
-        (0u64..4, 0u64..3, 0u64..3, prop::option::of("[ab]{0,2}")).prop_map(
-            |(time, node, expires_at, value)| {
+        (
+            0u64..4,
+            0u64..3,
+            0u64..3,
+            prop::option::of("[ab]{0,2}"),
+            any::<bool>(),
+        )
+            .prop_map(|(time, node, expires_at, value, dropped)| {
                 let version = Version::new(time, node);
                 match value {
-                    Some(v) => Entry::value(version, v, expires_at),
+                    Some(v) => {
+                        let mut e = Entry::value(version, v, expires_at);
+                        if dropped {
+                            e.drop_expired_bytes(u64::MAX);
+                        }
+                        e
+                    }
                     None => Entry::tombstone(version),
                 }
-            },
-        )
+            })
     }
 
     fn generation() -> impl Strategy<Value = Version> {
@@ -504,6 +542,26 @@ mod tests {
         assert_eq!(state.live_value(0), None);
         // And a stale value arriving later does not resurrect it.
         assert_eq!(merged(state, value), tomb);
+    }
+
+    #[test]
+    fn an_expired_string_drops_its_bytes_and_they_do_not_come_back() {
+        let full = Entry::value(Version::new(1, 1), "a large value", 100);
+        let mut dropped = full.clone();
+        assert!(!dropped.drop_expired_bytes(99), "not before its expiry");
+        assert!(dropped.drop_expired_bytes(100));
+        assert_eq!(dropped.payload, Payload::Expired);
+        assert_eq!((dropped.version, dropped.expires_at), (full.version, 100));
+        assert_eq!(dropped.payload_size(), 0);
+        // Absent everywhere, even on a node whose clock is behind the expiry.
+        assert_eq!(dropped.held(0), Held::Absent);
+        assert!(dropped.is_expired(0) && dropped.is_value() && dropped.is_live());
+        // The same write, later in its life: it wins over its bytes either way.
+        assert_eq!(merged(full.clone(), dropped.clone()), dropped);
+        assert_eq!(merged(dropped.clone(), full), dropped);
+        // A newer write still replaces it.
+        let newer = Entry::value(Version::new(2, 1), "new", 0);
+        assert_eq!(merged(dropped, newer.clone()), newer);
     }
 
     #[test]

@@ -105,22 +105,28 @@ impl Field {
     /// A field state from parts in any order (as a peer may send them):
     /// duplicates are resolved as a merge would, and the context is extended
     /// to cover the adds, so the state keeps the invariants merge relies on.
+    /// Sorts, so it takes O(n log n) in the parts whatever their order.
     pub fn from_parts(adds: Vec<Add>, context: Vec<(Actor, u64)>, removed: u64) -> Self {
-        let mut field = Field {
-            removed,
-            ..Field::default()
-        };
-        for (actor, time) in context {
-            raise(&mut field.context, actor, time);
-        }
         let mut adds = adds;
         adds.sort_by(|a, b| a.dot().cmp(&b.dot()).then_with(|| b.value.cmp(&a.value)));
         adds.dedup_by(|later, kept| later.dot() == kept.dot());
-        for add in &adds {
-            raise(&mut field.context, add.actor, add.time);
+        let mut context = context;
+        context.extend(adds.iter().map(Add::dot));
+        context.sort_unstable();
+        // Sorted by (actor, time): the last of each actor's run is its
+        // greatest time.
+        context.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 = later.1;
+            }
+            same
+        });
+        Field {
+            adds,
+            context,
+            removed,
         }
-        field.adds = adds;
-        field
     }
 
     /// A field holding one new add and the context `observed` (the
@@ -228,9 +234,7 @@ impl Field {
             }
         }
         self.adds = kept;
-        for (actor, time) in other.context {
-            changed |= raise(&mut self.context, actor, time);
-        }
+        changed |= join_contexts(&mut self.context, other.context);
         if other.removed > self.removed {
             self.removed = other.removed;
             changed = true;
@@ -253,6 +257,58 @@ fn other_covers(context: &[(Actor, u64)], actor: Actor, time: u64) -> bool {
         Ok(i) => context[i].1 >= time,
         Err(_) => false,
     }
+}
+
+/// Joins the sorted context `theirs` into the sorted context `mine`: each
+/// actor's greater time. Returns whether `mine` changed. Linear in both:
+/// a few items are raised in place (each a search and at most one shift);
+/// more are merged in one pass, since raising each of many in place would
+/// shift the vector once per new actor, quadratic in the actors.
+fn join_contexts(mine: &mut Vec<(Actor, u64)>, theirs: Vec<(Actor, u64)>) -> bool {
+    /// Up to this many items, raising in place beats building a new vector.
+    const IN_PLACE: usize = 8;
+    if theirs.len() <= IN_PLACE {
+        let mut changed = false;
+        for (actor, time) in theirs {
+            changed |= raise(mine, actor, time);
+        }
+        return changed;
+    }
+    let old = std::mem::take(mine);
+    let mut out = Vec::with_capacity(old.len().max(theirs.len()));
+    let mut changed = false;
+    let mut old = old.into_iter().peekable();
+    let mut theirs = theirs.into_iter().peekable();
+    loop {
+        let next = match (old.peek(), theirs.peek()) {
+            (Some(m), Some(t)) => match m.0.cmp(&t.0) {
+                Ordering::Less => old.next(),
+                Ordering::Greater => {
+                    changed = true;
+                    theirs.next()
+                }
+                Ordering::Equal => {
+                    let (m, t) = (old.next(), theirs.next());
+                    match (m, t) {
+                        (Some(m), Some(t)) if t.1 > m.1 => {
+                            changed = true;
+                            Some(t)
+                        }
+                        (m, _) => m,
+                    }
+                }
+            },
+            (Some(_), None) => old.next(),
+            (None, Some(_)) => {
+                changed = true;
+                theirs.next()
+            }
+            (None, None) => break,
+        };
+        out.extend(next);
+    }
+    *mine = out;
+    changed
 }
 
 /// Raises `actor`'s time in a sorted context to at least `time`; returns
@@ -701,6 +757,54 @@ mod tests {
         b.map.join(a.map.clone());
         assert_eq!(b.map.get("x"), Some("c"));
         assert_eq!(b.map.field("x").unwrap().adds().len(), 1);
+    }
+
+    /// Runs `work` on a thread and fails if it takes longer than `limit`:
+    /// linear work on the sizes below takes milliseconds, quadratic work
+    /// minutes.
+    fn within<T: Send + 'static>(
+        limit: std::time::Duration,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(work());
+        });
+        rx.recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("the work took longer than {limit:?}"))
+    }
+
+    #[test]
+    fn contexts_decode_and_merge_in_time_linear_in_their_actors() {
+        let limit = std::time::Duration::from_secs(10);
+        const N: u64 = 400_000;
+        // Descending actors, as a hostile peer may send them: each one was
+        // inserted at the front of the sorted context.
+        let descending: Vec<(Actor, u64)> = (0..N).rev().map(|i| (Actor::new(i, 1), 1)).collect();
+        let field = within(limit, move || Field::from_parts(Vec::new(), descending, 0));
+        assert_eq!(field.context().len(), N as usize);
+        assert!(field.context().windows(2).all(|w| w[0].0 < w[1].0));
+        // Interleaved actors: each of theirs lands between two of mine.
+        let evens = Field::from_parts(
+            Vec::new(),
+            (0..N).map(|i| (Actor::new(2 * i, 1), 1)).collect(),
+            0,
+        );
+        let odds = Field::from_parts(
+            Vec::new(),
+            (0..N).map(|i| (Actor::new(2 * i + 1, 1), 2)).collect(),
+            0,
+        );
+        let joined = within(limit, move || {
+            let mut map = OrMap::new(Version::default());
+            map.merge_field("f", evens);
+            map.merge_field("f", odds);
+            map
+        });
+        let context = joined.field("f").map(Field::context).unwrap_or_default();
+        assert_eq!(context.len(), 2 * N as usize);
+        assert!(context.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(context[1], (Actor::new(1, 1), 2));
     }
 
     #[test]

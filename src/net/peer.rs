@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 
+use super::latency::Latencies;
 use super::switch::{Switch, Verdict};
 use super::sync_wire::{reply_from_wire, request_to_wire};
 use super::wire::{from_wire, to_wire};
@@ -19,12 +20,10 @@ use crate::store::Key;
 /// The peer protocol's number, sent in every request. A receiver refuses a
 /// number it does not speak rather than misread the message. 2: entries
 /// carry maps and counters, version lists carry stamps (a node of
-/// protocol 1 would read a map as an empty string).
-pub const PROTOCOL: u32 = 2;
-
-/// The largest peer message, either way: a batch or a read answer of values
-/// at the value limit. Generous; batches are closed far below it.
-pub const MAX_PEER_MESSAGE: usize = 1 << 30;
+/// protocol 1 would read a map as an empty string). 3: entries carry
+/// expired strings whose bytes were dropped (a node of protocol 2 would
+/// read one as an empty string).
+pub const PROTOCOL: u32 = 3;
 
 /// Why a call to a peer failed.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -48,25 +47,42 @@ pub struct Peers {
     me: String,
     switch: Arc<Switch>,
     timeout: Duration,
+    max_message_bytes: usize,
     addresses: RwLock<HashMap<String, String>>,
     channels: RwLock<HashMap<String, Channel>>,
+    latencies: Latencies,
 }
 
 impl Peers {
-    /// Calls from node `me`, judged by `switch`, each bounded by `timeout`.
-    pub fn new(me: String, switch: Arc<Switch>, timeout: Duration) -> Self {
+    /// Calls from node `me`, judged by `switch`, each bounded by `timeout`
+    /// and by `max_message_bytes` either way (the peer message limit,
+    /// [`crate::config::Config::max_peer_message_bytes`]).
+    pub fn new(
+        me: String,
+        switch: Arc<Switch>,
+        timeout: Duration,
+        max_message_bytes: usize,
+    ) -> Self {
         Self {
             me,
             switch,
             timeout,
+            max_message_bytes,
             addresses: RwLock::new(HashMap::new()),
             channels: RwLock::new(HashMap::new()),
+            latencies: Latencies::new(),
         }
     }
 
     /// The per-call timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// How long a request should wait on `peer` before it also asks
+    /// another replica ([`Latencies::hedge_after`]).
+    pub fn hedge_after(&self, peer: &str) -> Duration {
+        self.latencies.hedge_after(peer)
     }
 
     /// Replaces the known peer addresses (node id -> host:port).
@@ -83,8 +99,11 @@ impl Peers {
             header: Some(self.header()),
             entries: entries.iter().map(|(k, e)| to_wire(k, e)).collect(),
         };
+        let started = Instant::now();
         let mut client = self.client(peer).await?;
-        let reply = self.call(client.apply(request)).await?;
+        let reply = self
+            .call(Some((peer, started)), client.apply(request))
+            .await?;
         Ok(reply.changed)
     }
 
@@ -95,8 +114,11 @@ impl Peers {
             keys: keys.iter().map(|k| k.to_string()).collect(),
             partitions: Vec::new(),
         };
+        let started = Instant::now();
         let mut client = self.client(peer).await?;
-        let reply = self.call(client.read(request)).await?;
+        let reply = self
+            .call(Some((peer, started)), client.read(request))
+            .await?;
         reply
             .entries
             .into_iter()
@@ -112,8 +134,12 @@ impl Peers {
             keys: Vec::new(),
             partitions: Vec::new(),
         };
+        let started = Instant::now();
         let mut client = self.client(peer).await?;
-        Ok(self.call(client.read(request)).await?.clock)
+        Ok(self
+            .call(Some((peer, started)), client.read(request))
+            .await?
+            .clock)
     }
 
     /// Which of `partitions` `peer` holds entries of.
@@ -123,15 +149,19 @@ impl Peers {
             keys: Vec::new(),
             partitions: partitions.to_vec(),
         };
+        let started = Instant::now();
         let mut client = self.client(peer).await?;
-        Ok(self.call(client.read(request)).await?.held)
+        Ok(self
+            .call(Some((peer, started)), client.read(request))
+            .await?
+            .held)
     }
 
     /// Sends one anti-entropy step to `peer` and returns its reply.
     pub async fn sync(&self, peer: &str, request: &Request) -> Result<Reply, PeerError> {
         let request = request_to_wire(self.header(), request);
         let mut client = self.client(peer).await?;
-        let reply = self.call(client.sync(request)).await?;
+        let reply = self.call(None, client.sync(request)).await?;
         reply_from_wire(reply).map_err(|e| PeerError::Failed(e.to_string()))
     }
 
@@ -151,22 +181,39 @@ impl Peers {
         }
         let channel = self.channel(peer)?;
         Ok(PeerClient::new(channel)
-            .max_decoding_message_size(MAX_PEER_MESSAGE)
-            .max_encoding_message_size(MAX_PEER_MESSAGE))
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
     }
 
+    /// Runs `call` within the timeout. For a call that measures a peer's
+    /// latency (`(peer, started)`, started before the switch's verdict so
+    /// that an injected delay counts; small requests only: not an
+    /// anti-entropy step, whose time is spent on the work it carries),
+    /// records how long it took, timeouts included; a refused call says
+    /// nothing of the latency.
     async fn call<T>(
         &self,
+        measure: Option<(&str, Instant)>,
         call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, PeerError> {
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Ok(reply)) => {
+                if let Some((peer, started)) = measure {
+                    self.latencies.record(peer, started.elapsed());
+                }
+                Ok(reply.into_inner())
+            }
             Ok(Err(status)) => Err(PeerError::Failed(format!(
                 "{:?}: {}",
                 status.code(),
                 status.message()
             ))),
-            Err(_) => Err(PeerError::Timeout(self.timeout)),
+            Err(_) => {
+                if let Some((peer, started)) = measure {
+                    self.latencies.record(peer, started.elapsed());
+                }
+                Err(PeerError::Timeout(self.timeout))
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::peer::PROTOCOL;
@@ -11,6 +12,7 @@ use super::sync_wire::{reply_to_wire, request_from_wire};
 use super::wire::{from_wire, to_wire};
 use crate::anti_entropy::AntiEntropy;
 use crate::clock::Clock;
+use crate::error::Error;
 use crate::proto::cluster::{self as wire, peer_server::Peer};
 use crate::replication::apply_deltas;
 use crate::store::Store;
@@ -21,23 +23,55 @@ pub struct PeerService {
     clock: Arc<Clock>,
     switch: Arc<Switch>,
     anti_entropy: Arc<AntiEntropy>,
+    max_message_bytes: usize,
 }
 
 impl PeerService {
     /// The service over `store`, observing remote versions with `clock`,
-    /// and answering anti-entropy steps through `anti_entropy`.
+    /// answering anti-entropy steps through `anti_entropy`, and stopping a
+    /// read whose answer grows past `max_message_bytes` (the peer message
+    /// limit).
     pub fn new(
         store: Arc<Store>,
         clock: Arc<Clock>,
         switch: Arc<Switch>,
         anti_entropy: Arc<AntiEntropy>,
+        max_message_bytes: usize,
     ) -> Self {
         Self {
             store,
             clock,
             switch,
             anti_entropy,
+            max_message_bytes,
         }
+    }
+
+    /// The entries held for `keys`, each key answered once, counted as the
+    /// answer is built: the read stops as soon as the answer passes the
+    /// message limit.
+    fn entries(&self, mut keys: Vec<String>) -> Result<Vec<wire::Entry>, Error> {
+        keys.sort_unstable();
+        keys.dedup();
+        let mut entries = Vec::new();
+        let mut size = 0usize;
+        for key in &keys {
+            let Some(entry) = self.store.get(key).map(|e| to_wire(key, &e)) else {
+                continue;
+            };
+            let len = entry.encoded_len();
+            size += 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+            if size > self.max_message_bytes {
+                return Err(Error::AnswerTooLarge {
+                    what: format!("the answer to a peer read of {} keys", keys.len()),
+                    size,
+                    limit: self.max_message_bytes,
+                    why: "the peer message limit",
+                });
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
     }
 
     /// Checks the protocol number and asks the switch about the sender.
@@ -91,17 +125,15 @@ impl Peer for PeerService {
     ) -> Result<Response<wire::ReadResponse>, Status> {
         let req = request.into_inner();
         self.admit(req.header.as_ref()).await?;
-        let entries = req
-            .keys
-            .iter()
-            .filter_map(|k| self.store.get(k).map(|e| to_wire(k, &e)))
-            .collect();
+        let entries = self.entries(req.keys).map_err(|err| {
+            tracing::warn!(error = %err, "refused a peer read");
+            Status::from(err)
+        })?;
         let clock = self.clock.latest().time;
-        let held = req
-            .partitions
-            .into_iter()
-            .filter(|&p| self.store.partition_len(p) > 0)
-            .collect();
+        let mut held = req.partitions;
+        held.sort_unstable();
+        held.dedup();
+        held.retain(|&p| self.store.partition_len(p) > 0);
         Ok(Response::new(wire::ReadResponse {
             entries,
             clock,
@@ -119,10 +151,16 @@ impl Peer for PeerService {
             tracing::warn!(error = %e, "refused an anti-entropy step");
             Status::invalid_argument(e.to_string())
         })?;
-        let reply = self.anti_entropy.respond(step).map_err(|e| {
-            tracing::warn!(error = %e, "refused an anti-entropy step");
-            Status::invalid_argument(e.to_string())
-        })?;
+        // A step may list the versions of whole partitions: on a blocking
+        // thread, so that client requests do not queue behind the scan.
+        let anti_entropy = self.anti_entropy.clone();
+        let reply = tokio::task::spawn_blocking(move || anti_entropy.respond(step))
+            .await
+            .map_err(|e| Status::internal(format!("anti-entropy step failed: {e}")))?
+            .map_err(|e| {
+                tracing::warn!(error = %e, "refused an anti-entropy step");
+                Status::invalid_argument(e.to_string())
+            })?;
         Ok(Response::new(reply_to_wire(&reply)))
     }
 }

@@ -2,7 +2,10 @@
 //! `proto/cluster.proto`, checked on the way in. A peer that sends a
 //! malformed step gets an error, never a panic.
 
-use crate::anti_entropy::{LeafId, LeafVersions, PartitionSet, Reply, Request, Wanted};
+use crate::anti_entropy::{
+    LeafId, LeafVersions, PartitionSet, Reply, Request, Wanted, GROUP_PARTITIONS,
+};
+use crate::config::MAX_PARTITIONS;
 use crate::crdt::Version;
 use crate::keyspace::Stamp;
 use crate::proto::cluster as wire;
@@ -58,6 +61,26 @@ fn digests_from_bytes(bytes: &[u8]) -> Result<Vec<u128>, SyncWireError> {
             u128::from_le_bytes(b)
         })
         .collect())
+}
+
+/// Checks a summary's sizes without expanding it: a bitmap no longer than
+/// [`MAX_PARTITIONS`] needs, and one group digest per
+/// [`GROUP_PARTITIONS`] partitions it names.
+fn summary_sizes(bitmap: &[u8], groups: &[u8]) -> Result<(), SyncWireError> {
+    let limit = MAX_PARTITIONS / 8;
+    if bitmap.len() > limit as usize {
+        return Err(SyncWireError::Range {
+            what: "partition bitmap bytes",
+            value: u32::try_from(bitmap.len()).unwrap_or(u32::MAX),
+            limit,
+        });
+    }
+    let partitions: usize = bitmap.iter().map(|b| b.count_ones() as usize).sum();
+    let expected = partitions.div_ceil(GROUP_PARTITIONS) * 16;
+    if groups.len() != expected {
+        return Err(SyncWireError::Digests(groups.len(), expected));
+    }
+    Ok(())
 }
 
 fn sixteen(bytes: &[u8]) -> Result<[u128; 16], SyncWireError> {
@@ -152,11 +175,16 @@ pub fn request_to_wire(header: wire::Header, request: &Request) -> wire::SyncReq
 pub fn request_from_wire(r: wire::SyncRequest) -> Result<Request, SyncWireError> {
     let max_reply_bytes = r.max_reply_bytes;
     Ok(match r.step.ok_or(SyncWireError::NoStep)? {
-        RequestStep::Summary(s) => Request::Summary {
-            partitions: PartitionSet::from_bitmap(&s.partitions),
-            groups: digests_from_bytes(&s.groups)?,
-            max_reply_bytes,
-        },
+        RequestStep::Summary(s) => {
+            // Checked before the bitmap is expanded: each byte names up to
+            // 8 partitions of 4 bytes each.
+            summary_sizes(&s.partitions, &s.groups)?;
+            Request::Summary {
+                partitions: PartitionSet::from_bitmap(&s.partitions),
+                groups: digests_from_bytes(&s.groups)?,
+                max_reply_bytes,
+            }
+        }
         RequestStep::Branches(b) => Request::Branches {
             partitions: b
                 .partitions
@@ -324,7 +352,7 @@ mod tests {
         };
         let requests = vec![
             Request::Summary {
-                partitions: PartitionSet::new([1, 5, 900]),
+                partitions: PartitionSet::new((0..40).chain([900])),
                 groups: vec![1, u128::MAX],
                 max_reply_bytes: 100,
             },
@@ -391,6 +419,39 @@ mod tests {
         for r in replies {
             assert_eq!(reply_from_wire(reply_to_wire(&r)), Ok(r));
         }
+    }
+
+    fn summary(bitmap: Vec<u8>, groups: usize) -> wire::SyncRequest {
+        wire::SyncRequest {
+            header: Some(header()),
+            max_reply_bytes: 100,
+            step: Some(RequestStep::Summary(wire::SummaryStep {
+                partitions: bitmap,
+                groups: vec![0; groups * 16],
+            })),
+        }
+    }
+
+    #[test]
+    fn a_summary_bitmap_is_checked_before_it_is_expanded() {
+        // 1 MiB of bitmap would expand to 8 Mi partitions, 32 MiB.
+        assert_eq!(
+            request_from_wire(summary(vec![0xff; 1 << 20], 0)).err(),
+            Some(SyncWireError::Range {
+                what: "partition bitmap bytes",
+                value: 1 << 20,
+                limit: 8192,
+            })
+        );
+        // The group digests must match the partitions the bitmap names.
+        assert_eq!(
+            request_from_wire(summary(vec![0xff; 8192], 1)).err(),
+            Some(SyncWireError::Digests(16, 2048 * 16))
+        );
+        let all = request_from_wire(summary(vec![0xff; 8192], 2048));
+        assert!(
+            matches!(all, Ok(Request::Summary { partitions, .. }) if partitions.len() == 65536)
+        );
     }
 
     #[test]

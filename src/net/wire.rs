@@ -54,6 +54,7 @@ pub fn to_wire(key: &str, entry: &Entry) -> wire::Entry {
     match &entry.payload {
         Payload::Tombstone => out.tombstone = true,
         Payload::Value(v) => out.value = v.to_string(),
+        Payload::Expired => out.expired = true,
         Payload::Map(m) => out.map = Some(map_to_wire(m)),
         Payload::Counter(c) => out.counter = Some(counter_to_wire(c)),
     }
@@ -125,6 +126,11 @@ pub fn from_wire(e: wire::Entry) -> Result<(Key, Entry), WireError> {
         why,
     };
     let structured = e.map.is_some() || e.counter.is_some();
+    if e.expired && (structured || e.tombstone || !e.value.is_empty() || e.expires_at == 0) {
+        return Err(bad(
+            "an expired string with a value, a tombstone, a map, a counter or no expiry",
+        ));
+    }
     if structured && (e.tombstone || !e.value.is_empty() || e.expires_at != 0) {
         return Err(bad(
             "a map or counter with a string, a tombstone or an expiry",
@@ -140,6 +146,11 @@ pub fn from_wire(e: wire::Entry) -> Result<(Key, Entry), WireError> {
             }
             Entry::tombstone(version)
         }
+        (None, None) if e.expired => Entry {
+            version,
+            expires_at: e.expires_at,
+            payload: Payload::Expired,
+        },
         (None, None) => Entry::value(version, e.value, e.expires_at),
     };
     Ok((e.key.into_boxed_str(), entry))
@@ -196,8 +207,16 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_garbage() {
-        let e = Entry::value(Version::new(5, 9), "v", 77);
-        assert_eq!(from_wire(to_wire("k", &e)), Ok(("k".into(), e)));
+        let mut e = Entry::value(Version::new(5, 9), "v", 77);
+        assert_eq!(from_wire(to_wire("k", &e)), Ok(("k".into(), e.clone())));
+        assert!(e.drop_expired_bytes(77));
+        assert_eq!(from_wire(to_wire("k", &e)), Ok(("k".into(), e.clone())));
+        let mut expired_without_expiry = to_wire("k", &e);
+        expired_without_expiry.expires_at = 0;
+        assert!(from_wire(expired_without_expiry).is_err());
+        let mut expired_with_value = to_wire("k", &e);
+        expired_with_value.value = "v".into();
+        assert!(from_wire(expired_with_value).is_err());
         let t = Entry::tombstone(Version::new(6, 9));
         assert_eq!(from_wire(to_wire("k", &t)), Ok(("k".into(), t)));
         assert!(from_wire(wire::Entry::default()).is_err());

@@ -406,6 +406,7 @@ mod tests {
             "n1".into(),
             Arc::new(Switch::new()),
             Duration::from_secs(60),
+            1 << 20,
         ));
         peers.set_addresses(HashMap::from([("slow".to_string(), addr.to_string())]));
         let replicator = Replicator::new(

@@ -387,7 +387,7 @@ fn writer<'a>(
         op.stamped == Some(version)
             && match (&op.kind, value) {
                 (OpKind::Set { value: v, .. }, Some(Payload::Value(read))) => **v == **read,
-                (OpKind::Set { ttl_ms, .. }, None) => *ttl_ms > 0,
+                (OpKind::Set { ttl_ms, .. }, None | Some(Payload::Expired)) => *ttl_ms > 0,
                 (OpKind::Delete, None) => true,
                 _ => false,
             }

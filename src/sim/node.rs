@@ -810,6 +810,8 @@ impl SimNode {
                 }
             }
             Timer::Hints => {
+                // As the production node's expiry tick does in a cluster.
+                self.store.drop_expired_bytes(self.clock.now(), usize::MAX);
                 if self.hints.expire(self.now) > 0 {
                     self.out.push(Out::HintsExpired);
                 }

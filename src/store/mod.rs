@@ -106,9 +106,10 @@ pub struct Store {
     values: AtomicU64,
     tombstones: AtomicU64,
     /// Values with an expiry, by expiry instant, so that collection takes the
-    /// due ones first and never scans the map. An element may be stale (the
-    /// key was rewritten since); collection checks the entry before removing.
-    /// One index for all partitions: collection wants the earliest expiry of
+    /// due ones first and never scans the map: exactly one element per
+    /// string held with an expiry (a rewrite, delete, collection or drop
+    /// takes the old one out under the key's lock, so refreshing a TTL does
+    /// not grow it). One index for all partitions: collection wants the earliest expiry of
     /// the whole store, not of each partition.
     expiries: Mutex<BTreeSet<(u64, Key)>>,
 }
@@ -254,14 +255,9 @@ impl Store {
     pub fn collect_expired(&self, now: u64, budget: usize) -> usize {
         let mut removed = 0;
         for _ in 0..budget {
-            let due = {
-                let mut expiries = self.expiries.lock().unwrap_or_else(PoisonError::into_inner);
-                match expiries.first() {
-                    Some((at, _)) if *at <= now => expiries.pop_first(),
-                    _ => None,
-                }
+            let Some((at, key)) = self.next_due(now) else {
+                break;
             };
-            let Some((at, key)) = due else { break };
             let (p, leaf) = self.locate(&key);
             let Some(partition) = self.partition(p) else {
                 continue;
@@ -285,6 +281,40 @@ impl Store {
             }
         }
         removed
+    }
+
+    /// Drops the bytes of up to `budget` strings whose expiry has passed at
+    /// `now` ([`Entry::drop_expired_bytes`]); returns how many. For a node
+    /// with peers, which must keep an expired string until every replica
+    /// holds it (acknowledged collection) but need not keep its bytes. The
+    /// Merkle digest does not change: it covers the version, not the bytes.
+    pub fn drop_expired_bytes(&self, now: u64, budget: usize) -> usize {
+        let mut dropped = 0;
+        for _ in 0..budget {
+            let Some((at, key)) = self.next_due(now) else {
+                break;
+            };
+            let place = self.place(&key);
+            if let Some(mut slot) = place.partition.entries.get_sync(&*key) {
+                let before = Before::of(&key, slot.get());
+                let entry = slot.get_mut();
+                if entry.expires_at == at && entry.drop_expired_bytes(now) {
+                    self.changed(&place, &key, Some(before), slot.get());
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Takes the earliest element of the expiry index when it is due at
+    /// `now`.
+    fn next_due(&self, now: u64) -> Option<(u64, Key)> {
+        let mut expiries = self.expiries.lock().unwrap_or_else(PoisonError::into_inner);
+        match expiries.first() {
+            Some((at, _)) if *at <= now => expiries.pop_first(),
+            _ => None,
+        }
     }
 
     /// What the store holds now.
@@ -451,11 +481,8 @@ impl Store {
                 part.len.fetch_sub(1, Ordering::Relaxed);
                 self.counter(Kind::of(&entry))
                     .fetch_sub(1, Ordering::Relaxed);
-                if entry.is_value() && entry.expires_at != 0 {
-                    self.expiries
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&(entry.expires_at, key.clone()));
+                if let Some(at) = expiry_of(&entry) {
+                    self.unindex_expiry(at, &key);
                 }
                 removed.push((key, entry.version));
             }
@@ -489,11 +516,8 @@ impl Store {
             part.len.fetch_sub(1, Ordering::Relaxed);
             self.counter(Kind::of(entry))
                 .fetch_sub(1, Ordering::Relaxed);
-            if entry.is_value() && entry.expires_at != 0 {
-                self.expiries
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&(entry.expires_at, key.clone()));
+            if let Some(at) = expiry_of(entry) {
+                self.unindex_expiry(at, key);
             }
             removed += 1;
             false
@@ -536,7 +560,19 @@ impl Store {
             place.partition.len.fetch_add(1, Ordering::Relaxed);
         }
         self.recount(before.map(|b| b.kind), after);
-        self.index_expiry(key, after);
+        let expiry = expiry_of(after);
+        if let Some(old) = before
+            .and_then(|b| b.expiry)
+            .filter(|&old| Some(old) != expiry)
+        {
+            self.unindex_expiry(old, key);
+        }
+        if let Some(at) = expiry.filter(|&at| before.and_then(|b| b.expiry) != Some(at)) {
+            self.expiries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert((at, key.into()));
+        }
     }
 
     /// Moves the counters from the kind an entry had to the kind it has.
@@ -558,13 +594,13 @@ impl Store {
         }
     }
 
-    fn index_expiry(&self, key: &str, entry: &Entry) {
-        if entry.expires_at != 0 && entry.is_value() {
-            self.expiries
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert((entry.expires_at, key.into()));
-        }
+    /// Takes `(at, key)` out of the expiry index: the value that expired at
+    /// `at` was replaced or removed.
+    fn unindex_expiry(&self, at: u64, key: &str) {
+        self.expiries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(at, Key::from(key)));
     }
 }
 
@@ -596,6 +632,7 @@ struct Before {
     kind: Kind,
     is_value: bool,
     structured: Option<u128>,
+    expiry: Option<u64>,
 }
 
 impl Before {
@@ -605,6 +642,7 @@ impl Before {
             kind: Kind::of(entry),
             is_value: entry.is_value(),
             structured: entry.content_digest().map(|_| entry_digest(key, entry)),
+            expiry: expiry_of(entry),
         }
     }
 
@@ -613,6 +651,14 @@ impl Before {
         self.structured
             .unwrap_or_else(|| digest_of(key, self.version, self.is_value))
     }
+}
+
+/// The instant the expiry index files `entry` under: a string's expiry,
+/// `None` for a string that never expires, one whose bytes were dropped
+/// already, and every other kind.
+fn expiry_of(entry: &Entry) -> Option<u64> {
+    (matches!(entry.payload, Payload::Value(_)) && entry.expires_at != 0)
+        .then_some(entry.expires_at)
 }
 
 /// Whether `entry` is settled at `now` with `grace` (NTP64): a tombstone or

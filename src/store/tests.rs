@@ -1,6 +1,7 @@
 use super::*;
 use crate::crdt::{ops, Actor, PnCounter, Version};
 use proptest::prelude::*;
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 
 /// The partition count of most tests: small, so that keys share partitions.
@@ -15,6 +16,7 @@ fn v(time: u64) -> Version {
 fn assert_trees_consistent(store: &Store) {
     let all: Vec<u8> = (0..=255).collect();
     let mut total = StoreStats::default();
+    let mut expiring = BTreeSet::new();
     for p in 0..store.partitions() {
         let reference = store.recompute_tree(p);
         assert_eq!(store.root(p), reference.root(), "root of partition {p}");
@@ -45,9 +47,17 @@ fn assert_trees_consistent(store: &Store) {
             } else {
                 total.tombstones += 1;
             }
+            if matches!(entry.payload, Payload::Value(_)) && entry.expires_at != 0 {
+                expiring.insert((entry.expires_at, key));
+            }
         }
     }
     assert_eq!(store.stats(), total);
+    assert_eq!(
+        *store.expiries.lock().unwrap(),
+        expiring,
+        "the expiry index holds one entry per expiring value held"
+    );
 }
 
 #[test]
@@ -95,6 +105,28 @@ fn a_failed_stamp_changes_nothing() {
     assert_trees_consistent(&store);
 }
 
+/// With peers an expired value waits for acknowledged collection, hours
+/// in the default settings: only its bytes go at expiry.
+#[test]
+fn expired_values_drop_their_bytes_and_keep_their_digest() {
+    let store = Store::new(P);
+    store.merge("gone", Entry::value(v(1), "x".repeat(1000), 100));
+    store.merge("later", Entry::value(v(2), "y", 300));
+    store.merge("forever", Entry::value(v(3), "z", 0));
+    let roots: Vec<u128> = (0..P).map(|p| store.root(p)).collect();
+    let stats = store.stats();
+    assert_eq!(store.drop_expired_bytes(99, 10), 0);
+    assert_eq!(store.drop_expired_bytes(100, 10), 1);
+    assert_eq!(store.get("gone").unwrap().payload, Payload::Expired);
+    assert_eq!(store.get("later").unwrap().live_value(100), Some("y"));
+    assert_eq!(roots, (0..P).map(|p| store.root(p)).collect::<Vec<_>>());
+    assert_eq!(store.stats(), stats);
+    assert_eq!(store.drop_expired_bytes(u64::MAX, 10), 1);
+    // Acknowledged collection still takes it whole, once settled.
+    assert_eq!(store.settled(store.partition_of("gone"), 200, 50).len(), 1);
+    assert_trees_consistent(&store);
+}
+
 #[test]
 fn expired_values_are_collected_within_the_budget() {
     let store = Store::new(P);
@@ -118,6 +150,24 @@ fn a_rewritten_key_is_not_collected_at_its_old_expiry() {
     assert_eq!(store.collect_expired(200, 10), 0);
     assert_eq!(store.get("k").unwrap().live_value(200), Some("long"));
     assert_eq!(store.collect_expired(500, 10), 1);
+    assert_trees_consistent(&store);
+}
+
+/// Measured in a cluster: rewriting 1,000 keys with a TTL 300 times grew
+/// each node by 30 MiB, every overwrite leaving its old expiry indexed.
+#[test]
+fn rewriting_a_key_with_a_ttl_keeps_one_index_entry() {
+    let store = Store::new(P);
+    for i in 1..=300 {
+        store.merge("session", Entry::value(v(i), "s", 1_000 + i));
+        let _ = store.write("other", |_| {
+            Ok::<_, Infallible>(Entry::value(v(i), "o", 2_000 + i))
+        });
+    }
+    assert_eq!(store.expiries.lock().unwrap().len(), 2);
+    store.merge("session", Entry::tombstone(v(400)));
+    store.merge("other", Entry::value(v(400), "kept", 0));
+    assert_eq!(store.expiries.lock().unwrap().len(), 0);
     assert_trees_consistent(&store);
 }
 
@@ -286,6 +336,8 @@ enum Op {
     Write { key: u8, tombstone: bool },
     /// Run the expiry collector at `now` with `budget`.
     Collect { now: u64, budget: usize },
+    /// Drop the bytes of expired values at `now`, at most `budget`.
+    DropBytes { now: u64, budget: usize },
     /// Drop partition `p` (possibly out of range).
     Drop { p: u32 },
 }
@@ -323,6 +375,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (0u8..16, entry()).prop_map(|(key, entry)| Op::Merge { key, entry }),
         2 => (0u8..16, any::<bool>()).prop_map(|(key, tombstone)| Op::Write { key, tombstone }),
         2 => (0u64..25, 0usize..5).prop_map(|(now, budget)| Op::Collect { now, budget }),
+        2 => (0u64..25, 0usize..5).prop_map(|(now, budget)| Op::DropBytes { now, budget }),
         1 => (0u32..10).prop_map(|p| Op::Drop { p }),
     ]
 }
@@ -412,6 +465,7 @@ proptest! {
                     }).unwrap();
                 }
                 Op::Collect { now, budget } => { store.collect_expired(now, budget); }
+                Op::DropBytes { now, budget } => { store.drop_expired_bytes(now, budget); }
                 Op::Drop { p } => { store.drop_partition(p); }
             }
             assert_trees_consistent(&store);
