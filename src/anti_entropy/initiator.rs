@@ -76,6 +76,7 @@ pub struct Initiator {
     partitions: PartitionSet,
     limits: Limits,
     salt: u64,
+    handoff: bool,
     work: Work,
     awaiting: Option<Awaiting>,
     stats: SessionStats,
@@ -151,10 +152,19 @@ impl Initiator {
             partitions: shared,
             limits,
             salt,
+            handoff: false,
             work: Work::default(),
             awaiting: None,
             stats: SessionStats::default(),
         }
+    }
+
+    /// The same session as a handoff: this node no longer replicates the
+    /// partitions and drops them once the session succeeds, so its repairs
+    /// ask the responder to keep settled entries too.
+    pub fn handing_off(mut self) -> Self {
+        self.handoff = true;
+        self
     }
 
     /// The first request: the summary of the shared partitions. Calling it
@@ -525,6 +535,7 @@ impl Initiator {
             entries,
             wanted: wanted.clone(),
             max_reply_bytes: self.max_reply(),
+            handoff: self.handoff,
         };
         Some(self.send(request, Awaiting::Entries { wanted }))
     }

@@ -176,6 +176,12 @@ pub enum Request {
         wanted: Vec<Wanted>,
         /// The largest reply accepted.
         max_reply_bytes: u32,
+        /// Whether the initiator is handing the partitions off: it drops
+        /// its copy after the session, so the responder must keep every
+        /// entry, settled ones included (see [`merge_repairs`]).
+        ///
+        /// [`merge_repairs`]: super::merge_repairs
+        handoff: bool,
     },
 }
 

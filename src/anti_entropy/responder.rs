@@ -24,6 +24,11 @@ pub struct Answer {
     /// Entries the initiator sent (in a [`Request::Repair`]) for this replica
     /// to merge; the caller merges them.
     pub merge: Vec<(Key, Entry)>,
+    /// Whether they come from a handoff, whose sender drops its copy: then
+    /// settled entries are kept too (see [`merge_repairs`]).
+    ///
+    /// [`merge_repairs`]: super::merge_repairs
+    pub handoff: bool,
 }
 
 /// Answers `request` from `replica`, within the smaller of the request's
@@ -70,18 +75,21 @@ pub fn respond(
             salt,
             entries,
             wanted,
+            handoff,
             ..
         } => {
             ascending(wanted.iter(), "Repair wanted keys")?;
             return Ok(Answer {
                 reply: wanted_entries(replica, salt, &wanted, budget),
                 merge: entries,
+                handoff,
             });
         }
     };
     Ok(Answer {
         reply,
         merge: Vec::new(),
+        handoff: false,
     })
 }
 

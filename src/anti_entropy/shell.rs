@@ -49,11 +49,22 @@ impl Replica for Store {
 /// a key this store lacks is refused: this store collected it once every
 /// replica held it, and taking it back would only make the replicas trade
 /// it forever.
-pub fn merge_repairs(store: &Store, clock: &Clock, entries: Vec<(Key, Entry)>, grace: u64) -> u64 {
+///
+/// A `handoff`'s entries are all kept: their sender drops its copy after
+/// the session, and a new or refilled replica never held them. Refusing a
+/// settled tombstone there would drop the delete, and an older value that
+/// another former replica hands off would come back.
+pub fn merge_repairs(
+    store: &Store,
+    clock: &Clock,
+    entries: Vec<(Key, Entry)>,
+    grace: u64,
+    handoff: bool,
+) -> u64 {
     let now = clock.now();
     let mut changed = 0;
     for (key, entry) in entries {
-        if is_settled(&entry, now, grace) && !store.contains(&key) {
+        if !handoff && is_settled(&entry, now, grace) && !store.contains(&key) {
             continue;
         }
         clock.observe(entry.version);
@@ -275,7 +286,7 @@ impl AntiEntropy {
             }
             let partitions = shared.as_slice().to_vec();
             let started = Instant::now();
-            match self.session(&peer, shared).await {
+            match self.session(&peer, shared, false).await {
                 Ok(stats) => {
                     synced += 1;
                     self.confirm(&peer, &partitions, started);
@@ -314,7 +325,7 @@ impl AntiEntropy {
         let mut failed: BTreeSet<u32> = BTreeSet::new();
         for (target, theirs) in &targets {
             if let Err(e) = self
-                .session(target, PartitionSet::new(theirs.iter().copied()))
+                .session(target, PartitionSet::new(theirs.iter().copied()), true)
                 .await
             {
                 tracing::debug!(peer = %target, error = %e, "handoff session failed");
@@ -398,6 +409,7 @@ impl AntiEntropy {
             &self.clock,
             answer.merge,
             ntp64(self.config.settle_grace),
+            answer.handoff,
         );
         self.stats.add_repaired(changed);
         Ok(answer.reply)
@@ -422,14 +434,19 @@ impl AntiEntropy {
         }
     }
 
-    /// One full session with `peer` over `shared`.
+    /// One full session with `peer` over `shared`; a `handoff` when this
+    /// node no longer replicates them and drops them after.
     pub async fn session(
         &self,
         peer: &str,
         shared: PartitionSet,
+        handoff: bool,
     ) -> Result<SessionStats, SyncError> {
         let salt = self.clock.latest().time;
         let mut session = Initiator::new(shared, self.config.limits, salt);
+        if handoff {
+            session = session.handing_off();
+        }
         let mut request = session.start(&*self.store);
         loop {
             let started = Instant::now();
@@ -437,7 +454,7 @@ impl AntiEntropy {
             let bytes = (request.wire_size() + reply.wire_size()) as u64;
             let step = session.on_reply(&*self.store, reply)?;
             let grace = ntp64(self.config.settle_grace);
-            let changed = merge_repairs(&self.store, &self.clock, step.merge, grace);
+            let changed = merge_repairs(&self.store, &self.clock, step.merge, grace, false);
             self.stats.add_repaired(changed);
             self.throttle(bytes, started).await;
             match step.next {

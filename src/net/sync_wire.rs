@@ -151,9 +151,11 @@ pub fn request_to_wire(header: wire::Header, request: &Request) -> wire::SyncReq
             salt,
             entries,
             wanted,
+            handoff,
             ..
         } => RequestStep::Repair(wire::RepairStep {
             salt: *salt,
+            handoff: *handoff,
             entries: entries.iter().map(|(k, e)| to_wire(k, e)).collect(),
             wanted: wanted
                 .iter()
@@ -217,6 +219,7 @@ pub fn request_from_wire(r: wire::SyncRequest) -> Result<Request, SyncWireError>
                 })
                 .collect::<Result<_, SyncWireError>>()?,
             max_reply_bytes,
+            handoff: rp.handoff,
         },
     })
 }
@@ -374,6 +377,14 @@ mod tests {
                     fingerprint: 99,
                 }],
                 max_reply_bytes: 100,
+                handoff: false,
+            },
+            Request::Repair {
+                salt: 6,
+                entries: vec![("k".into(), Entry::tombstone(Version::new(1, 2)))],
+                wanted: vec![],
+                max_reply_bytes: 100,
+                handoff: true,
             },
         ];
         for r in requests {

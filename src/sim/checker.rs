@@ -10,6 +10,7 @@ use super::world::World;
 use crate::clock::ntp64;
 use crate::coordinator::{Consistency, Read};
 use crate::crdt::{Actor, Entry, Payload, Version};
+use crate::store::Key;
 
 /// One broken rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,7 +91,14 @@ pub fn check(world: &World) -> Vec<Violation> {
             check_read(history, ops, r, *ended, read, *replicas, world, &mut bad);
             if r.after_heal {
                 let expected = fin.as_ref().map(|e| e.version);
-                let collected = expected.is_none() && read.value.is_none();
+                // Nothing is left when the read found a tombstone or an
+                // expired value, or a value that expired after the read and
+                // was collected before the check.
+                let collected = expected.is_none()
+                    && (read.value.is_none()
+                        || read
+                            .version
+                            .is_some_and(|v| history.collected.contains(&(Key::from(*key), v))));
                 if read.version != expected && !collected {
                     bad(format!(
                         "read #{} after the heal found {:?}, the replicas hold {expected:?}",

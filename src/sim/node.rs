@@ -774,7 +774,14 @@ impl SimNode {
             Req::Sync(request) => Resp::Sync(
                 respond(&self.store, request, Limits::default())
                     .map(|answer| {
-                        merge_repairs(&self.store, &self.clock, answer.merge, self.grace());
+                        let grace = self.grace();
+                        merge_repairs(
+                            &self.store,
+                            &self.clock,
+                            answer.merge,
+                            grace,
+                            answer.handoff,
+                        );
                         answer.reply
                     })
                     .map_err(|e| e.to_string()),
@@ -1098,6 +1105,9 @@ impl SimNode {
             Limits::default(),
             salt,
         );
+        if job.handoff {
+            initiator = initiator.handing_off();
+        }
         let request = initiator.start(&self.store);
         let peer = job.peer.clone();
         round.session = Some((job, initiator, self.now));
@@ -1126,7 +1136,7 @@ impl SimNode {
                 self.next_job();
             }
             Ok(step) => {
-                merge_repairs(&self.store, &self.clock, step.merge, grace);
+                merge_repairs(&self.store, &self.clock, step.merge, grace, false);
                 match step.next {
                     Next::Send(request) => {
                         let peer = job.peer.clone();

@@ -173,20 +173,25 @@ impl World {
             }
         }
         self.run_until(end);
-        // Collection may still be under way on some replicas: give the
-        // cluster a bounded while more to agree.
+        // Collection (of tombstones, expired values, removed map fields) may
+        // still be under way on some replicas: give the cluster a bounded
+        // while more to agree.
         let limit = end + QUIESCE_LIMIT.as_micros() as u64;
         while !self.converged() && self.now < limit {
             self.run_until(self.now + 500_000);
         }
     }
 
-    /// Whether every partition's replicas hold equal trees and no node up
-    /// holds a partition it does not replicate.
+    /// Whether every partition's replicas hold equal trees, every key the
+    /// workload touched is held alike by its replicas, and no node up holds
+    /// a partition it does not replicate. Equal trees are not enough: a
+    /// map's digest covers its live fields only, so replicas that have and
+    /// have not yet pruned a settled removed field agree on the tree while
+    /// each prunes in its own round (docs/tombstones.md).
     pub fn converged(&self) -> bool {
         let truth = self.truth();
         let ring = truth.ring();
-        (0..ring.partitions()).all(|p| {
+        let trees = (0..ring.partitions()).all(|p| {
             let mut roots = self.up().into_iter().filter_map(|i| {
                 let node = self.node(i)?;
                 let replica = ring.is_replica(p, &node.id);
@@ -194,7 +199,20 @@ impl World {
             });
             let first = roots.next();
             first.is_none_or(|(r, root)| r && roots.all(|(r, x)| r && x == root))
-        })
+        });
+        let keys: BTreeSet<&Key> = self.history.ops.iter().map(|op| &op.key).collect();
+        trees
+            && keys.into_iter().all(|key| {
+                let replicas = truth.replicas(key);
+                let mut held = self
+                    .up()
+                    .into_iter()
+                    .filter_map(|i| self.node(i))
+                    .filter(|n| replicas.iter().any(|r| **r == *n.id))
+                    .map(|n| n.store.get(key));
+                let first = held.next();
+                first.is_none_or(|e| held.all(|x| x == e))
+            })
     }
 
     /// The nodes up and members now, by index.
