@@ -443,6 +443,68 @@ async fn a_version_beyond_the_drift_bound_is_merged_but_does_not_drag_the_clock(
     node.shutdown().await.unwrap();
 }
 
+/// A version at the very end of the clock's range, sent by a peer, must not
+/// leave its key unwritable or undeletable.
+#[tokio::test]
+async fn a_version_at_the_end_of_the_clock_range_does_not_stop_its_key() {
+    use kilovolt::proto::cluster::{peer_client::PeerClient, ApplyRequest, Entry, Header};
+
+    let node = start_node(|c| tune(c, "end-of-time")).await;
+    let mut peer = PeerClient::new(common::channel(&node).await);
+    let header = || {
+        Some(Header {
+            protocol: kilovolt::net::peer::PROTOCOL,
+            from: "a-broken-peer".into(),
+        })
+    };
+    peer.apply(ApplyRequest {
+        header: header(),
+        entries: vec![
+            Entry {
+                key: "end".into(),
+                time: u64::MAX,
+                node: u64::MAX,
+                value: "forever".into(),
+                ..Default::default()
+            },
+            Entry {
+                key: "end-tomb".into(),
+                time: u64::MAX,
+                node: 7,
+                tombstone: true,
+                ..Default::default()
+            },
+        ],
+    })
+    .await
+    .unwrap();
+
+    let mut c = kv(&node).await;
+    for key in ["end", "end-tomb"] {
+        c.set(set(key, "mine", Consistency::One))
+            .await
+            .unwrap_or_else(|e| panic!("Set {key}: {e}"));
+        let got = c.get(get(key, Consistency::Local)).await.unwrap().into_inner();
+        assert_eq!(got.value, "mine", "{key}");
+        c.delete(proto::DeleteRequest {
+            key: key.into(),
+            consistency: Consistency::One as i32,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("Delete {key}: {e}"));
+        let got = c.get(get(key, Consistency::Local)).await.unwrap().into_inner();
+        assert!(!got.found, "{key} deleted");
+    }
+    let stats = admin(&node)
+        .await
+        .stats(proto::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.versions_refused, 2, "both refused and counted");
+    node.shutdown().await.unwrap();
+}
+
 /// The Merkle roots `node` reports, by partition.
 async fn digests(node: &RunningNode) -> Vec<(u32, Vec<u8>)> {
     let d = admin(node)

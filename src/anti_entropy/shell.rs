@@ -48,12 +48,13 @@ impl Replica for Store {
 /// entry (a tombstone older than `grace`, or a value expired that long) for
 /// a key this store lacks is refused: this store collected it once every
 /// replica held it, and taking it back would only make the replicas trade
-/// it forever.
+/// it forever. An entry the clock does not admit (a version past the
+/// ceiling, see [`Clock::admit`]) is left out, counted and logged.
 pub fn merge_repairs(store: &Store, clock: &Clock, entries: Vec<(Key, Entry)>, grace: u64) -> u64 {
     let now = clock.now();
     let mut changed = 0;
     for (key, entry) in entries {
-        if is_settled(&entry, now, grace) && !store.contains(&key) {
+        if (is_settled(&entry, now, grace) && !store.contains(&key)) || !clock.admit(&key, &entry) {
             continue;
         }
         clock.observe(entry.version);

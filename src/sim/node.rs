@@ -461,12 +461,12 @@ impl SimNode {
             OpKind::Set { value, ttl_ms } => {
                 let (value, ttl_ms) = (value.clone(), *ttl_ms);
                 self.write(op.id, &op.key, op.level, |clock, _, stored| {
-                    value_entry(clock, stored, &value, ttl_ms)
+                    value_entry(clock, &op.key, stored, &value, ttl_ms)
                 });
             }
             OpKind::Delete => {
                 self.write(op.id, &op.key, op.level, |clock, _, stored| {
-                    tombstone_entry(clock, stored)
+                    tombstone_entry(clock, &op.key, stored)
                 });
             }
             kind if kind.observes() => {
@@ -501,7 +501,7 @@ impl SimNode {
                     .collect();
                 self.write(id, &key, level, |clock, dots, stored| {
                     let stored = stored.or(seen.as_ref());
-                    let version = clock.stamp_after(stored.map(|e| e.version))?;
+                    let version = clock.stamp_after(&key, stored.map(|e| e.version))?;
                     let incarnation = dots.incarnation();
                     let now = clock.now();
                     Ok(ops::map_set(
@@ -531,7 +531,7 @@ impl SimNode {
                 }
                 self.write(id, &key, level, |clock, _, stored| {
                     let stored = stored.or(seen.as_ref());
-                    let version = clock.stamp_after(stored.map(|e| e.version))?;
+                    let version = clock.stamp_after(&key, stored.map(|e| e.version))?;
                     Ok(ops::map_remove(stored, clock.now(), &names, version)?)
                 });
             }
@@ -539,7 +539,7 @@ impl SimNode {
                 let key_name = key.clone();
                 self.write(id, &key, level, |clock, dots, stored| {
                     let stored = stored.or(seen.as_ref());
-                    let version = clock.stamp_after(stored.map(|e| e.version))?;
+                    let version = clock.stamp_after(&key, stored.map(|e| e.version))?;
                     let now = clock.now();
                     let (entry, _) = ops::increment(stored, now, delta, version, |g, c| {
                         dots.next_increment(&key_name, g, c, now)
