@@ -1,9 +1,9 @@
 //! The node's hybrid logical clock: issues the version of every write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -62,6 +62,25 @@ pub enum ClockError {
         "the stored version {0} is at the ceiling of version times ({MAX_VERSION_TIME:#x}); no newer version can be issued"
     )]
     Exhausted(Version),
+    /// This node's clock is further than the drift bound from the clocks of
+    /// most of the peers it measured, so the versions and expiry instants
+    /// it would issue are wrong by as much: it coordinates no writes until
+    /// its clock agrees again.
+    #[error(
+        "this node's clock is about {offset_ms} ms {direction} {off} of the {measured} peers it measured, past --max-clock-drift ({max_drift_ms} ms); it coordinates no writes until its clock is corrected"
+    )]
+    Offset {
+        /// The median offset of the disagreeing peers, in milliseconds.
+        offset_ms: u64,
+        /// "ahead of" or "behind".
+        direction: &'static str,
+        /// Peers whose clocks are provably further away than the bound.
+        off: usize,
+        /// Peers measured recently.
+        measured: usize,
+        /// The bound.
+        max_drift_ms: u64,
+    },
 }
 
 /// Why an entry from elsewhere was refused.
@@ -148,6 +167,21 @@ pub struct Clock {
     far: Mutex<BTreeMap<u64, u64>>,
     /// How many keys `far` holds, read without its lock.
     far_keys: AtomicUsize,
+    /// The drift bound, NTP64.
+    max_drift: u64,
+    /// Per peer, the last measurement of its clock against this one.
+    offsets: RwLock<HashMap<Box<str>, Offset>>,
+}
+
+/// One measurement of a peer's clock: over a round trip sent at `sent` and
+/// answered at `received` (this clock), with the peer's physical time
+/// `remote` in the answer, the peer's clock minus this one lies within
+/// `[remote - received, remote - sent]`.
+#[derive(Clone, Copy, Debug)]
+struct Offset {
+    low: i128,
+    high: i128,
+    at: u64,
 }
 
 impl Clock {
@@ -168,6 +202,8 @@ impl Clock {
             refused: AtomicU64::new(0),
             far: Mutex::new(BTreeMap::new()),
             far_keys: AtomicUsize::new(0),
+            max_drift: ntp64(max_drift),
+            offsets: RwLock::new(HashMap::new()),
         }
     }
 
@@ -258,6 +294,74 @@ impl Clock {
     /// Entries from other nodes refused by [`Clock::admit`].
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// How long a measurement of a peer's clock counts (NTP64, by this clock):
+/// old ones would keep judging a clock that has been corrected since. A
+/// measurement taken "in the future" (this clock stepped back) does not
+/// count either, nor do any from before this clock jumped forward by more.
+const OFFSET_LIFE: u64 = 10 << 32;
+
+impl Clock {
+    /// Records a round trip to `peer`, sent at `sent` and answered at
+    /// `received` (both [`Clock::now`]), whose answer carried the peer's
+    /// physical time `remote`.
+    pub fn record_round_trip(&self, peer: &str, sent: u64, received: u64, remote: u64) {
+        if received < sent {
+            return; // this clock stepped back meanwhile: no bound holds
+        }
+        let sample = Offset {
+            low: i128::from(remote) - i128::from(received),
+            high: i128::from(remote) - i128::from(sent),
+            at: received,
+        };
+        let mut offsets = self.offsets.write().unwrap_or_else(PoisonError::into_inner);
+        match offsets.get_mut(peer) {
+            Some(o) => *o = sample,
+            None => {
+                offsets.insert(peer.into(), sample);
+            }
+        }
+    }
+
+    /// Whether this node may coordinate writes: refused when its clock is
+    /// provably further than the drift bound from the clocks of more than
+    /// half the cluster it measured recently, itself counted as agreeing
+    /// (so with two nodes, neither is judged by the other alone). A clock
+    /// that is that far off would stamp versions and expiry instants off by
+    /// as much, and the `stored + 1` rule would carry its versions into
+    /// other nodes' writes of the same keys.
+    pub fn check_offset(&self) -> Result<(), ClockError> {
+        let now = self.now();
+        let bound = i128::from(self.max_drift);
+        let offsets = self.offsets.read().unwrap_or_else(PoisonError::into_inner);
+        let fresh = offsets
+            .values()
+            .filter(|o| o.at <= now && now - o.at <= OFFSET_LIFE);
+        let mut measured = 0;
+        let mut off = Vec::new();
+        for o in fresh {
+            measured += 1;
+            if o.low > bound {
+                off.push(o.low);
+            } else if o.high < -bound {
+                off.push(o.high);
+            }
+        }
+        if off.len() * 2 <= measured + 1 {
+            return Ok(());
+        }
+        off.sort_unstable();
+        // The peers' clocks minus this one: negative when this one is ahead.
+        let median = off[off.len() / 2];
+        Err(ClockError::Offset {
+            offset_ms: ((median.unsigned_abs() * 1000) >> 32) as u64,
+            direction: if median < 0 { "ahead of" } else { "behind" },
+            off: off.len(),
+            measured,
+            max_drift_ms: ((u128::from(self.max_drift) * 1000) >> 32) as u64,
+        })
     }
 }
 
@@ -411,6 +515,52 @@ mod tests {
             c.stamp_after("k", None).unwrap() < far,
             "the clock was not dragged"
         );
+    }
+
+    #[test]
+    fn a_clock_off_from_most_measured_peers_refuses_and_says_by_how_much() {
+        let c = clock();
+        let now = c.now();
+        let second = 1u64 << 32;
+        assert_eq!(c.check_offset(), Ok(()), "nothing measured");
+        // One peer 20 s behind out of two: it may be the one that is wrong.
+        c.record_round_trip("p1", now - 1000, now, now - 20 * second);
+        c.record_round_trip("p2", now - 1000, now, now);
+        assert_eq!(c.check_offset(), Ok(()));
+        // Two of three, itself on the other side: a tie judges no one.
+        c.record_round_trip("p3", now - 1000, now, now - 20 * second);
+        assert_eq!(c.check_offset(), Ok(()));
+        // Three of three: this clock is the odd one out.
+        c.record_round_trip("p2", now - 1000, now, now - 19 * second);
+        let err = c.check_offset().unwrap_err();
+        assert!(matches!(
+            err,
+            ClockError::Offset {
+                off: 3,
+                measured: 3,
+                direction: "ahead of",
+                ..
+            }
+        ));
+        assert!(
+            err.to_string()
+                .starts_with("this node's clock is about 19999 ms ahead of 3 of the 3 peers"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("--max-clock-drift (500 ms)"),
+            "{err}"
+        );
+        // A slow round trip proves nothing: the offset may be its delay.
+        c.record_round_trip("p1", now - 30 * second, now, now - 20 * second);
+        c.record_round_trip("p3", now - 30 * second, now, now - 20 * second);
+        assert_eq!(c.check_offset(), Ok(()));
+        // Neither does an old measurement.
+        let c = clock();
+        for p in ["p1", "p2", "p3"] {
+            c.record_round_trip(p, now - OFFSET_LIFE - 2000, now - OFFSET_LIFE - 1000, 0);
+        }
+        assert_eq!(c.check_offset(), Ok(()));
     }
 
     #[test]

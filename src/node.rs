@@ -191,6 +191,7 @@ pub async fn start_with_clock(
     let clock = Arc::new(Clock::new(&info.id, physical, config.max_clock_drift));
     let peers = Arc::new(Peers::new(
         info.id.clone(),
+        clock.clone(),
         switch.clone(),
         config.request_timeout,
     ));

@@ -484,7 +484,11 @@ async fn a_version_at_the_end_of_the_clock_range_does_not_stop_its_key() {
         c.set(set(key, "mine", Consistency::One))
             .await
             .unwrap_or_else(|e| panic!("Set {key}: {e}"));
-        let got = c.get(get(key, Consistency::Local)).await.unwrap().into_inner();
+        let got = c
+            .get(get(key, Consistency::Local))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(got.value, "mine", "{key}");
         c.delete(proto::DeleteRequest {
             key: key.into(),
@@ -492,7 +496,11 @@ async fn a_version_at_the_end_of_the_clock_range_does_not_stop_its_key() {
         })
         .await
         .unwrap_or_else(|e| panic!("Delete {key}: {e}"));
-        let got = c.get(get(key, Consistency::Local)).await.unwrap().into_inner();
+        let got = c
+            .get(get(key, Consistency::Local))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(!got.found, "{key} deleted");
     }
     let stats = admin(&node)
@@ -763,6 +771,127 @@ async fn clocks_that_jump_past_the_drift_bound_either_way_lose_no_write() {
     AHEAD.store(0, Relaxed);
     BEHIND.store(0, Relaxed);
     shutdown_all(vec![honest, ahead, behind]).await;
+}
+
+/// How far the fast node of the next test runs ahead (NTP64).
+static FAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn clock_fast() -> uhlc::NTP64 {
+    let now = kilovolt::clock::system_time().0;
+    uhlc::NTP64(now + FAST.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// One node's clock runs 20 s ahead: once it has measured its peers, it
+/// refuses to coordinate writes (UNAVAILABLE, naming the offset and the
+/// bound), so it stops issuing versions and expiry instants 20 s off; the
+/// other nodes' writes keep following their own clocks; and when its clock
+/// is corrected it writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_clock_runs_far_ahead_refuses_to_coordinate_writes() {
+    use common::start_node_with_clock;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let bound = |c: &mut Config| {
+        tune(c, "fast-node");
+        c.max_clock_drift = Duration::from_millis(500);
+    };
+    let a = start_node(bound).await;
+    let seeds = vec![a.info().address.clone()];
+    let s1 = seeds.clone();
+    let b = start_node(|c| {
+        bound(c);
+        c.cluster = s1;
+    })
+    .await;
+    let fast = start_node_with_clock(
+        |c| {
+            bound(c);
+            c.cluster = seeds;
+        },
+        clock_fast,
+    )
+    .await;
+    for node in [&a, &b, &fast] {
+        wait_alive(node, 3).await;
+    }
+
+    FAST.store(20 << 32, Relaxed);
+    let mut leaked = 0;
+    let refused = eventually(
+        Duration::from_secs(15),
+        "the fast node to refuse writes",
+        || {
+            leaked += 1;
+            let key = format!("fast-{leaked}");
+            let fast = &fast;
+            async move {
+                kv(fast)
+                    .await
+                    .set(set(&key, "x", Consistency::One))
+                    .await
+                    .err()
+            }
+        },
+    )
+    .await;
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("ahead of")
+            && refused.message().contains("--max-clock-drift (500 ms)"),
+        "{}",
+        refused.message()
+    );
+    let status = kv(&fast)
+        .await
+        .delete(proto::DeleteRequest {
+            key: "fast-1".into(),
+            consistency: Consistency::Quorum as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "every write is refused");
+
+    // The honest nodes still write, stamped by their own clocks.
+    let drift = 1u64 << 31; // 500 ms
+    for (i, node) in [&a, &b].into_iter().enumerate() {
+        for k in 0..8 {
+            let before = kilovolt::clock::system_time().0;
+            let v = kv(node)
+                .await
+                .set(set(&format!("honest-{i}-{k}"), "x", Consistency::One))
+                .await
+                .unwrap()
+                .into_inner()
+                .version
+                .unwrap()
+                .time;
+            assert!(
+                v < before + drift,
+                "{} stamped {} ms ahead of its clock",
+                node.info().id,
+                ((v - before) * 1000) >> 32
+            );
+        }
+    }
+
+    // Corrected, it writes again.
+    FAST.store(0, Relaxed);
+    eventually(
+        Duration::from_secs(15),
+        "the corrected node to write",
+        || {
+            let fast = &fast;
+            async move {
+                kv(fast)
+                    .await
+                    .set(set("again", "x", Consistency::One))
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await;
+    shutdown_all(vec![a, b, fast]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -151,7 +151,13 @@ impl Coordinator {
     ) -> Result<Version, Error> {
         let observed = self.observe(key, level).await?.flatten();
         self.write(key, level, |stored| {
-            value_entry(&self.clock, key, stored.or(observed.as_ref()), value, ttl_ms)
+            value_entry(
+                &self.clock,
+                key,
+                stored.or(observed.as_ref()),
+                value,
+                ttl_ms,
+            )
         })
         .await
     }
@@ -159,8 +165,10 @@ impl Coordinator {
     /// Deletes `key`, whatever it holds, by writing a tombstone. Returns its
     /// version.
     pub async fn delete(&self, key: &str, level: Consistency) -> Result<Version, Error> {
-        self.write(key, level, |stored| tombstone_entry(&self.clock, key, stored))
-            .await
+        self.write(key, level, |stored| {
+            tombstone_entry(&self.clock, key, stored)
+        })
+        .await
     }
 
     /// Reads the string at `key` at `level`. Refused when the key holds a
@@ -329,6 +337,9 @@ impl Coordinator {
         level: Consistency,
         make: impl FnOnce(Option<&Entry>) -> Result<Entry, Error>,
     ) -> Result<Version, Error> {
+        if level != Consistency::Local {
+            self.clock.check_offset()?;
+        }
         let topology = self.topology();
         let (mut call, routes) =
             WriteCall::start(&self.me, &topology, &self.store, key, level, make)?;
@@ -543,8 +554,10 @@ mod tests {
             alive: true,
             generation: 1,
         };
+        let clock = Arc::new(Clock::new("n1", system_time, Duration::from_millis(500)));
         let peers = Arc::new(Peers::new(
             "n1".into(),
+            clock.clone(),
             Arc::new(Switch::new()),
             Duration::from_secs(1),
         ));
@@ -563,7 +576,7 @@ mod tests {
         Coordinator::new(
             "n1".into(),
             Arc::new(Store::new(16)),
-            Arc::new(Clock::new("n1", system_time, Duration::from_millis(500))),
+            clock,
             peers,
             replicator,
             Topology::new(vec![me], 16, 3),
@@ -694,7 +707,8 @@ mod tests {
         let drift = 500u64 << 32 >> 10; // a little under the 500 ms bound
         let hour = 3600u64 << 32;
         let far = Version::new(c.clock.now() + hour, 7);
-        c.store.merge("far", Entry::value(far, "from the future", 0));
+        c.store
+            .merge("far", Entry::value(far, "from the future", 0));
 
         let mine = c.set("far", "mine", 0, Consistency::One).await.unwrap();
         assert!(mine > far, "a write still wins over the future value");

@@ -12,6 +12,7 @@ use super::switch::{Switch, Verdict};
 use super::sync_wire::{reply_from_wire, request_to_wire};
 use super::wire::{from_wire, to_wire};
 use crate::anti_entropy::{Reply, Request};
+use crate::clock::Clock;
 use crate::crdt::Entry;
 use crate::proto::cluster::{self as wire, peer_client::PeerClient};
 use crate::store::Key;
@@ -43,9 +44,15 @@ pub enum PeerError {
     Failed(String),
 }
 
+/// The response metadata in which a peer answers with its physical clock
+/// (NTP64, decimal), so that the caller can measure the two clocks'
+/// offset over the round trip (see [`Clock::check_offset`]).
+pub const CLOCK_METADATA: &str = "kv-physical-clock";
+
 /// Calls to other nodes.
 pub struct Peers {
     me: String,
+    clock: Arc<Clock>,
     switch: Arc<Switch>,
     timeout: Duration,
     addresses: RwLock<HashMap<String, String>>,
@@ -53,10 +60,12 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// Calls from node `me`, judged by `switch`, each bounded by `timeout`.
-    pub fn new(me: String, switch: Arc<Switch>, timeout: Duration) -> Self {
+    /// Calls from node `me`, judged by `switch`, each bounded by `timeout`;
+    /// every answer's clock is measured against `clock`.
+    pub fn new(me: String, clock: Arc<Clock>, switch: Arc<Switch>, timeout: Duration) -> Self {
         Self {
             me,
+            clock,
             switch,
             timeout,
             addresses: RwLock::new(HashMap::new()),
@@ -84,7 +93,7 @@ impl Peers {
             entries: entries.iter().map(|(k, e)| to_wire(k, e)).collect(),
         };
         let mut client = self.client(peer).await?;
-        let reply = self.call(client.apply(request)).await?;
+        let reply = self.call(peer, client.apply(request)).await?;
         Ok(reply.changed)
     }
 
@@ -96,7 +105,7 @@ impl Peers {
             partitions: Vec::new(),
         };
         let mut client = self.client(peer).await?;
-        let reply = self.call(client.read(request)).await?;
+        let reply = self.call(peer, client.read(request)).await?;
         reply
             .entries
             .into_iter()
@@ -113,7 +122,7 @@ impl Peers {
             partitions: Vec::new(),
         };
         let mut client = self.client(peer).await?;
-        Ok(self.call(client.read(request)).await?.clock)
+        Ok(self.call(peer, client.read(request)).await?.clock)
     }
 
     /// Which of `partitions` `peer` holds entries of.
@@ -124,14 +133,14 @@ impl Peers {
             partitions: partitions.to_vec(),
         };
         let mut client = self.client(peer).await?;
-        Ok(self.call(client.read(request)).await?.held)
+        Ok(self.call(peer, client.read(request)).await?.held)
     }
 
     /// Sends one anti-entropy step to `peer` and returns its reply.
     pub async fn sync(&self, peer: &str, request: &Request) -> Result<Reply, PeerError> {
         let request = request_to_wire(self.header(), request);
         let mut client = self.client(peer).await?;
-        let reply = self.call(client.sync(request)).await?;
+        let reply = self.call(peer, client.sync(request)).await?;
         reply_from_wire(reply).map_err(|e| PeerError::Failed(e.to_string()))
     }
 
@@ -155,12 +164,27 @@ impl Peers {
             .max_encoding_message_size(MAX_PEER_MESSAGE))
     }
 
+    /// Runs `call` to `peer` under the timeout, and measures the peer's
+    /// clock from its answer.
     async fn call<T>(
         &self,
+        peer: &str,
         call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, PeerError> {
+        let sent = self.clock.now();
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Ok(reply)) => {
+                let remote = reply
+                    .metadata()
+                    .get(CLOCK_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if let Some(remote) = remote {
+                    self.clock
+                        .record_round_trip(peer, sent, self.clock.now(), remote);
+                }
+                Ok(reply.into_inner())
+            }
             Ok(Err(status)) => Err(PeerError::Failed(format!(
                 "{:?}: {}",
                 status.code(),

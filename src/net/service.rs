@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::peer::PROTOCOL;
+use super::peer::{CLOCK_METADATA, PROTOCOL};
 use super::switch::{Switch, Verdict};
 use super::sync_wire::{reply_to_wire, request_from_wire};
 use super::wire::{from_wire, to_wire};
@@ -38,6 +38,16 @@ impl PeerService {
             switch,
             anti_entropy,
         }
+    }
+
+    /// `message` as a response that carries this node's physical clock, so
+    /// that the caller can measure its offset from this one.
+    fn stamped<T>(&self, message: T) -> Response<T> {
+        let mut response = Response::new(message);
+        if let Ok(value) = self.clock.now().to_string().parse() {
+            response.metadata_mut().insert(CLOCK_METADATA, value);
+        }
+        response
     }
 
     /// Checks the protocol number and asks the switch about the sender.
@@ -82,7 +92,7 @@ impl Peer for PeerService {
             })?;
         let changed = apply_deltas(&self.store, &self.clock, entries);
         let changed = u32::try_from(changed).unwrap_or(u32::MAX);
-        Ok(Response::new(wire::ApplyResponse { changed }))
+        Ok(self.stamped(wire::ApplyResponse { changed }))
     }
 
     async fn read(
@@ -102,7 +112,7 @@ impl Peer for PeerService {
             .into_iter()
             .filter(|&p| self.store.partition_len(p) > 0)
             .collect();
-        Ok(Response::new(wire::ReadResponse {
+        Ok(self.stamped(wire::ReadResponse {
             entries,
             clock,
             held,
@@ -123,6 +133,6 @@ impl Peer for PeerService {
             tracing::warn!(error = %e, "refused an anti-entropy step");
             Status::invalid_argument(e.to_string())
         })?;
-        Ok(Response::new(reply_to_wire(&reply)))
+        Ok(self.stamped(reply_to_wire(&reply)))
     }
 }

@@ -172,6 +172,9 @@ pub enum Msg {
         rpc: u64,
         /// The answer.
         resp: Resp,
+        /// The answering node's physical clock (NTP64), as production
+        /// answers carry it in their metadata.
+        clock: u64,
     },
 }
 
@@ -249,6 +252,8 @@ pub enum Out {
         /// The delta a map or counter write built (its dots and contexts),
         /// which the checker needs to tell what it adds, removes or counts.
         delta: Option<Entry>,
+        /// The expiry instant a Set wrote (0: none).
+        expires_at: u64,
     },
     /// A client operation ended.
     Done {
@@ -355,6 +360,8 @@ pub struct SimNode {
     next_check: u32,
     calls: BTreeMap<u64, Call>,
     rpcs: BTreeMap<u64, Rpc>,
+    /// Per call in flight: to whom, and when (this node's clock) it left.
+    sent: BTreeMap<u64, (String, u64)>,
     next_id: u64,
     now: Instant,
     /// What its handlers asked for, drained by the simulator.
@@ -396,6 +403,7 @@ impl SimNode {
             next_check: 0,
             calls: BTreeMap::new(),
             rpcs: BTreeMap::new(),
+            sent: BTreeMap::new(),
             next_id: 0,
             now,
             out: Vec::new(),
@@ -558,6 +566,11 @@ impl SimNode {
         level: Consistency,
         make: impl FnOnce(&Clock, &Dots, Option<&Entry>) -> Result<Entry, crate::error::Error>,
     ) {
+        if level != Consistency::Local {
+            if let Err(e) = self.clock.check_offset() {
+                return self.done(op, OpResult::Failed(e.to_string()));
+            }
+        }
         let (clock, dots) = (&self.clock, &self.dots);
         let started = WriteCall::start(&self.id, &self.topology, &self.store, key, level, |s| {
             make(clock, dots, s)
@@ -575,6 +588,7 @@ impl SimNode {
                 crate::crdt::Payload::Map(_) | crate::crdt::Payload::Counter(_)
             )
             .then(|| entry.clone()),
+            expires_at: entry.expires_at,
         });
         let id = self.next_id();
         for (replica, route) in routes {
@@ -742,12 +756,19 @@ impl SimNode {
         match msg {
             Msg::Request { rpc, req } => {
                 let resp = self.serve(req);
+                let clock = self.clock.now();
                 self.out.push(Out::Send {
                     to: from.to_string(),
-                    msg: Msg::Response { rpc, resp },
+                    msg: Msg::Response { rpc, resp, clock },
                 });
             }
-            Msg::Response { rpc, resp } => self.answered(rpc, Ok(resp)),
+            Msg::Response { rpc, resp, clock } => {
+                if let Some((peer, sent)) = self.sent.remove(&rpc) {
+                    self.clock
+                        .record_round_trip(&peer, sent, self.clock.now(), clock);
+                }
+                self.answered(rpc, Ok(resp));
+            }
         }
     }
 
@@ -820,6 +841,7 @@ impl SimNode {
 
     /// A peer call ended: its answer, or why there is none.
     fn answered(&mut self, rpc: u64, answer: Result<Resp, String>) {
+        self.sent.remove(&rpc);
         let Some(purpose) = self.rpcs.remove(&rpc) else {
             return; // answered already, or from before a restart
         };
@@ -1217,6 +1239,7 @@ impl SimNode {
     fn call(&mut self, to: &str, purpose: Rpc, req: Req) {
         let rpc = self.next_id();
         self.rpcs.insert(rpc, purpose);
+        self.sent.insert(rpc, (to.to_string(), self.clock.now()));
         self.out.push(Out::Send {
             to: to.to_string(),
             msg: Msg::Request { rpc, req },
