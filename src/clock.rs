@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use uhlc::{HLCBuilder, Timestamp, HLC, ID, NTP64};
@@ -155,6 +155,7 @@ pub struct Clock {
     hlc: HLC,
     id: u64,
     physical: PhysicalClock,
+    monotonic: MonotonicClock,
     drift_events: AtomicU64,
     refused: AtomicU64,
     /// Per key (by hash), the last version time issued above the HLC, for
@@ -173,15 +174,13 @@ pub struct Clock {
     offsets: RwLock<HashMap<Box<str>, Offset>>,
 }
 
-/// One measurement of a peer's clock: over a round trip sent at `sent` and
-/// answered at `received` (this clock), with the peer's physical time
-/// `remote` in the answer, the peer's clock minus this one lies within
-/// `[remote - received, remote - sent]`.
+/// One measurement of a peer's clock: the peer's clock minus this one lay
+/// within `[low, high]` (NTP64 units) at `at`.
 #[derive(Clone, Copy, Debug)]
 struct Offset {
     low: i128,
     high: i128,
-    at: u64,
+    at: RoundTrip,
 }
 
 impl Clock {
@@ -198,6 +197,7 @@ impl Clock {
             hlc,
             id,
             physical,
+            monotonic: process_monotonic,
             drift_events: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             far: Mutex::new(BTreeMap::new()),
@@ -297,24 +297,67 @@ impl Clock {
     }
 }
 
-/// How long a measurement of a peer's clock counts (NTP64, by this clock):
-/// old ones would keep judging a clock that has been corrected since. A
-/// measurement taken "in the future" (this clock stepped back) does not
-/// count either, nor do any from before this clock jumped forward by more.
+/// How long a measurement of a peer's clock counts (NTP64, by the
+/// monotonic clock): old ones would keep judging a clock that has been
+/// corrected since, or a peer that left.
 const OFFSET_LIFE: u64 = 10 << 32;
 
+/// A source of monotonic time in NTP64 units from an arbitrary origin, such
+/// as [`process_monotonic`]: it never jumps, so the difference between how
+/// far it and the wall clock moved is how far the wall clock jumped.
+pub type MonotonicClock = fn() -> u64;
+
+/// Monotonic time since this process first asked (std's `Instant`).
+pub fn process_monotonic() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    ntp64(START.get_or_init(Instant::now).elapsed())
+}
+
+/// Where a round trip to a peer began, by both of this node's clocks.
+#[derive(Clone, Copy, Debug)]
+pub struct RoundTrip {
+    wall: u64,
+    mono: u64,
+}
+
 impl Clock {
-    /// Records a round trip to `peer`, sent at `sent` and answered at
-    /// `received` (both [`Clock::now`]), whose answer carried the peer's
-    /// physical time `remote`.
-    pub fn record_round_trip(&self, peer: &str, sent: u64, received: u64, remote: u64) {
-        if received < sent {
-            return; // this clock stepped back meanwhile: no bound holds
+    /// Uses `monotonic` instead of [`process_monotonic`] (the simulator's
+    /// virtual time).
+    pub fn with_monotonic(mut self, monotonic: MonotonicClock) -> Self {
+        self.monotonic = monotonic;
+        self
+    }
+
+    /// Marks the start of a round trip to a peer, for
+    /// [`Clock::record_round_trip`].
+    pub fn round_trip(&self) -> RoundTrip {
+        RoundTrip {
+            wall: self.now(),
+            mono: (self.monotonic)(),
+        }
+    }
+
+    /// Records a round trip to `peer` that began at `start` and is answered
+    /// now, with the peer's physical time `remote` in the answer: the
+    /// peer's clock minus this one lay within `[remote - received, remote -
+    /// sent]`. A round trip during which this node's wall clock jumped
+    /// (moved more than the drift bound apart from the monotonic clock)
+    /// proves nothing and is dropped.
+    pub fn record_round_trip(&self, peer: &str, start: RoundTrip, remote: u64) {
+        let end = self.round_trip();
+        let (Some(wall), Some(mono)) = (
+            end.wall.checked_sub(start.wall),
+            end.mono.checked_sub(start.mono),
+        ) else {
+            return;
+        };
+        if wall.abs_diff(mono) > self.max_drift {
+            return;
         }
         let sample = Offset {
-            low: i128::from(remote) - i128::from(received),
-            high: i128::from(remote) - i128::from(sent),
-            at: received,
+            low: i128::from(remote) - i128::from(end.wall),
+            high: i128::from(remote) - i128::from(start.wall),
+            at: end,
         };
         let mut offsets = self.offsets.write().unwrap_or_else(PoisonError::into_inner);
         match offsets.get_mut(peer) {
@@ -331,22 +374,30 @@ impl Clock {
     /// (so with two nodes, neither is judged by the other alone). A clock
     /// that is that far off would stamp versions and expiry instants off by
     /// as much, and the `stored + 1` rule would carry its versions into
-    /// other nodes' writes of the same keys.
+    /// other nodes' writes of the same keys. A measurement is carried across
+    /// jumps of this node's own wall clock (by how far the wall clock moved
+    /// beyond the monotonic one since), so a clock that jumps is judged at
+    /// once, before it issues a single version from its new time.
     pub fn check_offset(&self) -> Result<(), ClockError> {
-        let now = self.now();
+        let now = self.round_trip();
         let bound = i128::from(self.max_drift);
         let offsets = self.offsets.read().unwrap_or_else(PoisonError::into_inner);
-        let fresh = offsets
-            .values()
-            .filter(|o| o.at <= now && now - o.at <= OFFSET_LIFE);
         let mut measured = 0;
         let mut off = Vec::new();
-        for o in fresh {
+        for o in offsets.values() {
+            let Some(age) = now.mono.checked_sub(o.at.mono) else {
+                continue;
+            };
+            if age > OFFSET_LIFE {
+                continue;
+            }
+            let jump = i128::from(now.wall) - i128::from(o.at.wall) - i128::from(age);
+            let (low, high) = (o.low - jump, o.high - jump);
             measured += 1;
-            if o.low > bound {
-                off.push(o.low);
-            } else if o.high < -bound {
-                off.push(o.high);
+            if low > bound {
+                off.push(low);
+            } else if high < -bound {
+                off.push(high);
             }
         }
         if off.len() * 2 <= measured + 1 {
@@ -517,21 +568,43 @@ mod tests {
         );
     }
 
+    static WALL: AtomicU64 = AtomicU64::new(0);
+    static MONO: AtomicU64 = AtomicU64::new(0);
+
+    fn wall() -> NTP64 {
+        NTP64(WALL.load(Ordering::Relaxed))
+    }
+
+    fn mono() -> u64 {
+        MONO.load(Ordering::Relaxed)
+    }
+
     #[test]
     fn a_clock_off_from_most_measured_peers_refuses_and_says_by_how_much() {
-        let c = clock();
-        let now = c.now();
         let second = 1u64 << 32;
+        let t = 1_800_000_000 * second;
+        WALL.store(t, Ordering::Relaxed);
+        MONO.store(t, Ordering::Relaxed);
+        let step = |by: u64| {
+            WALL.fetch_add(by, Ordering::Relaxed);
+            MONO.fetch_add(by, Ordering::Relaxed);
+        };
+        let c = Clock::new("node-a", wall, Duration::from_millis(500)).with_monotonic(mono);
+        let measure = |peer: &str, behind: u64| {
+            let start = c.round_trip();
+            step(1000);
+            c.record_round_trip(peer, start, c.now() - behind);
+        };
         assert_eq!(c.check_offset(), Ok(()), "nothing measured");
         // One peer 20 s behind out of two: it may be the one that is wrong.
-        c.record_round_trip("p1", now - 1000, now, now - 20 * second);
-        c.record_round_trip("p2", now - 1000, now, now);
+        measure("p1", 20 * second);
+        measure("p2", 0);
         assert_eq!(c.check_offset(), Ok(()));
         // Two of three, itself on the other side: a tie judges no one.
-        c.record_round_trip("p3", now - 1000, now, now - 20 * second);
+        measure("p3", 20 * second);
         assert_eq!(c.check_offset(), Ok(()));
         // Three of three: this clock is the odd one out.
-        c.record_round_trip("p2", now - 1000, now, now - 19 * second);
+        measure("p2", 19 * second);
         let err = c.check_offset().unwrap_err();
         assert!(matches!(
             err,
@@ -552,15 +625,39 @@ mod tests {
             "{err}"
         );
         // A slow round trip proves nothing: the offset may be its delay.
-        c.record_round_trip("p1", now - 30 * second, now, now - 20 * second);
-        c.record_round_trip("p3", now - 30 * second, now, now - 20 * second);
-        assert_eq!(c.check_offset(), Ok(()));
-        // Neither does an old measurement.
-        let c = clock();
         for p in ["p1", "p2", "p3"] {
-            c.record_round_trip(p, now - OFFSET_LIFE - 2000, now - OFFSET_LIFE - 1000, 0);
+            let start = c.round_trip();
+            step(30 * second);
+            c.record_round_trip(p, start, c.now() - 20 * second);
         }
         assert_eq!(c.check_offset(), Ok(()));
+
+        // Measured in agreement, then this clock jumps 20 s ahead: it is
+        // judged at once, without a new round trip; back, it agrees again.
+        for p in ["p1", "p2", "p3"] {
+            measure(p, 0);
+        }
+        assert_eq!(c.check_offset(), Ok(()));
+        WALL.fetch_add(20 * second, Ordering::Relaxed);
+        assert!(matches!(
+            c.check_offset(),
+            Err(ClockError::Offset {
+                direction: "ahead of",
+                off: 3,
+                ..
+            })
+        ));
+        WALL.fetch_sub(20 * second, Ordering::Relaxed);
+        assert_eq!(c.check_offset(), Ok(()));
+        // A round trip across a jump is dropped; old measurements expire.
+        let start = c.round_trip();
+        WALL.fetch_sub(20 * second, Ordering::Relaxed);
+        c.record_round_trip("p1", start, t);
+        WALL.fetch_add(20 * second, Ordering::Relaxed);
+        assert_eq!(c.check_offset(), Ok(()));
+        WALL.fetch_add(20 * second, Ordering::Relaxed);
+        step(OFFSET_LIFE + 1);
+        assert_eq!(c.check_offset(), Ok(()), "expired");
     }
 
     #[test]

@@ -657,60 +657,50 @@ async fn partitions_that_move_to_a_new_node_are_handed_off_then_dropped() {
     shutdown_all(vec![a, b]).await;
 }
 
-/// How far the clocks of the skewed test nodes are from the system clock,
-/// in NTP64 units (2^32 per second).
-static AHEAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static BEHIND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// How far the skewed test node's clock is from the system clock, in
+/// NTP64 units (2^32 per second), either way.
+static SKEW: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
-fn clock_ahead() -> uhlc::NTP64 {
+fn clock_skewed() -> uhlc::NTP64 {
     let now = kilovolt::clock::system_time().0;
-    uhlc::NTP64(now + AHEAD.load(std::sync::atomic::Ordering::Relaxed))
+    let skew = SKEW.load(std::sync::atomic::Ordering::Relaxed);
+    uhlc::NTP64(now.saturating_add_signed(skew))
 }
 
-fn clock_behind() -> uhlc::NTP64 {
-    let now = kilovolt::clock::system_time().0;
-    uhlc::NTP64(now - BEHIND.load(std::sync::atomic::Ordering::Relaxed))
-}
-
+/// Two nodes, so that neither can tell which clock is wrong and both keep
+/// writing (with more nodes the odd clock out refuses writes: see the next
+/// test): the versions of a clock that jumps an hour either way are merged,
+/// do not drag the other clock, and lose no write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clocks_that_jump_past_the_drift_bound_either_way_lose_no_write() {
     use common::start_node_with_clock;
     use std::sync::atomic::Ordering::Relaxed;
 
-    let hour = 3600u64 << 32;
+    let hour = 3600i64 << 32;
     let fast = |c: &mut Config| {
         tune(c, "skew");
         c.max_clock_drift = Duration::from_millis(500);
     };
     let honest = start_node(fast).await;
     let seeds = vec![honest.info().address.clone()];
-    let (s1, s2) = (seeds.clone(), seeds.clone());
-    let ahead = start_node_with_clock(
+    let skewed = start_node_with_clock(
         |c| {
             fast(c);
-            c.cluster = s1;
+            c.cluster = seeds;
         },
-        clock_ahead,
+        clock_skewed,
     )
     .await;
-    let behind = start_node_with_clock(
-        |c| {
-            fast(c);
-            c.cluster = s2;
-        },
-        clock_behind,
-    )
-    .await;
-    for node in [&honest, &ahead, &behind] {
-        wait_alive(node, 3).await;
+    for node in [&honest, &skewed] {
+        wait_alive(node, 2).await;
     }
     let version = |r: proto::SetResponse| r.version.map(|v| v.time).unwrap();
 
-    // One clock jumps an hour ahead; its write reaches the others, which
-    // merge it, count the event, and are not dragged along.
-    AHEAD.store(hour, Relaxed);
+    // The clock jumps an hour ahead; its write reaches the other node, which
+    // merges it, counts the event, and is not dragged along.
+    SKEW.store(hour, Relaxed);
     let future = version(
-        kv(&ahead)
+        kv(&skewed)
             .await
             .set(set("k", "from the future", Consistency::All))
             .await
@@ -747,11 +737,11 @@ async fn clocks_that_jump_past_the_drift_bound_either_way_lose_no_write() {
     );
     assert!(mine > future);
 
-    // Another clock jumps an hour back: its writes to keys written since
+    // The clock jumps to an hour behind: its writes to keys written since
     // still win (stored + 1), so the client's latest write is kept.
-    BEHIND.store(hour, Relaxed);
+    SKEW.store(-hour, Relaxed);
     let late = version(
-        kv(&behind)
+        kv(&skewed)
             .await
             .set(set("k", "from the past", Consistency::All))
             .await
@@ -759,7 +749,7 @@ async fn clocks_that_jump_past_the_drift_bound_either_way_lose_no_write() {
             .into_inner(),
     );
     assert!(late > mine);
-    for node in [&honest, &ahead, &behind] {
+    for node in [&honest, &skewed] {
         let got = kv(node)
             .await
             .get(get("k", Consistency::Local))
@@ -768,9 +758,8 @@ async fn clocks_that_jump_past_the_drift_bound_either_way_lose_no_write() {
             .into_inner();
         assert_eq!(got.value, "from the past", "on {}", node.info().id);
     }
-    AHEAD.store(0, Relaxed);
-    BEHIND.store(0, Relaxed);
-    shutdown_all(vec![honest, ahead, behind]).await;
+    SKEW.store(0, Relaxed);
+    shutdown_all(vec![honest, skewed]).await;
 }
 
 /// How far the fast node of the next test runs ahead (NTP64).

@@ -171,7 +171,7 @@ impl Peers {
         peer: &str,
         call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, PeerError> {
-        let sent = self.clock.now();
+        let start = self.clock.round_trip();
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(reply)) => {
                 let remote = reply
@@ -180,8 +180,7 @@ impl Peers {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok());
                 if let Some(remote) = remote {
-                    self.clock
-                        .record_round_trip(peer, sent, self.clock.now(), remote);
+                    self.clock.record_round_trip(peer, start, remote);
                 }
                 Ok(reply.into_inner())
             }

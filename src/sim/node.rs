@@ -18,7 +18,7 @@ use crate::anti_entropy::plan::{filled, hand_offs, live_peers, shared_partitions
 use crate::anti_entropy::{
     merge_repairs, respond, Collector, Initiator, Limits, Next, PartitionSet, Reply, Request,
 };
-use crate::clock::{ntp64, Clock};
+use crate::clock::{ntp64, Clock, RoundTrip};
 use crate::coordinator::{
     tombstone_entry, value_entry, Answer, Consistency, Decision, Read, ReadCall, ReadOne, Route,
     Topology, WriteCall, Written,
@@ -361,7 +361,7 @@ pub struct SimNode {
     calls: BTreeMap<u64, Call>,
     rpcs: BTreeMap<u64, Rpc>,
     /// Per call in flight: to whom, and when (this node's clock) it left.
-    sent: BTreeMap<u64, (String, u64)>,
+    sent: BTreeMap<u64, (String, RoundTrip)>,
     next_id: u64,
     now: Instant,
     /// What its handlers asked for, drained by the simulator.
@@ -382,7 +382,8 @@ impl SimNode {
         now: Instant,
         last_incarnation: u64,
     ) -> Self {
-        let clock = Clock::new(id, super::time::physical, settings.max_clock_drift);
+        let clock = Clock::new(id, super::time::physical, settings.max_clock_drift)
+            .with_monotonic(super::time::monotonic);
         let incarnation = clock.now().max(last_incarnation.saturating_add(1));
         let mut node = Self {
             id: id.to_string(),
@@ -763,9 +764,8 @@ impl SimNode {
                 });
             }
             Msg::Response { rpc, resp, clock } => {
-                if let Some((peer, sent)) = self.sent.remove(&rpc) {
-                    self.clock
-                        .record_round_trip(&peer, sent, self.clock.now(), clock);
+                if let Some((peer, start)) = self.sent.remove(&rpc) {
+                    self.clock.record_round_trip(&peer, start, clock);
                 }
                 self.answered(rpc, Ok(resp));
             }
@@ -1239,7 +1239,8 @@ impl SimNode {
     fn call(&mut self, to: &str, purpose: Rpc, req: Req) {
         let rpc = self.next_id();
         self.rpcs.insert(rpc, purpose);
-        self.sent.insert(rpc, (to.to_string(), self.clock.now()));
+        self.sent
+            .insert(rpc, (to.to_string(), self.clock.round_trip()));
         self.out.push(Out::Send {
             to: to.to_string(),
             msg: Msg::Request { rpc, req },

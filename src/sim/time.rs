@@ -80,6 +80,12 @@ pub fn physical() -> NTP64 {
     })
 }
 
+/// Virtual time (NTP64 from the start of the run), as every node's
+/// monotonic clock reads it: it never jumps.
+pub fn monotonic() -> u64 {
+    CLOCKS.with(|c| to_ntp64(i128::from(c.borrow().now_us)))
+}
+
 /// `node`'s wall clock now, in NTP64: what [`physical`] reads while it runs.
 pub fn wall(node: usize) -> u64 {
     CLOCKS.with(|c| {
