@@ -112,8 +112,23 @@ pub fn check(world: &World) -> Vec<Violation> {
 /// `stored + 1` rule, which raises that key only); and a TTL's expiry
 /// instant lies within the bound of the true instant it was asked for.
 /// Catches one key's far-future version dragging a node's other stamps, and
-/// expiries counted from a raised version.
+/// expiries counted from a raised version. And no node refused an entry a
+/// peer sent (every entry comes from a write, so the version ceiling and
+/// the checks of inner times must admit it).
 fn clocks(world: &World, by_key: &BTreeMap<&str, Vec<&OpRecord>>, found: &mut Vec<Violation>) {
+    for i in world.up() {
+        let Some(node) = world.node(i) else { continue };
+        let refused = node.refused_entries();
+        if refused > 0 {
+            found.push(Violation {
+                key: None,
+                what: format!(
+                    "{} refused {refused} entries from peers, which only writes produced",
+                    node.id
+                ),
+            });
+        }
+    }
     let drift = world.config().settings.max_clock_drift;
     let drift_us = drift.as_micros() as i64;
     // Slack for the HLC's logical steps and the microsecond clock.

@@ -1189,6 +1189,12 @@ impl SimNode {
 
     // --- Inspection for the checker -----------------------------------------
 
+    /// Entries from peers its clock refused (see [`Clock::admit`]): none
+    /// should be, since every entry here comes from a write.
+    pub fn refused_entries(&self) -> u64 {
+        self.clock.refused()
+    }
+
     /// The greatest version of `key` this node holds anywhere: in its store,
     /// its delta queues, its hints, or peer calls it may still retry.
     pub fn greatest_copy(&self, key: &str) -> Option<Version> {
