@@ -265,9 +265,10 @@ fn write_stamped(c: &mut Criterion, keys: &Keys, store: &Store) {
     let mut rng = XorShift::new(5);
     bench(c, STORE, "write_stamped", |b| {
         b.iter(|| {
-            let written = store.write(keys.get(rng.next_below(KEYS)), |stored| {
+            let key = keys.get(rng.next_below(KEYS));
+            let written = store.write(key, |stored| {
                 clock
-                    .stamp_after(stored.map(|e| e.version))
+                    .stamp_after(key, stored.map(|e| e.version))
                     .map(|v| Entry::value(v, value.as_str(), 0))
             });
             black_box(written.unwrap())

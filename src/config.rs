@@ -84,7 +84,8 @@ pub struct Config {
     pub default_consistency: DefaultConsistency,
 
     /// Largest clock lead a remote version may have and still move this
-    /// node's clock (e.g. 500ms, 2s).
+    /// node's clock, and the largest offset from most peers' clocks at which
+    /// this node still coordinates writes (e.g. 500ms, 2s).
     #[arg(long, env = "KILOVOLT_MAX_CLOCK_DRIFT", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub max_clock_drift: Duration,
 

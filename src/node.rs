@@ -196,6 +196,7 @@ pub async fn start_with_clock(
     let clock = Arc::new(Clock::new(&info.id, physical, config.max_clock_drift));
     let peers = Arc::new(Peers::new(
         info.id.clone(),
+        clock.clone(),
         switch.clone(),
         config.request_timeout,
         config.max_peer_message_bytes(),
@@ -507,6 +508,11 @@ mod tests {
         let members = vec![member("n1", true), member("n2", false), member("n3", true)];
         let peers = Arc::new(Peers::new(
             "n1".into(),
+            Arc::new(crate::clock::Clock::new(
+                "n1",
+                crate::clock::system_time,
+                Duration::from_millis(500),
+            )),
             Arc::new(Switch::new()),
             Duration::from_secs(1),
             1 << 20,

@@ -367,6 +367,7 @@ async fn send(
                 salt: 1,
                 entries: Vec::new(),
                 wanted: vec![wanted; repeats],
+                handoff: false,
             });
             Ok(peer.sync(sync(step)).await?.into_inner().encoded_len())
         }

@@ -48,7 +48,8 @@ impl Replica for Store {
 /// entry (a tombstone older than `grace`, or a value expired that long) for
 /// a key this store lacks is refused: this store collected it once every
 /// replica held it, and taking it back would only make the replicas trade
-/// it forever.
+/// it forever. An entry the clock does not admit (a version past the
+/// ceiling, see [`Clock::admit`]) is left out, counted and logged.
 ///
 /// A `handoff`'s entries are all kept: their sender drops its copy after
 /// the session, and a new or refilled replica never held them. Refusing a
@@ -64,7 +65,9 @@ pub fn merge_repairs(
     let now = clock.now();
     let mut changed = 0;
     for (key, entry) in entries {
-        if !handoff && is_settled(&entry, now, grace) && !store.contains(&key) {
+        if (!handoff && is_settled(&entry, now, grace) && !store.contains(&key))
+            || !clock.admit(&key, &entry)
+        {
             continue;
         }
         clock.observe(entry.version);

@@ -97,6 +97,7 @@ impl Admin for AdminService {
             hints_pending: self.replicator.hints_pending() as u64,
             hints_dropped: self.replicator.hints_dropped(),
             clock_drift_events: self.clock.drift_events(),
+            versions_refused: self.clock.refused(),
             anti_entropy_rounds: self.sync.rounds(),
             anti_entropy_repaired: self.sync.repaired(),
             merkle_mismatches: self.sync.mismatches(),

@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 
+use crate::clock::ClockError;
 use crate::crdt::ops::TypeError;
 use crate::error::Error;
 
@@ -22,7 +23,7 @@ impl From<Error> for Status {
             | Error::FieldValueTooLarge { .. }
             | Error::FieldsTooLarge { .. }
             | Error::LocalWrite => Code::InvalidArgument,
-            Error::Unavailable(_) => Code::Unavailable,
+            Error::Unavailable(_) | Error::Clock(ClockError::Offset { .. }) => Code::Unavailable,
             Error::AnswerTooLarge { .. } => Code::ResourceExhausted,
             Error::Clock(_) => Code::FailedPrecondition,
             Error::Type(TypeError::WrongKind { .. } | TypeError::MapTooLarge { .. }) => {

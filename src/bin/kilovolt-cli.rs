@@ -460,6 +460,7 @@ fn print_stats(as_json: bool, s: &proto::StatsResponse) {
         ("anti_entropy_rounds", s.anti_entropy_rounds),
         ("anti_entropy_repaired", s.anti_entropy_repaired),
         ("clock_drift_events", s.clock_drift_events),
+        ("versions_refused", s.versions_refused),
         ("merkle_mismatches", s.merkle_mismatches),
     ];
     if as_json {

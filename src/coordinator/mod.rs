@@ -158,7 +158,13 @@ impl Coordinator {
     ) -> Result<Version, Error> {
         let observed = self.observe(key, level).await?.flatten();
         self.write(key, level, |stored| {
-            value_entry(&self.clock, stored.or(observed.as_ref()), value, ttl_ms)
+            value_entry(
+                &self.clock,
+                key,
+                stored.or(observed.as_ref()),
+                value,
+                ttl_ms,
+            )
         })
         .await
     }
@@ -166,8 +172,10 @@ impl Coordinator {
     /// Deletes `key`, whatever it holds, by writing a tombstone. Returns its
     /// version.
     pub async fn delete(&self, key: &str, level: Consistency) -> Result<Version, Error> {
-        self.write(key, level, |stored| tombstone_entry(&self.clock, stored))
-            .await
+        self.write(key, level, |stored| {
+            tombstone_entry(&self.clock, key, stored)
+        })
+        .await
     }
 
     /// Reads the string at `key` at `level`. Refused when the key holds a
@@ -194,7 +202,7 @@ impl Coordinator {
         let observed = self.observe(key, level).await?.flatten();
         self.write(key, level, |stored| {
             let stored = stored.or(observed.as_ref());
-            let version = self.clock.stamp_after(stored.map(|e| e.version))?;
+            let version = self.clock.stamp_after(key, stored.map(|e| e.version))?;
             let incarnation = self.dots.incarnation();
             let now = self.clock.now();
             Ok(ops::map_set(
@@ -249,7 +257,7 @@ impl Coordinator {
         }
         self.write(key, level, |stored| {
             let stored = stored.or(observed.as_ref().and_then(Option::as_ref));
-            let version = self.clock.stamp_after(stored.map(|e| e.version))?;
+            let version = self.clock.stamp_after(key, stored.map(|e| e.version))?;
             Ok(ops::map_remove(stored, self.clock.now(), names, version)?)
         })
         .await?;
@@ -265,7 +273,7 @@ impl Coordinator {
         let mut after = 0;
         self.write(key, level, |stored| {
             let stored = stored.or(observed.as_ref());
-            let version = self.clock.stamp_after(stored.map(|e| e.version))?;
+            let version = self.clock.stamp_after(key, stored.map(|e| e.version))?;
             let now = self.clock.now();
             let (entry, value) = ops::increment(stored, now, delta, version, |g, c| {
                 self.dots.next_increment(key, g, c, now)
@@ -347,6 +355,9 @@ impl Coordinator {
         level: Consistency,
         make: impl FnOnce(Option<&Entry>) -> Result<Entry, Error>,
     ) -> Result<Version, Error> {
+        if level != Consistency::Local {
+            self.clock.check_offset()?;
+        }
         let topology = self.topology();
         let (mut call, routes) =
             WriteCall::start(&self.me, &topology, &self.store, key, level, make)?;
@@ -419,7 +430,10 @@ impl Coordinator {
                 None => asking.next().await,
             };
             match next {
-                Some((_, Ok(entries))) => return Ok(entries.into_iter().next().map(|(_, e)| e)),
+                Some((_, Ok(entries))) => {
+                    let entry = entries.into_iter().next().map(|(_, e)| e);
+                    return Ok(entry.filter(|e| self.clock.admit(key, e)));
+                }
                 Some((replica, Err(e))) => call.failed(&replica, e.to_string()),
                 None => {}
             }
@@ -443,7 +457,10 @@ impl Coordinator {
         let timeout = self.peers.timeout();
         let timed_out = gather(&mut call, pending, timeout, |call, (replica, read)| {
             let answer = read
-                .map(|entries| entries.into_iter().next().map(|(_, e)| e))
+                .map(|entries| {
+                    let entry = entries.into_iter().next().map(|(_, e)| e);
+                    entry.filter(|e| self.clock.admit(key, e))
+                })
                 .map_err(|e| e.to_string());
             call.record(&replica, answer)
         })
@@ -523,31 +540,36 @@ fn answer_of(ack: Result<Result<(), Undelivered>, oneshot::error::RecvError>) ->
     }
 }
 
-/// The entry a Set writes over `stored`: `value` stamped by `clock` after
-/// the stored version, expiring `ttl_ms` after its stamp (0: never).
+/// The entry a Set of `key` writes over `stored`: `value` stamped by
+/// `clock` after the stored version, expiring `ttl_ms` after the clock's
+/// physical now (0: never). The expiry counts from physical time, not from
+/// the version, which a far-future stored version may have raised: the
+/// value lives as long as asked, and every replica reads the same instant.
 /// Refused when `stored` holds a map or a counter.
 pub fn value_entry(
     clock: &Clock,
+    key: &str,
     stored: Option<&Entry>,
     value: &str,
     ttl_ms: u64,
 ) -> Result<Entry, Error> {
-    ops::check_string_write(stored, clock.now())?;
-    let version = clock.stamp_after(stored.map(|e| e.version))?;
-    let expires_at = expiry(version.time, ttl_ms)?;
+    let now = clock.now();
+    ops::check_string_write(stored, now)?;
+    let expires_at = expiry(now, ttl_ms)?;
+    let version = clock.stamp_after(key, stored.map(|e| e.version))?;
     Ok(Entry::value(version, value, expires_at))
 }
 
-/// The tombstone a Delete writes over `stored`, stamped by `clock` after
-/// the stored version.
-pub fn tombstone_entry(clock: &Clock, stored: Option<&Entry>) -> Result<Entry, Error> {
+/// The tombstone a Delete of `key` writes over `stored`, stamped by `clock`
+/// after the stored version.
+pub fn tombstone_entry(clock: &Clock, key: &str, stored: Option<&Entry>) -> Result<Entry, Error> {
     Ok(Entry::tombstone(
-        clock.stamp_after(stored.map(|e| e.version))?,
+        clock.stamp_after(key, stored.map(|e| e.version))?,
     ))
 }
 
-/// The expiry instant (NTP64) of a value written at `time` with `ttl_ms`,
-/// or 0 for no expiry.
+/// The expiry instant (NTP64) of a value written at physical time `time`
+/// with `ttl_ms`, or 0 for no expiry.
 fn expiry(time: u64, ttl_ms: u64) -> Result<u64, Error> {
     if ttl_ms == 0 {
         return Ok(0);
@@ -589,8 +611,10 @@ mod tests {
             alive: true,
             generation: 1,
         };
+        let clock = Arc::new(Clock::new("n1", system_time, Duration::from_millis(500)));
         let peers = Arc::new(Peers::new(
             "n1".into(),
+            clock.clone(),
             Arc::new(Switch::new()),
             Duration::from_secs(1),
             1 << 20,
@@ -611,7 +635,7 @@ mod tests {
         Coordinator::new(
             "n1".into(),
             Arc::new(Store::new(16)),
-            Arc::new(Clock::new("n1", system_time, Duration::from_millis(500))),
+            clock,
             peers,
             replicator,
             Topology::new(vec![me], 16, 3),
@@ -731,6 +755,48 @@ mod tests {
         ] {
             assert_eq!(local, Err(Error::LocalWrite));
         }
+    }
+
+    /// A far-future version of one key raises that key's next stamp only:
+    /// the node's writes to other keys keep following its clock, and a TTL
+    /// counts from the coordinator's physical time, not from the version.
+    #[tokio::test]
+    async fn a_far_future_version_raises_only_its_own_keys_stamp_and_not_ttls() {
+        let c = alone();
+        let drift = 500u64 << 32 >> 10; // a little under the 500 ms bound
+        let hour = 3600u64 << 32;
+        let far = Version::new(c.clock.now() + hour, 7);
+        c.store
+            .merge("far", Entry::value(far, "from the future", 0));
+
+        let mine = c.set("far", "mine", 0, Consistency::One).await.unwrap();
+        assert!(mine > far, "a write still wins over the future value");
+        for key in ["other", "another"] {
+            let before = c.clock.now();
+            let v = c.set(key, "x", 0, Consistency::One).await.unwrap();
+            assert!(
+                v.time < before + drift,
+                "{key} stamped {}s ahead of the clock",
+                (v.time - before) >> 32
+            );
+        }
+        c.map_set("map", &[("f", "1")], 100, Consistency::One)
+            .await
+            .unwrap();
+        let before = c.clock.now();
+        let v = c.store.get("map").unwrap().version;
+        assert!(v.time < before + drift, "map write stamped ahead");
+
+        // A TTL over the far-future value expires a second from now.
+        let before = c.clock.now();
+        c.set("far", "brief", 1000, Consistency::One).await.unwrap();
+        let expires = c.store.get("far").unwrap().expires_at;
+        let second = 1u64 << 32;
+        assert!(
+            expires >= before + second && expires < before + second + drift,
+            "expires {}s after the request",
+            (expires.saturating_sub(before)) >> 32
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::switch::{Switch, Verdict};
 use super::sync_wire::{reply_from_wire, request_to_wire};
 use super::wire::{from_wire, to_wire};
 use crate::anti_entropy::{Reply, Request};
+use crate::clock::Clock;
 use crate::crdt::Entry;
 use crate::proto::cluster::{self as wire, peer_client::PeerClient};
 use crate::store::Key;
@@ -42,9 +43,15 @@ pub enum PeerError {
     Failed(String),
 }
 
+/// The response metadata in which a peer answers with its physical clock
+/// (NTP64, decimal), so that the caller can measure the two clocks'
+/// offset over the round trip (see [`Clock::check_offset`]).
+pub const CLOCK_METADATA: &str = "kv-physical-clock";
+
 /// Calls to other nodes.
 pub struct Peers {
     me: String,
+    clock: Arc<Clock>,
     switch: Arc<Switch>,
     timeout: Duration,
     max_message_bytes: usize,
@@ -56,15 +63,18 @@ pub struct Peers {
 impl Peers {
     /// Calls from node `me`, judged by `switch`, each bounded by `timeout`
     /// and by `max_message_bytes` either way (the peer message limit,
-    /// [`crate::config::Config::max_peer_message_bytes`]).
+    /// [`crate::config::Config::max_peer_message_bytes`]); every answer's
+    /// clock is measured against `clock`.
     pub fn new(
         me: String,
+        clock: Arc<Clock>,
         switch: Arc<Switch>,
         timeout: Duration,
         max_message_bytes: usize,
     ) -> Self {
         Self {
             me,
+            clock,
             switch,
             timeout,
             max_message_bytes,
@@ -102,7 +112,7 @@ impl Peers {
         let started = Instant::now();
         let mut client = self.client(peer).await?;
         let reply = self
-            .call(Some((peer, started)), client.apply(request))
+            .call(peer, Some(started), client.apply(request))
             .await?;
         Ok(reply.changed)
     }
@@ -116,9 +126,7 @@ impl Peers {
         };
         let started = Instant::now();
         let mut client = self.client(peer).await?;
-        let reply = self
-            .call(Some((peer, started)), client.read(request))
-            .await?;
+        let reply = self.call(peer, Some(started), client.read(request)).await?;
         reply
             .entries
             .into_iter()
@@ -137,7 +145,7 @@ impl Peers {
         let started = Instant::now();
         let mut client = self.client(peer).await?;
         Ok(self
-            .call(Some((peer, started)), client.read(request))
+            .call(peer, Some(started), client.read(request))
             .await?
             .clock)
     }
@@ -152,7 +160,7 @@ impl Peers {
         let started = Instant::now();
         let mut client = self.client(peer).await?;
         Ok(self
-            .call(Some((peer, started)), client.read(request))
+            .call(peer, Some(started), client.read(request))
             .await?
             .held)
     }
@@ -161,7 +169,7 @@ impl Peers {
     pub async fn sync(&self, peer: &str, request: &Request) -> Result<Reply, PeerError> {
         let request = request_to_wire(self.header(), request);
         let mut client = self.client(peer).await?;
-        let reply = self.call(None, client.sync(request)).await?;
+        let reply = self.call(peer, None, client.sync(request)).await?;
         reply_from_wire(reply).map_err(|e| PeerError::Failed(e.to_string()))
     }
 
@@ -185,21 +193,31 @@ impl Peers {
             .max_encoding_message_size(self.max_message_bytes))
     }
 
-    /// Runs `call` within the timeout. For a call that measures a peer's
-    /// latency (`(peer, started)`, started before the switch's verdict so
-    /// that an injected delay counts; small requests only: not an
-    /// anti-entropy step, whose time is spent on the work it carries),
-    /// records how long it took, timeouts included; a refused call says
-    /// nothing of the latency.
+    /// Runs `call` to `peer` within the timeout, and measures the peer's
+    /// clock from its answer. For a call that measures the peer's latency
+    /// (`started` given, before the switch's verdict so that an injected
+    /// delay counts; small requests only: not an anti-entropy step, whose
+    /// time is spent on the work it carries), records how long it took,
+    /// timeouts included; a refused call says nothing of the latency.
     async fn call<T>(
         &self,
-        measure: Option<(&str, Instant)>,
+        peer: &str,
+        started: Option<Instant>,
         call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, PeerError> {
+        let start = self.clock.round_trip();
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(reply)) => {
-                if let Some((peer, started)) = measure {
+                if let Some(started) = started {
                     self.latencies.record(peer, started.elapsed());
+                }
+                let remote = reply
+                    .metadata()
+                    .get(CLOCK_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if let Some(remote) = remote {
+                    self.clock.record_round_trip(peer, start, remote);
                 }
                 Ok(reply.into_inner())
             }
@@ -209,7 +227,7 @@ impl Peers {
                 status.message()
             ))),
             Err(_) => {
-                if let Some((peer, started)) = measure {
+                if let Some(started) = started {
                     self.latencies.record(peer, started.elapsed());
                 }
                 Err(PeerError::Timeout(self.timeout))

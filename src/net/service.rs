@@ -6,7 +6,7 @@ use std::sync::Arc;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::peer::PROTOCOL;
+use super::peer::{CLOCK_METADATA, PROTOCOL};
 use super::switch::{Switch, Verdict};
 use super::sync_wire::{reply_to_wire, request_from_wire};
 use super::wire::{from_wire, to_wire};
@@ -74,6 +74,16 @@ impl PeerService {
         Ok(entries)
     }
 
+    /// `message` as a response that carries this node's physical clock, so
+    /// that the caller can measure its offset from this one.
+    fn stamped<T>(&self, message: T) -> Response<T> {
+        let mut response = Response::new(message);
+        if let Ok(value) = self.clock.now().to_string().parse() {
+            response.metadata_mut().insert(CLOCK_METADATA, value);
+        }
+        response
+    }
+
     /// Checks the protocol number and asks the switch about the sender.
     async fn admit(&self, header: Option<&wire::Header>) -> Result<(), Status> {
         let header =
@@ -116,7 +126,7 @@ impl Peer for PeerService {
             })?;
         let changed = apply_deltas(&self.store, &self.clock, entries);
         let changed = u32::try_from(changed).unwrap_or(u32::MAX);
-        Ok(Response::new(wire::ApplyResponse { changed }))
+        Ok(self.stamped(wire::ApplyResponse { changed }))
     }
 
     async fn read(
@@ -134,7 +144,7 @@ impl Peer for PeerService {
         held.sort_unstable();
         held.dedup();
         held.retain(|&p| self.store.partition_len(p) > 0);
-        Ok(Response::new(wire::ReadResponse {
+        Ok(self.stamped(wire::ReadResponse {
             entries,
             clock,
             held,
@@ -161,6 +171,6 @@ impl Peer for PeerService {
                 tracing::warn!(error = %e, "refused an anti-entropy step");
                 Status::invalid_argument(e.to_string())
             })?;
-        Ok(Response::new(reply_to_wire(&reply)))
+        Ok(self.stamped(reply_to_wire(&reply)))
     }
 }

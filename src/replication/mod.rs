@@ -28,9 +28,14 @@ use crate::store::{Key, Store};
 /// Merges deltas a peer sent into `store`, letting `clock` observe their
 /// versions so that this node's next writes order after them; returns how
 /// many changed the store. What the peer service does with every batch.
+/// An entry the clock does not admit (a version past the ceiling, see
+/// [`Clock::admit`]) is left out, counted and logged; the rest merge.
 pub fn apply_deltas(store: &Store, clock: &Clock, deltas: Vec<(Key, Entry)>) -> u64 {
     let mut changed = 0;
     for (key, entry) in deltas {
+        if !clock.admit(&key, &entry) {
+            continue;
+        }
         clock.observe(entry.version);
         if store.merge(&key, entry) {
             changed += 1;
@@ -404,6 +409,11 @@ mod tests {
         });
         let peers = Arc::new(Peers::new(
             "n1".into(),
+            Arc::new(crate::clock::Clock::new(
+                "n1",
+                crate::clock::system_time,
+                Duration::from_millis(500),
+            )),
             Arc::new(Switch::new()),
             Duration::from_secs(60),
             1 << 20,

@@ -109,7 +109,89 @@ pub fn check(world: &World) -> Vec<Violation> {
         }
     }
     uncollected(world, &mut found);
+    clocks(world, &by_key, &mut found);
     found
+}
+
+/// The clock outcomes, for writes coordinated by a node whose wall clock
+/// was within the drift bound of true time: its version stays within the
+/// bound of the furthest its wall clock had read (an HLC never goes back),
+/// unless it is one past a version of the same key stamped before (the
+/// `stored + 1` rule, which raises that key only); and a TTL's expiry
+/// instant lies within the bound of the true instant it was asked for.
+/// Catches one key's far-future version dragging a node's other stamps, and
+/// expiries counted from a raised version. And no node refused an entry a
+/// peer sent (every entry comes from a write, so the version ceiling and
+/// the checks of inner times must admit it).
+fn clocks(world: &World, by_key: &BTreeMap<&str, Vec<&OpRecord>>, found: &mut Vec<Violation>) {
+    for i in world.up() {
+        let Some(node) = world.node(i) else { continue };
+        let refused = node.refused_entries();
+        if refused > 0 {
+            found.push(Violation {
+                key: None,
+                what: format!(
+                    "{} refused {refused} entries from peers, which only writes produced",
+                    node.id
+                ),
+            });
+        }
+    }
+    let drift = world.config().settings.max_clock_drift;
+    let drift_us = drift.as_micros() as i64;
+    // Slack for the HLC's logical steps and the microsecond clock.
+    let bound = ntp64(drift) + ntp64(std::time::Duration::from_millis(1));
+    for (key, ops) in by_key {
+        for op in ops {
+            let (Some(version), Some(c)) = (op.stamped, op.clock) else {
+                continue;
+            };
+            if c.offset_us.abs() > drift_us {
+                continue;
+            }
+            if version.time > c.wall_high.saturating_add(bound) {
+                let raised = ops.iter().any(|o| {
+                    o.id != op.id
+                        && o.stamped
+                            .is_some_and(|v| v.time.saturating_add(1) >= version.time)
+                        && o.clock.is_some_and(|oc| oc.at <= c.at)
+                });
+                if !raised {
+                    found.push(Violation {
+                        key: Some(key.to_string()),
+                        what: format!(
+                            "write #{} by {} was stamped {} ms ahead of its wall clock, past --max-clock-drift, and no earlier version of the key raised it",
+                            op.id,
+                            op.node,
+                            ntp64_ms(version.time - c.wall_high)
+                        ),
+                    });
+                }
+            }
+            if let OpKind::Set { ttl_ms, .. } = op.kind {
+                if ttl_ms > 0 {
+                    let asked = c
+                        .true_time
+                        .saturating_add(ntp64(std::time::Duration::from_millis(ttl_ms)));
+                    if c.expires_at.abs_diff(asked) > bound {
+                        found.push(Violation {
+                            key: Some(key.to_string()),
+                            what: format!(
+                                "write #{} by {} with a {ttl_ms} ms TTL expires {} ms from when it was asked for, past --max-clock-drift",
+                                op.id,
+                                op.node,
+                                ntp64_ms(c.expires_at.abs_diff(asked))
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn ntp64_ms(span: u64) -> u64 {
+    ((u128::from(span) * 1000) >> 32) as u64
 }
 
 /// One MapSet's add of one field, from the delta it built.

@@ -30,6 +30,8 @@ pub struct OpRecord {
     pub stamped: Option<Version>,
     /// The delta a map or counter write built, once stamped.
     pub delta: Option<crate::crdt::Entry>,
+    /// The coordinator's clocks when it stamped the write.
+    pub clock: Option<StampClock>,
     /// When and how it ended; `None` while pending or when its coordinator
     /// crashed first (indeterminate).
     pub ended: Option<(u64, OpResult)>,
@@ -60,6 +62,24 @@ impl OpRecord {
             _ => false,
         }
     }
+}
+
+/// A coordinator's clocks at the moment it stamped a write.
+#[derive(Clone, Copy, Debug)]
+pub struct StampClock {
+    /// Virtual microseconds.
+    pub at: u64,
+    /// True time (NTP64).
+    pub true_time: u64,
+    /// The coordinator's wall clock (NTP64).
+    pub wall: u64,
+    /// The furthest its wall clock ever read until then (NTP64): an HLC
+    /// never goes back, so after a clock jumps back its stamps follow this.
+    pub wall_high: u64,
+    /// How far its wall clock was from true time, microseconds.
+    pub offset_us: i64,
+    /// The expiry instant a Set wrote (0: none).
+    pub expires_at: u64,
 }
 
 /// A change to the cluster that can undo what replication guarantees:

@@ -18,7 +18,7 @@ use crate::anti_entropy::plan::{filled, hand_offs, live_peers, shared_partitions
 use crate::anti_entropy::{
     merge_repairs, respond, Collector, Initiator, Limits, Next, PartitionSet, Reply, Request,
 };
-use crate::clock::{ntp64, Clock};
+use crate::clock::{ntp64, Clock, RoundTrip};
 use crate::coordinator::{
     tombstone_entry, value_entry, Answer, Consistency, Decision, Read, ReadCall, ReadOne, Route,
     Topology, WriteCall, Written,
@@ -174,6 +174,9 @@ pub enum Msg {
         rpc: u64,
         /// The answer.
         resp: Resp,
+        /// The answering node's physical clock (NTP64), as production
+        /// answers carry it in their metadata.
+        clock: u64,
     },
 }
 
@@ -251,6 +254,8 @@ pub enum Out {
         /// The delta a map or counter write built (its dots and contexts),
         /// which the checker needs to tell what it adds, removes or counts.
         delta: Option<Entry>,
+        /// The expiry instant a Set wrote (0: none).
+        expires_at: u64,
     },
     /// A client operation ended.
     Done {
@@ -357,6 +362,8 @@ pub struct SimNode {
     next_check: u32,
     calls: BTreeMap<u64, Call>,
     rpcs: BTreeMap<u64, Rpc>,
+    /// Per call in flight: to whom, and when (this node's clock) it left.
+    sent: BTreeMap<u64, (String, RoundTrip)>,
     next_id: u64,
     now: Instant,
     /// What its handlers asked for, drained by the simulator.
@@ -377,7 +384,8 @@ impl SimNode {
         now: Instant,
         last_incarnation: u64,
     ) -> Self {
-        let clock = Clock::new(id, super::time::physical, settings.max_clock_drift);
+        let clock = Clock::new(id, super::time::physical, settings.max_clock_drift)
+            .with_monotonic(super::time::monotonic);
         let incarnation = clock.now().max(last_incarnation.saturating_add(1));
         let mut node = Self {
             id: id.to_string(),
@@ -398,6 +406,7 @@ impl SimNode {
             next_check: 0,
             calls: BTreeMap::new(),
             rpcs: BTreeMap::new(),
+            sent: BTreeMap::new(),
             next_id: 0,
             now,
             out: Vec::new(),
@@ -463,12 +472,12 @@ impl SimNode {
             OpKind::Set { value, ttl_ms } => {
                 let (value, ttl_ms) = (value.clone(), *ttl_ms);
                 self.write(op.id, &op.key, op.level, |clock, _, stored| {
-                    value_entry(clock, stored, &value, ttl_ms)
+                    value_entry(clock, &op.key, stored, &value, ttl_ms)
                 });
             }
             OpKind::Delete => {
                 self.write(op.id, &op.key, op.level, |clock, _, stored| {
-                    tombstone_entry(clock, stored)
+                    tombstone_entry(clock, &op.key, stored)
                 });
             }
             kind if kind.observes() => {
@@ -503,7 +512,7 @@ impl SimNode {
                     .collect();
                 self.write(id, &key, level, |clock, dots, stored| {
                     let stored = stored.or(seen.as_ref());
-                    let version = clock.stamp_after(stored.map(|e| e.version))?;
+                    let version = clock.stamp_after(&key, stored.map(|e| e.version))?;
                     let incarnation = dots.incarnation();
                     let now = clock.now();
                     Ok(ops::map_set(
@@ -533,7 +542,7 @@ impl SimNode {
                 }
                 self.write(id, &key, level, |clock, _, stored| {
                     let stored = stored.or(seen.as_ref());
-                    let version = clock.stamp_after(stored.map(|e| e.version))?;
+                    let version = clock.stamp_after(&key, stored.map(|e| e.version))?;
                     Ok(ops::map_remove(stored, clock.now(), &names, version)?)
                 });
             }
@@ -541,7 +550,7 @@ impl SimNode {
                 let key_name = key.clone();
                 self.write(id, &key, level, |clock, dots, stored| {
                     let stored = stored.or(seen.as_ref());
-                    let version = clock.stamp_after(stored.map(|e| e.version))?;
+                    let version = clock.stamp_after(&key, stored.map(|e| e.version))?;
                     let now = clock.now();
                     let (entry, _) = ops::increment(stored, now, delta, version, |g, c| {
                         dots.next_increment(&key_name, g, c, now)
@@ -560,6 +569,11 @@ impl SimNode {
         level: Consistency,
         make: impl FnOnce(&Clock, &Dots, Option<&Entry>) -> Result<Entry, crate::error::Error>,
     ) {
+        if level != Consistency::Local {
+            if let Err(e) = self.clock.check_offset() {
+                return self.done(op, OpResult::Failed(e.to_string()));
+            }
+        }
         let (clock, dots) = (&self.clock, &self.dots);
         let started = WriteCall::start(&self.id, &self.topology, &self.store, key, level, |s| {
             make(clock, dots, s)
@@ -577,6 +591,7 @@ impl SimNode {
                 crate::crdt::Payload::Map(_) | crate::crdt::Payload::Counter(_)
             )
             .then(|| entry.clone()),
+            expires_at: entry.expires_at,
         });
         let id = self.next_id();
         let entry = call.entry().clone();
@@ -747,12 +762,18 @@ impl SimNode {
         match msg {
             Msg::Request { rpc, req } => {
                 let resp = self.serve(req);
+                let clock = self.clock.now();
                 self.out.push(Out::Send {
                     to: from.to_string(),
-                    msg: Msg::Response { rpc, resp },
+                    msg: Msg::Response { rpc, resp, clock },
                 });
             }
-            Msg::Response { rpc, resp } => self.answered(rpc, Ok(resp)),
+            Msg::Response { rpc, resp, clock } => {
+                if let Some((peer, start)) = self.sent.remove(&rpc) {
+                    self.clock.record_round_trip(&peer, start, clock);
+                }
+                self.answered(rpc, Ok(resp));
+            }
         }
     }
 
@@ -834,6 +855,7 @@ impl SimNode {
 
     /// A peer call ended: its answer, or why there is none.
     fn answered(&mut self, rpc: u64, answer: Result<Resp, String>) {
+        self.sent.remove(&rpc);
         let Some(purpose) = self.rpcs.remove(&rpc) else {
             return; // answered already, or from before a restart
         };
@@ -1201,6 +1223,12 @@ impl SimNode {
 
     // --- Inspection for the checker -----------------------------------------
 
+    /// Entries from peers its clock refused (see [`Clock::admit`]): none
+    /// should be, since every entry here comes from a write.
+    pub fn refused_entries(&self) -> u64 {
+        self.clock.refused()
+    }
+
     /// The greatest version of `key` this node holds anywhere: in its store,
     /// its delta queues, its hints, or peer calls it may still retry.
     pub fn greatest_copy(&self, key: &str) -> Option<Version> {
@@ -1251,6 +1279,8 @@ impl SimNode {
     fn call(&mut self, to: &str, purpose: Rpc, req: Req) {
         let rpc = self.next_id();
         self.rpcs.insert(rpc, purpose);
+        self.sent
+            .insert(rpc, (to.to_string(), self.clock.round_trip()));
         self.out.push(Out::Send {
             to: to.to_string(),
             msg: Msg::Request { rpc, req },

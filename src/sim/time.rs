@@ -80,6 +80,21 @@ pub fn physical() -> NTP64 {
     })
 }
 
+/// Virtual time (NTP64 from the start of the run), as every node's
+/// monotonic clock reads it: it never jumps.
+pub fn monotonic() -> u64 {
+    CLOCKS.with(|c| to_ntp64(i128::from(c.borrow().now_us)))
+}
+
+/// `node`'s wall clock now, in NTP64: what [`physical`] reads while it runs.
+pub fn wall(node: usize) -> u64 {
+    CLOCKS.with(|c| {
+        let c = c.borrow();
+        let offset = c.offsets_us.get(node).copied().unwrap_or(0);
+        to_ntp64(EPOCH_SECS as i128 * 1_000_000 + i128::from(c.now_us) + i128::from(offset))
+    })
+}
+
 fn to_ntp64(us: i128) -> u64 {
     let us = us.max(0) as u128;
     let secs = us / 1_000_000;

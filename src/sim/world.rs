@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use super::history::{Disruption, History, OpRecord};
+use super::history::{Disruption, History, OpRecord, StampClock};
 use super::node::{ClientOp, Msg, OpKind, Out, Req, Resp, SimNode, Timer};
 use super::rng::Rng;
 use super::schedule::{Fault, Planned, PlannedFault};
@@ -90,6 +90,8 @@ pub struct World {
     lossy: Option<Lossy>,
     lossy_gen: u64,
     clock_gen: Vec<u64>,
+    /// Per node, the furthest its wall clock has read (NTP64).
+    wall_high: Vec<u64>,
     /// Everything that happened.
     pub history: History,
     /// Tree mismatches nodes reported: (node, partition).
@@ -129,6 +131,7 @@ impl World {
             lossy: None,
             lossy_gen: 0,
             clock_gen: vec![0; total],
+            wall_high: vec![0; total],
             history: History {
                 placement_settles,
                 ..History::default()
@@ -334,9 +337,24 @@ impl World {
                     timer,
                 },
             ),
-            Out::Stamped { op, version, delta } => {
+            Out::Stamped {
+                op,
+                version,
+                delta,
+                expires_at,
+            } => {
+                let wall = time::wall(i);
+                self.wall_high[i] = self.wall_high[i].max(wall);
                 self.history.ops[op].stamped = Some(version);
                 self.history.ops[op].delta = delta;
+                self.history.ops[op].clock = Some(StampClock {
+                    at: self.now,
+                    true_time: time::true_ntp64(self.now),
+                    wall,
+                    wall_high: self.wall_high[i],
+                    offset_us: time::offset(i),
+                    expires_at,
+                });
             }
             Out::Done { op, result } => self.history.ops[op].ended = Some((self.now, result)),
             Out::Ready => {
@@ -452,6 +470,7 @@ impl World {
             invoked: self.now,
             stamped: None,
             delta: None,
+            clock: None,
             ended: None,
             after_heal,
         });
@@ -583,7 +602,7 @@ impl World {
                 let Some(&i) = up.get((pick % up.len().max(1) as u64) as usize) else {
                     return;
                 };
-                time::set_offset(i, offset_us);
+                self.set_offset(i, offset_us);
                 self.clock_gen[i] += 1;
                 let id = self.slots[i].id.clone();
                 self.history
@@ -820,13 +839,19 @@ impl World {
             }
             Heal::Clock(i, gen) => {
                 if gen == self.clock_gen[i] && time::offset(i) != 0 {
-                    time::set_offset(i, 0);
+                    self.set_offset(i, 0);
                     let id = self.slots[i].id.clone();
                     self.history
                         .note(self.now, format!("{id}'s clock is true again"));
                 }
             }
         }
+    }
+
+    /// Sets node `i`'s clock offset, noting how far its wall clock had read.
+    fn set_offset(&mut self, i: usize, offset_us: i64) {
+        self.wall_high[i] = self.wall_high[i].max(time::wall(i));
+        time::set_offset(i, offset_us);
     }
 
     fn restart(&mut self, i: usize) {
@@ -847,7 +872,7 @@ impl World {
         self.partition_gen += 1;
         self.lossy_gen += 1;
         for i in 0..self.slots.len() {
-            time::set_offset(i, 0);
+            self.set_offset(i, 0);
             self.clock_gen[i] += 1;
             self.restart(i);
         }
