@@ -41,6 +41,14 @@ pub fn ntp64(d: Duration) -> u64 {
 /// stamping past its stored version, which needs room above that version.
 pub const MAX_VERSION_TIME: u64 = u64::MAX - (1 << 60);
 
+/// How far ahead of this node's physical clock an entry from elsewhere may
+/// be stamped (NTP64): seven days, far past any clock a node still serves
+/// with (a node further than `--max-clock-drift` from its peers refuses to
+/// coordinate writes). With it no admitted version is anywhere near the
+/// ceiling, so every key can always be written over; a version refused
+/// for it is admitted once the clocks have caught up with it.
+pub const MAX_AHEAD: u64 = (7 * 24 * 3600) << 32;
+
 /// How many keys may at once hold a stamp this clock issued above its own
 /// logical time (see [`Clock::stamp_after`]); past it, the stamps the HLC has
 /// overtaken go first, then the oldest.
@@ -56,8 +64,9 @@ const FAR_SWEEP: usize = 64;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ClockError {
     /// The key's stored version is at the ceiling of version times, so no
-    /// greater version may be issued. Only a version forged exactly at the
-    /// ceiling gets there: every node refuses versions past it.
+    /// greater version may be issued. No entry from elsewhere gets there
+    /// (none more than [`MAX_AHEAD`] ahead is admitted): only this node's
+    /// own clock reading past 2097 would.
     #[error(
         "the stored version {0} is at the ceiling of version times ({MAX_VERSION_TIME:#x}); no newer version can be issued"
     )]
@@ -93,6 +102,16 @@ pub enum VersionError {
         what: &'static str,
         /// The time refused.
         time: u64,
+    },
+    /// A version further than [`MAX_AHEAD`] ahead of this node's clock.
+    #[error("version time {time:#x} is {ahead_s} s ahead of this node's clock; the limit is {limit_s} s")]
+    FarAhead {
+        /// The time refused.
+        time: u64,
+        /// How far ahead of this node's clock, in seconds.
+        ahead_s: u64,
+        /// [`MAX_AHEAD`] in seconds.
+        limit_s: u64,
     },
     /// A map or counter created over a state newer than its own version,
     /// which no write produces (a write's version is stamped after the state
@@ -278,10 +297,22 @@ impl Clock {
 
     /// Whether `entry`, arriving for `key` from another node (a delta, a
     /// hint, a read repair, an anti-entropy repair), may be merged: see
-    /// [`check_entry`]. A refused entry is counted and logged with the
-    /// reason; every node refuses the same entries, so replicas still agree.
+    /// [`check_entry`], and its version no further than [`MAX_AHEAD`] ahead
+    /// of this node's clock. A refused entry is counted and logged with the
+    /// reason. Every node refuses the same malformed entries; only a version
+    /// days ahead, which no clock in service issues, may be refused by some
+    /// nodes and not yet by others, until their clocks catch up.
     pub fn admit(&self, key: &str, entry: &Entry) -> bool {
-        match check_entry(entry) {
+        let now = self.now();
+        let ahead = check_entry(entry).and_then(|()| match entry.version.time.checked_sub(now) {
+            Some(ahead) if ahead > MAX_AHEAD => Err(VersionError::FarAhead {
+                time: entry.version.time,
+                ahead_s: ahead >> 32,
+                limit_s: MAX_AHEAD >> 32,
+            }),
+            _ => Ok(()),
+        });
+        match ahead {
             Ok(()) => true,
             Err(reason) => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
@@ -536,7 +567,16 @@ mod tests {
                 u64::MAX
             )
         );
-        assert!(c.admit("k", &Entry::tombstone(Version::new(MAX_VERSION_TIME, 1))));
+        // A forged version just under the ceiling is refused too: admitted
+        // versions stay within days of the clocks, far from the ceiling.
+        assert!(!c.admit("k", &Entry::tombstone(Version::new(MAX_VERSION_TIME, 1))));
+        let days = |d: u64| c.now() + ((d * 24 * 3600) << 32);
+        assert!(c.admit("k", &Entry::tombstone(Version::new(days(6), 1))));
+        let far = Entry::tombstone(Version::new(days(8), 1));
+        assert!(!c.admit("k", &far));
+        assert!(c
+            .stamp_after("k", Some(Version::new(days(6), u64::MAX)))
+            .is_ok());
         let v = Version::new(100, 1);
         let ahead = Entry::tombstone(Version::new(200, 1));
         let map = ops::map_set(Some(&ahead), 0, &[("f", "x")], v, 1, 100).unwrap();
@@ -550,7 +590,7 @@ mod tests {
             check_entry(&map),
             Err(VersionError::PastCeiling { time: 300, .. })
         ));
-        assert_eq!(c.refused(), 1);
+        assert_eq!(c.refused(), 3);
     }
 
     #[test]
