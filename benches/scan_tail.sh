@@ -47,7 +47,7 @@ keys_held() {
 # load ADDR1 ADDR2: KEYS keys written through the first node, until both hold them.
 load() {
 	"$BIN/kilovolt-bench" --addr "$1" --keys "$KEYS" --key-size 16 --value-size 100 \
-		--duration 1ms --warmup 0s --read-ratio 1 --json >/dev/null
+		--duration 1ms --warmup 0s --read-ratio 1 --json >/dev/null 2>&1
 	for _ in $(seq 600); do
 		[[ $(keys_held "$1") -ge $KEYS && $(keys_held "$2") -ge $KEYS ]] && return 0
 		sleep 0.2
@@ -59,7 +59,7 @@ load() {
 # p99 ADDR: the p99 of an open load, in microseconds.
 p99() {
 	"$BIN/kilovolt-bench" --addr "$1" --keys "$KEYS" --key-size 16 --value-size 100 \
-		--read-ratio 0.9 --rate "$RATE" --duration "$DURATION" --warmup 1s --no-preload --json |
+		--read-ratio 0.9 --rate "$RATE" --duration "$DURATION" --warmup 1s --no-preload --json 2>/dev/null |
 		python3 -c 'import json, sys; print(json.load(sys.stdin)["total"]["latency_us"]["p99"])'
 }
 
