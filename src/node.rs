@@ -488,7 +488,6 @@ async fn collect_expired(
 mod tests {
     use super::*;
     use crate::crdt::{Entry, Version};
-    use crate::replication::BatchLimits;
 
     fn member(id: &str, alive: bool) -> Member {
         Member {
@@ -506,38 +505,7 @@ mod tests {
         // Three nodes, so every key's replicas are n1 (this one), n2 (down)
         // and n3 (alive but unreachable: no address is known).
         let members = vec![member("n1", true), member("n2", false), member("n3", true)];
-        let peers = Arc::new(Peers::new(
-            "n1".into(),
-            Arc::new(crate::clock::Clock::new(
-                "n1",
-                crate::clock::system_time,
-                Duration::from_millis(500),
-            )),
-            Arc::new(Switch::new()),
-            Duration::from_secs(1),
-            1 << 20,
-        ));
-        let replicator = Replicator::new(
-            peers.clone(),
-            BatchLimits {
-                max_bytes: 1024,
-                linger: Duration::from_millis(1),
-                max_queued_bytes: 1 << 20,
-            },
-            HintLimits {
-                max_hints: 10,
-                max_bytes: 1 << 20,
-                max_age: Duration::from_secs(60),
-            },
-        );
-        let coordinator = Coordinator::new(
-            "n1".into(),
-            Arc::new(Store::new(16)),
-            Arc::new(Clock::new("n1", clock::system_time, Duration::from_secs(1))),
-            peers,
-            replicator.clone(),
-            Topology::new(members, 16, 3),
-        );
+        let (coordinator, replicator) = crate::coordinator::test_coordinator(members);
         let entry = Entry::value(Version::new(1, 1), "v", 0);
         // Held for n3, whose only other replica (n2) is down: no one can
         // take it. Held for n2: handed to n3, which cannot take it either.

@@ -593,13 +593,54 @@ fn ntp64_to_ms(span: u64) -> u64 {
     (span >> 32) * 1000 + (((span & 0xffff_ffff) * 1000) >> 32)
 }
 
+/// The coordinator of node `n1` over `members` (16 partitions, 3 replicas,
+/// small queue and hint limits, no peer reachable), and its replicator: for
+/// unit tests here and in the layers that drive a coordinator.
+#[cfg(test)]
+pub(crate) fn test_coordinator(
+    members: Vec<crate::cluster::Member>,
+) -> (Coordinator, Arc<Replicator>) {
+    use crate::replication::{BatchLimits, HintLimits};
+    let clock = Arc::new(Clock::new(
+        "n1",
+        crate::clock::system_time,
+        Duration::from_millis(500),
+    ));
+    let peers = Arc::new(Peers::new(
+        "n1".into(),
+        clock.clone(),
+        Arc::new(crate::net::Switch::new()),
+        Duration::from_secs(1),
+        1 << 20,
+    ));
+    let replicator = Replicator::new(
+        peers.clone(),
+        BatchLimits {
+            max_bytes: 1024,
+            linger: Duration::from_millis(1),
+            max_queued_bytes: 1 << 20,
+        },
+        HintLimits {
+            max_hints: 10,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(60),
+        },
+    );
+    let coordinator = Coordinator::new(
+        "n1".into(),
+        Arc::new(Store::new(16)),
+        clock,
+        peers,
+        replicator.clone(),
+        Topology::new(members, 16, 3),
+    );
+    (coordinator, replicator)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::system_time;
     use crate::cluster::{Member, NodeState};
-    use crate::net::Switch;
-    use crate::replication::{BatchLimits, HintLimits};
 
     /// A coordinator alone in its cluster: every key's one replica.
     fn alone() -> Coordinator {
@@ -611,35 +652,7 @@ mod tests {
             alive: true,
             generation: 1,
         };
-        let clock = Arc::new(Clock::new("n1", system_time, Duration::from_millis(500)));
-        let peers = Arc::new(Peers::new(
-            "n1".into(),
-            clock.clone(),
-            Arc::new(Switch::new()),
-            Duration::from_secs(1),
-            1 << 20,
-        ));
-        let replicator = Replicator::new(
-            peers.clone(),
-            BatchLimits {
-                max_bytes: 1024,
-                linger: Duration::from_millis(1),
-                max_queued_bytes: 1 << 20,
-            },
-            HintLimits {
-                max_hints: 10,
-                max_bytes: 1024,
-                max_age: Duration::from_secs(1),
-            },
-        );
-        Coordinator::new(
-            "n1".into(),
-            Arc::new(Store::new(16)),
-            clock,
-            peers,
-            replicator,
-            Topology::new(vec![me], 16, 3),
-        )
+        test_coordinator(vec![me]).0
     }
 
     #[tokio::test]
