@@ -494,6 +494,62 @@ async fn a_cut_off_node_and_the_rest_both_take_writes_at_one_then_converge() {
     shutdown_all(nodes).await;
 }
 
+/// A node refilling after a restart may lack any key: it refuses peer reads
+/// of keys rather than answer "not found", which a coordinator whose view
+/// still shows the node's previous life (ready) would count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_still_refilling_refuses_peer_reads() {
+    use kilovolt::proto::cluster::{peer_client::PeerClient, Header, ReadRequest};
+
+    let mut nodes = start_cluster("refilling", &["", "", ""], 3).await;
+    kv(&nodes[0])
+        .await
+        .set(set("k", "v", Consistency::All))
+        .await
+        .unwrap();
+    let gone = nodes.pop().unwrap();
+    let (port, id) = (gone.local_addr().port(), gone.info().id.clone());
+    gone.shutdown().await.unwrap();
+    // With another replica down, the restarted node cannot sync every
+    // partition with every other replica: it stays syncing.
+    nodes.pop().unwrap().shutdown().await.unwrap();
+    let seeds = vec![nodes[0].info().address.clone()];
+    let back = start_node(|c| {
+        tune(c, "refilling");
+        c.port = port;
+        c.cluster = seeds;
+    })
+    .await;
+    assert_eq!(back.info().id, id);
+    let mut peer = PeerClient::new(common::channel(&back).await);
+    let read = |keys: Vec<String>| ReadRequest {
+        header: Some(Header {
+            protocol: kilovolt::net::peer::PROTOCOL,
+            from: nodes[0].info().id.clone(),
+        }),
+        keys,
+        partitions: Vec::new(),
+    };
+    let refused = peer.read(read(vec!["k".into()])).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(
+        refused.message().contains("syncing"),
+        "{}",
+        refused.message()
+    );
+    // Its clock still answers: a restarted peer seeds its clock from it.
+    assert!(
+        peer.read(read(Vec::new()))
+            .await
+            .unwrap()
+            .into_inner()
+            .clock
+            > 0
+    );
+    back.shutdown().await.unwrap();
+    shutdown_all(nodes).await;
+}
+
 #[tokio::test]
 async fn a_version_beyond_the_drift_bound_is_merged_but_does_not_drag_the_clock() {
     use kilovolt::proto::cluster::{peer_client::PeerClient, ApplyRequest, Entry, Header};

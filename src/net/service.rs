@@ -17,6 +17,9 @@ use crate::proto::cluster::{self as wire, peer_server::Peer};
 use crate::replication::apply_deltas;
 use crate::store::Store;
 
+/// What a node still refilling after a restart answers a read of keys.
+pub const NOT_READY: &str = "syncing (refilling after a restart; answers no reads)";
+
 /// Serves the peer protocol over this node's store.
 pub struct PeerService {
     store: Arc<Store>,
@@ -135,6 +138,13 @@ impl Peer for PeerService {
     ) -> Result<Response<wire::ReadResponse>, Status> {
         let req = request.into_inner();
         self.admit(req.header.as_ref()).await?;
+        // A node refilling after a restart may lack what it is asked for:
+        // "not found" from it would count as an answer. The asker's view of
+        // this node's state can lag (a member may still see its previous
+        // life, ready), so the node itself refuses.
+        if !req.keys.is_empty() && !self.anti_entropy.is_ready() {
+            return Err(Status::unavailable(NOT_READY));
+        }
         let entries = self.entries(req.keys).map_err(|err| {
             tracing::warn!(error = %err, "refused a peer read");
             Status::from(err)

@@ -202,6 +202,8 @@ pub enum Resp {
     Applied,
     /// The entry held.
     Read(Option<Entry>),
+    /// A read refused: the node is still refilling after a restart.
+    NotReady,
     /// The clock's time (NTP64).
     Clock(u64),
     /// The step's reply, or why it was refused.
@@ -784,6 +786,9 @@ impl SimNode {
                 apply_deltas(&self.store, &self.clock, deltas);
                 Resp::Applied
             }
+            // As the production peer service: a node still refilling
+            // answers no reads (the asker's view of it may lag).
+            Req::Read(_) if !self.ready => Resp::NotReady,
             Req::Read(key) => Resp::Read(self.store.get(&key)),
             Req::Clock => Resp::Clock(self.clock.latest().time),
             Req::Holding(partitions) => Resp::Holding(
@@ -890,6 +895,7 @@ impl SimNode {
             (Rpc::Read { call, peer }, answer) => {
                 let entry = match answer {
                     Ok(Resp::Read(entry)) => Ok(entry),
+                    Ok(Resp::NotReady) => Err(crate::net::service::NOT_READY.to_string()),
                     Ok(other) => Err(format!("unexpected answer {other:?}")),
                     Err(why) => Err(why),
                 };
