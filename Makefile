@@ -54,13 +54,13 @@ SEED ?= 1
 
 ## sim: deterministic simulation of $(SEEDS) seeds from $(SEED) (replay one: make sim SEEDS=1 SEED=S)
 sim:
-	$(CARGO) run --quiet --bin kilovolt-sim -- --seeds $(SEEDS) --seed $(SEED)
+	$(CARGO) run --quiet --features sim --bin kilovolt-sim -- --seeds $(SEEDS) --seed $(SEED)
 
 SOAK_SEEDS ?= 20000
 
 ## soak: the long simulation before a release: $(SOAK_SEEDS) seeds from a fresh random start, release build
 soak:
-	$(CARGO) run --release --quiet --bin kilovolt-sim -- --seeds $(SOAK_SEEDS) --seed $$(od -An -N4 -tu4 /dev/urandom | tr -d ' ') --max-failures 10
+	$(CARGO) run --release --quiet --features sim --bin kilovolt-sim -- --seeds $(SOAK_SEEDS) --seed $$(od -An -N4 -tu4 /dev/urandom | tr -d ' ') --max-failures 10
 
 ## test-go: build the README's Go client and run it against a real node
 test-go:

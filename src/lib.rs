@@ -19,8 +19,13 @@ pub mod keyspace;
 pub mod merkle;
 pub mod net;
 pub mod node;
+#[cfg(test)]
+mod planted;
 pub mod replication;
 pub mod ring;
+/// The deterministic simulator: behind the `sim` feature (and in test
+/// builds), so that the server and users of the library do not carry it.
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod store;
 

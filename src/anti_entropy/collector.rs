@@ -156,7 +156,7 @@ impl Collector {
 /// The simulator's planted bug: collect without waiting for the replicas.
 #[cfg(test)]
 fn planted_skips_acknowledgement() -> bool {
-    crate::sim::planted::is(crate::sim::planted::Bug::CollectUnacknowledged)
+    crate::planted::is(crate::planted::Bug::CollectUnacknowledged)
 }
 
 #[cfg(not(test))]

@@ -145,7 +145,7 @@ impl ActorCount {
 /// again.
 #[cfg(test)]
 fn planted_counts_twice() -> bool {
-    crate::sim::planted::is(crate::sim::planted::Bug::DuplicateCountedTwice)
+    crate::planted::is(crate::planted::Bug::DuplicateCountedTwice)
 }
 
 #[cfg(not(test))]

@@ -367,7 +367,7 @@ fn register_order(a: &Entry, b: &Entry) -> Ordering {
 /// planted bug.
 #[cfg(test)]
 fn planted_order(wins: Ordering) -> Ordering {
-    use crate::sim::planted::{is, Bug};
+    use crate::planted::{is, Bug};
     if is(Bug::SmallerVersionWins) {
         wins.reverse()
     } else {

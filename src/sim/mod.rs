@@ -12,8 +12,6 @@
 pub mod checker;
 pub mod history;
 pub mod node;
-#[cfg(test)]
-pub mod planted;
 pub mod rng;
 pub mod schedule;
 pub mod time;

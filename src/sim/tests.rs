@@ -1,4 +1,5 @@
 use super::*;
+use crate::planted;
 
 #[test]
 fn a_seed_replays_the_identical_history() {

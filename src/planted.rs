@@ -1,7 +1,8 @@
 //! Bugs the simulator's own tests plant in the replication logic, to show
-//! that the checker catches them. Test builds only: the switch does not
-//! exist in any other build. Per thread, so tests running side by side
-//! do not see each other's bugs.
+//! that the checker catches them: the seam through which they enter the
+//! code they break. Test builds only: the switch does not exist in any
+//! other build. Per thread, so tests running side by side do not see each
+//! other's bugs.
 
 use std::cell::Cell;
 
