@@ -28,6 +28,16 @@ const FOUND: &[u64] = &[
     // A read after the heal found a TTL value that expired and was
     // collected before the check.
     2_761_762_188,
+    // A clock off by more than the grace: one 5.5 s ahead collected a value
+    // before it expired for the others; nodes cut off alone, their clocks
+    // behind, stamped writes older than a delete the replicas collected.
+    428_190,
+    3_116_676_354,
+    1_595_647_629,
+    // An HLC left an hour ahead by a jump that was over stamped a version
+    // an hour ahead; a TTL write over it expired and was collected, and a
+    // later write stamped at the true time took its place.
+    543_506_234,
 ];
 
 #[test]
