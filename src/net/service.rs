@@ -135,6 +135,13 @@ impl Peer for PeerService {
     ) -> Result<Response<wire::ReadResponse>, Status> {
         let req = request.into_inner();
         self.admit(req.header.as_ref()).await?;
+        // A coordinator whose view predates this node's restart may still
+        // take it for ready: its "not found" must not count for a read.
+        if !req.keys.is_empty() && !self.anti_entropy.is_ready() {
+            return Err(Status::unavailable(
+                "this node is syncing (refilling after a restart); its reads are not counted",
+            ));
+        }
         let entries = self.entries(req.keys).map_err(|err| {
             tracing::warn!(error = %err, "refused a peer read");
             Status::from(err)

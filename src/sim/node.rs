@@ -124,6 +124,9 @@ impl OpKind {
 /// what the workload's few short fields need.
 pub const MAP_LIMIT: usize = 64 * 1024;
 
+/// Why a replica that restarted empty answered no read: it is syncing.
+const SYNCING_READ: &str = "syncing (refilling after a restart; not counted for reads)";
+
 /// How a client operation ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpResult {
@@ -208,6 +211,9 @@ pub enum Resp {
     Sync(Result<Reply, String>),
     /// The partitions asked about that are held.
     Holding(Vec<u32>),
+    /// A read refused: this node restarted empty and is still syncing, so
+    /// its "not found" may hide an acknowledged write.
+    Syncing,
 }
 
 /// A timer a node sets.
@@ -784,6 +790,10 @@ impl SimNode {
                 apply_deltas(&self.store, &self.clock, deltas);
                 Resp::Applied
             }
+            // A coordinator whose view predates this node's restart still
+            // takes it for ready: refuse rather than answer from an empty
+            // store.
+            Req::Read(_) if !self.ready => Resp::Syncing,
             Req::Read(key) => Resp::Read(self.store.get(&key)),
             Req::Clock => Resp::Clock(self.clock.latest().time),
             Req::Holding(partitions) => Resp::Holding(
@@ -890,6 +900,7 @@ impl SimNode {
             (Rpc::Read { call, peer }, answer) => {
                 let entry = match answer {
                     Ok(Resp::Read(entry)) => Ok(entry),
+                    Ok(Resp::Syncing) => Err(SYNCING_READ.to_string()),
                     Ok(other) => Err(format!("unexpected answer {other:?}")),
                     Err(why) => Err(why),
                 };

@@ -38,6 +38,13 @@ const FOUND: &[u64] = &[
     // an hour ahead; a TTL write over it expired and was collected, and a
     // later write stamped at the true time took its place.
     543_506_234,
+    // A replica that had just restarted empty answered a read from a
+    // coordinator whose view still took it for ready.
+    1_837_219_848,
+    1_837_223_403,
+    1_837_232_825,
+    1_837_232_942,
+    1_837_236_285,
 ];
 
 #[test]
