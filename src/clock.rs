@@ -329,9 +329,19 @@ impl Clock {
 }
 
 /// How long a measurement of a peer's clock counts (NTP64, by the
-/// monotonic clock): old ones would keep judging a clock that has been
-/// corrected since, or a peer that left.
-const OFFSET_LIFE: u64 = 10 << 32;
+/// monotonic clock): an hour. It is carried across this node's own clock
+/// jumps by the monotonic clock, so a node cut off alone still knows, from
+/// its last measurements, when its wall clock moves away from its peers'.
+/// Beyond an hour a peer not measured since has most likely left, or
+/// corrected its own clock.
+const OFFSET_LIFE: u64 = 3600 << 32;
+
+/// How much a carried measurement widens per unit of its age (a right
+/// shift: 1/1024, about 1000 ppm): a wall clock slewed by NTP runs at most
+/// 500 ppm apart from the monotonic clock, so an old measurement bounds the
+/// offset a little less tightly than a fresh one, and never proves a clock
+/// off that merely slewed.
+const OFFSET_WIDENING_SHIFT: u32 = 10;
 
 /// A source of monotonic time in NTP64 units from an arbitrary origin, such
 /// as [`process_monotonic`]: it never jumps, so the difference between how
@@ -401,17 +411,56 @@ impl Clock {
 
     /// Whether this node may coordinate writes: refused when its clock is
     /// provably further than the drift bound from the clocks of more than
-    /// half the cluster it measured recently, itself counted as agreeing
-    /// (so with two nodes, neither is judged by the other alone). A clock
-    /// that is that far off would stamp versions and expiry instants off by
-    /// as much, and the `stored + 1` rule would carry its versions into
-    /// other nodes' writes of the same keys. A measurement is carried across
-    /// jumps of this node's own wall clock (by how far the wall clock moved
-    /// beyond the monotonic one since), so a clock that jumps is judged at
-    /// once, before it issues a single version from its new time.
+    /// half the cluster it measured in the last hour, itself counted as
+    /// agreeing (so with two nodes, neither is judged by the other alone).
+    /// A clock that is that far off would stamp versions and expiry instants
+    /// off by as much, and the `stored + 1` rule would carry its versions
+    /// into other nodes' writes of the same keys. A measurement is carried
+    /// across jumps of this node's own wall clock (by how far the wall clock
+    /// moved beyond the monotonic one since), so a clock that jumps is
+    /// judged at once, before it issues a single version from its new time,
+    /// even on a node cut off from every peer.
+    ///
+    /// Both clocks a write reads are judged: the wall clock (expiry
+    /// instants, and the HLC's next stamps) and, when it is further ahead of
+    /// the wall clock than the drift bound, the HLC itself. Only this
+    /// node's own wall clock gets it there (the HLC follows no peer beyond
+    /// the bound), and it never goes back: after a jump ahead and back, the
+    /// wall clock agrees again while every version would still be stamped
+    /// as far ahead, so the node refuses writes until its wall clock has
+    /// caught up with its HLC (or a restart rebuilds the HLC).
     pub fn check_offset(&self) -> Result<(), ClockError> {
         let now = self.round_trip();
+        // The wall clock first: reading the HLC moves it up to the wall
+        // clock, which must not happen from a wall clock judged off.
+        self.judge(now, 0)?;
+        let lead = self
+            .hlc
+            .new_timestamp()
+            .get_time()
+            .0
+            .saturating_sub(now.wall);
+        if lead > self.max_drift {
+            self.judge(now, lead)?;
+        }
+        Ok(())
+    }
+
+    /// Whether this node's wall clock, the one that settles tombstones and
+    /// expired values, agrees with most of the peers it measured (as
+    /// [`Clock::check_offset`], without the HLC). A node whose wall clock is
+    /// off collects nothing: it would find entries settled early (ahead) or
+    /// keep them too long (behind), and taking an early one away lets a
+    /// write stamped older than it through.
+    pub fn check_wall_offset(&self) -> Result<(), ClockError> {
+        self.judge(self.round_trip(), 0)
+    }
+
+    /// Judges this node's clock, read at `now` plus `lead` (NTP64), against
+    /// the measurements of its peers, each carried to `now`.
+    fn judge(&self, now: RoundTrip, lead: u64) -> Result<(), ClockError> {
         let bound = i128::from(self.max_drift);
+        let lead = i128::from(lead);
         let offsets = self.offsets.read().unwrap_or_else(PoisonError::into_inner);
         let mut measured = 0;
         let mut off = Vec::new();
@@ -423,7 +472,8 @@ impl Clock {
                 continue;
             }
             let jump = i128::from(now.wall) - i128::from(o.at.wall) - i128::from(age);
-            let (low, high) = (o.low - jump, o.high - jump);
+            let widen = i128::from(age >> OFFSET_WIDENING_SHIFT);
+            let (low, high) = (o.low - jump - lead - widen, o.high - jump - lead + widen);
             measured += 1;
             if low > bound {
                 off.push(low);
@@ -698,6 +748,80 @@ mod tests {
         WALL.fetch_add(20 * second, Ordering::Relaxed);
         step(OFFSET_LIFE + 1);
         assert_eq!(c.check_offset(), Ok(()), "expired");
+    }
+
+    static WALL_B: AtomicU64 = AtomicU64::new(0);
+    static MONO_B: AtomicU64 = AtomicU64::new(0);
+
+    fn wall_b() -> NTP64 {
+        NTP64(WALL_B.load(Ordering::Relaxed))
+    }
+
+    fn mono_b() -> u64 {
+        MONO_B.load(Ordering::Relaxed)
+    }
+
+    /// Found by the simulator (seeds 3116676354, 1595647629, 543506234): a
+    /// node cut off alone, its clock jumping long after its last round
+    /// trip, and an HLC left far ahead by a jump that is over.
+    #[test]
+    fn judgement_survives_isolation_and_covers_an_hlc_left_ahead() {
+        let second = 1u64 << 32;
+        let t = 1_800_000_000 * second;
+        WALL_B.store(t, Ordering::Relaxed);
+        MONO_B.store(t, Ordering::Relaxed);
+        let step = |by: u64| {
+            WALL_B.fetch_add(by, Ordering::Relaxed);
+            MONO_B.fetch_add(by, Ordering::Relaxed);
+        };
+        let c = Clock::new("node-a", wall_b, Duration::from_millis(500)).with_monotonic(mono_b);
+        for p in ["p1", "p2", "p3"] {
+            let start = c.round_trip();
+            step(1000);
+            c.record_round_trip(p, start, c.now());
+        }
+        // Cut off for a minute, then the clock jumps 5 s behind: the last
+        // measurements, carried by the monotonic clock, still judge it.
+        step(60 * second);
+        assert_eq!(c.check_offset(), Ok(()));
+        WALL_B.fetch_sub(5 * second, Ordering::Relaxed);
+        assert!(matches!(
+            c.check_offset(),
+            Err(ClockError::Offset {
+                direction: "behind",
+                off: 3,
+                ..
+            })
+        ));
+        assert!(c.check_wall_offset().is_err(), "collects nothing either");
+        WALL_B.fetch_add(5 * second, Ordering::Relaxed);
+        assert_eq!(c.check_offset(), Ok(()));
+        // An hour ahead, long enough to answer a peer, and back: the wall
+        // clock agrees again, but the HLC stamps an hour ahead.
+        WALL_B.fetch_add(3600 * second, Ordering::Relaxed);
+        assert!(c.check_wall_offset().is_err());
+        let ahead = c.latest();
+        WALL_B.fetch_sub(3600 * second, Ordering::Relaxed);
+        assert_eq!(c.check_wall_offset(), Ok(()));
+        let err = c.check_offset().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClockError::Offset {
+                    direction: "ahead of",
+                    off: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(ahead.time > c.now() + 3599 * second);
+        // Within the bound, following a peer, is no lead to judge.
+        let near = Clock::new("node-b", wall_b, Duration::from_millis(500)).with_monotonic(mono_b);
+        let start = near.round_trip();
+        near.record_round_trip("p1", start, near.now());
+        assert!(near.observe(Version::new(near.now() + (second >> 2), 7)));
+        assert_eq!(near.check_offset(), Ok(()));
     }
 
     #[test]

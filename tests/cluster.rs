@@ -953,11 +953,12 @@ fn clock_fast() -> uhlc::NTP64 {
     uhlc::NTP64(now + FAST.load(std::sync::atomic::Ordering::Relaxed))
 }
 
-/// One node's clock runs 20 s ahead: once it has measured its peers, it
+/// One node's clock runs 3 s ahead: once it has measured its peers, it
 /// refuses to coordinate writes (UNAVAILABLE, naming the offset and the
-/// bound), so it stops issuing versions and expiry instants 20 s off; the
+/// bound), so it stops issuing versions and expiry instants 3 s off; the
 /// other nodes' writes keep following their own clocks; and when its clock
-/// is corrected it writes again.
+/// is corrected it writes again, once its wall clock has caught up with its
+/// HLC (which never goes back, and followed the fast clock meanwhile).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_clock_runs_far_ahead_refuses_to_coordinate_writes() {
     use common::start_node_with_clock;
@@ -987,7 +988,7 @@ async fn a_node_whose_clock_runs_far_ahead_refuses_to_coordinate_writes() {
         wait_alive(node, 3).await;
     }
 
-    FAST.store(20 << 32, Relaxed);
+    FAST.store(3 << 32, Relaxed);
     let mut leaked = 0;
     let refused = eventually(
         Duration::from_secs(15),
@@ -1046,8 +1047,20 @@ async fn a_node_whose_clock_runs_far_ahead_refuses_to_coordinate_writes() {
         }
     }
 
-    // Corrected, it writes again.
+    // Corrected, its HLC is still about 3 s ahead: it refuses until its
+    // wall clock catches up, then writes again.
     FAST.store(0, Relaxed);
+    let status = kv(&fast)
+        .await
+        .set(set("again", "x", Consistency::One))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("ahead of"),
+        "{}",
+        status.message()
+    );
     eventually(
         Duration::from_secs(15),
         "the corrected node to write",

@@ -4,9 +4,9 @@
 //! the simulator drives the same state.
 //!
 //! The rule (docs/tombstones.md): an entry settled at `now` (a tombstone or
-//! a map without fields older than the grace, or a value expired that long)
-//! is taken as a candidate, and so are the removed fields of a map removed
-//! that long ago; it is removed only once every other replica of its partition
+//! a map without fields older than the grace, or a value expired and stamped
+//! that long ago) is taken as a candidate, and so are the removed fields of
+//! a map removed that long ago; it is removed only once every other replica of its partition
 //! has completed a session covering the partition that *started after* the
 //! candidates were taken, and every other member, asked after that, has
 //! said it holds nothing of the partition. Such a session left the peer
@@ -15,7 +15,10 @@
 //! longer replicates the partition but still holds a copy to hand off (it
 //! stopped being a replica when a node joined or left) would bring an older
 //! value back just the same, so its partitions wait until it has handed
-//! them off and dropped them.
+//! them off and dropped them. The callers collect nothing while their
+//! node's wall clock is judged off (`Clock::check_wall_offset`): settling
+//! by a clock far ahead takes entries away before a write stamped older
+//! than them can no longer arrive.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;

@@ -380,7 +380,13 @@ impl AntiEntropy {
 
     /// Acknowledged collection of tombstones and expired values
     /// ([`Collector::collect`]). Returns how many entries were collected.
+    /// Nothing is collected while this node's wall clock is judged off
+    /// ([`Clock::check_wall_offset`]): it would find entries settled early.
     pub fn collect_settled(&self) -> usize {
+        if let Err(reason) = self.clock.check_wall_offset() {
+            tracing::debug!(%reason, "collecting nothing while the clock is off");
+            return 0;
+        }
         let collected = self
             .collector
             .lock()

@@ -29,6 +29,23 @@ const FOUND: &[u64] = &[
     // A read after the heal found a TTL value that expired and was
     // collected before the check.
     2_761_762_188,
+    // A clock off by more than the grace: one 5.5 s ahead collected a value
+    // before it expired for the others; nodes cut off alone, their clocks
+    // behind, stamped writes older than a delete the replicas collected.
+    428_190,
+    3_116_676_354,
+    1_595_647_629,
+    // An HLC left an hour ahead by a jump that was over stamped a version
+    // an hour ahead; a TTL write over it expired and was collected, and a
+    // later write stamped at the true time took its place.
+    543_506_234,
+    // A replica that had just restarted empty answered a read from a
+    // coordinator whose view still took it for ready.
+    1_837_219_848,
+    1_837_223_403,
+    1_837_232_825,
+    1_837_232_942,
+    1_837_236_285,
     // A ONE read asked a replica that had just restarted empty, which the
     // asker's view still showed in its previous life, ready; "not found"
     // from it counted as the answer.

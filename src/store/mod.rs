@@ -407,7 +407,7 @@ impl Store {
 
     /// The entries of partition `p` that are settled at `now`: tombstones
     /// and maps without fields whose version is older than `grace`, and
-    /// strings expired more than `grace` ago (both NTP64). Candidates for
+    /// strings expired (and stamped) more than `grace` ago (both NTP64). Candidates for
     /// collection once every replica is known to hold them. Scans partition
     /// `p` only.
     pub fn settled(&self, p: u32, now: u64, grace: u64) -> Vec<(Key, Version)> {
@@ -663,15 +663,18 @@ fn expiry_of(entry: &Entry) -> Option<u64> {
 
 /// Whether `entry` is settled at `now` with `grace` (NTP64): a tombstone or
 /// a map without fields whose version is older than `grace`, or a string
-/// expired more than `grace` ago. Such an entry is collectable once every
-/// replica holds it, and is never worth handing to a replica that lacks its
-/// key: that replica collected it.
+/// expired more than `grace` ago whose version is older than `grace` too
+/// (an expiry counts from physical time, but a version raised over a
+/// far-future one by the `stored + 1` rule can lie far ahead of it, and
+/// collecting the entry would let every write stamped below that version
+/// through). Such an entry is collectable once every replica holds it, and
+/// is never worth handing to a replica that lacks its key: that replica
+/// collected it.
 pub fn is_settled(entry: &Entry, now: u64, grace: u64) -> bool {
+    let old = entry.version.time.saturating_add(grace) <= now;
     if entry.is_value() {
-        entry.expires_at != 0 && entry.expires_at.saturating_add(grace) <= now
-    } else if entry.is_live() {
-        false
+        old && entry.expires_at != 0 && entry.expires_at.saturating_add(grace) <= now
     } else {
-        entry.version.time.saturating_add(grace) <= now
+        old && !entry.is_live()
     }
 }

@@ -567,3 +567,22 @@ fn settled_removed_fields_of_a_live_map_are_pruned_without_changing_its_digest()
     assert_eq!(store.root(p), root);
     assert_trees_consistent(&store);
 }
+
+/// Found by the simulator (seed 543506234): a value stamped an hour ahead
+/// (over a version from a clock that had jumped) with a one-second TTL
+/// expired by physical time at once, was collected, and a write stamped
+/// at the true time then became the key's only version, although it is
+/// older than the collected one. An entry is settled only once its version
+/// too is older than the grace, so no write older than it can still come.
+#[test]
+fn an_expired_value_stamped_ahead_settles_only_once_its_version_is_old() {
+    let second = 1u64 << 32;
+    let grace = 2 * second;
+    let now = 1_000 * second;
+    let ahead = Entry::value(Version::new(now + 3600 * second, 1), "x", now + second);
+    assert!(!is_settled(&ahead, now + 10 * second, grace));
+    assert!(is_settled(&ahead, now + 3602 * second, grace));
+    let true_time = Entry::value(Version::new(now, 1), "x", now + second);
+    assert!(!is_settled(&true_time, now + 2 * second, grace));
+    assert!(is_settled(&true_time, now + 3 * second, grace));
+}
