@@ -17,6 +17,9 @@ use crate::proto::cluster::{self as wire, peer_server::Peer};
 use crate::replication::apply_deltas;
 use crate::store::Store;
 
+/// Why a node refilling after a restart refuses a peer read.
+const NOT_READY: &str = "syncing (refilling after a restart; refuses reads)";
+
 /// Serves the peer protocol over this node's store.
 pub struct PeerService {
     store: Arc<Store>,
@@ -135,6 +138,13 @@ impl Peer for PeerService {
     ) -> Result<Response<wire::ReadResponse>, Status> {
         let req = request.into_inner();
         self.admit(req.header.as_ref()).await?;
+        // A node refilling after a restart answers no key: a coordinator
+        // whose view still holds it ready (gossip takes a while to tell of
+        // the restart) must not take its "not found" for an answer, which
+        // could hide a write acknowledged at ALL.
+        if !req.keys.is_empty() && !self.anti_entropy.is_ready() {
+            return Err(Status::unavailable(NOT_READY));
+        }
         let entries = self.entries(req.keys).map_err(|err| {
             tracing::warn!(error = %err, "refused a peer read");
             Status::from(err)
