@@ -280,15 +280,21 @@ impl ReadOne {
         let replicas = topology.replicas(key);
         let mut tally = Tally::new(Consistency::One, replicas.iter().cloned());
         let mut order = Vec::with_capacity(replicas.len());
+        let syncing =
+            |r: &str| topology.member(r).map(|m| m.state) == Some(NodeState::Syncing);
         for replica in replicas {
             match topology.member(replica).map(|m| m.state) {
+                // A peer this view holds syncing may have turned ready since
+                // (views lag): it is asked last, and refuses while it is
+                // still refilling. This node knows its own state.
+                Some(NodeState::Syncing) if **replica != *me => order.push(replica.clone()),
                 Some(state) if state != NodeState::Ready => {
                     tally.record(replica, Answer::Failed(not_counted(state).into()));
                 }
                 _ => order.push(replica.clone()),
             }
         }
-        order.sort_by_key(|r| (!topology.is_alive(r), **r != *me));
+        order.sort_by_key(|r| (!topology.is_alive(r), syncing(r), **r != *me));
         Self {
             tally,
             order,
