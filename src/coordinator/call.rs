@@ -280,8 +280,7 @@ impl ReadOne {
         let replicas = topology.replicas(key);
         let mut tally = Tally::new(Consistency::One, replicas.iter().cloned());
         let mut order = Vec::with_capacity(replicas.len());
-        let syncing =
-            |r: &str| topology.member(r).map(|m| m.state) == Some(NodeState::Syncing);
+        let syncing = |r: &str| topology.member(r).map(|m| m.state) == Some(NodeState::Syncing);
         for replica in replicas {
             match topology.member(replica).map(|m| m.state) {
                 // A peer this view holds syncing may have turned ready since

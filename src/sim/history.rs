@@ -137,6 +137,10 @@ pub struct Availability {
     pub counted: usize,
     /// Of those, the ones answered successfully within the deadline.
     pub answered: usize,
+    /// Of the requests counted, the writes.
+    pub writes: usize,
+    /// Of those, the ones answered successfully within the deadline.
+    pub writes_answered: usize,
     /// Reads left out because no ready replica was reachable from their
     /// coordinator when invoked: no node could answer them.
     pub no_replica: usize,
@@ -153,6 +157,8 @@ impl Availability {
     pub fn add(&mut self, other: Availability) {
         self.counted += other.counted;
         self.answered += other.answered;
+        self.writes += other.writes;
+        self.writes_answered += other.writes_answered;
         self.no_replica += other.no_replica;
         self.no_replica_answered += other.no_replica_answered;
         self.clock_refused += other.clock_refused;
@@ -168,11 +174,14 @@ impl std::fmt::Display for Availability {
         };
         write!(
             f,
-            "ONE at live nodes: {percent:.2}% answered within 1 s ({} of {}); \
+            "ONE at live nodes: {percent:.2}% answered within 1 s ({} of {}; \
+             writes {} of {}); \
              left out: {} reads with no replica reachable ({} answered), \
              {} writes refused for a clock off past the drift bound",
             self.answered,
             self.counted,
+            self.writes_answered,
+            self.writes,
             self.no_replica,
             self.no_replica_answered,
             self.clock_refused
@@ -230,6 +239,10 @@ impl History {
             } else {
                 a.counted += 1;
                 a.answered += usize::from(answered);
+                if op.is_write() {
+                    a.writes += 1;
+                    a.writes_answered += usize::from(answered);
+                }
             }
         }
         a
