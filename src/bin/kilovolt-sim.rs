@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use kilovolt::sim::{run, Config};
+use kilovolt::sim::{run, Availability, Config};
 
 /// Deterministic simulation of a Kilovolt-DB cluster under faults.
 #[derive(Parser)]
@@ -32,9 +32,11 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let mut failures = 0;
     let mut ops = 0;
+    let mut one = Availability::default();
     for seed in args.seed..args.seed.saturating_add(args.seeds) {
         let outcome = run(seed, &config);
         ops += outcome.history.ops.len();
+        one.add(outcome.history.availability());
         if args.history {
             print!("{}", outcome.history.render());
             println!(
@@ -53,13 +55,13 @@ fn main() -> ExitCode {
     let secs = started.elapsed().as_secs_f64();
     if failures > 0 {
         eprintln!(
-            "{failures} failing seed(s) from seed {}; {secs:.1}s",
+            "{failures} failing seed(s) from seed {}; {secs:.1}s; {one}",
             args.seed
         );
         return ExitCode::FAILURE;
     }
     println!(
-        "{} seeds from {} passed: {ops} client operations checked in {secs:.1}s",
+        "{} seeds from {} passed: {ops} client operations checked in {secs:.1}s; {one}",
         args.seeds, args.seed
     );
     ExitCode::SUCCESS

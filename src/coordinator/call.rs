@@ -261,9 +261,13 @@ fn not_counted(state: NodeState) -> &'static str {
 }
 
 /// One read at ONE: the ready replicas are tried one after another, this
-/// node first, until one answers. A replica that is not ready (syncing:
-/// restarted empty and refilling) does not count, at ONE as at QUORUM and
-/// ALL: its "not found" may hide a write acknowledged at ALL.
+/// node first, until one answers. The shell asks the next replica when the
+/// last one asked failed, or stayed silent past its hedge delay
+/// ([`crate::net::latency::Latencies::hedge_after`]); replicas asked
+/// earlier may still answer meanwhile, and the first answer wins. A replica
+/// that is not ready (syncing: restarted empty and refilling) does not
+/// count, at ONE as at QUORUM and ALL: its "not found" may hide a write
+/// acknowledged at ALL.
 pub struct ReadOne {
     order: Vec<Arc<str>>,
     next: usize,
@@ -276,15 +280,20 @@ impl ReadOne {
         let replicas = topology.replicas(key);
         let mut tally = Tally::new(Consistency::One, replicas.iter().cloned());
         let mut order = Vec::with_capacity(replicas.len());
+        let syncing = |r: &str| topology.member(r).map(|m| m.state) == Some(NodeState::Syncing);
         for replica in replicas {
             match topology.member(replica).map(|m| m.state) {
+                // A peer this view holds syncing may have turned ready since
+                // (views lag): it is asked last, and refuses while it is
+                // still refilling. This node knows its own state.
+                Some(NodeState::Syncing) if **replica != *me => order.push(replica.clone()),
                 Some(state) if state != NodeState::Ready => {
                     tally.record(replica, Answer::Failed(not_counted(state).into()));
                 }
                 _ => order.push(replica.clone()),
             }
         }
-        order.sort_by_key(|r| (!topology.is_alive(r), **r != *me));
+        order.sort_by_key(|r| (!topology.is_alive(r), syncing(r), **r != *me));
         Self {
             tally,
             order,
@@ -292,11 +301,22 @@ impl ReadOne {
         }
     }
 
-    /// The replica to ask next, or `None` when every one failed.
+    /// The replica to ask next (it counts as asked from now on), or `None`
+    /// when every one has been asked.
     pub fn next_replica(&mut self) -> Option<Arc<str>> {
         let replica = self.order.get(self.next).cloned();
-        self.next += 1;
+        self.next = (self.next + 1).min(self.order.len());
         replica
+    }
+
+    /// Whether a replica asked has neither answered nor failed yet: when
+    /// there is no replica left to ask, the read waits for those rather
+    /// than fail.
+    pub fn waiting(&self) -> bool {
+        let asked = &self.order[..self.next];
+        self.tally
+            .waiting()
+            .any(|r| asked.iter().any(|a| **a == *r))
     }
 
     /// Records that `replica` could not answer, and why.
@@ -373,6 +393,35 @@ mod tests {
              n2: syncing (refilling after a restart; not counted for reads); \
              n3: syncing (refilling after a restart; not counted for reads)"
         );
+    }
+
+    #[test]
+    fn a_read_at_one_waits_on_replicas_asked_before_it_fails() {
+        let t = topology(&[
+            ("n1", NodeState::Ready),
+            ("n2", NodeState::Ready),
+            ("n3", NodeState::Ready),
+            ("n4", NodeState::Ready),
+        ]);
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| !t.replicas(k).iter().any(|r| **r == *"n4"))
+            .unwrap();
+        let mut call = ReadOne::start("n4", &t, &key);
+        assert!(!call.waiting(), "nobody asked yet");
+        // The first replica stays silent past its hedge delay: the second
+        // is asked too, and fails at once.
+        let first = call.next_replica().unwrap();
+        let second = call.next_replica().unwrap();
+        call.failed(&second, "link cut".into());
+        assert!(call.waiting(), "the first may still answer");
+        let third = call.next_replica().unwrap();
+        assert_eq!(call.next_replica(), None, "three replicas, all asked");
+        call.failed(&third, "link cut".into());
+        assert!(call.waiting(), "the first may still answer");
+        call.failed(&first, "no answer within 500ms".into());
+        assert!(!call.waiting());
+        assert_eq!(call.next_replica(), None);
     }
 
     #[test]

@@ -32,16 +32,10 @@ use crate::clock::Clock;
 use crate::crdt::{ops, Entry, Payload, Version};
 use crate::dots::Dots;
 use crate::error::Error;
+use crate::net::latency::OBSERVE_AT_ONE;
 use crate::net::Peers;
 use crate::replication::{Replicator, Undelivered};
 use crate::store::Store;
-
-/// How long a write at ONE waits to read the key's state from a replica
-/// (where this node is not one) before it builds on nothing: two hedge
-/// delays ([`crate::net::latency::MAX_HEDGE`]), so that with the write's
-/// own wait the client is answered within a second however silent the
-/// replicas are.
-const OBSERVE_AT_ONE: Duration = Duration::from_millis(600);
 
 /// How many replicas must answer before a request succeeds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -419,7 +413,7 @@ impl Coordinator {
                         (replica, read)
                     });
                 }
-                None if asking.is_empty() => return Err(call.unavailable()),
+                None if !call.waiting() => return Err(call.unavailable()),
                 None => hedge = None,
             }
             let next = match hedge {

@@ -23,6 +23,12 @@ pub const MIN_HEDGE: Duration = Duration::from_millis(5);
 /// answer within a second when the first two are silent.
 pub const MAX_HEDGE: Duration = Duration::from_millis(300);
 
+/// How long a write at ONE waits to read the key's state from a replica
+/// (where its coordinator is not one) before it builds on nothing: two
+/// hedge delays, so that with the write's own wait (at most one) the
+/// client is answered within a second however silent the replicas are.
+pub const OBSERVE_AT_ONE: Duration = Duration::from_millis(2 * MAX_HEDGE.as_millis() as u64);
+
 /// A peer's smoothed round-trip time and its mean deviation, in seconds.
 #[derive(Clone, Copy, Debug)]
 struct Estimate {

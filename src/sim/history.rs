@@ -113,6 +113,80 @@ pub struct History {
     /// different placements, or new replicas lack what they should hold
     /// (microseconds).
     pub placement_settles: u64,
+    /// Operations whose coordinator went down (crashed or left) before it
+    /// answered and within [`ONE_DEADLINE`] of the invocation: the client
+    /// lost its node, which was no longer reachable.
+    pub coordinator_lost: BTreeSet<usize>,
+    /// Reads at ONE invoked when no ready replica of the key was up and
+    /// linked to the coordinator: no node could answer them.
+    pub no_replica: BTreeSet<usize>,
+}
+
+/// The client deadline the availability of ONE is measured against
+/// (virtual microseconds).
+pub const ONE_DEADLINE: u64 = 1_000_000;
+
+/// How ONE requests to live nodes fared: reads and writes of every kind
+/// during the faults (not the reads after the final heal), whose
+/// coordinator was up when invoked and did not go down within
+/// [`ONE_DEADLINE`] before answering. In the simulator a client reaches
+/// every live node, so these are the requests sent to reachable nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Availability {
+    /// Requests counted (the two kinds below left out).
+    pub counted: usize,
+    /// Of those, the ones answered successfully within the deadline.
+    pub answered: usize,
+    /// Of the requests counted, the writes.
+    pub writes: usize,
+    /// Of those, the ones answered successfully within the deadline.
+    pub writes_answered: usize,
+    /// Reads left out because no ready replica was reachable from their
+    /// coordinator when invoked: no node could answer them.
+    pub no_replica: usize,
+    /// Of those, the ones answered within the deadline all the same (a
+    /// replica came back in time).
+    pub no_replica_answered: usize,
+    /// Writes left out because their coordinator refused them, by design,
+    /// for its clock being off past `--max-clock-drift`.
+    pub clock_refused: usize,
+}
+
+impl Availability {
+    /// Adds another run's figures.
+    pub fn add(&mut self, other: Availability) {
+        self.counted += other.counted;
+        self.answered += other.answered;
+        self.writes += other.writes;
+        self.writes_answered += other.writes_answered;
+        self.no_replica += other.no_replica;
+        self.no_replica_answered += other.no_replica_answered;
+        self.clock_refused += other.clock_refused;
+    }
+}
+
+impl std::fmt::Display for Availability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let percent = if self.counted == 0 {
+            100.0
+        } else {
+            100.0 * self.answered as f64 / self.counted as f64
+        };
+        write!(
+            f,
+            "ONE at live nodes: {percent:.2}% answered within 1 s ({} of {}; \
+             writes {} of {}); \
+             left out: {} reads with no replica reachable ({} answered), \
+             {} writes refused for a clock off past the drift bound",
+            self.answered,
+            self.counted,
+            self.writes_answered,
+            self.writes,
+            self.no_replica,
+            self.no_replica_answered,
+            self.clock_refused
+        )
+    }
 }
 
 impl History {
@@ -137,6 +211,41 @@ impl History {
     /// Whether write `op` lost every copy.
     pub fn is_lost(&self, op: usize) -> bool {
         self.lost.iter().any(|&(o, _)| o == op)
+    }
+
+    /// How the ONE requests to live nodes fared ([`Availability`]).
+    pub fn availability(&self) -> Availability {
+        let mut a = Availability::default();
+        let one = self.ops.iter().filter(|op| {
+            op.level == Consistency::One
+                && !op.after_heal
+                && !self.coordinator_lost.contains(&op.id)
+        });
+        for op in one {
+            let answered = matches!(
+                &op.ended,
+                Some((at, result)) if *at <= op.invoked + ONE_DEADLINE
+                    && !matches!(result, OpResult::Failed(_))
+            );
+            let clock_refused = matches!(
+                &op.ended,
+                Some((_, OpResult::Failed(why))) if why.contains("--max-clock-drift")
+            );
+            if self.no_replica.contains(&op.id) {
+                a.no_replica += 1;
+                a.no_replica_answered += usize::from(answered);
+            } else if clock_refused {
+                a.clock_refused += 1;
+            } else {
+                a.counted += 1;
+                a.answered += usize::from(answered);
+                if op.is_write() {
+                    a.writes += 1;
+                    a.writes_answered += usize::from(answered);
+                }
+            }
+        }
+        a
     }
 
     /// The whole history, one line per operation end and event, in time

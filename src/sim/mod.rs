@@ -24,7 +24,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 pub use checker::Violation;
-pub use history::History;
+pub use history::{Availability, History};
 pub use node::Settings;
 
 use crate::replication::{BatchLimits, HintLimits};

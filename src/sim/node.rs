@@ -25,6 +25,8 @@ use crate::coordinator::{
 };
 use crate::crdt::{ops, Entry, Version};
 use crate::dots::{Dots, DEFAULT_CAPACITY};
+use crate::net::latency::{Latencies, OBSERVE_AT_ONE};
+use crate::net::service::NOT_READY;
 use crate::replication::{
     apply_deltas, entry_size, BatchLimits, Batcher, Hint, HintLimits, Hints, Overflow, Undelivered,
 };
@@ -221,8 +223,17 @@ pub enum Timer {
     Rpc(u64),
     /// A peer call refused at once (cut link, node down), and why.
     Refused(u64, String),
-    /// A client request's deadline.
+    /// A client request's deadline (for a read at ONE, only the bound
+    /// on a write's read of the key before it builds).
     Call(u64),
+    /// A read at ONE may ask its next replica: the peer call it sent
+    /// last has been silent for its hedge delay.
+    Hedge {
+        /// The read.
+        call: u64,
+        /// The peer call.
+        rpc: u64,
+    },
     /// Time for an anti-entropy round (stale when its number is not the
     /// latest set).
     AntiEntropy(u64),
@@ -364,8 +375,12 @@ pub struct SimNode {
     next_check: u32,
     calls: BTreeMap<u64, Call>,
     rpcs: BTreeMap<u64, Rpc>,
-    /// Per call in flight: to whom, and when (this node's clock) it left.
-    sent: BTreeMap<u64, (String, RoundTrip)>,
+    /// Per call in flight: to whom, when (this node's clock) it left, and
+    /// when (virtual time) it left if its round trip counts for the peer's
+    /// latency.
+    sent: BTreeMap<u64, (String, RoundTrip, Option<Instant>)>,
+    /// Each peer's smoothed round-trip time, from small peer calls.
+    latencies: Latencies,
     next_id: u64,
     now: Instant,
     /// What its handlers asked for, drained by the simulator.
@@ -409,6 +424,7 @@ impl SimNode {
             calls: BTreeMap::new(),
             rpcs: BTreeMap::new(),
             sent: BTreeMap::new(),
+            latencies: Latencies::new(),
             next_id: 0,
             now,
             out: Vec::new(),
@@ -597,11 +613,24 @@ impl SimNode {
         });
         let id = self.next_id();
         let entry = call.entry().clone();
+        // ONE never fails for want of replicas: once the replicas awaited
+        // have been silent for longer than they usually take, the write is
+        // answered from its queued copies (each becomes a hint if delivery
+        // fails), as production's is.
+        let wait = match level {
+            Consistency::One => routes
+                .iter()
+                .filter(|(_, route)| *route == Route::Await)
+                .map(|(replica, _)| self.latencies.hedge_after(replica))
+                .max()
+                .unwrap_or_default(),
+            _ => self.settings.request_timeout,
+        };
         // The call waits before the deltas are queued: a full queue answers
         // at once.
         if call.decision() == Decision::Open {
             self.calls.insert(id, Call::Write { op, call });
-            self.timer(self.settings.request_timeout, Timer::Call(id));
+            self.timer(wait, Timer::Call(id));
         } else {
             let result = finish_write(&call, "not waited for");
             self.done(op, result);
@@ -646,10 +675,15 @@ impl SimNode {
         }
     }
 
-    /// Starts a read at ONE: a client's, or a write's `observe`.
+    /// Starts a read at ONE: a client's, or a write's `observe` (which, at
+    /// ONE, gives up after [`OBSERVE_AT_ONE`] and builds on nothing, as
+    /// production's does).
     fn read_one(&mut self, op: ClientOp) {
         let call = ReadOne::start(&self.id, &self.topology, &op.key);
         let id = self.next_id();
+        if op.kind.is_write() && op.level == Consistency::One {
+            self.timer(OBSERVE_AT_ONE, Timer::Call(id));
+        }
         self.calls.insert(id, Call::ReadOne { op, call });
         self.read_one_next(id);
     }
@@ -682,13 +716,16 @@ impl SimNode {
         self.done(op.id, result);
     }
 
-    /// Asks the next replica of a ONE read, or answers from this node.
+    /// Asks the next replica of a ONE read, or answers from this node;
+    /// when every replica has been asked, waits for those still silent, or
+    /// fails when none is.
     fn read_one_next(&mut self, id: u64) {
         let Some(Call::ReadOne { op, call }) = self.calls.get_mut(&id) else {
             return;
         };
         let key = op.key.clone();
         match call.next_replica() {
+            None if call.waiting() => {}
             None => {
                 let error = call.unavailable().to_string();
                 if let Some(Call::ReadOne { op, .. }) = self.calls.remove(&id) {
@@ -702,7 +739,8 @@ impl SimNode {
                 }
             }
             Some(replica) => {
-                self.call(
+                let hedge = self.latencies.hedge_after(&replica);
+                let rpc = self.call(
                     &replica.clone(),
                     Rpc::Read {
                         call: id,
@@ -710,6 +748,7 @@ impl SimNode {
                     },
                     Req::Read(key),
                 );
+                self.timer(hedge, Timer::Hedge { call: id, rpc });
             }
         }
     }
@@ -771,8 +810,11 @@ impl SimNode {
                 });
             }
             Msg::Response { rpc, resp, clock } => {
-                if let Some((peer, start)) = self.sent.remove(&rpc) {
+                if let Some((peer, start, measured)) = self.sent.remove(&rpc) {
                     self.clock.record_round_trip(&peer, start, clock);
+                    if let Some(at) = measured {
+                        self.latencies.record(&peer, self.now - at);
+                    }
                 }
                 self.answered(rpc, Ok(resp));
             }
@@ -825,8 +867,16 @@ impl SimNode {
                 self.pump(&peer);
             }
             Timer::Rpc(rpc) => {
-                let why = format!("no answer within {:?}", self.settings.request_timeout);
-                self.answered(rpc, Err(why));
+                let timeout = self.settings.request_timeout;
+                if let Some((peer, _, Some(_))) = self.sent.get(&rpc) {
+                    self.latencies.record(peer, timeout);
+                }
+                self.answered(rpc, Err(format!("no answer within {timeout:?}")));
+            }
+            Timer::Hedge { call, rpc } => {
+                if self.rpcs.contains_key(&rpc) {
+                    self.read_one_next(call);
+                }
             }
             Timer::Refused(rpc, why) => self.answered(rpc, Err(why)),
             Timer::Call(id) => {
@@ -834,7 +884,13 @@ impl SimNode {
                 match self.calls.get(&id) {
                     Some(Call::Write { .. }) => self.finish_write_call(id, &waiting),
                     Some(Call::ReadMany { .. }) => self.finish_read(id, &waiting),
-                    _ => {}
+                    Some(Call::ReadOne { .. }) => {
+                        if let Some(Call::ReadOne { op, .. }) = self.calls.remove(&id) {
+                            let why = format!("no replica answered within {OBSERVE_AT_ONE:?}");
+                            self.read_done(op, Err(why), 0);
+                        }
+                    }
+                    None => {}
                 }
             }
             Timer::AntiEntropy(n) => {
@@ -895,7 +951,7 @@ impl SimNode {
             (Rpc::Read { call, peer }, answer) => {
                 let entry = match answer {
                     Ok(Resp::Read(entry)) => Ok(entry),
-                    Ok(Resp::NotReady) => Err(crate::net::service::NOT_READY.to_string()),
+                    Ok(Resp::NotReady) => Err(NOT_READY.to_string()),
                     Ok(other) => Err(format!("unexpected answer {other:?}")),
                     Err(why) => Err(why),
                 };
@@ -1285,16 +1341,21 @@ impl SimNode {
         self.next_id
     }
 
-    fn call(&mut self, to: &str, purpose: Rpc, req: Req) {
+    /// Sends `req` to `to` for `purpose`; returns the call's number. Its
+    /// round trip counts for the peer's latency unless it is an
+    /// anti-entropy step, as in production.
+    fn call(&mut self, to: &str, purpose: Rpc, req: Req) -> u64 {
         let rpc = self.next_id();
+        let measured = (!matches!(purpose, Rpc::Sync)).then_some(self.now);
         self.rpcs.insert(rpc, purpose);
         self.sent
-            .insert(rpc, (to.to_string(), self.clock.round_trip()));
+            .insert(rpc, (to.to_string(), self.clock.round_trip(), measured));
         self.out.push(Out::Send {
             to: to.to_string(),
             msg: Msg::Request { rpc, req },
         });
         self.timer(self.settings.request_timeout, Timer::Rpc(rpc));
+        rpc
     }
 
     fn timer(&mut self, after: Duration, timer: Timer) {

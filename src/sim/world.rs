@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use super::history::{Disruption, History, OpRecord, StampClock};
+use super::history::{Disruption, History, OpRecord, StampClock, ONE_DEADLINE};
 use super::node::{ClientOp, Msg, OpKind, Out, Req, Resp, SimNode, Timer};
 use super::rng::Rng;
 use super::schedule::{Fault, Planned, PlannedFault};
@@ -461,6 +461,9 @@ impl World {
             _ => "k",
         };
         let key: Key = format!("{prefix}{key}").into();
+        if level == Consistency::One && !kind.is_write() && !self.replica_reachable(node, &key) {
+            self.history.no_replica.insert(id);
+        }
         self.history.ops.push(OpRecord {
             id,
             node: self.slots[node].id.clone(),
@@ -480,6 +483,17 @@ impl World {
             kind,
             level,
         }
+    }
+
+    /// Whether some ready replica of `key` is up and linked to node `from`
+    /// (or is `from`): a read at ONE there can be answered.
+    fn replica_reachable(&self, from: usize, key: &str) -> bool {
+        let truth = self.truth();
+        truth.replicas(key).iter().any(|r| {
+            self.slots.iter().enumerate().any(|(j, s)| {
+                s.id == **r && s.node.is_some() && s.ready && (j == from || !self.is_cut(from, j))
+            })
+        })
     }
 
     // --- Membership ----------------------------------------------------------
@@ -712,6 +726,15 @@ impl World {
         }
         self.slots[i].incarnation += 1;
         let id = self.slots[i].id.clone();
+        let now = self.now;
+        let pending: Vec<usize> = self
+            .history
+            .ops
+            .iter()
+            .filter(|op| op.node == id && op.ended.is_none() && now < op.invoked + ONE_DEADLINE)
+            .map(|op| op.id)
+            .collect();
+        self.history.coordinator_lost.extend(pending);
         self.history.note(self.now, format!("{id} {what}"));
         self.mark_unheld();
         self.mark_lost();
