@@ -260,6 +260,10 @@ fn not_counted(state: NodeState) -> &'static str {
     }
 }
 
+/// How many times a read at ONE may ask one replica that stays silent (a
+/// request or its answer lost on the way): each time after the hedge delay.
+const ASKS_PER_REPLICA: usize = 3;
+
 /// One read at ONE: the ready replicas are tried one after another, this
 /// node first, until one answers. The shell asks the next replica when the
 /// last one asked failed, or stayed silent past its hedge delay
@@ -271,6 +275,12 @@ fn not_counted(state: NodeState) -> &'static str {
 pub struct ReadOne {
     order: Vec<Arc<str>>,
     next: usize,
+    /// Per replica of `order`: the requests sent to it that have neither
+    /// answered nor failed, and how many were sent in all.
+    pending: Vec<usize>,
+    sent: Vec<usize>,
+    /// How far the passes over silent replicas, after the first, have got.
+    again: usize,
     tally: Tally,
 }
 
@@ -296,31 +306,57 @@ impl ReadOne {
         order.sort_by_key(|r| (!topology.is_alive(r), syncing(r), **r != *me));
         Self {
             tally,
+            pending: vec![0; order.len()],
+            sent: vec![0; order.len()],
             order,
             next: 0,
+            again: 0,
         }
     }
 
-    /// The replica to ask next (it counts as asked from now on), or `None`
-    /// when every one has been asked.
+    /// The replica to ask next (a request to it counts as pending from now
+    /// on), or `None` when there is none left to ask. Once every replica has
+    /// been asked, each one still silent is asked again, up to
+    /// [`ASKS_PER_REPLICA`] times in all: a request or answer lost on the
+    /// way is then not the end of the read while its replica is there.
     pub fn next_replica(&mut self) -> Option<Arc<str>> {
-        let replica = self.order.get(self.next).cloned();
-        self.next = (self.next + 1).min(self.order.len());
-        replica
+        let n = self.order.len();
+        let i = if self.next < n {
+            self.next += 1;
+            self.next - 1
+        } else {
+            loop {
+                if self.again >= n * (ASKS_PER_REPLICA - 1) {
+                    return None;
+                }
+                let i = self.again % n;
+                self.again += 1;
+                if self.pending[i] > 0 && self.sent[i] < ASKS_PER_REPLICA {
+                    break i;
+                }
+            }
+        };
+        self.pending[i] += 1;
+        self.sent[i] += 1;
+        Some(self.order[i].clone())
     }
 
-    /// Whether a replica asked has neither answered nor failed yet: when
+    /// Whether a request sent has neither answered nor failed yet: when
     /// there is no replica left to ask, the read waits for those rather
     /// than fail.
     pub fn waiting(&self) -> bool {
-        let asked = &self.order[..self.next];
-        self.tally
-            .waiting()
-            .any(|r| asked.iter().any(|a| **a == *r))
+        self.pending.iter().any(|&p| p > 0)
     }
 
-    /// Records that `replica` could not answer, and why.
+    /// Records that a request to `replica` failed, and why; the replica
+    /// counts as failed once no request to it is pending.
     pub fn failed(&mut self, replica: &str, why: String) {
+        if let Some(i) = self.order.iter().position(|r| **r == *replica) {
+            self.pending[i] = self.pending[i].saturating_sub(1);
+            if self.pending[i] > 0 {
+                return;
+            }
+        }
         self.tally.record(replica, Answer::Failed(why));
     }
 
@@ -416,9 +452,18 @@ mod tests {
         call.failed(&second, "link cut".into());
         assert!(call.waiting(), "the first may still answer");
         let third = call.next_replica().unwrap();
-        assert_eq!(call.next_replica(), None, "three replicas, all asked");
         call.failed(&third, "link cut".into());
         assert!(call.waiting(), "the first may still answer");
+        // Three replicas, all asked: the silent one is asked again (its
+        // request may have been lost), up to three times in all, and no
+        // other.
+        assert_eq!(call.next_replica(), Some(first.clone()));
+        assert_eq!(call.next_replica(), Some(first.clone()));
+        assert_eq!(call.next_replica(), None);
+        // Its first request times out; the later two may still answer.
+        call.failed(&first, "no answer within 500ms".into());
+        assert!(call.waiting());
+        call.failed(&first, "no answer within 500ms".into());
         call.failed(&first, "no answer within 500ms".into());
         assert!(!call.waiting());
         assert_eq!(call.next_replica(), None);
