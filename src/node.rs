@@ -225,6 +225,7 @@ pub async fn start_with_clock(
         peers.clone(),
         replicator.clone(),
         topology,
+        clock::ntp64(config.settle_grace()),
     ));
     let anti_entropy = Arc::new(AntiEntropy::new(
         info.id.clone(),

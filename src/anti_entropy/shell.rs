@@ -19,7 +19,7 @@ use crate::coordinator::Coordinator;
 use crate::crdt::{Entry, Version};
 use crate::keyspace::Stamp;
 use crate::net::{PeerError, Peers};
-use crate::store::{is_settled, Key, Store};
+use crate::store::{Key, Store};
 
 impl Replica for Store {
     fn root(&self, partition: u32) -> u128 {
@@ -65,9 +65,7 @@ pub fn merge_repairs(
     let now = clock.now();
     let mut changed = 0;
     for (key, entry) in entries {
-        if (!handoff && is_settled(&entry, now, grace) && !store.contains(&key))
-            || !clock.admit(&key, &entry)
-        {
+        if (!handoff && store.collected(&key, &entry, now, grace)) || !clock.admit(&key, &entry) {
             continue;
         }
         clock.observe(entry.version);
@@ -197,6 +195,12 @@ impl AntiEntropy {
     /// service (which counts what it repairs as responder) and Admin.
     pub fn stats(&self) -> Arc<AntiEntropyStats> {
         self.stats.clone()
+    }
+
+    /// The grace in force (NTP64): how old a tombstone, or how long expired
+    /// a value, must be before it is settled.
+    pub fn grace(&self) -> u64 {
+        ntp64(self.config.settle_grace)
     }
 
     /// Whether this node has synced every partition it holds since it
@@ -396,7 +400,7 @@ impl AntiEntropy {
                 &self.coordinator.topology(),
                 &self.store,
                 self.clock.now(),
-                ntp64(self.config.settle_grace),
+                self.grace(),
                 Instant::now(),
             )
             .total();
@@ -417,7 +421,7 @@ impl AntiEntropy {
             &self.store,
             &self.clock,
             answer.merge,
-            ntp64(self.config.settle_grace),
+            self.grace(),
             answer.handoff,
         );
         self.stats.add_repaired(changed);
@@ -462,7 +466,7 @@ impl AntiEntropy {
             let reply = self.peers.sync(peer, &request).await?;
             let bytes = (request.wire_size() + reply.wire_size()) as u64;
             let step = session.on_reply(&*self.store, reply)?;
-            let grace = ntp64(self.config.settle_grace);
+            let grace = self.grace();
             let changed = merge_repairs(&self.store, &self.clock, step.merge, grace, false);
             self.stats.add_repaired(changed);
             self.throttle(bytes, started).await;

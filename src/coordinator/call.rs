@@ -10,7 +10,7 @@ use super::{Answer, Consistency, Decision, Tally, Topology};
 use crate::cluster::NodeState;
 use crate::crdt::{Entry, Version};
 use crate::error::Error;
-use crate::store::Store;
+use crate::store::{is_settled, Store};
 
 /// How a write reaches one remote replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,7 +137,8 @@ impl WriteCall {
 /// What a read at QUORUM or ALL found, and whom it must repair.
 #[derive(Debug)]
 pub struct Found {
-    /// The join of the answers.
+    /// The join of the answers; `None` when it is settled (see
+    /// [`ReadCall::start`]).
     pub entry: Option<Entry>,
     /// Replicas that answered with something older or nothing, and the
     /// entry to send them (read repair).
@@ -154,6 +155,9 @@ pub struct Found {
 pub struct ReadCall {
     tally: Tally,
     answers: Vec<(Arc<str>, Option<Entry>)>,
+    /// Physical time and the grace (NTP64) by which an answer is settled.
+    now: u64,
+    grace: u64,
 }
 
 impl ReadCall {
@@ -161,17 +165,29 @@ impl ReadCall {
     /// returns the call and the remote replicas to ask. This node's own copy,
     /// when it is a ready replica, is its first answer. Replicas that are
     /// not ready fail at once, with their state as their fate.
+    ///
+    /// A join settled at `now` with `grace` (NTP64; a tombstone or an
+    /// expired value old enough to be collected, see
+    /// [`crate::store::is_settled`]) reads as nothing, without a version:
+    /// a replica that answered nothing may have collected something newer
+    /// meanwhile (a delete that replaced it), so the join's version could be
+    /// older than a write the level promises to see. Each answer still
+    /// joins, so a settled tombstone keeps shadowing an older value.
     pub fn start(
         me: &str,
         topology: &Topology,
         store: &Store,
         key: &str,
         level: Consistency,
+        now: u64,
+        grace: u64,
     ) -> (Self, Vec<Arc<str>>) {
         let replicas = topology.replicas(key);
         let mut call = Self {
             tally: Tally::new(level, replicas.iter().cloned()),
             answers: Vec::with_capacity(replicas.len()),
+            now,
+            grace,
         };
         let mut ask = Vec::with_capacity(replicas.len());
         for replica in replicas {
@@ -233,17 +249,23 @@ impl ReadCall {
                 a.merge_from(b);
                 a
             });
+        let settled = entry
+            .as_ref()
+            .is_some_and(|e| is_settled(e, self.now, self.grace));
+        // A replica that answered nothing may have collected a settled
+        // join: it is not sent back there.
         let repairs = match &entry {
             Some(newest) => self
                 .answers
                 .iter()
                 .filter(|(_, held)| held.as_ref() != Some(newest))
+                .filter(|(_, held)| !(settled && held.is_none()))
                 .map(|(replica, _)| (replica.clone(), newest.clone()))
                 .collect(),
             None => Vec::new(),
         };
         Ok(Found {
-            entry,
+            entry: entry.filter(|_| !settled),
             repairs,
             replicas: self.answers.len(),
         })
@@ -397,7 +419,7 @@ mod tests {
         ]);
         let store = Store::new(16);
         let written = Entry::value(Version::new(7, 1), "v", 0);
-        let (mut call, ask) = ReadCall::start("n3", &t, &store, "k", Consistency::Quorum);
+        let (mut call, ask) = ReadCall::start("n3", &t, &store, "k", Consistency::Quorum, 0, 0);
         assert_eq!(ask, vec![Arc::from("n1")], "a syncing replica is not asked");
         // Were n2 asked, its "not found" would complete the quorum.
         assert_eq!(call.record(&Arc::from("n2"), Ok(None)), Decision::Open);
@@ -409,6 +431,37 @@ mod tests {
         assert_eq!((found.entry, found.replicas), (Some(written), 2));
     }
 
+    /// Found by the soak (seed 2259670507): one replica answered with an
+    /// expired value from before a delete it had not yet received, another
+    /// had collected that delete and answered nothing; the join's version
+    /// was older than the acknowledged delete.
+    #[test]
+    fn a_settled_join_reads_as_nothing_but_still_shadows_older_values() {
+        let t = topology(&[
+            ("n1", NodeState::Ready),
+            ("n2", NodeState::Ready),
+            ("n3", NodeState::Ready),
+        ]);
+        let store = Store::new(16);
+        let (now, grace) = (1000, 100);
+        let expired = Entry::value(Version::new(10, 1), "v", 20);
+        let (mut call, _) = ReadCall::start("n1", &t, &store, "k", Consistency::Quorum, now, grace);
+        call.record(&Arc::from("n2"), Ok(Some(expired)));
+        let found = call.finish("-").unwrap();
+        assert_eq!(found.entry, None, "settled: nothing, no version");
+        assert!(found.repairs.is_empty(), "n1 may have collected it");
+
+        // A settled tombstone still wins over the older value it deleted.
+        let old = Entry::value(Version::new(5, 1), "old", 0);
+        let tomb = Entry::tombstone(Version::new(30, 1));
+        let (mut call, _) = ReadCall::start("n1", &t, &store, "k", Consistency::All, now, grace);
+        call.record(&Arc::from("n2"), Ok(Some(old)));
+        call.record(&Arc::from("n3"), Ok(Some(tomb.clone())));
+        let found = call.finish("-").unwrap();
+        assert_eq!(found.entry, None);
+        assert!(found.repairs.iter().all(|(_, e)| *e == tomb));
+    }
+
     #[test]
     fn too_few_ready_replicas_fail_naming_each_fate() {
         let t = topology(&[
@@ -417,7 +470,7 @@ mod tests {
             ("n3", NodeState::Syncing),
         ]);
         let store = Store::new(16);
-        let (call, ask) = ReadCall::start("n1", &t, &store, "k", Consistency::Quorum);
+        let (call, ask) = ReadCall::start("n1", &t, &store, "k", Consistency::Quorum, 0, 0);
         assert!(ask.is_empty());
         assert_eq!(call.decision(), Decision::Failed);
         let Err(Error::Unavailable(why)) = call.finish("-") else {

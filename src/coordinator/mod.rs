@@ -67,7 +67,9 @@ impl Consistency {
 pub struct Read {
     /// The value, when the key holds one that has not expired.
     pub value: Option<Box<str>>,
-    /// The version of the value or tombstone; `None` when never written.
+    /// The version of the value or tombstone; `None` when never written, or
+    /// (at QUORUM and ALL) when what the replicas hold is settled: a
+    /// tombstone or expired value old enough to be collected.
     pub version: Option<Version>,
 }
 
@@ -101,10 +103,13 @@ pub struct Coordinator {
     replicator: Arc<Replicator>,
     topology: RwLock<Arc<Topology>>,
     dots: Dots,
+    /// The grace in force (NTP64): reads count settled answers as nothing.
+    grace: u64,
 }
 
 impl Coordinator {
-    /// The coordinator of node `me`, starting from `topology`.
+    /// The coordinator of node `me`, starting from `topology`, with the
+    /// grace in force (NTP64, [`crate::config::Config::settle_grace`]).
     pub fn new(
         me: String,
         store: Arc<Store>,
@@ -112,9 +117,11 @@ impl Coordinator {
         peers: Arc<Peers>,
         replicator: Arc<Replicator>,
         topology: Topology,
+        grace: u64,
     ) -> Self {
         Self {
             me,
+            grace,
             dots: Dots::new(clock.id(), clock.now()),
             store,
             clock,
@@ -439,7 +446,15 @@ impl Coordinator {
     /// answered with something older.
     async fn read_many(&self, key: &str, level: Consistency) -> Result<Option<Entry>, Error> {
         let topology = self.topology();
-        let (mut call, ask) = ReadCall::start(&self.me, &topology, &self.store, key, level);
+        let (mut call, ask) = ReadCall::start(
+            &self.me,
+            &topology,
+            &self.store,
+            key,
+            level,
+            self.clock.now(),
+            self.grace,
+        );
         let pending = FuturesUnordered::new();
         for replica in ask {
             let peers = &self.peers;
@@ -627,6 +642,7 @@ pub(crate) fn test_coordinator(
         peers,
         replicator.clone(),
         Topology::new(members, 16, 3),
+        crate::clock::ntp64(Duration::from_secs(4 * 3600)),
     );
     (coordinator, replicator)
 }

@@ -127,7 +127,7 @@ impl Peer for PeerService {
                 tracing::warn!(error = %err, "refused a peer batch");
                 Status::invalid_argument(err.to_string())
             })?;
-        let changed = apply_deltas(&self.store, &self.clock, entries);
+        let changed = apply_deltas(&self.store, &self.clock, entries, self.anti_entropy.grace());
         let changed = u32::try_from(changed).unwrap_or(u32::MAX);
         Ok(self.stamped(wire::ApplyResponse { changed }))
     }

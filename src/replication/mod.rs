@@ -29,11 +29,15 @@ use crate::store::{Key, Store};
 /// versions so that this node's next writes order after them; returns how
 /// many changed the store. What the peer service does with every batch.
 /// An entry the clock does not admit (a version past the ceiling, see
-/// [`Clock::admit`]) is left out, counted and logged; the rest merge.
-pub fn apply_deltas(store: &Store, clock: &Clock, deltas: Vec<(Key, Entry)>) -> u64 {
+/// [`Clock::admit`]) is left out, counted and logged; so is one this store
+/// collected ([`Store::collected`], with `grace`): a read repair joined
+/// from a replica that had not yet received a delete must not bring back
+/// what the others collected since. The rest merge.
+pub fn apply_deltas(store: &Store, clock: &Clock, deltas: Vec<(Key, Entry)>, grace: u64) -> u64 {
+    let now = clock.now();
     let mut changed = 0;
     for (key, entry) in deltas {
-        if !clock.admit(&key, &entry) {
+        if store.collected(&key, &entry, now, grace) || !clock.admit(&key, &entry) {
             continue;
         }
         clock.observe(entry.version);
@@ -395,6 +399,44 @@ mod tests {
     use super::*;
     use crate::crdt::Version;
     use crate::net::Switch;
+
+    /// A read repair joined from a replica that had not yet received a
+    /// delete must not bring back an entry this store collected (soak seed
+    /// 2259670507).
+    #[test]
+    fn deltas_do_not_bring_back_what_this_store_collected() {
+        let clock = Clock::new("n1", crate::clock::system_time, Duration::from_millis(500));
+        let grace = crate::clock::ntp64(Duration::from_secs(60));
+        let hour_ago = clock.now() - crate::clock::ntp64(Duration::from_secs(3600));
+        let settled = Entry::tombstone(Version::new(hour_ago, 7));
+        let store = Store::new(16);
+        assert_eq!(
+            apply_deltas(
+                &store,
+                &clock,
+                vec![("gone".into(), settled.clone())],
+                grace
+            ),
+            0
+        );
+        assert!(!store.contains("gone"), "collected here: refused");
+        // Where the key is held, the settled entry still replaces what it
+        // is newer than.
+        store.merge(
+            "held",
+            Entry::value(Version::new(hour_ago - 1, 7), "old", 0),
+        );
+        assert_eq!(
+            apply_deltas(
+                &store,
+                &clock,
+                vec![("held".into(), settled.clone())],
+                grace
+            ),
+            1
+        );
+        assert_eq!(store.get("held"), Some(settled));
+    }
 
     #[tokio::test]
     async fn a_slow_peer_overflows_its_queue_into_counted_hints() {

@@ -653,8 +653,15 @@ impl SimNode {
             }
             Consistency::One => self.read_one(op),
             Consistency::Quorum | Consistency::All => {
-                let (call, ask) =
-                    ReadCall::start(&self.id, &self.topology, &self.store, &op.key, op.level);
+                let (call, ask) = ReadCall::start(
+                    &self.id,
+                    &self.topology,
+                    &self.store,
+                    &op.key,
+                    op.level,
+                    self.clock.now(),
+                    self.grace(),
+                );
                 let id = self.next_id();
                 let key = op.key.clone();
                 for replica in ask {
@@ -825,7 +832,7 @@ impl SimNode {
     fn serve(&mut self, req: Req) -> Resp {
         match req {
             Req::Apply(deltas) => {
-                apply_deltas(&self.store, &self.clock, deltas);
+                apply_deltas(&self.store, &self.clock, deltas, self.grace());
                 Resp::Applied
             }
             // As the production peer service: a node still refilling

@@ -50,6 +50,10 @@ const FOUND: &[u64] = &[
     // asker's view still showed in its previous life, ready; "not found"
     // from it counted as the answer.
     543_511_684,
+    // A QUORUM read straddled a collection: the join of a stale replica's
+    // expired value and a collecting replica's "nothing" was older than the
+    // delete collected, and its read repair brought the value back.
+    2_259_670_507,
     543_515_322,
     543_515_561,
     543_519_632,

@@ -490,6 +490,16 @@ impl Store {
         removed
     }
 
+    /// Whether merging `entry` at `key` would take back something this store
+    /// collected: a settled entry (see [`is_settled`], at `now` with
+    /// `grace`) for a key it does not hold. Replicas collect once every
+    /// replica holds such an entry, so one that lacks the key collected it,
+    /// and taking it back would only make the replicas trade it forever. No
+    /// write, delta or hint is ever that old (the grace outlives them all).
+    pub fn collected(&self, key: &str, entry: &Entry, now: u64, grace: u64) -> bool {
+        is_settled(entry, now, grace) && !self.contains(key)
+    }
+
     /// Whether the store holds an entry for `key`.
     pub fn contains(&self, key: &str) -> bool {
         self.partition(self.partition_of(key))
