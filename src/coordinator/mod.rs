@@ -311,11 +311,12 @@ impl Coordinator {
     /// write at LOCAL reads nothing (the write path refuses it).
     ///
     /// When no replica answers (at ONE: within [`OBSERVE_AT_ONE`]), a write
-    /// at ONE, which is never refused for want of replicas, builds on nothing (`Some(None)`): it is checked
-    /// against nothing, a map or counter write continues the generation of
-    /// a key never written (it merges unless the key was deleted or held
-    /// another kind since), and a removal finds nothing to remove. At
-    /// QUORUM and ALL the write fails as it would have anyway.
+    /// at ONE, which is never refused for want of replicas, builds on
+    /// nothing (`Some(None)`): it is checked against nothing, a map or
+    /// counter write continues the generation of a key never written (it
+    /// merges unless the key was deleted or held another kind since), and a
+    /// removal finds nothing to remove. At QUORUM and ALL the write fails as
+    /// it would have anyway.
     async fn observe(&self, key: &str, level: Consistency) -> Result<Option<Option<Entry>>, Error> {
         if level == Consistency::Local
             || self
@@ -382,11 +383,7 @@ impl Coordinator {
         // from its queued copies (each becomes a hint if delivery fails)
         // rather than after the full timeout.
         let timeout = match level {
-            Consistency::One => awaited
-                .iter()
-                .map(|r| self.peers.hedge_after(r))
-                .max()
-                .unwrap_or_default(),
+            Consistency::One => self.peers.longest_hedge(awaited.iter().map(|r| &**r)),
             _ => self.peers.timeout(),
         };
         let timed_out = gather(&mut call, acks, timeout, |call, (replica, ack)| {
@@ -431,14 +428,19 @@ impl Coordinator {
                 None => asking.next().await,
             };
             match next {
-                Some((_, Ok(entries))) => {
-                    let entry = entries.into_iter().next().map(|(_, e)| e);
-                    return Ok(entry.filter(|e| self.clock.admit(key, e)));
-                }
+                Some((_, Ok(entries))) => return Ok(self.answer(key, entries)),
                 Some((replica, Err(e))) => call.failed(&replica, e.to_string()),
                 None => {}
             }
         }
+    }
+
+    /// What a replica's answer to a read of `key` holds: its entry, unless
+    /// the clock refuses it ([`Clock::admit`]), as it refuses any entry from
+    /// elsewhere.
+    fn answer(&self, key: &str, entries: Vec<(crate::store::Key, Entry)>) -> Option<Entry> {
+        let entry = entries.into_iter().next().map(|(_, e)| e);
+        entry.filter(|e| self.clock.admit(key, e))
     }
 
     /// QUORUM and ALL: ask every replica at once, join what the first
@@ -466,10 +468,7 @@ impl Coordinator {
         let timeout = self.peers.timeout();
         let timed_out = gather(&mut call, pending, timeout, |call, (replica, read)| {
             let answer = read
-                .map(|entries| {
-                    let entry = entries.into_iter().next().map(|(_, e)| e);
-                    entry.filter(|e| self.clock.admit(key, e))
-                })
+                .map(|entries| self.answer(key, entries))
                 .map_err(|e| e.to_string());
             call.record(&replica, answer)
         })

@@ -79,6 +79,16 @@ impl Latencies {
             .map(|e| Duration::from_secs_f64(e.srtt))
     }
 
+    /// How long a ONE write waits on `peers` before it is answered from its
+    /// queued copies: the longest of their hedge delays (zero for none).
+    pub fn longest_hedge<'a>(&self, peers: impl IntoIterator<Item = &'a str>) -> Duration {
+        peers
+            .into_iter()
+            .map(|p| self.hedge_after(p))
+            .max()
+            .unwrap_or_default()
+    }
+
     /// How long to wait on `peer` before asking another replica as well:
     /// its smoothed round-trip time plus four deviations, within
     /// [`MIN_HEDGE`] and [`MAX_HEDGE`]; [`MAX_HEDGE`] for a peer not yet

@@ -95,6 +95,11 @@ impl Peers {
         self.latencies.hedge_after(peer)
     }
 
+    /// How long a ONE write waits on `peers` ([`Latencies::longest_hedge`]).
+    pub fn longest_hedge<'a>(&self, peers: impl IntoIterator<Item = &'a str>) -> Duration {
+        self.latencies.longest_hedge(peers)
+    }
+
     /// Replaces the known peer addresses (node id -> host:port).
     pub fn set_addresses(&self, addresses: HashMap<String, String>) {
         *self

@@ -211,13 +211,7 @@ impl Replicator {
     /// Drops hints past their age; returns how many.
     pub fn expire_hints(&self) -> usize {
         let expired = self.hints().expire(Instant::now());
-        if expired > 0 {
-            tracing::warn!(
-                dropped = expired,
-                reason = "older than --max-hint-age",
-                "dropped hints; anti-entropy repairs them only where a replica holds the write"
-            );
-        }
+        log_dropped(expired, "older than --max-hint-age");
         expired
     }
 
@@ -228,24 +222,14 @@ impl Replicator {
             return;
         }
         self.hints().count_dropped(n);
-        tracing::warn!(
-            dropped = n,
-            reason,
-            "dropped hints; anti-entropy repairs them only where a replica holds the write"
-        );
+        log_dropped(n, reason);
     }
 
     /// Drops every hint still held, counted and logged with `reason`;
     /// returns how many (at shutdown: memory is not durable).
     pub fn drop_hints(&self, reason: &str) -> usize {
         let n = self.hints().drop_all();
-        if n > 0 {
-            tracing::warn!(
-                dropped = n,
-                reason,
-                "dropped hints; anti-entropy repairs them only where a replica holds the write"
-            );
-        }
+        log_dropped(n, reason);
         n
     }
 
@@ -377,14 +361,23 @@ impl Replicator {
 }
 
 /// Logs hints the count or byte bound dropped.
-fn log_over_bound(dropped: usize) {
+/// Logs `dropped` hints (when any) with the reason they went.
+fn log_dropped(dropped: usize, reason: &str) {
     if dropped > 0 {
         tracing::warn!(
             dropped,
-            reason = "over --max-hints or --max-hint-bytes (the oldest go first)",
+            reason,
             "dropped hints; anti-entropy repairs them only where a replica holds the write"
         );
     }
+}
+
+/// Logs hints the bounds dropped to make room.
+fn log_over_bound(dropped: usize) {
+    log_dropped(
+        dropped,
+        "over --max-hints or --max-hint-bytes (the oldest go first)",
+    );
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

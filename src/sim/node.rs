@@ -618,12 +618,12 @@ impl SimNode {
         // answered from its queued copies (each becomes a hint if delivery
         // fails), as production's is.
         let wait = match level {
-            Consistency::One => routes
-                .iter()
-                .filter(|(_, route)| *route == Route::Await)
-                .map(|(replica, _)| self.latencies.hedge_after(replica))
-                .max()
-                .unwrap_or_default(),
+            Consistency::One => self.latencies.longest_hedge(
+                routes
+                    .iter()
+                    .filter(|(_, route)| *route == Route::Await)
+                    .map(|(replica, _)| &**replica),
+            ),
             _ => self.settings.request_timeout,
         };
         // The call waits before the deltas are queued: a full queue answers
