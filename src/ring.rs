@@ -138,6 +138,27 @@ impl From<&Member> for RingNode {
     }
 }
 
+/// How many replicas each key has: a total spread over the regions
+/// (`--replication-factor`), or a count in every region
+/// (`--replicas-per-region`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replication {
+    /// `N` replicas in all, one per region first (see the module
+    /// documentation), capped at the node count.
+    Total(usize),
+    /// `k` replicas in every region (capped at the region's node count),
+    /// each region placed on its own by the same load-bounded rendezvous
+    /// rule, so load stays balanced within each region.
+    PerRegion(usize),
+}
+
+impl From<usize> for Replication {
+    /// A total replication factor.
+    fn from(n: usize) -> Self {
+        Replication::Total(n)
+    }
+}
+
 /// Marks an unassigned slot while building.
 const NONE: u32 = u32::MAX;
 
@@ -173,13 +194,31 @@ impl Ring {
     /// # Panics
     ///
     /// When `partitions` is 0.
-    pub fn new(mut nodes: Vec<RingNode>, partitions: u32, replication_factor: usize) -> Ring {
+    pub fn new(nodes: Vec<RingNode>, partitions: u32, replication_factor: usize) -> Ring {
+        Ring::with(nodes, partitions, Replication::Total(replication_factor))
+    }
+
+    /// Computes the placement of `partitions` partitions over `nodes` with
+    /// `replication` replicas: [`Ring::new`] for a total; for `k` per
+    /// region, each region's nodes are placed on their own with `min(k,
+    /// region size)` replicas, and a partition's replicas are the regions'
+    /// first replicas by score, then the others by score.
+    ///
+    /// # Panics
+    ///
+    /// When `partitions` is 0.
+    pub fn with(mut nodes: Vec<RingNode>, partitions: u32, replication: Replication) -> Ring {
         assert!(partitions > 0, "the number of partitions must be positive");
         nodes.sort();
         nodes.dedup_by(|later, first| later.id == first.id);
         let ids: Vec<Arc<str>> = nodes.iter().map(|n| Arc::from(n.id.as_str())).collect();
-        let rf = replication_factor.min(nodes.len());
-        let slots = place(&nodes, partitions as usize, rf);
+        let (rf, slots) = match replication {
+            Replication::Total(n) => {
+                let rf = n.min(nodes.len());
+                (rf, place(&nodes, partitions as usize, rf))
+            }
+            Replication::PerRegion(k) => place_per_region(&nodes, partitions as usize, k),
+        };
 
         let mut held = vec![Vec::new(); nodes.len()];
         for (slot, &node) in slots.iter().enumerate() {
@@ -453,6 +492,53 @@ fn place(nodes: &[RingNode], partitions: usize, rf: usize) -> Vec<u32> {
         row[k..].sort_unstable_by_key(by_score);
     }
     table
+}
+
+/// The placement table for `k` replicas per region: each region's nodes
+/// placed on their own ([`place`] with one region), merged per partition.
+/// Returns the replicas per partition (the sum over regions of `min(k,
+/// region size)`) and the table, partition-major, over indexes into
+/// `nodes`.
+fn place_per_region(nodes: &[RingNode], partitions: usize, k: usize) -> (usize, Vec<u32>) {
+    let mut regions: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        regions
+            .entry(node.region.as_str())
+            .or_default()
+            .push(i as u32);
+    }
+    // Each region's own table, over indexes into `nodes`.
+    let tables: Vec<(usize, Vec<u32>)> = regions
+        .values()
+        .map(|members| {
+            let own: Vec<RingNode> = members.iter().map(|&i| nodes[i as usize].clone()).collect();
+            let rf = k.min(own.len());
+            let table = place(&own, partitions, rf)
+                .into_iter()
+                .map(|j| members[j as usize])
+                .collect();
+            (rf, table)
+        })
+        .collect();
+    let rf: usize = tables.iter().map(|(rf, _)| rf).sum();
+    let mut table = Vec::with_capacity(partitions * rf);
+    for p in 0..partitions {
+        let score = |i: &u32| Reverse(score_with(node_seed(&nodes[*i as usize].id), p as u32));
+        let mut firsts = Vec::new();
+        let mut rest = Vec::new();
+        for (own_rf, own) in &tables {
+            let row = &own[p * own_rf..(p + 1) * own_rf];
+            if let Some((first, others)) = row.split_first() {
+                firsts.push(*first);
+                rest.extend_from_slice(others);
+            }
+        }
+        firsts.sort_by_key(|i| (score(i), *i));
+        rest.sort_by_key(|i| (score(i), *i));
+        table.extend(firsts);
+        table.extend(rest);
+    }
+    (rf, table)
 }
 
 /// The fill cap: `ceil(level * (1 + epsilon))` where `level` is the water
@@ -886,6 +972,75 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn replicas_per_region_puts_k_in_every_region_balanced_within_each() {
+        let mut nodes = Vec::new();
+        for (region, count) in [("eu", 2), ("us", 3), ("ap", 5), ("sa", 1)] {
+            for i in 0..count {
+                nodes.push(RingNode::new(format!("{region}-{i}"), region));
+            }
+        }
+        let ring = Ring::with(nodes.clone(), DEFAULT_PARTITIONS, Replication::PerRegion(2));
+        // Two in each region, one in the region of a single node.
+        assert_eq!(ring.replication_factor(), 7);
+        let region_of = |id: &str| {
+            ring.nodes()
+                .iter()
+                .find(|n| n.id == id)
+                .unwrap()
+                .region
+                .clone()
+        };
+        for p in 0..ring.partitions() {
+            let replicas = ring.replicas(p);
+            let mut distinct: Vec<&str> = replicas.iter().map(|r| &**r).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 7, "partition {p}: distinct nodes");
+            for (region, want) in [("eu", 2), ("us", 2), ("ap", 2), ("sa", 1)] {
+                let got = replicas.iter().filter(|r| region_of(r) == region).count();
+                assert_eq!(got, want, "partition {p}, region {region}");
+            }
+            // The regions' first replicas come first.
+            let mut first: Vec<String> = replicas[..4].iter().map(|r| region_of(r)).collect();
+            first.sort();
+            assert_eq!(first, ["ap", "eu", "sa", "us"], "partition {p}");
+        }
+        let loads = loads(&ring);
+        for (region, fair) in [("eu", 1024.0), ("us", 682.7), ("ap", 409.6), ("sa", 1024.0)] {
+            for (node, &load) in ring.nodes().iter().zip(&loads) {
+                if node.region == region {
+                    let off = (load as f64 - fair).abs() / fair;
+                    assert!(off < 0.1, "{} holds {load}, fair {fair}", node.id);
+                }
+            }
+        }
+        // A region's placement depends on its own nodes only: a node joining
+        // another region moves nothing here.
+        let mut more = nodes;
+        more.push(RingNode::new("ap-9", "ap"));
+        let after = Ring::with(more, DEFAULT_PARTITIONS, Replication::PerRegion(2));
+        for p in 0..ring.partitions() {
+            let in_eu = |r: &Ring| {
+                let mut v: Vec<String> = r
+                    .replicas(p)
+                    .iter()
+                    .filter(|id| id.starts_with("eu"))
+                    .map(|id| id.to_string())
+                    .collect();
+                v.sort();
+                v
+            };
+            assert_eq!(in_eu(&ring), in_eu(&after));
+        }
+        // One region: the same table as the total with k replicas.
+        let one: Vec<RingNode> = (0..5).map(|i| RingNode::new(format!("n{i}"), "")).collect();
+        assert_eq!(
+            Ring::with(one.clone(), 64, Replication::PerRegion(3)),
+            Ring::new(one, 64, 3)
+        );
     }
 
     #[test]
