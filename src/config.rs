@@ -71,6 +71,13 @@ pub struct Config {
     #[arg(long, env = "KILOVOLT_REPLICATION_FACTOR", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=32))]
     pub replication_factor: u32,
 
+    /// How many replicas of each key every region holds (capped at the
+    /// region's node count), instead of a total: with it, each region has
+    /// its own copies and can serve LOCAL_ONE and LOCAL_QUORUM alone.
+    /// Exclusive with --replication-factor; must be the same on every node.
+    #[arg(long, env = "KILOVOLT_REPLICAS_PER_REGION", conflicts_with = "replication_factor", value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub replicas_per_region: Option<u32>,
+
     /// Log level; RUST_LOG, when set, takes precedence.
     #[arg(long, env = "KILOVOLT_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -210,6 +217,12 @@ pub enum DefaultConsistency {
     Quorum,
     /// Every replica.
     All,
+    /// One replica in this node's region.
+    LocalOne,
+    /// A majority of the key's replicas in this node's region.
+    LocalQuorum,
+    /// A majority of the key's replicas in every region.
+    EachQuorum,
 }
 
 /// The value limit must leave room for the key and framing within what
@@ -384,6 +397,15 @@ impl Config {
         Self::parse_from(["kilovolt-db"])
     }
 
+    /// How many replicas hold each key: `--replicas-per-region` when given,
+    /// the total `--replication-factor` otherwise.
+    pub fn replication(&self) -> crate::ring::Replication {
+        match self.replicas_per_region {
+            Some(k) => crate::ring::Replication::PerRegion(k as usize),
+            None => crate::ring::Replication::Total(self.replication_factor as usize),
+        }
+    }
+
     /// The address to bind.
     pub fn bind_addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
@@ -474,6 +496,23 @@ mod tests {
             .unwrap();
         assert_eq!(c.advertised(4000), "db1:7");
         assert_eq!(c.node_id("db1:7"), "n1");
+    }
+
+    #[test]
+    fn replicas_per_region_replaces_the_replication_factor() {
+        use crate::ring::Replication;
+        assert_eq!(Config::defaults().replication(), Replication::Total(3));
+        let c = Config::try_parse_from(["kilovolt-db", "--replicas-per-region", "2"]).unwrap();
+        assert_eq!(c.replication(), Replication::PerRegion(2));
+        let both = Config::try_parse_from([
+            "kilovolt-db",
+            "--replicas-per-region",
+            "2",
+            "--replication-factor",
+            "3",
+        ]);
+        assert!(both.is_err(), "the two flags exclude each other");
+        assert!(Config::try_parse_from(["kilovolt-db", "--replicas-per-region", "0"]).is_err());
     }
 
     #[test]

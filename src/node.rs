@@ -21,9 +21,10 @@ use crate::clock::{self, Clock, PhysicalClock};
 use crate::cluster::{ClusterError, Member, Membership, MembershipConfig, NodeState};
 use crate::config::{Config, ConfigError, DefaultConsistency};
 use crate::coordinator::{Consistency, Coordinator, Topology};
-use crate::net::{PeerService, Peers, Switch};
+use crate::net::{PeerService, Peers, Served, Switch};
 use crate::proto;
 use crate::replication::{BatchLimits, HintLimits, Replicator};
+use crate::ring::Replication;
 use crate::store::Store;
 
 /// How long shutdown waits for in-flight requests before it stops anyway.
@@ -214,7 +215,7 @@ pub async fn start_with_clock(
             max_age: config.max_hint_age,
         },
     );
-    let rf = config.replication_factor as usize;
+    let rf = config.replication();
     let members = membership.subscribe();
     let topology = Topology::new(members.borrow().clone(), config.partitions, rf);
     peers.set_addresses(addresses(members.borrow().iter()));
@@ -281,25 +282,32 @@ pub async fn start_with_clock(
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
-    let admin = proto::admin_server::AdminServer::new(AdminService::new(
-        info.clone(),
-        store.clone(),
-        coordinator.clone(),
-        replicator.clone(),
-        clock.clone(),
-        sync_stats.clone(),
-    ));
+    let served = Arc::new(Served::new());
+    let admin = proto::admin_server::AdminServer::new(
+        AdminService::new(
+            info.clone(),
+            store.clone(),
+            coordinator.clone(),
+            replicator.clone(),
+            clock.clone(),
+            sync_stats.clone(),
+        )
+        .counting(served.clone()),
+    );
     let faults = proto::faults_server::FaultsServer::new(FaultsService::new(
         switch.clone(),
         config.fault_injection,
     ));
-    let peer = proto::cluster::peer_server::PeerServer::new(PeerService::new(
-        store,
-        clock,
-        switch,
-        anti_entropy,
-        config.max_peer_message_bytes(),
-    ))
+    let peer = proto::cluster::peer_server::PeerServer::new(
+        PeerService::new(
+            store,
+            clock,
+            switch,
+            anti_entropy,
+            config.max_peer_message_bytes(),
+        )
+        .counting(served),
+    )
     .max_decoding_message_size(config.max_peer_message_bytes())
     .max_encoding_message_size(config.max_peer_message_bytes());
 
@@ -353,6 +361,9 @@ fn default_level(level: DefaultConsistency) -> Consistency {
         DefaultConsistency::One => Consistency::One,
         DefaultConsistency::Quorum => Consistency::Quorum,
         DefaultConsistency::All => Consistency::All,
+        DefaultConsistency::LocalOne => Consistency::LocalOne,
+        DefaultConsistency::LocalQuorum => Consistency::LocalQuorum,
+        DefaultConsistency::EachQuorum => Consistency::EachQuorum,
     }
 }
 
@@ -370,7 +381,7 @@ async fn follow_membership(
     replicator: Arc<Replicator>,
     anti_entropy: Arc<AntiEntropy>,
     partitions: u32,
-    rf: usize,
+    rf: Replication,
 ) {
     while members.changed().await.is_ok() {
         let list = members.borrow_and_update().clone();

@@ -9,6 +9,7 @@ use crate::anti_entropy::AntiEntropyStats;
 use crate::clock::Clock;
 use crate::cluster::Member;
 use crate::coordinator::Coordinator;
+use crate::net::Served;
 use crate::node::NodeInfo;
 use crate::proto;
 use crate::proto::admin_server::Admin;
@@ -23,6 +24,7 @@ pub struct AdminService {
     replicator: Arc<Replicator>,
     clock: Arc<Clock>,
     sync: Arc<AntiEntropyStats>,
+    served: Arc<Served>,
 }
 
 impl AdminService {
@@ -42,7 +44,15 @@ impl AdminService {
             replicator,
             clock,
             sync,
+            served: Arc::new(Served::new()),
         }
+    }
+
+    /// Reports the peer requests counted in `served` (by the node's
+    /// [`crate::net::PeerService`]).
+    pub fn counting(mut self, served: Arc<Served>) -> Self {
+        self.served = served;
+        self
     }
 }
 
@@ -102,6 +112,7 @@ impl Admin for AdminService {
             anti_entropy_repaired: self.sync.repaired(),
             merkle_mismatches: self.sync.mismatches(),
             deltas_overflowed: self.replicator.deltas_overflowed(),
+            peer_reads_served: self.served.reads(),
         }))
     }
 

@@ -129,6 +129,9 @@ pub fn consistency(raw: i32, default: Consistency) -> Result<Consistency, Error>
         P::Quorum => Ok(Consistency::Quorum),
         P::All => Ok(Consistency::All),
         P::Local => Ok(Consistency::Local),
+        P::LocalOne => Ok(Consistency::LocalOne),
+        P::LocalQuorum => Ok(Consistency::LocalQuorum),
+        P::EachQuorum => Ok(Consistency::EachQuorum),
     }
 }
 
@@ -219,7 +222,16 @@ mod tests {
         assert_eq!(consistency(4, Consistency::One), Ok(Consistency::Local));
         assert_eq!(
             consistency(5, Consistency::One),
-            Err(Error::UnknownConsistency(5))
+            Ok(Consistency::LocalQuorum)
+        );
+        assert_eq!(
+            consistency(6, Consistency::One),
+            Ok(Consistency::EachQuorum)
+        );
+        assert_eq!(consistency(7, Consistency::One), Ok(Consistency::LocalOne));
+        assert_eq!(
+            consistency(8, Consistency::One),
+            Err(Error::UnknownConsistency(8))
         );
         assert_eq!(
             consistency(-1, Consistency::One),

@@ -5,6 +5,7 @@
 //! is the same code in both.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{Answer, Consistency, Decision, Tally, Topology};
 use crate::cluster::NodeState;
@@ -68,7 +69,7 @@ impl WriteCall {
         } else {
             make(None)?
         };
-        let mut tally = Tally::new(level, replicas.iter().cloned());
+        let mut tally = topology.tally(level, replicas, me);
         if local {
             tally.record(me, Answer::Ok);
         }
@@ -80,7 +81,9 @@ impl WriteCall {
                     Answer::Failed("down (failure detector); hinted".into()),
                 );
                 Route::Hint
-            } else if tally.decision() == Decision::Met {
+            } else if tally.decision() == Decision::Met || !tally.counts(replica) {
+                // Replicas of other regions, at a regional level, get the
+                // write in the background: the request never waits on them.
                 Route::Push
             } else {
                 Route::Await
@@ -161,10 +164,13 @@ pub struct ReadCall {
 }
 
 impl ReadCall {
-    /// Starts a read of `key` at `level` (QUORUM or ALL) coordinated by `me`;
-    /// returns the call and the remote replicas to ask. This node's own copy,
-    /// when it is a ready replica, is its first answer. Replicas that are
-    /// not ready fail at once, with their state as their fate.
+    /// Starts a read of `key` at `level` (QUORUM, ALL, LOCAL_QUORUM or
+    /// EACH_QUORUM) coordinated by `me`; returns the call and the remote
+    /// replicas to ask: those the level counts (at LOCAL_QUORUM only the
+    /// region's, so that neither the read nor its repairs leave the region).
+    /// This node's own copy, when it is a ready replica, is its first
+    /// answer. Replicas that are not ready fail at once, with their state as
+    /// their fate.
     ///
     /// A join settled at `now` with `grace` (NTP64; a tombstone or an
     /// expired value old enough to be collected, see
@@ -184,13 +190,14 @@ impl ReadCall {
     ) -> (Self, Vec<Arc<str>>) {
         let replicas = topology.replicas(key);
         let mut call = Self {
-            tally: Tally::new(level, replicas.iter().cloned()),
+            tally: topology.tally(level, replicas, me),
             answers: Vec::with_capacity(replicas.len()),
             now,
             grace,
         };
         let mut ask = Vec::with_capacity(replicas.len());
-        for replica in replicas {
+        let counted: Vec<&Arc<str>> = replicas.iter().filter(|r| call.tally.counts(r)).collect();
+        for replica in counted {
             let state = topology.member(replica).map(|m| m.state);
             if let Some(state) = state.filter(|s| *s != NodeState::Ready) {
                 call.tally
@@ -286,8 +293,10 @@ fn not_counted(state: NodeState) -> &'static str {
 /// request or its answer lost on the way): each time after the hedge delay.
 const ASKS_PER_REPLICA: usize = 3;
 
-/// One read at ONE: the ready replicas are tried one after another, this
-/// node first, until one answers. The shell asks the next replica when the
+/// One read at ONE or LOCAL_ONE: the ready replicas (at LOCAL_ONE only
+/// those of this node's region) are tried one after another, nearest first
+/// (this node, then its region, then by smoothed round-trip time), until
+/// one answers. The shell asks the next replica when the
 /// last one asked failed, or stayed silent past its hedge delay
 /// ([`crate::net::latency::Latencies::hedge_after`]); replicas asked
 /// earlier may still answer meanwhile, and the first answer wins. A replica
@@ -307,13 +316,22 @@ pub struct ReadOne {
 }
 
 impl ReadOne {
-    /// Starts a read of `key` at ONE coordinated by `me`.
-    pub fn start(me: &str, topology: &Topology, key: &str) -> Self {
+    /// Starts a read of `key` at `level` (ONE or LOCAL_ONE) coordinated by
+    /// `me`; `rtt` is the smoothed round-trip time to a peer, when measured.
+    pub fn start(
+        me: &str,
+        topology: &Topology,
+        key: &str,
+        level: Consistency,
+        rtt: impl Fn(&str) -> Option<Duration>,
+    ) -> Self {
         let replicas = topology.replicas(key);
-        let mut tally = Tally::new(Consistency::One, replicas.iter().cloned());
+        let mut tally = topology.tally(level, replicas, me);
         let mut order = Vec::with_capacity(replicas.len());
         let syncing = |r: &str| topology.member(r).map(|m| m.state) == Some(NodeState::Syncing);
-        for replica in replicas {
+        let region = topology.region_of(me);
+        let counted: Vec<&Arc<str>> = replicas.iter().filter(|r| tally.counts(r)).collect();
+        for replica in counted {
             match topology.member(replica).map(|m| m.state) {
                 // A peer this view holds syncing may have turned ready since
                 // (views lag): it is asked last, and refuses while it is
@@ -325,7 +343,16 @@ impl ReadOne {
                 _ => order.push(replica.clone()),
             }
         }
-        order.sort_by_key(|r| (!topology.is_alive(r), syncing(r), **r != *me));
+        // Stable: among peers not measured yet, placement order stands.
+        order.sort_by_key(|r| {
+            (
+                !topology.is_alive(r),
+                syncing(r),
+                **r != *me,
+                topology.region_of(r) != region,
+                rtt(r).unwrap_or(Duration::MAX),
+            )
+        });
         Self {
             tally,
             pending: vec![0; order.len()],
@@ -496,7 +523,7 @@ mod tests {
             .map(|i| format!("k{i}"))
             .find(|k| !t.replicas(k).iter().any(|r| **r == *"n4"))
             .unwrap();
-        let mut call = ReadOne::start("n4", &t, &key);
+        let mut call = ReadOne::start("n4", &t, &key, Consistency::One, |_| None);
         assert!(!call.waiting(), "nobody asked yet");
         // The first replica stays silent past its hedge delay: the second
         // is asked too, and fails at once.
@@ -529,7 +556,7 @@ mod tests {
             ("n2", NodeState::Ready),
             ("n3", NodeState::Ready),
         ]);
-        let mut call = ReadOne::start("n1", &t, "k");
+        let mut call = ReadOne::start("n1", &t, "k", Consistency::One, |_| None);
         let mut asked = Vec::new();
         while let Some(r) = call.next_replica() {
             call.failed(&r, "cut".into());
@@ -541,5 +568,158 @@ mod tests {
             .unavailable()
             .to_string()
             .contains("n1: syncing (refilling after a restart; not counted for reads)"));
+    }
+
+    /// Six ready nodes, two in each of three regions, two replicas of every
+    /// key per region: every node holds every key.
+    fn regions() -> Topology {
+        let members = [
+            ("a1", "r1"),
+            ("a2", "r1"),
+            ("b1", "r2"),
+            ("b2", "r2"),
+            ("c1", "r3"),
+            ("c2", "r3"),
+        ]
+        .iter()
+        .map(|(id, region)| Member {
+            id: (*id).into(),
+            address: String::new(),
+            region: (*region).into(),
+            state: NodeState::Ready,
+            alive: true,
+            generation: 1,
+        })
+        .collect();
+        Topology::new(members, 16, crate::ring::Replication::PerRegion(2))
+    }
+
+    #[test]
+    fn a_local_quorum_read_asks_and_repairs_only_its_region() {
+        let t = regions();
+        let store = Store::new(16);
+        let (mut call, ask) =
+            ReadCall::start("a1", &t, &store, "k", Consistency::LocalQuorum, 0, 0);
+        assert_eq!(
+            ask,
+            vec![Arc::from("a2")],
+            "only the region's other replica"
+        );
+        let newer = Entry::value(Version::new(9, 1), "v", 0);
+        // An answer from another region is not counted, nor repaired.
+        assert_eq!(
+            call.record(&Arc::from("b1"), Ok(Some(newer.clone()))),
+            Decision::Open
+        );
+        assert_eq!(
+            call.record(&Arc::from("a2"), Ok(Some(newer.clone()))),
+            Decision::Met
+        );
+        let found = call.finish("-").unwrap();
+        assert_eq!(found.entry, Some(newer.clone()));
+        assert_eq!(found.repairs.len(), 1);
+        assert_eq!(&*found.repairs[0].0, "a1", "the repair stays in r1");
+
+        // EACH_QUORUM asks everyone.
+        let (_, mut ask) = ReadCall::start("a1", &t, &store, "k", Consistency::EachQuorum, 0, 0);
+        ask.sort();
+        assert_eq!(ask.len(), 5);
+    }
+
+    #[test]
+    fn a_local_write_waits_only_on_its_region() {
+        let t = regions();
+        let store = Store::new(16);
+        let entry = Entry::value(Version::new(9, 1), "v", 0);
+        let (call, routes) =
+            WriteCall::start("a1", &t, &store, "k", Consistency::LocalQuorum, |_| {
+                Ok(entry.clone())
+            })
+            .unwrap();
+        for (replica, route) in &routes {
+            let want = if &**replica == "a2" {
+                Route::Await
+            } else {
+                Route::Push
+            };
+            assert_eq!(*route, want, "{replica}");
+        }
+        assert_eq!(call.decision(), Decision::Open);
+
+        // With the region's other replica down, LOCAL_QUORUM fails at once
+        // naming it, though every other region is up.
+        let mut members: Vec<Member> = t.members().cloned().collect();
+        for m in &mut members {
+            m.alive = m.id != "a2";
+        }
+        let t = Topology::new(members, 16, crate::ring::Replication::PerRegion(2));
+        let (call, _) = WriteCall::start("a1", &t, &store, "k", Consistency::LocalQuorum, |_| {
+            Ok(entry.clone())
+        })
+        .unwrap();
+        let Err(Error::Unavailable(why)) = call.finish("-") else {
+            panic!("expected UNAVAILABLE");
+        };
+        assert!(
+            why.contains("needs 2 of 2 replicas in region \"r1\""),
+            "{why}"
+        );
+        assert!(why.contains("a2: down (failure detector); hinted"), "{why}");
+        // LOCAL_ONE is met by this node alone.
+        let (call, _) = WriteCall::start("a1", &t, &store, "k", Consistency::LocalOne, |_| {
+            Ok(entry.clone())
+        })
+        .unwrap();
+        assert_eq!(call.decision(), Decision::Met);
+    }
+
+    #[test]
+    fn a_read_at_one_asks_the_nearest_replica_first() {
+        // Three regions, one replica of every key in each: a non-replica in
+        // r1 asks r1's replica first, then the remote one with the lower
+        // round-trip time.
+        let members = [
+            ("a1", "r1"),
+            ("a2", "r1"),
+            ("b1", "r2"),
+            ("b2", "r2"),
+            ("c1", "r3"),
+            ("c2", "r3"),
+        ]
+        .iter()
+        .map(|(id, region)| Member {
+            id: (*id).into(),
+            address: String::new(),
+            region: (*region).into(),
+            state: NodeState::Ready,
+            alive: true,
+            generation: 1,
+        })
+        .collect();
+        let t = Topology::new(members, 16, crate::ring::Replication::PerRegion(1));
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| !t.replicas(k).iter().any(|r| **r == *"a1"))
+            .unwrap();
+        let rtt = |r: &str| match r.as_bytes()[0] {
+            b'b' => Some(Duration::from_millis(80)),
+            b'c' => Some(Duration::from_millis(20)),
+            _ => Some(Duration::from_millis(1)),
+        };
+        let mut call = ReadOne::start("a1", &t, &key, Consistency::One, rtt);
+        let order: Vec<Arc<str>> = std::iter::from_fn(|| call.next_replica()).take(3).collect();
+        let regions: Vec<&str> = order.iter().map(|r| t.region_of(r)).collect();
+        assert_eq!(regions, ["r1", "r3", "r2"]);
+
+        // LOCAL_ONE asks its region only, and fails naming it.
+        let mut call = ReadOne::start("a1", &t, &key, Consistency::LocalOne, rtt);
+        let local = call.next_replica().unwrap();
+        assert_eq!(t.region_of(&local), "r1");
+        call.failed(&local, "cut".into());
+        assert_eq!(call.next_replica(), None);
+        assert!(call
+            .unavailable()
+            .to_string()
+            .contains("LOCAL_ONE needs 1 of 1 replicas in region \"r1\""));
     }
 }

@@ -48,6 +48,13 @@ pub enum Consistency {
     All,
     /// Reads only: this node's own copy.
     Local,
+    /// One replica in this node's region; never another region's.
+    LocalOne,
+    /// A majority of the key's replicas in this node's region; never
+    /// waits on another region.
+    LocalQuorum,
+    /// A majority of the key's replicas in every region that holds some.
+    EachQuorum,
 }
 
 impl Consistency {
@@ -58,7 +65,17 @@ impl Consistency {
             Consistency::Quorum => "QUORUM",
             Consistency::All => "ALL",
             Consistency::Local => "LOCAL",
+            Consistency::LocalOne => "LOCAL_ONE",
+            Consistency::LocalQuorum => "LOCAL_QUORUM",
+            Consistency::EachQuorum => "EACH_QUORUM",
         }
+    }
+
+    /// Whether the level counts only replicas of the coordinator's region
+    /// (LOCAL_ONE, LOCAL_QUORUM): such a request never asks or waits on
+    /// another region.
+    pub fn is_regional(self) -> bool {
+        matches!(self, Consistency::LocalOne | Consistency::LocalQuorum)
     }
 }
 
@@ -298,25 +315,32 @@ impl Coordinator {
     async fn read(&self, key: &str, level: Consistency) -> Result<Option<Entry>, Error> {
         match level {
             Consistency::Local => Ok(self.store.get(key)),
-            Consistency::One => self.read_one(key).await,
-            Consistency::Quorum | Consistency::All => self.read_many(key, level).await,
+            Consistency::One | Consistency::LocalOne => self.read_one(key, level).await,
+            Consistency::Quorum
+            | Consistency::All
+            | Consistency::LocalQuorum
+            | Consistency::EachQuorum => self.read_many(key, level).await,
         }
     }
 
     /// What a write to `key` builds on where this node is not a replica of
-    /// it: the key's entry read at ONE from a replica (`Some(None)` when
+    /// it: the key's entry read from the nearest replica (`Some(None)` when
     /// never written), so that kinds are checked and maps and counters
     /// continue their state. `None` where this node is a replica: the write
     /// path hands the stored entry to the builder, under the key's lock. A
     /// write at LOCAL reads nothing (the write path refuses it).
+    ///
+    /// The read is at LOCAL_ONE for the regional levels (a LOCAL_ONE or
+    /// LOCAL_QUORUM write never waits on another region, its kind check
+    /// included) and at ONE otherwise, which asks this node's region first.
     ///
     /// When no replica answers (at ONE: within [`OBSERVE_AT_ONE`]), a write
     /// at ONE, which is never refused for want of replicas, builds on
     /// nothing (`Some(None)`): it is checked against nothing, a map or
     /// counter write continues the generation of a key never written (it
     /// merges unless the key was deleted or held another kind since), and a
-    /// removal finds nothing to remove. At QUORUM and ALL the write fails as
-    /// it would have anyway.
+    /// removal finds nothing to remove. At the other levels the write fails
+    /// as it would have anyway.
     async fn observe(&self, key: &str, level: Consistency) -> Result<Option<Option<Entry>>, Error> {
         if level == Consistency::Local
             || self
@@ -327,16 +351,18 @@ impl Coordinator {
         {
             return Ok(None);
         }
-        let read = if level == Consistency::One {
-            tokio::time::timeout(OBSERVE_AT_ONE, self.read_one(key))
+        let read = match level {
+            Consistency::One => tokio::time::timeout(OBSERVE_AT_ONE, self.read_one(key, level))
                 .await
                 .unwrap_or_else(|_| {
                     Err(Error::Unavailable(format!(
                         "no replica answered within {OBSERVE_AT_ONE:?}"
                     )))
-                })
-        } else {
-            self.read_one(key).await
+                }),
+            Consistency::LocalOne | Consistency::LocalQuorum => {
+                self.read_one(key, Consistency::LocalOne).await
+            }
+            _ => self.read_one(key, Consistency::One).await,
         };
         match read {
             Ok(entry) => Ok(Some(entry)),
@@ -393,13 +419,14 @@ impl Coordinator {
         Ok(call.finish(&unanswered(timed_out, timeout))?.version)
     }
 
-    /// ONE: the first replica that answers, in [`ReadOne`]'s order. A
-    /// replica silent for longer than it usually takes (its hedge delay) is
-    /// not waited for alone: the next one is asked too, and the first answer
-    /// wins; a failure moves on at once.
-    async fn read_one(&self, key: &str) -> Result<Option<Entry>, Error> {
+    /// ONE or LOCAL_ONE: the first replica that answers, in [`ReadOne`]'s
+    /// order (nearest first). A replica silent for longer than it usually
+    /// takes (its hedge delay) is not waited for alone: the next one is
+    /// asked too, and the first answer wins; a failure moves on at once.
+    async fn read_one(&self, key: &str, level: Consistency) -> Result<Option<Entry>, Error> {
         let topology = self.topology();
-        let mut call = ReadOne::start(&self.me, &topology, key);
+        let peers = &self.peers;
+        let mut call = ReadOne::start(&self.me, &topology, key, level, |r| peers.rtt(r));
         let mut asking = FuturesUnordered::new();
         // Each turn asks the next replica: at the start, after a failure,
         // and when the newest one asked stayed silent past its hedge delay.

@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::{Consistency, Tally};
 use crate::cluster::Member;
-use crate::ring::{Ring, RingNode};
+use crate::ring::{Replication, Ring, RingNode};
 
 /// Placement and liveness at one moment.
 pub struct Topology {
@@ -16,11 +17,12 @@ pub struct Topology {
 
 impl Topology {
     /// The topology of `members`: every member known (alive or dead within
-    /// the grace period) holds partitions.
-    pub fn new(members: Vec<Member>, partitions: u32, replication_factor: usize) -> Self {
+    /// the grace period) holds partitions, `replication` replicas per key
+    /// (a total, or a count per region).
+    pub fn new(members: Vec<Member>, partitions: u32, replication: impl Into<Replication>) -> Self {
         let nodes = members.iter().map(RingNode::from).collect();
         Self {
-            ring: Ring::new(nodes, partitions, replication_factor),
+            ring: Ring::with(nodes, partitions, replication.into()),
             members: members.into_iter().map(|m| (m.id.clone(), m)).collect(),
         }
     }
@@ -38,6 +40,22 @@ impl Topology {
     /// The member `id`, if known.
     pub fn member(&self, id: &str) -> Option<&Member> {
         self.members.get(id)
+    }
+
+    /// The region label of member `id` (empty when unset or unknown).
+    pub fn region_of(&self, id: &str) -> &str {
+        self.members.get(id).map_or("", |m| m.region.as_str())
+    }
+
+    /// A tally of `level` over `replicas` for a request coordinated by `me`:
+    /// the regional levels group the replicas by region, with `me`'s region
+    /// as the local one.
+    pub fn tally(&self, level: Consistency, replicas: &[Arc<str>], me: &str) -> Tally {
+        Tally::in_regions(
+            level,
+            replicas.iter().map(|r| (r.clone(), self.region_of(r))),
+            self.region_of(me),
+        )
     }
 
     /// Every member known.

@@ -6,6 +6,7 @@
 
 pub mod latency;
 pub mod peer;
+pub mod served;
 pub mod service;
 pub mod switch;
 pub mod sync_wire;
@@ -15,5 +16,6 @@ pub mod wire;
 mod hostile;
 
 pub use peer::{PeerError, Peers};
+pub use served::Served;
 pub use service::PeerService;
 pub use switch::{Switch, Verdict};

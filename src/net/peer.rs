@@ -95,6 +95,12 @@ impl Peers {
         self.latencies.hedge_after(peer)
     }
 
+    /// The smoothed round-trip time to `peer`, once a call measured it:
+    /// reads ask the nearest replica first.
+    pub fn rtt(&self, peer: &str) -> Option<Duration> {
+        self.latencies.rtt(peer)
+    }
+
     /// How long a ONE write waits on `peers` ([`Latencies::longest_hedge`]).
     pub fn longest_hedge<'a>(&self, peers: impl IntoIterator<Item = &'a str>) -> Duration {
         self.latencies.longest_hedge(peers)

@@ -7,6 +7,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::peer::{CLOCK_METADATA, PROTOCOL};
+use super::served::Served;
 use super::switch::{Switch, Verdict};
 use super::sync_wire::{reply_to_wire, request_from_wire};
 use super::wire::{from_wire, to_wire};
@@ -27,6 +28,7 @@ pub struct PeerService {
     switch: Arc<Switch>,
     anti_entropy: Arc<AntiEntropy>,
     max_message_bytes: usize,
+    served: Arc<Served>,
 }
 
 impl PeerService {
@@ -47,7 +49,15 @@ impl PeerService {
             switch,
             anti_entropy,
             max_message_bytes,
+            served: Arc::new(Served::new()),
         }
+    }
+
+    /// Counts what this service answers in `served` (shown by
+    /// `Admin.Stats`).
+    pub fn counting(mut self, served: Arc<Served>) -> Self {
+        self.served = served;
+        self
     }
 
     /// The entries held for `keys`, each key answered once, counted as the
@@ -145,10 +155,14 @@ impl Peer for PeerService {
         if !req.keys.is_empty() && !self.anti_entropy.is_ready() {
             return Err(Status::unavailable(NOT_READY));
         }
+        let asked = !req.keys.is_empty();
         let entries = self.entries(req.keys).map_err(|err| {
             tracing::warn!(error = %err, "refused a peer read");
             Status::from(err)
         })?;
+        if asked {
+            self.served.read();
+        }
         let clock = self.clock.latest().time;
         let mut held = req.partitions;
         held.sort_unstable();

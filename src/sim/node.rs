@@ -651,8 +651,11 @@ impl SimNode {
                 let entry = self.store.get(&op.key);
                 self.read_done(op, Ok(entry), 1);
             }
-            Consistency::One => self.read_one(op),
-            Consistency::Quorum | Consistency::All => {
+            Consistency::One | Consistency::LocalOne => self.read_one(op),
+            Consistency::Quorum
+            | Consistency::All
+            | Consistency::LocalQuorum
+            | Consistency::EachQuorum => {
                 let (call, ask) = ReadCall::start(
                     &self.id,
                     &self.topology,
@@ -686,7 +689,17 @@ impl SimNode {
     /// ONE, gives up after [`OBSERVE_AT_ONE`] and builds on nothing, as
     /// production's does).
     fn read_one(&mut self, op: ClientOp) {
-        let call = ReadOne::start(&self.id, &self.topology, &op.key);
+        // A write at a regional level reads its key in the region only, as
+        // production's `observe` does; any other write reads at ONE.
+        let level = match op.level {
+            Consistency::LocalOne | Consistency::LocalQuorum => Consistency::LocalOne,
+            _ if op.kind.is_write() => Consistency::One,
+            level => level,
+        };
+        let latencies = &self.latencies;
+        let call = ReadOne::start(&self.id, &self.topology, &op.key, level, |r| {
+            latencies.rtt(r)
+        });
         let id = self.next_id();
         if op.kind.is_write() && op.level == Consistency::One {
             self.timer(OBSERVE_AT_ONE, Timer::Call(id));

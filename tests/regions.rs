@@ -1,0 +1,406 @@
+//! Real processes in three regions: six `kilovolt-db` binaries on loopback,
+//! two per region (`--region`), the links between regions delayed through
+//! the Faults API. Which replica answered is read from each node's
+//! `Stats.peer_reads_served`, never from timings.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::eventually;
+use common::process::{Server, SERVER};
+use kilovolt::proto::{
+    self, admin_client::AdminClient, faults_client::FaultsClient, kilovolt_client::KilovoltClient,
+    Consistency,
+};
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// The delay added to every message between regions, each way.
+const WAN_DELAY_MS: u32 = 20;
+
+/// Six nodes: `a1 a2` in r1, `b1 b2` in r2, `c1 c2` in r3.
+struct Regions {
+    nodes: Vec<(Server, &'static str)>,
+}
+
+impl Regions {
+    /// Starts the six nodes with `placement` (e.g. `--replicas-per-region
+    /// 2`) and waits until each sees all six alive and ready.
+    async fn start(cluster: &str, placement: &[&str]) -> Regions {
+        let mut nodes: Vec<(Server, &'static str)> = Vec::new();
+        for region in ["r1", "r1", "r2", "r2", "r3", "r3"] {
+            let seeds: Vec<&str> = nodes.iter().map(|(s, _)| s.addr.as_str()).collect();
+            let mut cmd = Command::new(SERVER);
+            cmd.args(["--host", "127.0.0.1", "--port", "0", "--fault-injection"])
+                .args(["--cluster-id", cluster, "--gossip-interval", "50ms"])
+                .args(["--anti-entropy-interval", "1s", "--request-timeout", "1s"])
+                .args(["--region", region])
+                .args(placement);
+            if !seeds.is_empty() {
+                cmd.args(["--cluster", &seeds.join(",")]);
+            }
+            nodes.push((Server::launch(cmd), region));
+        }
+        let regions = Regions { nodes };
+        for (s, _) in &regions.nodes {
+            wait_ready(s, 6).await;
+        }
+        regions
+    }
+
+    fn node(&self, i: usize) -> &Server {
+        &self.nodes[i].0
+    }
+
+    /// The nodes outside `region`.
+    fn outside(&self, region: &str) -> Vec<&Server> {
+        self.nodes
+            .iter()
+            .filter(|(_, r)| *r != region)
+            .map(|(s, _)| s)
+            .collect()
+    }
+
+    /// Each node's `peer_reads_served`, in node order.
+    async fn served(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (s, _) in &self.nodes {
+            out.push(stats(s).await.peer_reads_served);
+        }
+        out
+    }
+
+    /// Delays every message between regions by [`WAN_DELAY_MS`] (each node
+    /// degrades its links to the other regions' nodes).
+    async fn wan(&self) {
+        for (s, region) in &self.nodes {
+            let peers = self
+                .outside(region)
+                .iter()
+                .map(|p| p.addr.clone())
+                .collect();
+            FaultsClient::new(channel(s).await)
+                .degrade(proto::DegradeRequest {
+                    peers,
+                    drop: 0.0,
+                    delay_ms: WAN_DELAY_MS,
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Cuts `region` off from the others, on both sides.
+    async fn cut_off(&self, region: &str) {
+        for (s, r) in &self.nodes {
+            let peers = if *r == region {
+                self.outside(region)
+                    .iter()
+                    .map(|p| p.addr.clone())
+                    .collect()
+            } else {
+                self.nodes
+                    .iter()
+                    .filter(|(_, r)| *r == region)
+                    .map(|(p, _)| p.addr.clone())
+                    .collect()
+            };
+            FaultsClient::new(channel(s).await)
+                .cut(proto::CutRequest { peers })
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Lifts every fault and waits until all six are alive and ready again.
+    async fn heal(&self) {
+        for (s, _) in &self.nodes {
+            FaultsClient::new(channel(s).await)
+                .heal(proto::HealRequest {})
+                .await
+                .unwrap();
+        }
+        for (s, _) in &self.nodes {
+            wait_ready(s, 6).await;
+        }
+    }
+}
+
+async fn channel(s: &Server) -> Channel {
+    Channel::from_shared(format!("http://{}", s.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn stats(s: &Server) -> proto::StatsResponse {
+    AdminClient::new(channel(s).await)
+        .stats(proto::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn wait_ready(s: &Server, n: usize) {
+    eventually(
+        Duration::from_secs(30),
+        "six members alive and ready",
+        || async {
+            let m = AdminClient::new(channel(s).await)
+                .members(proto::MembersRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            let ready = m
+                .members
+                .iter()
+                .filter(|m| m.alive && m.state == "ready")
+                .count();
+            (ready == n).then_some(())
+        },
+    )
+    .await;
+}
+
+async fn set(s: &Server, key: &str, value: &str, level: Consistency) -> Result<(), tonic::Status> {
+    KilovoltClient::new(channel(s).await)
+        .set(proto::SetRequest {
+            key: key.into(),
+            value: value.into(),
+            ttl_ms: 0,
+            consistency: level.into(),
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn get(s: &Server, key: &str, level: Consistency) -> Result<Option<String>, tonic::Status> {
+    KilovoltClient::new(channel(s).await)
+        .get(proto::GetRequest {
+            key: key.into(),
+            consistency: level.into(),
+        })
+        .await
+        .map(|r| {
+            let r = r.into_inner();
+            r.found.then_some(r.value)
+        })
+}
+
+async fn replicas(s: &Server, key: &str) -> Vec<proto::Member> {
+    AdminClient::new(channel(s).await)
+        .replicas(proto::ReplicasRequest { key: key.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .replicas
+}
+
+/// The change of each counter from `before` to `after`.
+fn diff(before: &[u64], after: &[u64]) -> Vec<u64> {
+    before.iter().zip(after).map(|(b, a)| a - b).collect()
+}
+
+/// Two replicas per region: each region holds every key twice, the local
+/// levels are served by the region alone (no read reaches another region),
+/// a region cut off keeps serving LOCAL_* and ONE on both sides, and after
+/// the heal every node converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_levels_stay_in_their_region_and_survive_a_cut() {
+    let regions = Regions::start("regions-k2", &["--replicas-per-region", "2"]).await;
+    let (a1, b1) = (regions.node(0), regions.node(2));
+
+    // Admin.Replicas: six replicas, two in each region, regions shown.
+    for key in ["alpha", "beta", "gamma"] {
+        let mut seen: Vec<String> = replicas(a1, key)
+            .await
+            .into_iter()
+            .map(|m| m.region)
+            .collect();
+        seen.sort();
+        assert_eq!(seen, ["r1", "r1", "r2", "r2", "r3", "r3"], "{key}");
+    }
+    regions.wan().await;
+
+    let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    for key in &keys {
+        set(a1, key, "v1", Consistency::LocalQuorum).await.unwrap();
+        // Acknowledged at LOCAL_QUORUM: the region's other replica has it.
+        assert_eq!(
+            get(regions.node(1), key, Consistency::Local)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("v1")
+        );
+    }
+
+    // LOCAL_ONE and ONE are answered by a1 itself; LOCAL_QUORUM asks a2,
+    // once per read; no read reaches r2 or r3.
+    let before = regions.served().await;
+    for key in &keys {
+        for level in [
+            Consistency::LocalOne,
+            Consistency::One,
+            Consistency::LocalQuorum,
+        ] {
+            assert_eq!(get(a1, key, level).await.unwrap().as_deref(), Some("v1"));
+        }
+    }
+    let served = diff(&before, &regions.served().await);
+    assert_eq!(
+        served,
+        [0, keys.len() as u64, 0, 0, 0, 0],
+        "reads served per node"
+    );
+
+    // QUORUM and EACH_QUORUM do reach the other regions (the counters see
+    // them).
+    let before = regions.served().await;
+    for key in &keys {
+        assert_eq!(
+            get(a1, key, Consistency::EachQuorum)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("v1")
+        );
+    }
+    let served = diff(&before, &regions.served().await);
+    for (i, n) in served.iter().enumerate().skip(2) {
+        assert_eq!(*n, keys.len() as u64, "EACH_QUORUM asks node {i}");
+    }
+
+    // r1 cut off: both sides keep serving LOCAL_* and ONE.
+    regions.cut_off("r1").await;
+    for (side, node) in [("r1", a1), ("r2", b1)] {
+        for level in [
+            Consistency::LocalOne,
+            Consistency::LocalQuorum,
+            Consistency::One,
+        ] {
+            let key = format!("cut-{side}-{}", level.as_str_name());
+            set(node, &key, side, level).await.unwrap();
+            assert_eq!(get(node, &key, level).await.unwrap().as_deref(), Some(side));
+        }
+    }
+    // EACH_QUORUM cannot be met, and says which region was missing.
+    let err = set(a1, "each", "x", Consistency::EachQuorum)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("in region \"r2\" (0 answered)"),
+        "{}",
+        err.message()
+    );
+
+    // After the heal every node holds every key: all digests agree, and
+    // what each side wrote during the cut reads everywhere.
+    regions.heal().await;
+    eventually(Duration::from_secs(30), "six nodes to converge", || async {
+        let mut roots = Vec::new();
+        for (s, _) in &regions.nodes {
+            let d = AdminClient::new(channel(s).await)
+                .digests(proto::DigestsRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            roots.push(d.partitions.into_iter().map(|p| p.root).collect::<Vec<_>>());
+        }
+        roots.windows(2).all(|w| w[0] == w[1]).then_some(())
+    })
+    .await;
+    for (side, level) in [
+        ("r1", Consistency::LocalQuorum),
+        ("r2", Consistency::LocalOne),
+    ] {
+        let key = format!("cut-{side}-{}", level.as_str_name());
+        for (s, _) in &regions.nodes {
+            assert_eq!(
+                get(s, &key, Consistency::Local).await.unwrap().as_deref(),
+                Some(side)
+            );
+        }
+    }
+}
+
+/// One replica per region (three in all): a node that holds no replica of a
+/// key reads it from its own region's replica first, and a write's kind
+/// check at LOCAL_ONE or LOCAL_QUORUM reads nothing outside the region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_replica_reads_its_regions_replica_first() {
+    let regions = Regions::start("regions-k1", &["--replicas-per-region", "1"]).await;
+    regions.wan().await;
+    let (a1, a2) = (regions.node(0), regions.node(1));
+    let a2_id = a2.addr.clone();
+    // Keys whose r1 replica is a2: a1 coordinates them without a copy.
+    let mut keys = Vec::new();
+    for i in 0.. {
+        let key = format!("far-{i}");
+        let held = replicas(a1, &key).await;
+        let mut seen: Vec<&str> = held.iter().map(|m| m.region.as_str()).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, ["r1", "r2", "r3"], "one replica per region");
+        if held.iter().any(|m| m.id == a2_id) {
+            keys.push(key);
+        }
+        if keys.len() == 8 {
+            break;
+        }
+    }
+
+    // Writes at the local levels read the key's kind from a2 only.
+    let before = regions.served().await;
+    for key in &keys {
+        set(a1, key, "v", Consistency::LocalOne).await.unwrap();
+        set(a1, key, "w", Consistency::LocalQuorum).await.unwrap();
+    }
+    let served = diff(&before, &regions.served().await);
+    assert_eq!(served, [0, 2 * keys.len() as u64, 0, 0, 0, 0]);
+
+    // ONE reads ask a2 first, every time (a slow answer may also be hedged
+    // to another region, so only a2's count is exact).
+    let before = regions.served().await;
+    for key in &keys {
+        assert_eq!(
+            get(a1, key, Consistency::One).await.unwrap().as_deref(),
+            Some("w")
+        );
+        assert_eq!(
+            get(a1, key, Consistency::LocalOne)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("w")
+        );
+    }
+    let served = diff(&before, &regions.served().await);
+    assert_eq!(
+        served[1],
+        2 * keys.len() as u64,
+        "a2 asked first: {served:?}"
+    );
+
+    // With r1's replica of the key cut off from a1, LOCAL_ONE fails naming
+    // the region rather than ask another.
+    FaultsClient::new(channel(a1).await)
+        .cut(proto::CutRequest {
+            peers: vec![a2_id.clone()],
+        })
+        .await
+        .unwrap();
+    let before = regions.served().await;
+    let err = get(a1, &keys[0], Consistency::LocalOne).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("in region \"r1\""),
+        "{}",
+        err.message()
+    );
+    let served = diff(&before, &regions.served().await);
+    assert_eq!(served, [0; 6], "no other region asked");
+}
