@@ -270,6 +270,7 @@ pub async fn start_with_clock(
             rf,
         )),
         tokio::spawn(tend_hints(coordinator.clone(), replicator.clone())),
+        tokio::spawn(probe_peers(peers.clone())),
         tokio::spawn(anti_entropy.clone().run()),
     ];
 
@@ -424,6 +425,21 @@ async fn tend_hints(coordinator: Arc<Coordinator>, replicator: Arc<Replicator>) 
                 replicator.replay(&peer).await;
             }
         }
+    }
+}
+
+/// How often idle peers' round-trip times are probed, and how long without
+/// a measured call makes a peer idle: reads order replicas by these times.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps every peer's smoothed round-trip time current: each
+/// [`PROBE_INTERVAL`], probes the peers no call measured meanwhile.
+async fn probe_peers(peers: Arc<Peers>) {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        peers.probe_idle(PROBE_INTERVAL).await;
     }
 }
 

@@ -404,3 +404,62 @@ async fn a_non_replica_reads_its_regions_replica_first() {
     let served = diff(&before, &regions.served().await);
     assert_eq!(served, [0; 6], "no other region asked");
 }
+
+/// With no client traffic at all, each node still measures its peers'
+/// round-trip times (a light probe of idle peers), and shows them in
+/// `Admin.Members`: a peer delayed by 30 ms each way reads as at least 60 ms
+/// away, an undelayed one as nearer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_peers_are_probed_for_their_round_trip_time() {
+    use kilovolt::net::switch::Degradation;
+    let mut nodes: Vec<kilovolt::node::RunningNode> = Vec::new();
+    for region in ["r1", "r1", "r2"] {
+        let seeds: Vec<String> = nodes.iter().map(|n| n.info().address.clone()).collect();
+        nodes.push(
+            common::start_node(|c| {
+                c.cluster_id = "regions-probe".into();
+                c.gossip_interval = Duration::from_millis(50);
+                c.cluster = seeds;
+                c.region = region.into();
+            })
+            .await,
+        );
+    }
+    let far = nodes[2].info().id.clone();
+    let near = nodes[1].info().id.clone();
+    let wan = Degradation {
+        drop: 0.0,
+        delay: Duration::from_millis(30),
+    };
+    nodes[0]
+        .handles()
+        .switch
+        .degrade([far.clone()], wan.clone());
+    nodes[2]
+        .handles()
+        .switch
+        .degrade([nodes[0].info().id.clone()], wan);
+    let admin = common::admin(&nodes[0]).await;
+    eventually(
+        Duration::from_secs(20),
+        "the far peer measured at 60 ms",
+        || {
+            let mut admin = admin.clone();
+            let (far, near) = (far.clone(), near.clone());
+            async move {
+                let m = admin
+                    .members(proto::MembersRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                let rtt = |id: &str| m.members.iter().find(|m| m.id == id).map(|m| m.rtt_us);
+                let (far, near) = (rtt(&far)?, rtt(&near)?);
+                (far >= 60_000 && near > 0 && near < far).then_some(())
+            }
+        },
+    )
+    .await;
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}

@@ -56,8 +56,9 @@ impl AdminService {
     }
 }
 
-fn member_to_proto(m: &Member) -> proto::Member {
+fn member_to_proto(m: &Member, rtt: Option<std::time::Duration>) -> proto::Member {
     proto::Member {
+        rtt_us: rtt.map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
         id: m.id.clone(),
         address: m.address.clone(),
         alive: m.alive,
@@ -73,7 +74,11 @@ impl Admin for AdminService {
         _: Request<proto::MembersRequest>,
     ) -> Result<Response<proto::MembersResponse>, Status> {
         let topology = self.coordinator.topology();
-        let mut members: Vec<proto::Member> = topology.members().map(member_to_proto).collect();
+        let rtt = |m: &Member| self.coordinator.round_trip(&m.id);
+        let mut members: Vec<proto::Member> = topology
+            .members()
+            .map(|m| member_to_proto(m, rtt(m)))
+            .collect();
         members.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(Response::new(proto::MembersResponse {
             self_id: self.node.id.clone(),
@@ -91,7 +96,7 @@ impl Admin for AdminService {
             .replicas(key)
             .iter()
             .filter_map(|id| topology.member(id))
-            .map(member_to_proto)
+            .map(|m| member_to_proto(m, self.coordinator.round_trip(&m.id)))
             .collect();
         Ok(Response::new(proto::ReplicasResponse { replicas }))
     }

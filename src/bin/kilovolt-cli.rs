@@ -128,6 +128,9 @@ enum WriteConsistency {
     One,
     Quorum,
     All,
+    LocalOne,
+    LocalQuorum,
+    EachQuorum,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -137,6 +140,9 @@ enum ReadConsistency {
     Quorum,
     All,
     Local,
+    LocalOne,
+    LocalQuorum,
+    EachQuorum,
 }
 
 impl From<WriteConsistency> for proto::Consistency {
@@ -146,6 +152,9 @@ impl From<WriteConsistency> for proto::Consistency {
             WriteConsistency::One => Self::One,
             WriteConsistency::Quorum => Self::Quorum,
             WriteConsistency::All => Self::All,
+            WriteConsistency::LocalOne => Self::LocalOne,
+            WriteConsistency::LocalQuorum => Self::LocalQuorum,
+            WriteConsistency::EachQuorum => Self::EachQuorum,
         }
     }
 }
@@ -158,6 +167,9 @@ impl From<ReadConsistency> for proto::Consistency {
             ReadConsistency::Quorum => Self::Quorum,
             ReadConsistency::All => Self::All,
             ReadConsistency::Local => Self::Local,
+            ReadConsistency::LocalOne => Self::LocalOne,
+            ReadConsistency::LocalQuorum => Self::LocalQuorum,
+            ReadConsistency::EachQuorum => Self::EachQuorum,
         }
     }
 }

@@ -156,6 +156,12 @@ impl Coordinator {
             .clone()
     }
 
+    /// The smoothed round-trip time to `peer`, once measured: reads ask the
+    /// nearest replica first.
+    pub fn round_trip(&self, peer: &str) -> Option<Duration> {
+        self.peers.rtt(peer)
+    }
+
     /// Replaces the topology (on a membership change).
     pub fn set_topology(&self, topology: Topology) {
         *self

@@ -58,6 +58,9 @@ pub struct Peers {
     addresses: RwLock<HashMap<String, String>>,
     channels: RwLock<HashMap<String, Channel>>,
     latencies: Latencies,
+    /// When each peer's latency was last measured (by any call): an idle
+    /// peer is probed so that its estimate stays current.
+    measured: RwLock<HashMap<String, Instant>>,
 }
 
 impl Peers {
@@ -81,7 +84,49 @@ impl Peers {
             addresses: RwLock::new(HashMap::new()),
             channels: RwLock::new(HashMap::new()),
             latencies: Latencies::new(),
+            measured: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Measures, with one light call each (a read of no keys), the peers
+    /// whose latency no call measured within `idle`, so that reads keep
+    /// ordering replicas by a current round-trip time while traffic to a
+    /// peer is rare. Returns how many peers were probed.
+    pub async fn probe_idle(&self, idle: Duration) -> usize {
+        let now = Instant::now();
+        let stale: Vec<String> = {
+            let addresses = self
+                .addresses
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let measured = self.measured.read().unwrap_or_else(PoisonError::into_inner);
+            addresses
+                .keys()
+                .filter(|id| **id != self.me)
+                .filter(|id| {
+                    measured
+                        .get(*id)
+                        .is_none_or(|at| now.duration_since(*at) >= idle)
+                })
+                .cloned()
+                .collect()
+        };
+        let probes = stale.iter().map(|peer| async move {
+            if let Err(error) = self.clock(peer).await {
+                tracing::debug!(peer = %peer, %error, "latency probe failed");
+            }
+        });
+        futures_util::future::join_all(probes).await;
+        stale.len()
+    }
+
+    /// Records that a call to `peer` took `took`.
+    fn measure(&self, peer: &str, took: Duration) {
+        self.latencies.record(peer, took);
+        self.measured
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(peer.to_string(), Instant::now());
     }
 
     /// The per-call timeout.
@@ -220,7 +265,7 @@ impl Peers {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(reply)) => {
                 if let Some(started) = started {
-                    self.latencies.record(peer, started.elapsed());
+                    self.measure(peer, started.elapsed());
                 }
                 let remote = reply
                     .metadata()
@@ -239,7 +284,7 @@ impl Peers {
             ))),
             Err(_) => {
                 if let Some(started) = started {
-                    self.latencies.record(peer, started.elapsed());
+                    self.measure(peer, started.elapsed());
                 }
                 Err(PeerError::Timeout(self.timeout))
             }

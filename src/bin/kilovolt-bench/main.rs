@@ -177,6 +177,12 @@ enum Level {
     All,
     /// Reads: the receiving node's own copy; writes use `default`.
     Local,
+    /// One replica in the receiving node's region.
+    LocalOne,
+    /// A majority of the key's replicas in the receiving node's region.
+    LocalQuorum,
+    /// A majority of the key's replicas in every region.
+    EachQuorum,
 }
 
 impl Level {
@@ -188,6 +194,9 @@ impl Level {
             Level::Quorum => proto::Consistency::Quorum,
             Level::All => proto::Consistency::All,
             Level::Local => proto::Consistency::Local,
+            Level::LocalOne => proto::Consistency::LocalOne,
+            Level::LocalQuorum => proto::Consistency::LocalQuorum,
+            Level::EachQuorum => proto::Consistency::EachQuorum,
         }
     }
 
@@ -208,6 +217,9 @@ impl Level {
             Level::Quorum => "quorum",
             Level::All => "all",
             Level::Local => "local",
+            Level::LocalOne => "local-one",
+            Level::LocalQuorum => "local-quorum",
+            Level::EachQuorum => "each-quorum",
         }
     }
 }
