@@ -434,7 +434,7 @@ async fn idle_peers_are_probed_for_their_round_trip_time() {
     nodes[0]
         .handles()
         .switch
-        .degrade([far.clone()], wan.clone());
+        .degrade([far.clone()], wan);
     nodes[2]
         .handles()
         .switch
