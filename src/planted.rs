@@ -17,6 +17,9 @@ pub enum Bug {
     /// A counter increment delivered again (a duplicate, a retry, a
     /// repair) is counted again.
     DuplicateCountedTwice,
+    /// LOCAL_ONE and LOCAL_QUORUM count the replicas of every region, as
+    /// many as the local region would need.
+    LocalLevelsCountAnyRegion,
 }
 
 thread_local! {

@@ -431,10 +431,7 @@ async fn idle_peers_are_probed_for_their_round_trip_time() {
         drop: 0.0,
         delay: Duration::from_millis(30),
     };
-    nodes[0]
-        .handles()
-        .switch
-        .degrade([far.clone()], wan);
+    nodes[0].handles().switch.degrade([far.clone()], wan);
     nodes[2]
         .handles()
         .switch

@@ -85,16 +85,18 @@ impl Tally {
     ) -> Self {
         match level {
             Consistency::LocalOne | Consistency::LocalQuorum => {
+                let replicas: Vec<_> = replicas.into_iter().collect();
+                let local_count = replicas.iter().filter(|(_, r)| *r == local).count();
                 let answers: Vec<_> = replicas
                     .into_iter()
-                    .filter(|(_, region)| *region == local)
+                    .filter(|(_, region)| *region == local || planted_any_region())
                     .map(|(r, _)| (r, 0, None))
                     .collect();
                 Self {
                     level,
                     groups: vec![Group {
                         region: Some(local.to_string()),
-                        required: required(level, answers.len()),
+                        required: required(level, local_count),
                     }],
                     answers,
                 }
@@ -236,6 +238,17 @@ impl Tally {
     fn count(&self, f: impl Fn(&Option<Answer>) -> bool) -> usize {
         self.answers.iter().filter(|(_, _, a)| f(a)).count()
     }
+}
+
+/// The simulator's planted bug: the local levels count any region.
+#[cfg(test)]
+fn planted_any_region() -> bool {
+    crate::planted::is(crate::planted::Bug::LocalLevelsCountAnyRegion)
+}
+
+#[cfg(not(test))]
+fn planted_any_region() -> bool {
+    false
 }
 
 #[cfg(test)]

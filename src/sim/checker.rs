@@ -485,7 +485,8 @@ fn writer<'a>(
 }
 
 /// A read names a write that happened, and, when its level overlaps an
-/// acknowledged write's (R + W > N), sees that write or something newer,
+/// acknowledged write's (R + W > N, or majorities of one region:
+/// [`regional_majorities`]), sees that write or something newer,
 /// across crashes and restarts, unless placement moved between them or no
 /// node's store held the write any more before the read ended (every
 /// replica that had it lost its memory: what no replication survives).
@@ -517,7 +518,8 @@ fn check_read(
         let Some((acked, written)) = w.written() else {
             continue;
         };
-        if acked >= r.invoked || written.replicas + replicas <= n {
+        let overlap = written.replicas + replicas > n || regional_majorities(world, w, r);
+        if acked >= r.invoked || !overlap {
             continue;
         }
         if history.is_lost(w.id)
@@ -529,15 +531,29 @@ fn check_read(
         if !sees(read.version, written.version, ops) {
             bad(format!(
                 "read #{} at {} ({replicas} replicas) found {:?}, older than write #{} \
-                 acknowledged by {} replicas before it",
+                 at {} acknowledged by {} replicas before it",
                 r.id,
                 r.level.name(),
                 read.version,
                 w.id,
+                w.level.name(),
                 written.replicas
             ));
         }
     }
+}
+
+/// Whether write `w` and read `r` both reached a majority of the key's
+/// replicas in one same region: LOCAL_QUORUM in the same region, or
+/// EACH_QUORUM on either side (a majority in every region). Then the read
+/// sees the write, as two majorities of one replica set meet.
+fn regional_majorities(world: &World, w: &OpRecord, r: &OpRecord) -> bool {
+    let regional = |level| matches!(level, Consistency::LocalQuorum | Consistency::EachQuorum);
+    regional(w.level)
+        && regional(r.level)
+        && (w.level == Consistency::EachQuorum
+            || r.level == Consistency::EachQuorum
+            || world.region_of(&w.node) == world.region_of(&r.node))
 }
 
 /// Every key's replicas hold the same entry, every partition's replicas

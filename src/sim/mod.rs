@@ -39,6 +39,10 @@ pub struct Config {
     pub nodes: usize,
     /// Nodes that may join during the run.
     pub joiners: usize,
+    /// Regions the nodes are spread over (node `i`, from 0, in region
+    /// `r{i % regions}`); messages between regions take longer
+    /// ([`world::wan_delay_us`]).
+    pub regions: usize,
     /// Keys the workload touches.
     pub keys: usize,
     /// Client operations on strings.
@@ -56,7 +60,8 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// Five nodes (and one that may join), replication factor 3, twelve
+    /// Five nodes (and one that may join) over three regions, replication
+    /// factor 3 (one replica in each region), twelve
     /// string keys, three map and three counter keys, 300 string and 150
     /// map and counter operations over 20 seconds of faults, then 12
     /// seconds healed.
@@ -64,6 +69,7 @@ impl Default for Config {
         Self {
             nodes: 5,
             joiners: 1,
+            regions: 3,
             keys: 12,
             ops: 300,
             typed_keys: 3,

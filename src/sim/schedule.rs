@@ -38,6 +38,11 @@ pub enum Fault {
         /// Picks the node.
         pick: u64,
     },
+    /// Cut one region off from the others.
+    CutRegion {
+        /// Picks the region.
+        pick: u64,
+    },
     /// Cut the nodes into two sides that only one bridge node joins.
     Bridge {
         /// Shuffles the nodes.
@@ -122,12 +127,7 @@ pub fn workload(rng: &mut Rng, count: usize, keys: usize, window: Duration) -> V
             } else if roll < 62 {
                 (OpKind::Delete, write_level(rng))
             } else {
-                let level = match rng.below(10) {
-                    0 => Consistency::Local,
-                    1..=3 => Consistency::One,
-                    4..=6 => Consistency::Quorum,
-                    _ => Consistency::All,
-                };
+                let level = read_level(rng);
                 (OpKind::Get, level)
             };
             Planned {
@@ -190,12 +190,7 @@ pub fn typed_workload(rng: &mut Rng, count: usize, keys: usize, window: Duration
                 };
                 (kind, write_level(rng))
             } else {
-                let level = match rng.below(10) {
-                    0 => Consistency::Local,
-                    1..=3 => Consistency::One,
-                    4..=6 => Consistency::Quorum,
-                    _ => Consistency::All,
-                };
+                let level = read_level(rng);
                 let kind = if map {
                     OpKind::MapGet
                 } else {
@@ -216,11 +211,29 @@ pub fn typed_workload(rng: &mut Rng, count: usize, keys: usize, window: Duration
     ops
 }
 
+/// A write's level: ONE, QUORUM, ALL, LOCAL_ONE, LOCAL_QUORUM or
+/// EACH_QUORUM.
 fn write_level(rng: &mut Rng) -> Consistency {
-    match rng.below(3) {
+    match rng.below(6) {
         0 => Consistency::One,
         1 => Consistency::Quorum,
-        _ => Consistency::All,
+        2 => Consistency::All,
+        3 => Consistency::LocalOne,
+        4 => Consistency::LocalQuorum,
+        _ => Consistency::EachQuorum,
+    }
+}
+
+/// A read's level: every write level, and LOCAL.
+fn read_level(rng: &mut Rng) -> Consistency {
+    match rng.below(13) {
+        0 => Consistency::Local,
+        1..=3 => Consistency::One,
+        4..=6 => Consistency::Quorum,
+        7..=9 => Consistency::All,
+        10 => Consistency::LocalOne,
+        11 => Consistency::LocalQuorum,
+        _ => Consistency::EachQuorum,
     }
 }
 
@@ -236,7 +249,7 @@ pub fn faults(rng: &mut Rng, window: Duration, drift: Duration) -> Vec<PlannedFa
     while at < window_us {
         let mut lasts = Duration::from_micros(rng.between(300_000, 6_000_000));
         let pick = rng.next_u64();
-        let fault = match rng.below(16) {
+        let fault = match rng.below(18) {
             0..=2 => Fault::Halves { pick },
             3..=4 => {
                 // A node cut off for long: longer than hints live and than
@@ -260,7 +273,8 @@ pub fn faults(rng: &mut Rng, window: Duration, drift: Duration) -> Vec<PlannedFa
                 }
             }
             14 => Fault::JoinDuringPartition { pick },
-            _ => Fault::LeaveDuringPartition { pick },
+            15 => Fault::LeaveDuringPartition { pick },
+            _ => Fault::CutRegion { pick },
         };
         planned.push(PlannedFault { at, lasts, fault });
         at += rng.between(500_000, 3_000_000);

@@ -101,3 +101,17 @@ fn counting_a_duplicate_increment_twice_is_caught() {
         .expect("the planted bug went unnoticed for 200 seeds");
     assert!(failed.report().contains("replay: make sim SEEDS=1 SEED="));
 }
+
+#[test]
+fn local_levels_that_count_another_region_are_caught() {
+    let failed = first_failure(planted::Bug::LocalLevelsCountAnyRegion)
+        .expect("the planted bug went unnoticed for 200 seeds");
+    let report = failed.report();
+    // Caught by the regional rule: a LOCAL_QUORUM read in the writer's
+    // region missed a LOCAL_QUORUM write (one replica each, of three).
+    assert!(
+        report.contains("at LOCAL_QUORUM (1 replicas)")
+            && report.contains("at LOCAL_QUORUM acknowledged by 1 replicas"),
+        "{report}"
+    );
+}

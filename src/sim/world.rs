@@ -22,6 +22,18 @@ const QUIESCE_LIMIT: Duration = Duration::from_secs(30);
 /// reachability (the failure detector's delay), in microseconds.
 const VIEW_DELAY_MAX_US: u64 = 1_000_000;
 
+/// The one-way delay (microseconds) a message between regions `a` and `b`
+/// takes on top of the local network's: none within a region, and a
+/// different WAN latency for each pair of regions (7, 10 and 13 ms between
+/// r0-r1, r0-r2 and r1-r2), so that nearest-first reads have a nearest.
+pub fn wan_delay_us(a: usize, b: usize) -> u64 {
+    if a == b {
+        0
+    } else {
+        4_000 + 3_000 * (a + b) as u64
+    }
+}
+
 /// Something that happens at an instant.
 enum Event {
     Deliver {
@@ -406,8 +418,9 @@ impl World {
             _ => 1,
         };
         let incarnation = self.slots[to].incarnation;
+        let wan = wan_delay_us(self.region(from), self.region(to));
         for _ in 0..copies {
-            let mut delay = self.rng.between(100, 1_500);
+            let mut delay = wan + self.rng.between(100, 1_500);
             if let Some(l) = self.lossy {
                 delay += self.rng.below(l.delay_us);
             }
@@ -530,7 +543,7 @@ impl World {
                 Member {
                     id: slot.id.clone(),
                     address: String::new(),
-                    region: String::new(),
+                    region: region_name(self.region(j)),
                     state: if slot.ready {
                         NodeState::Ready
                     } else {
@@ -555,6 +568,19 @@ impl World {
         }
     }
 
+    /// The region of node `i` (an index into the slots).
+    pub fn region(&self, i: usize) -> usize {
+        i % self.config.regions.max(1)
+    }
+
+    /// The region of the node with id `id` (0 for an unknown id).
+    pub fn region_of(&self, id: &str) -> usize {
+        self.slots
+            .iter()
+            .position(|s| s.id == id)
+            .map_or(0, |i| self.region(i))
+    }
+
     // --- Faults --------------------------------------------------------------
 
     fn is_cut(&self, a: usize, b: usize) -> bool {
@@ -575,6 +601,16 @@ impl World {
                 if let Some((one, rest)) = nodes.split_first() {
                     self.partition(&[std::slice::from_ref(one), rest], &[], lasts);
                 }
+            }
+            Fault::CutRegion { pick } => {
+                let regions = self.config.regions.max(1);
+                let cut = (pick % regions as u64) as usize;
+                let (inside, outside): (Vec<usize>, Vec<usize>) = (0..self.slots.len())
+                    .filter(|&i| self.slots[i].member)
+                    .partition(|&i| self.region(i) == cut);
+                self.history
+                    .note(self.now, format!("region {} cut off", region_name(cut)));
+                self.partition(&[&inside, &outside], &[], lasts);
             }
             Fault::Bridge { pick } => {
                 let nodes = self.shuffled_members(pick);
@@ -958,4 +994,9 @@ fn entries_in(msg: &Msg) -> Vec<(&Key, &Entry)> {
         } => entries.iter().map(|(k, e)| (k, e)).collect(),
         _ => Vec::new(),
     }
+}
+
+/// The label of region `r`.
+fn region_name(r: usize) -> String {
+    format!("r{r}")
 }
