@@ -307,7 +307,8 @@ pub async fn start_with_clock(
             anti_entropy,
             config.max_peer_message_bytes(),
         )
-        .counting(served),
+        .counting(served)
+        .relaying(coordinator.clone()),
     )
     .max_decoding_message_size(config.max_peer_message_bytes())
     .max_encoding_message_size(config.max_peer_message_bytes());

@@ -187,6 +187,7 @@ async fn a_peer_message_larger_than_the_protocol_needs_is_refused() {
     let mut peer = wire::peer_client::PeerClient::new(channel(&node).await);
     let request = wire::ApplyRequest {
         header: header(),
+        relay: false,
         entries: vec![wire::Entry {
             key: "k".into(),
             value: "x".repeat(16 * MIB),
@@ -211,6 +212,7 @@ async fn a_peer_message_larger_than_the_protocol_needs_is_refused() {
     // and a value at its limit.
     let largest = wire::ApplyRequest {
         header: header(),
+        relay: false,
         entries: vec![wire::Entry {
             key: "k".repeat(kilovolt::config::MAX_KEY_BYTES),
             value: "x".repeat(Config::defaults().max_value_bytes),
@@ -340,6 +342,7 @@ async fn send(
             };
             let request = wire::ApplyRequest {
                 header: header(),
+                relay: false,
                 entries: vec![entry; copies],
             };
             Ok(peer.apply(request).await?.into_inner().encoded_len())

@@ -569,6 +569,7 @@ async fn a_version_beyond_the_drift_bound_is_merged_but_does_not_drag_the_clock(
     let hour_ahead = now + (3600u64 << 32);
     let mut peer = PeerClient::new(common::channel(&node).await);
     peer.apply(ApplyRequest {
+        relay: false,
         header: Some(Header {
             protocol: kilovolt::net::peer::PROTOCOL,
             from: "a-fast-peer".into(),
@@ -618,6 +619,7 @@ async fn a_version_beyond_the_drift_bound_is_merged_but_does_not_drag_the_clock(
     // A peer speaking another protocol number is refused, not misread.
     let status = peer
         .apply(ApplyRequest {
+            relay: false,
             header: Some(Header {
                 protocol: 99,
                 from: "x".into(),
@@ -645,6 +647,7 @@ async fn a_version_at_the_end_of_the_clock_range_does_not_stop_its_key() {
         })
     };
     peer.apply(ApplyRequest {
+        relay: false,
         header: header(),
         entries: vec![
             Entry {

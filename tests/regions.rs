@@ -225,6 +225,52 @@ async fn local_levels_stay_in_their_region_and_survive_a_cut() {
     }
     regions.wan().await;
 
+    // One copy of each write crosses to each remote region: a replica
+    // there relays it to the other. Every node ends up with every write.
+    let sent = |stats: &proto::StatsResponse| -> Vec<(String, u64)> {
+        stats
+            .regions
+            .iter()
+            .map(|r| (r.region.clone(), r.bytes_sent))
+            .collect()
+    };
+    let before = sent(&stats(a1).await);
+    let value = "x".repeat(1000);
+    const WRITES: u64 = 20;
+    for i in 0..WRITES {
+        set(a1, &format!("wan-{i}"), &value, Consistency::One)
+            .await
+            .unwrap();
+    }
+    for (s, _) in &regions.nodes {
+        eventually(
+            Duration::from_secs(10),
+            "every node to hold the writes",
+            || async {
+                for i in 0..WRITES {
+                    let got = get(s, &format!("wan-{i}"), Consistency::Local).await.ok()?;
+                    got.is_some().then_some(())?;
+                }
+                Some(())
+            },
+        )
+        .await;
+    }
+    let after = sent(&stats(a1).await);
+    assert_eq!(
+        after.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        ["r2", "r3"],
+        "replication is reported for the other regions"
+    );
+    for ((region, b), (_, a)) in before.iter().zip(&after) {
+        let per_write = (a - b) / WRITES;
+        println!("WAN bytes per 1000-byte write to {region}: {per_write}");
+        assert!(
+            (1000..1500).contains(&per_write),
+            "{per_write} bytes per write to {region}: one copy, not two"
+        );
+    }
+
     let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
     for key in &keys {
         set(a1, key, "v1", Consistency::LocalQuorum).await.unwrap();
@@ -287,6 +333,18 @@ async fn local_levels_stay_in_their_region_and_survive_a_cut() {
             assert_eq!(get(node, &key, level).await.unwrap().as_deref(), Some(side));
         }
     }
+    // What r1 writes meanwhile waits for r2 and r3, and Stats says how much
+    // and for how long.
+    eventually(Duration::from_secs(10), "a backlog toward r2", || async {
+        set(a1, "backlog", "b", Consistency::One).await.ok()?;
+        let r2 = stats(a1)
+            .await
+            .regions
+            .into_iter()
+            .find(|r| r.region == "r2")?;
+        (r2.queued_bytes > 0 && r2.oldest_unsent_ms > 0).then_some(())
+    })
+    .await;
     // EACH_QUORUM cannot be met, and says which region was missing.
     let err = set(a1, "each", "x", Consistency::EachQuorum)
         .await
@@ -312,6 +370,11 @@ async fn local_levels_stay_in_their_region_and_survive_a_cut() {
             roots.push(d.partitions.into_iter().map(|p| p.root).collect::<Vec<_>>());
         }
         roots.windows(2).all(|w| w[0] == w[1]).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the backlog delivered", || async {
+        let backlog: u64 = stats(a1).await.regions.iter().map(|r| r.queued_bytes).sum();
+        (backlog == 0).then_some(())
     })
     .await;
     for (side, level) in [

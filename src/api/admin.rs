@@ -56,6 +56,39 @@ impl AdminService {
     }
 }
 
+impl AdminService {
+    /// Replication to each other region: the backlog of its nodes' delta
+    /// queues and the bytes delivered to them.
+    fn regions(&self) -> Vec<proto::RegionReplication> {
+        let topology = self.coordinator.topology();
+        let local = topology.region_of(&self.node.id).to_string();
+        let mut regions: std::collections::BTreeMap<String, proto::RegionReplication> = topology
+            .members()
+            .filter(|m| m.region != local)
+            .map(|m| {
+                let r = proto::RegionReplication {
+                    region: m.region.clone(),
+                    ..Default::default()
+                };
+                (m.region.clone(), r)
+            })
+            .collect();
+        for backlog in self.replicator.backlog() {
+            if let Some(r) = regions.get_mut(topology.region_of(&backlog.peer)) {
+                r.queued_bytes += backlog.queued_bytes as u64;
+                let ms = u64::try_from(backlog.oldest.as_millis()).unwrap_or(u64::MAX);
+                r.oldest_unsent_ms = r.oldest_unsent_ms.max(ms);
+            }
+        }
+        for (peer, bytes) in self.replicator.bytes_applied() {
+            if let Some(r) = regions.get_mut(topology.region_of(&peer)) {
+                r.bytes_sent += bytes;
+            }
+        }
+        regions.into_values().collect()
+    }
+}
+
 fn member_to_proto(m: &Member, rtt: Option<std::time::Duration>) -> proto::Member {
     proto::Member {
         rtt_us: rtt.map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
@@ -118,6 +151,7 @@ impl Admin for AdminService {
             merkle_mismatches: self.sync.mismatches(),
             deltas_overflowed: self.replicator.deltas_overflowed(),
             peer_reads_served: self.served.reads(),
+            regions: self.regions(),
         }))
     }
 

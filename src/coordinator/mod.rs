@@ -13,6 +13,7 @@
 //! on that copy.
 
 mod call;
+mod relay;
 mod tally;
 mod topology;
 
@@ -397,7 +398,12 @@ impl Coordinator {
             WriteCall::start(&self.me, &topology, &self.store, key, level, make)?;
         let acks = FuturesUnordered::new();
         let mut awaited = Vec::new();
-        for (replica, route) in routes {
+        let relayed = relay::plan(routes, &topology, &self.me);
+        for replica in relayed.relays {
+            self.replicator
+                .relay(&replica, key.into(), call.entry().clone());
+        }
+        for (replica, route) in relayed.direct {
             let entry = call.entry().clone();
             match route {
                 Route::Hint => self.replicator.hint(&replica, key.into(), entry),
@@ -515,6 +521,24 @@ impl Coordinator {
             }
         }
         Ok(found.entry)
+    }
+}
+
+impl crate::net::service::Relay for Coordinator {
+    /// Queues each relayed entry for the key's other replicas in this
+    /// node's region (held as a hint for one the failure detector holds
+    /// down).
+    fn relay(&self, from: &str, entries: Vec<(crate::store::Key, Entry)>) {
+        let topology = self.topology();
+        for (key, entry) in entries {
+            for mate in relay::region_mates(&topology, &key, &self.me, from) {
+                if topology.is_alive(mate) {
+                    self.replicator.push(mate, key.clone(), entry.clone(), None);
+                } else {
+                    self.replicator.hint(mate, key.clone(), entry.clone());
+                }
+            }
+        }
     }
 }
 

@@ -23,8 +23,10 @@ use crate::store::Key;
 /// carry maps and counters, version lists carry stamps (a node of
 /// protocol 1 would read a map as an empty string). 3: entries carry
 /// expired strings whose bytes were dropped (a node of protocol 2 would
-/// read one as an empty string).
-pub const PROTOCOL: u32 = 3;
+/// read one as an empty string). 4: a delta batch may ask its receiver to
+/// relay it to its region's other replicas (a node of protocol 3 would
+/// drop the request, and its region-mates would wait for anti-entropy).
+pub const PROTOCOL: u32 = 4;
 
 /// Why a call to a peer failed.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -61,6 +63,8 @@ pub struct Peers {
     /// When each peer's latency was last measured (by any call): an idle
     /// peer is probed so that its estimate stays current.
     measured: RwLock<HashMap<String, Instant>>,
+    /// Bytes of delta batches delivered, per peer.
+    applied: RwLock<HashMap<String, u64>>,
 }
 
 impl Peers {
@@ -85,6 +89,7 @@ impl Peers {
             channels: RwLock::new(HashMap::new()),
             latencies: Latencies::new(),
             measured: RwLock::new(HashMap::new()),
+            applied: RwLock::new(HashMap::new()),
         }
     }
 
@@ -161,16 +166,46 @@ impl Peers {
 
     /// Merges `entries` into `peer`'s store; returns how many changed it.
     pub async fn apply(&self, peer: &str, entries: &[(Key, Entry)]) -> Result<u32, PeerError> {
+        self.apply_as(peer, entries, false).await
+    }
+
+    /// [`Peers::apply`], and with `relay` the peer also hands each entry on
+    /// to the key's other replicas in its region (one copy of a write
+    /// crosses to each region). The encoded bytes of each batch delivered
+    /// are counted per peer ([`Peers::bytes_applied`]).
+    pub async fn apply_as(
+        &self,
+        peer: &str,
+        entries: &[(Key, Entry)],
+        relay: bool,
+    ) -> Result<u32, PeerError> {
         let request = wire::ApplyRequest {
             header: Some(self.header()),
             entries: entries.iter().map(|(k, e)| to_wire(k, e)).collect(),
+            relay,
         };
+        let bytes = prost::Message::encoded_len(&request) as u64;
         let started = Instant::now();
         let mut client = self.client(peer).await?;
         let reply = self
             .call(peer, Some(started), client.apply(request))
             .await?;
+        *self
+            .applied
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(peer.to_string())
+            .or_default() += bytes;
         Ok(reply.changed)
+    }
+
+    /// Bytes of delta batches delivered to each peer since start (encoded
+    /// requests): what replication costs per link.
+    pub fn bytes_applied(&self) -> HashMap<String, u64> {
+        self.applied
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Reads `keys` from `peer`: the entries it holds.

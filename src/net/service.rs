@@ -21,6 +21,15 @@ use crate::store::Store;
 /// What a node still refilling after a restart answers a read of keys.
 pub const NOT_READY: &str = "syncing (refilling after a restart; answers no reads)";
 
+/// Hands on the deltas a replica of another region relayed to this node
+/// (`ApplyRequest.relay`): to the other replicas of each key in this node's
+/// region. Implemented above the network (the coordinator knows placement).
+pub trait Relay: Send + Sync {
+    /// Queues `entries`, which `from` sent, for this region's other replicas
+    /// of their keys (never back to `from`).
+    fn relay(&self, from: &str, entries: Vec<(crate::store::Key, crate::crdt::Entry)>);
+}
+
 /// Serves the peer protocol over this node's store.
 pub struct PeerService {
     store: Arc<Store>,
@@ -29,6 +38,7 @@ pub struct PeerService {
     anti_entropy: Arc<AntiEntropy>,
     max_message_bytes: usize,
     served: Arc<Served>,
+    relay: Option<Arc<dyn Relay>>,
 }
 
 impl PeerService {
@@ -50,7 +60,15 @@ impl PeerService {
             anti_entropy,
             max_message_bytes,
             served: Arc::new(Served::new()),
+            relay: None,
         }
+    }
+
+    /// Hands relayed batches to `relay`; without it a relayed batch is only
+    /// merged here.
+    pub fn relaying(mut self, relay: Arc<dyn Relay>) -> Self {
+        self.relay = Some(relay);
+        self
     }
 
     /// Counts what this service answers in `served` (shown by
@@ -137,6 +155,11 @@ impl Peer for PeerService {
                 tracing::warn!(error = %err, "refused a peer batch");
                 Status::invalid_argument(err.to_string())
             })?;
+        if req.relay {
+            if let (Some(relay), Some(header)) = (&self.relay, &req.header) {
+                relay.relay(&header.from, entries.clone());
+            }
+        }
         let changed = apply_deltas(&self.store, &self.clock, entries, self.anti_entropy.grace());
         let changed = u32::try_from(changed).unwrap_or(u32::MAX);
         Ok(self.stamped(wire::ApplyResponse { changed }))

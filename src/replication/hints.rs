@@ -170,6 +170,11 @@ impl Hints {
         self.by_peer.values().flatten()
     }
 
+    /// The hints held for `peer`, oldest first.
+    pub fn held_for(&self, peer: &str) -> impl Iterator<Item = &Hint> {
+        self.by_peer.get(peer).into_iter().flatten()
+    }
+
     /// Hints waiting, over all replicas.
     pub fn pending(&self) -> usize {
         self.count

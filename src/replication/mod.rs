@@ -12,7 +12,7 @@ mod hints;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
@@ -75,6 +75,9 @@ struct Delta {
     key: Key,
     entry: Entry,
     ack: Option<Ack>,
+    /// When it was queued: the age of the oldest unsent delta is how far
+    /// the peer is behind.
+    queued: Instant,
 }
 
 /// What one peer's queue task and the writers share.
@@ -90,6 +93,22 @@ struct Waiting {
     closed: bool,
     /// Deltas refused since the queue was last empty (for the log).
     overflowed: u64,
+    /// The batch on its way: when its oldest delta was queued, and its
+    /// bytes.
+    in_flight: Option<(Instant, usize)>,
+}
+
+/// How far one peer's delta queue is behind ([`Replicator::backlog`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backlog {
+    /// The peer.
+    pub peer: String,
+    /// Bytes of deltas queued, on their way or held as hints (keys, values
+    /// and a per-entry overhead, as the queue and hint bounds count them).
+    pub queued_bytes: usize,
+    /// How long the oldest delta not yet delivered has waited (a hint:
+    /// since it was taken); zero when none waits.
+    pub oldest: Duration,
 }
 
 struct Queue {
@@ -101,7 +120,9 @@ struct Queue {
 pub struct Replicator {
     peers: Arc<Peers>,
     batch: BatchLimits,
-    queues: Mutex<HashMap<String, Queue>>,
+    /// One queue per peer and kind: plain deltas, and deltas the peer is to
+    /// relay to its region's other replicas of their keys.
+    queues: Mutex<HashMap<(String, bool), Queue>>,
     hints: Mutex<Hints>,
     overflowed: AtomicU64,
 }
@@ -122,24 +143,99 @@ impl Replicator {
     /// arrived. A delta that does not arrive is kept as a hint, and so is
     /// one that finds the peer's queue full (`max_queued_bytes`) or closed.
     pub fn push(self: &Arc<Self>, peer: &str, key: Key, entry: Entry, ack: Option<Ack>) {
+        self.enqueue(peer, false, key, entry, ack);
+    }
+
+    /// Queues `entry` for `peer`, a replica of another region, which hands
+    /// it on to the key's other replicas in its region: the write crosses
+    /// to that region once. Held as a hint for `peer` alone when it does
+    /// not arrive (anti-entropy then repairs the others).
+    pub fn relay(self: &Arc<Self>, peer: &str, key: Key, entry: Entry) {
+        self.enqueue(peer, true, key, entry, None);
+    }
+
+    /// How far behind replication to each peer is, for the peers with a
+    /// queue or hints: deltas queued, on their way, or held as hints.
+    pub fn backlog(&self) -> Vec<Backlog> {
+        let now = Instant::now();
+        let mut by_peer: HashMap<String, Backlog> = HashMap::new();
+        for ((peer, _), queue) in lock(&self.queues).iter() {
+            let waiting = lock(&queue.shared.waiting);
+            let oldest = waiting
+                .batcher
+                .items()
+                .map(|d| d.queued)
+                .chain(waiting.in_flight.map(|(at, _)| at))
+                .min()
+                .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+            let bytes = waiting.batcher.queued_bytes() + waiting.in_flight.map_or(0, |(_, b)| b);
+            let entry = by_peer.entry(peer.clone()).or_insert_with(|| Backlog {
+                peer: peer.clone(),
+                queued_bytes: 0,
+                oldest: Duration::ZERO,
+            });
+            entry.queued_bytes += bytes;
+            entry.oldest = entry.oldest.max(oldest);
+        }
+        let hints = self.hints();
+        for peer in hints.peers() {
+            let entry = by_peer.entry(peer.clone()).or_insert_with(|| Backlog {
+                peer: peer.clone(),
+                queued_bytes: 0,
+                oldest: Duration::ZERO,
+            });
+            for hint in hints.held_for(&peer) {
+                entry.queued_bytes += hint.size();
+                entry.oldest = entry.oldest.max(now.saturating_duration_since(hint.at));
+            }
+        }
+        drop(hints);
+        let mut all: Vec<Backlog> = by_peer.into_values().collect();
+        all.sort_by(|a, b| a.peer.cmp(&b.peer));
+        all
+    }
+
+    /// Bytes of delta batches delivered to each peer since start.
+    pub fn bytes_applied(&self) -> HashMap<String, u64> {
+        self.peers.bytes_applied()
+    }
+
+    fn enqueue(
+        self: &Arc<Self>,
+        peer: &str,
+        relay: bool,
+        key: Key,
+        entry: Entry,
+        ack: Option<Ack>,
+    ) {
         let shared = {
             let mut queues = lock(&self.queues);
-            let queue = queues.entry(peer.to_string()).or_insert_with(|| {
+            let queue = queues.entry((peer.to_string(), relay)).or_insert_with(|| {
                 let shared = Arc::new(Shared {
                     waiting: Mutex::new(Waiting {
                         batcher: Batcher::new(self.batch),
                         closed: false,
                         overflowed: 0,
+                        in_flight: None,
                     }),
                     wake: Notify::new(),
                 });
-                let task = tokio::spawn(self.clone().run_queue(peer.to_string(), shared.clone()));
+                let task = tokio::spawn(self.clone().run_queue(
+                    peer.to_string(),
+                    relay,
+                    shared.clone(),
+                ));
                 Queue { shared, task }
             });
             queue.shared.clone()
         };
         let size = entry_size(&key, &entry);
-        let delta = Delta { key, entry, ack };
+        let delta = Delta {
+            key,
+            entry,
+            ack,
+            queued: Instant::now(),
+        };
         let refused = {
             let mut waiting = lock(&shared.waiting);
             if waiting.closed {
@@ -287,7 +383,7 @@ impl Replicator {
     /// One peer's queue: sends one batch at a time, so a slow peer delays
     /// only its own deltas, and deltas that arrive while a batch is in
     /// flight form the next one. Once closed, sends what waits and stops.
-    async fn run_queue(self: Arc<Self>, peer: String, shared: Arc<Shared>) {
+    async fn run_queue(self: Arc<Self>, peer: String, relay: bool, shared: Arc<Shared>) {
         loop {
             let (batch, deadline) = {
                 let mut waiting = lock(&shared.waiting);
@@ -310,10 +406,17 @@ impl Replicator {
                     );
                     waiting.overflowed = 0;
                 }
+                waiting.in_flight = batch.as_ref().and_then(|b| {
+                    let oldest = b.iter().map(|d| d.queued).min()?;
+                    Some((oldest, b.iter().map(|d| entry_size(&d.key, &d.entry)).sum()))
+                });
                 (batch, waiting.batcher.deadline())
             };
             match batch {
-                Some(batch) => self.send(&peer, batch).await,
+                Some(batch) => {
+                    self.send(&peer, relay, batch).await;
+                    lock(&shared.waiting).in_flight = None;
+                }
                 None => {
                     let linger = async {
                         match deadline {
@@ -330,14 +433,14 @@ impl Replicator {
         }
     }
 
-    async fn send(&self, peer: &str, batch: Vec<Delta>) {
+    async fn send(&self, peer: &str, relay: bool, batch: Vec<Delta>) {
         let entries: Vec<(Key, Entry)> = batch
             .iter()
             .map(|d| (d.key.clone(), d.entry.clone()))
             .collect();
         let result = self
             .peers
-            .apply(peer, &entries)
+            .apply_as(peer, &entries, relay)
             .await
             .map(|_| ())
             .map_err(Undelivered::from);
