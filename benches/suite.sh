@@ -247,3 +247,8 @@ print(json.dumps({
 }))
 PY
 python3 benches/suite_report.py "$RESULTS" "$machine" "$DOC"
+
+# ---- geo: six nodes in three regions over a simulated WAN (benches/geo.sh) ----
+stop_all() { local p; for p in "${pids[@]}"; do stop "$p"; done; pids=(); }
+stop_all
+DOC="$DOC" OUT="$OUT" DURATION="$DURATION" WARMUP="$WARMUP" bash benches/geo.sh

@@ -12,15 +12,19 @@ use crate::coordinator::Topology;
 use crate::ring::Ring;
 use crate::store::Store;
 
-/// The other members the failure detector holds alive, by id.
+/// The other members the failure detector holds alive: those of `me`'s
+/// region first, then the others, each by id. A round compares with its
+/// own region first, over the cheap links, and reaches the other regions
+/// after.
 pub fn live_peers(topology: &Topology, me: &str) -> Vec<String> {
-    let mut peers: Vec<String> = topology
+    let region = topology.region_of(me);
+    let mut peers: Vec<(bool, String)> = topology
         .members()
         .filter(|m| m.alive && m.id != me)
-        .map(|m| m.id.clone())
+        .map(|m| (m.region != region, m.id.clone()))
         .collect();
     peers.sort();
-    peers
+    peers.into_iter().map(|(_, id)| id).collect()
 }
 
 /// The partitions `me` and `peer` both replicate: what a session between
@@ -117,5 +121,29 @@ mod tests {
         assert!(filled(&t, "n1", &with(&["n2", "n3"])));
         // A replica that left gracefully holds nothing: no need to wait.
         assert!(filled(&topology(NodeState::Leaving), "n1", &with(&["n2"])));
+    }
+
+    #[test]
+    fn a_round_visits_its_own_region_first() {
+        let member = |id: &str, region: &str| Member {
+            id: id.into(),
+            address: String::new(),
+            region: region.into(),
+            state: NodeState::Ready,
+            alive: true,
+            generation: 1,
+        };
+        let t = Topology::new(
+            vec![
+                member("a", "far"),
+                member("b", "near"),
+                member("c", "far"),
+                member("d", "near"),
+                member("e", "near"),
+            ],
+            4,
+            3,
+        );
+        assert_eq!(live_peers(&t, "e"), ["b", "d", "a", "c"]);
     }
 }

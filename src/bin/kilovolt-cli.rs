@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kilovolt::proto::{self, admin_client::AdminClient, kilovolt_client::KilovoltClient};
+use kilovolt::proto::{
+    self, admin_client::AdminClient, faults_client::FaultsClient, kilovolt_client::KilovoltClient,
+};
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
 
@@ -113,6 +115,21 @@ enum Command {
     Members,
     /// Show the contacted node's counters.
     Stats,
+    /// Delay (and optionally drop) the messages between the contacted node
+    /// and PEERS (node ids), to try a WAN on loopback; needs the node's
+    /// --fault-injection.
+    Degrade {
+        #[arg(required = true, value_delimiter = ',')]
+        peers: Vec<String>,
+        /// Delay added to each message, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u32,
+        /// Fraction of messages dropped, 0.0 to 1.0.
+        #[arg(long, default_value_t = 0.0)]
+        drop: f64,
+    },
+    /// Lift every fault the contacted node holds.
+    Heal,
 }
 
 #[derive(Args)]
@@ -250,7 +267,8 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
     let mut kv = KilovoltClient::new(channel.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mut admin = AdminClient::new(channel);
+    let mut admin = AdminClient::new(channel.clone());
+    let mut faults = FaultsClient::new(channel);
     match &cli.command {
         Command::Set {
             key,
@@ -396,6 +414,25 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Stats => {
             let s = admin.stats(proto::StatsRequest {}).await?.into_inner();
             print_stats(cli.json, &s);
+        }
+        Command::Degrade {
+            peers,
+            delay_ms,
+            drop,
+        } => {
+            let state = faults
+                .degrade(proto::DegradeRequest {
+                    peers: peers.clone(),
+                    drop: *drop,
+                    delay_ms: *delay_ms,
+                })
+                .await?
+                .into_inner();
+            println!("{}", json!({"cut": state.cut, "degraded": state.degraded}));
+        }
+        Command::Heal => {
+            let state = faults.heal(proto::HealRequest {}).await?.into_inner();
+            println!("{}", json!({"cut": state.cut, "degraded": state.degraded}));
         }
     }
     Ok(())
