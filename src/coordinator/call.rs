@@ -69,7 +69,7 @@ impl WriteCall {
         } else {
             make(None)?
         };
-        let mut tally = topology.tally(level, replicas, me);
+        let mut tally = Tally::for_replicas(topology, level, replicas, me);
         if local {
             tally.record(me, Answer::Ok);
         }
@@ -190,7 +190,7 @@ impl ReadCall {
     ) -> (Self, Vec<Arc<str>>) {
         let replicas = topology.replicas(key);
         let mut call = Self {
-            tally: topology.tally(level, replicas, me),
+            tally: Tally::for_replicas(topology, level, replicas, me),
             answers: Vec::with_capacity(replicas.len()),
             now,
             grace,
@@ -326,7 +326,7 @@ impl ReadOne {
         rtt: impl Fn(&str) -> Option<Duration>,
     ) -> Self {
         let replicas = topology.replicas(key);
-        let mut tally = topology.tally(level, replicas, me);
+        let mut tally = Tally::for_replicas(topology, level, replicas, me);
         let mut order = Vec::with_capacity(replicas.len());
         let syncing = |r: &str| topology.member(r).map(|m| m.state) == Some(NodeState::Syncing);
         let region = topology.region_of(me);

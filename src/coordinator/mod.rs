@@ -524,7 +524,7 @@ impl Coordinator {
     }
 }
 
-impl crate::net::service::Relay for Coordinator {
+impl crate::net::Relay for Coordinator {
     /// Queues each relayed entry for the key's other replicas in this
     /// node's region (held as a hint for one the failure detector holds
     /// down).

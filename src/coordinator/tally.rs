@@ -5,7 +5,7 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use super::Consistency;
+use super::{Consistency, Topology};
 
 /// What a replica did with a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,6 +140,22 @@ impl Tally {
             }
             _ => Self::new(level, replicas.into_iter().map(|(r, _)| r)),
         }
+    }
+
+    /// A tally of `level` over `replicas` of a key for a request coordinated
+    /// by `me`, with their regions from `topology`: the regional levels
+    /// group the replicas by region, with `me`'s region as the local one.
+    pub fn for_replicas(
+        topology: &Topology,
+        level: Consistency,
+        replicas: &[Arc<str>],
+        me: &str,
+    ) -> Self {
+        Tally::in_regions(
+            level,
+            replicas.iter().map(|r| (r.clone(), topology.region_of(r))),
+            topology.region_of(me),
+        )
     }
 
     /// Records `replica`'s answer; the first answer of a replica counts, and

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Consistency, Tally};
 use crate::cluster::Member;
 use crate::ring::{Replication, Ring, RingNode};
 
@@ -45,17 +44,6 @@ impl Topology {
     /// The region label of member `id` (empty when unset or unknown).
     pub fn region_of(&self, id: &str) -> &str {
         self.members.get(id).map_or("", |m| m.region.as_str())
-    }
-
-    /// A tally of `level` over `replicas` for a request coordinated by `me`:
-    /// the regional levels group the replicas by region, with `me`'s region
-    /// as the local one.
-    pub fn tally(&self, level: Consistency, replicas: &[Arc<str>], me: &str) -> Tally {
-        Tally::in_regions(
-            level,
-            replicas.iter().map(|r| (r.clone(), self.region_of(r))),
-            self.region_of(me),
-        )
     }
 
     /// Every member known.

@@ -6,6 +6,7 @@
 
 pub mod latency;
 pub mod peer;
+pub mod relay;
 pub mod served;
 pub mod service;
 pub mod switch;
@@ -16,6 +17,7 @@ pub mod wire;
 mod hostile;
 
 pub use peer::{PeerError, Peers};
+pub use relay::Relay;
 pub use served::Served;
 pub use service::PeerService;
 pub use switch::{Switch, Verdict};

@@ -7,6 +7,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::peer::{CLOCK_METADATA, PROTOCOL};
+use super::relay::Relay;
 use super::served::Served;
 use super::switch::{Switch, Verdict};
 use super::sync_wire::{reply_to_wire, request_from_wire};
@@ -20,15 +21,6 @@ use crate::store::Store;
 
 /// What a node still refilling after a restart answers a read of keys.
 pub const NOT_READY: &str = "syncing (refilling after a restart; answers no reads)";
-
-/// Hands on the deltas a replica of another region relayed to this node
-/// (`ApplyRequest.relay`): to the other replicas of each key in this node's
-/// region. Implemented above the network (the coordinator knows placement).
-pub trait Relay: Send + Sync {
-    /// Queues `entries`, which `from` sent, for this region's other replicas
-    /// of their keys (never back to `from`).
-    fn relay(&self, from: &str, entries: Vec<(crate::store::Key, crate::crdt::Entry)>);
-}
 
 /// Serves the peer protocol over this node's store.
 pub struct PeerService {
