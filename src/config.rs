@@ -397,15 +397,6 @@ impl Config {
         Self::parse_from(["kilovolt-db"])
     }
 
-    /// How many replicas hold each key: `--replicas-per-region` when given,
-    /// the total `--replication-factor` otherwise.
-    pub fn replication(&self) -> crate::ring::Replication {
-        match self.replicas_per_region {
-            Some(k) => crate::ring::Replication::PerRegion(k as usize),
-            None => crate::ring::Replication::Total(self.replication_factor as usize),
-        }
-    }
-
     /// The address to bind.
     pub fn bind_addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
@@ -499,11 +490,10 @@ mod tests {
     }
 
     #[test]
-    fn replicas_per_region_replaces_the_replication_factor() {
-        use crate::ring::Replication;
-        assert_eq!(Config::defaults().replication(), Replication::Total(3));
+    fn replicas_per_region_excludes_the_replication_factor() {
+        assert_eq!(Config::defaults().replicas_per_region, None);
         let c = Config::try_parse_from(["kilovolt-db", "--replicas-per-region", "2"]).unwrap();
-        assert_eq!(c.replication(), Replication::PerRegion(2));
+        assert_eq!(c.replicas_per_region, Some(2));
         let both = Config::try_parse_from([
             "kilovolt-db",
             "--replicas-per-region",

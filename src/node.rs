@@ -215,7 +215,7 @@ pub async fn start_with_clock(
             max_age: config.max_hint_age,
         },
     );
-    let rf = config.replication();
+    let rf = replication(&config);
     let members = membership.subscribe();
     let topology = Topology::new(members.borrow().clone(), config.partitions, rf);
     peers.set_addresses(addresses(members.borrow().iter()));
@@ -426,6 +426,15 @@ async fn tend_hints(coordinator: Arc<Coordinator>, replicator: Arc<Replicator>) 
                 replicator.replay(&peer).await;
             }
         }
+    }
+}
+
+/// How many replicas hold each key: `--replicas-per-region` when given,
+/// the total `--replication-factor` otherwise.
+fn replication(config: &Config) -> Replication {
+    match config.replicas_per_region {
+        Some(k) => Replication::PerRegion(k as usize),
+        None => Replication::Total(config.replication_factor as usize),
     }
 }
 
