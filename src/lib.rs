@@ -28,6 +28,7 @@ pub mod ring;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod store;
+pub mod switch;
 
 /// The public contract (`proto/kilovolt.proto`), generated at build time.
 #[allow(missing_docs, clippy::all)]

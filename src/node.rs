@@ -18,13 +18,15 @@ use tracing::{info, warn};
 use crate::anti_entropy::{AntiEntropy, AntiEntropyConfig, Limits};
 use crate::api::{AdminService, FaultsService, KilovoltService};
 use crate::clock::{self, Clock, PhysicalClock};
+use crate::cluster::Topology;
 use crate::cluster::{ClusterError, Member, Membership, MembershipConfig, NodeState};
 use crate::config::{Config, ConfigError, DefaultConsistency};
-use crate::coordinator::{Consistency, Coordinator, Topology};
-use crate::net::{PeerService, Peers, Switch};
+use crate::coordinator::{Consistency, Coordinator};
+use crate::net::{PeerService, Peers};
 use crate::proto;
 use crate::replication::{BatchLimits, HintLimits, Replicator};
 use crate::store::Store;
+use crate::switch::Switch;
 
 /// How long shutdown waits for in-flight requests before it stops anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -65,7 +65,9 @@ pub struct Member {
 }
 
 mod membership;
+mod topology;
 mod transport;
 
 pub use membership::{ClusterError, Membership, MembershipConfig, StateAnnouncer};
+pub use topology::Topology;
 pub use transport::SwitchedTransport;

@@ -7,7 +7,6 @@
 pub mod latency;
 pub mod peer;
 pub mod service;
-pub mod switch;
 pub mod sync_wire;
 pub mod wire;
 
@@ -16,4 +15,3 @@ mod hostile;
 
 pub use peer::{PeerError, Peers};
 pub use service::PeerService;
-pub use switch::{Switch, Verdict};

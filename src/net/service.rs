@@ -7,7 +7,6 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::peer::{CLOCK_METADATA, PROTOCOL};
-use super::switch::{Switch, Verdict};
 use super::sync_wire::{reply_to_wire, request_from_wire};
 use super::wire::{from_wire, to_wire};
 use crate::anti_entropy::AntiEntropy;
@@ -16,6 +15,7 @@ use crate::error::Error;
 use crate::proto::cluster::{self as wire, peer_server::Peer};
 use crate::replication::apply_deltas;
 use crate::store::Store;
+use crate::switch::{Switch, Verdict};
 
 /// What a node still refilling after a restart answers a read of keys.
 pub const NOT_READY: &str = "syncing (refilling after a restart; answers no reads)";

@@ -19,9 +19,10 @@ use crate::anti_entropy::{
     merge_repairs, respond, Collector, Initiator, Limits, Next, PartitionSet, Reply, Request,
 };
 use crate::clock::{ntp64, Clock, RoundTrip};
+use crate::cluster::Topology;
 use crate::coordinator::{
     tombstone_entry, value_entry, Answer, Consistency, Decision, Read, ReadCall, ReadOne, Route,
-    Topology, WriteCall, Written,
+    WriteCall, Written,
 };
 use crate::crdt::{ops, Entry, Version};
 use crate::dots::{Dots, DEFAULT_CAPACITY};
