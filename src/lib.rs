@@ -23,6 +23,7 @@ pub mod node;
 mod planted;
 pub mod replication;
 pub mod ring;
+pub mod server;
 /// The deterministic simulator: behind the `sim` feature (and in test
 /// builds), so that the server and users of the library do not carry it.
 #[cfg(any(test, feature = "sim"))]

@@ -22,9 +22,10 @@ use crate::cluster::Topology;
 use crate::cluster::{ClusterError, Member, Membership, MembershipConfig, NodeState};
 use crate::config::{Config, ConfigError, DefaultConsistency};
 use crate::coordinator::{Consistency, Coordinator};
-use crate::net::{PeerService, Peers};
+use crate::net::Peers;
 use crate::proto;
 use crate::replication::{BatchLimits, HintLimits, Replicator};
+use crate::server::PeerService;
 use crate::store::Store;
 use crate::switch::Switch;
 

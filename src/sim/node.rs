@@ -27,10 +27,10 @@ use crate::coordinator::{
 use crate::crdt::{ops, Entry, Version};
 use crate::dots::{Dots, DEFAULT_CAPACITY};
 use crate::net::latency::{Latencies, OBSERVE_AT_ONE};
-use crate::net::service::NOT_READY;
 use crate::replication::{
     apply_deltas, entry_size, BatchLimits, Batcher, Hint, HintLimits, Hints, Overflow, Undelivered,
 };
+use crate::server::NOT_READY;
 use crate::store::{Key, Store};
 
 /// Settings every simulated node shares.
