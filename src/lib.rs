@@ -30,6 +30,7 @@ pub mod server;
 pub mod sim;
 pub mod store;
 pub mod switch;
+pub mod sync_message;
 
 /// The public contract (`proto/kilovolt.proto`), generated at build time.
 #[allow(missing_docs, clippy::all)]
