@@ -24,7 +24,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::oneshot;
 
 pub use call::{Found, ReadCall, ReadOne, Route, Routes, WriteCall, Written};
-pub use tally::{required, Answer, Decision, Tally};
+pub use tally::{required, Decision, ReplicaAnswer, Tally};
 
 use crate::clock::Clock;
 use crate::cluster::Topology;
@@ -539,11 +539,11 @@ fn unanswered(timed_out: bool, timeout: Duration) -> String {
     }
 }
 
-fn answer_of(ack: Result<Result<(), Undelivered>, oneshot::error::RecvError>) -> Answer {
+fn answer_of(ack: Result<Result<(), Undelivered>, oneshot::error::RecvError>) -> ReplicaAnswer {
     match ack {
-        Ok(Ok(())) => Answer::Ok,
-        Ok(Err(e)) => Answer::Failed(format!("{e}; hinted")),
-        Err(_) => Answer::Failed("delta queue closed; hinted".into()),
+        Ok(Ok(())) => ReplicaAnswer::Ok,
+        Ok(Err(e)) => ReplicaAnswer::Failed(format!("{e}; hinted")),
+        Err(_) => ReplicaAnswer::Failed("delta queue closed; hinted".into()),
     }
 }
 

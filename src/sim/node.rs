@@ -21,8 +21,8 @@ use crate::anti_entropy::{
 use crate::clock::{ntp64, Clock, RoundTrip};
 use crate::cluster::Topology;
 use crate::coordinator::{
-    tombstone_entry, value_entry, Answer, Consistency, Decision, Read, ReadCall, ReadOne, Route,
-    WriteCall, Written,
+    tombstone_entry, value_entry, Consistency, Decision, Read, ReadCall, ReadOne, ReplicaAnswer,
+    Route, WriteCall, Written,
 };
 use crate::crdt::{ops, Entry, Version};
 use crate::dots::{Dots, DEFAULT_CAPACITY};
@@ -790,7 +790,7 @@ impl SimNode {
     }
 
     /// A replica's answer to a write this node coordinates.
-    fn write_answer(&mut self, id: u64, replica: &str, answer: Answer) {
+    fn write_answer(&mut self, id: u64, replica: &str, answer: ReplicaAnswer) {
         let Some(Call::Write { call, .. }) = self.calls.get_mut(&id) else {
             return;
         };
@@ -940,8 +940,8 @@ impl SimNode {
                     }
                     if let Some(call) = d.ack {
                         let answer = match &answer {
-                            Ok(_) => Answer::Ok,
-                            Err(why) => Answer::Failed(format!("{why}; hinted")),
+                            Ok(_) => ReplicaAnswer::Ok,
+                            Err(why) => ReplicaAnswer::Failed(format!("{why}; hinted")),
                         };
                         self.write_answer(call, &peer, answer);
                     }
@@ -1028,7 +1028,7 @@ impl SimNode {
                         queued_bytes,
                         limit: limits.max_queued_bytes,
                     };
-                    self.write_answer(call, peer, Answer::Failed(format!("{why}; hinted")));
+                    self.write_answer(call, peer, ReplicaAnswer::Failed(format!("{why}; hinted")));
                 }
             }
         }
