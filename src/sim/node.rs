@@ -21,8 +21,8 @@ use crate::anti_entropy::{
 use crate::clock::{ntp64, Clock, RoundTrip};
 use crate::cluster::Topology;
 use crate::coordinator::{
-    tombstone_entry, value_entry, Consistency, Decision, Read, ReadCall, ReadOne, ReplicaAnswer,
-    Route, WriteCall, Written,
+    increment_entry, map_remove_entry, map_set_entry, tombstone_entry, value_entry, Consistency,
+    Decision, Read, ReadCall, ReadOne, ReplicaAnswer, Route, WriteCall, Written,
 };
 use crate::crdt::{ops, Entry, Version};
 use crate::dots::{Dots, DEFAULT_CAPACITY};
@@ -531,17 +531,7 @@ impl SimNode {
                     .collect();
                 self.write(id, &key, level, |clock, dots, stored| {
                     let stored = stored.or(seen.as_ref());
-                    let version = clock.stamp_after(&key, stored.map(|e| e.version))?;
-                    let incarnation = dots.incarnation();
-                    let now = clock.now();
-                    Ok(ops::map_set(
-                        stored,
-                        now,
-                        &fields,
-                        version,
-                        incarnation,
-                        MAP_LIMIT,
-                    )?)
+                    map_set_entry(clock, dots, &key, stored, &fields, MAP_LIMIT)
                 });
             }
             OpKind::MapRemove { fields } => {
@@ -561,20 +551,13 @@ impl SimNode {
                 }
                 self.write(id, &key, level, |clock, _, stored| {
                     let stored = stored.or(seen.as_ref());
-                    let version = clock.stamp_after(&key, stored.map(|e| e.version))?;
-                    Ok(ops::map_remove(stored, clock.now(), &names, version)?)
+                    map_remove_entry(clock, &key, stored, &names)
                 });
             }
             OpKind::Increment { delta } => {
-                let key_name = key.clone();
                 self.write(id, &key, level, |clock, dots, stored| {
                     let stored = stored.or(seen.as_ref());
-                    let version = clock.stamp_after(&key, stored.map(|e| e.version))?;
-                    let now = clock.now();
-                    let (entry, _) = ops::increment(stored, now, delta, version, |g, c| {
-                        dots.next_increment(&key_name, g, c, now)
-                    })?;
-                    Ok(entry)
+                    Ok(increment_entry(clock, dots, &key, stored, delta)?.0)
                 });
             }
             _ => {}
