@@ -15,6 +15,8 @@ mod client;
 mod messages;
 mod replication;
 mod serve;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
