@@ -124,6 +124,16 @@ struct Place<'a> {
     leaf: u8,
 }
 
+impl<'a> Place<'a> {
+    /// `key` in `partition`, of a store cut into `partitions`.
+    fn within(partition: &'a Partition, key: &str, partitions: u32) -> Self {
+        Self {
+            partition,
+            leaf: leaf_of(key_hash(key), partitions),
+        }
+    }
+}
+
 impl Store {
     /// An empty store over `partitions` partitions, the cluster's fixed
     /// partition count (`--partitions`): the store must cut the keyspace
@@ -463,10 +473,7 @@ impl Store {
         let partitions = self.partitions();
         let mut removed = Vec::new();
         for (key, version) in items {
-            let place = Place {
-                partition: part,
-                leaf: leaf_of(key_hash(key), partitions),
-            };
+            let place = Place::within(part, key, partitions);
             let gone = part.entries.remove_if_sync(&**key, |e| {
                 let due = e.version == *version && (!e.is_live() || e.is_expired(now));
                 if due {
@@ -513,10 +520,7 @@ impl Store {
         part.entries.retain_sync(|key, entry| {
             // Under the bucket lock, like every other change of an entry;
             // taking the expiry lock inside follows the order `merge` uses.
-            let place = Place {
-                partition: part,
-                leaf: leaf_of(key_hash(key), partitions),
-            };
+            let place = Place::within(part, key, partitions);
             self.removed(&place, key, entry);
             removed += 1;
             false
