@@ -474,7 +474,7 @@ async fn a_non_replica_reads_its_regions_replica_first() {
 /// away, an undelayed one as nearer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_peers_are_probed_for_their_round_trip_time() {
-    use kilovolt::net::switch::Degradation;
+    use kilovolt::switch::Degradation;
     let mut nodes: Vec<kilovolt::node::RunningNode> = Vec::new();
     for region in ["r1", "r1", "r2"] {
         let seeds: Vec<String> = nodes.iter().map(|n| n.info().address.clone()).collect();

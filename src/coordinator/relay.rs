@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use super::{Route, Routes, Topology};
+use super::{Route, Routes};
+use crate::cluster::Topology;
 
 /// A write's routes after relaying: the replicas sent to as before, and
 /// the relays, each the one replica of its region the write crosses to.

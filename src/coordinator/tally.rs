@@ -5,11 +5,12 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use super::{Consistency, Topology};
+use super::Consistency;
+use crate::cluster::Topology;
 
 /// What a replica did with a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Answer {
+pub enum ReplicaAnswer {
     /// It answered.
     Ok,
     /// It did not; why, in words for the client.
@@ -37,7 +38,7 @@ pub enum Decision {
 pub struct Tally {
     level: Consistency,
     /// Each counted replica, its group (index into `groups`) and its answer.
-    answers: Vec<(Arc<str>, usize, Option<Answer>)>,
+    answers: Vec<(Arc<str>, usize, Option<ReplicaAnswer>)>,
     groups: Vec<Group>,
 }
 
@@ -160,7 +161,7 @@ impl Tally {
 
     /// Records `replica`'s answer; the first answer of a replica counts, and
     /// a replica the level does not count is ignored.
-    pub fn record(&mut self, replica: &str, answer: Answer) -> Decision {
+    pub fn record(&mut self, replica: &str, answer: ReplicaAnswer) -> Decision {
         if let Some((_, _, slot)) = self.answers.iter_mut().find(|(r, _, _)| **r == *replica) {
             slot.get_or_insert(answer);
         }
@@ -194,7 +195,7 @@ impl Tally {
 
     /// Replicas that answered.
     pub fn answered(&self) -> usize {
-        self.count(|a| matches!(a, Some(Answer::Ok)))
+        self.count(|a| matches!(a, Some(ReplicaAnswer::Ok)))
     }
 
     /// The replicas that have not answered yet.
@@ -226,8 +227,8 @@ impl Tally {
         let _ = write!(s, "; {} answered", self.answered());
         for (replica, _, answer) in &self.answers {
             let fate = match answer {
-                Some(Answer::Ok) => "ok",
-                Some(Answer::Failed(why)) => why,
+                Some(ReplicaAnswer::Ok) => "ok",
+                Some(ReplicaAnswer::Failed(why)) => why,
                 None => waiting,
             };
             let _ = write!(s, "; {replica}: {fate}");
@@ -242,8 +243,8 @@ impl Tally {
             if *group == g {
                 counts.0 += 1;
                 match answer {
-                    Some(Answer::Ok) => counts.1 += 1,
-                    Some(Answer::Failed(_)) => counts.2 += 1,
+                    Some(ReplicaAnswer::Ok) => counts.1 += 1,
+                    Some(ReplicaAnswer::Failed(_)) => counts.2 += 1,
                     None => {}
                 }
             }
@@ -251,7 +252,7 @@ impl Tally {
         counts
     }
 
-    fn count(&self, f: impl Fn(&Option<Answer>) -> bool) -> usize {
+    fn count(&self, f: impl Fn(&Option<ReplicaAnswer>) -> bool) -> usize {
         self.answers.iter().filter(|(_, _, a)| f(a)).count()
     }
 }
@@ -287,14 +288,17 @@ mod tests {
     #[test]
     fn quorum_is_met_by_a_majority_and_failed_by_a_lost_majority() {
         let mut t = Tally::new(Consistency::Quorum, ids(3));
-        assert_eq!(t.record("n1", Answer::Ok), Decision::Open);
-        assert_eq!(t.record("n2", Answer::Failed("cut".into())), Decision::Open);
-        assert_eq!(t.record("n3", Answer::Ok), Decision::Met);
+        assert_eq!(t.record("n1", ReplicaAnswer::Ok), Decision::Open);
+        assert_eq!(
+            t.record("n2", ReplicaAnswer::Failed("cut".into())),
+            Decision::Open
+        );
+        assert_eq!(t.record("n3", ReplicaAnswer::Ok), Decision::Met);
 
         let mut t = Tally::new(Consistency::Quorum, ids(3));
-        t.record("n1", Answer::Failed("down".into()));
+        t.record("n1", ReplicaAnswer::Failed("down".into()));
         assert_eq!(
-            t.record("n2", Answer::Failed("timeout".into())),
+            t.record("n2", ReplicaAnswer::Failed("timeout".into())),
             Decision::Failed
         );
     }
@@ -302,12 +306,12 @@ mod tests {
     #[test]
     fn the_report_names_every_replica() {
         let mut t = Tally::new(Consistency::All, ids(3));
-        t.record("n1", Answer::Ok);
+        t.record("n1", ReplicaAnswer::Ok);
         t.record(
             "n2",
-            Answer::Failed("unreachable: connection refused".into()),
+            ReplicaAnswer::Failed("unreachable: connection refused".into()),
         );
-        t.record("n2", Answer::Ok); // a second answer does not count
+        t.record("n2", ReplicaAnswer::Ok); // a second answer does not count
         assert_eq!(t.decision(), Decision::Failed);
         assert_eq!(
             t.report("no answer within 2s"),
@@ -339,15 +343,15 @@ mod tests {
         assert!(!t.counts("b1"), "another region's replica is not counted");
         // Every remote replica answering does not meet LOCAL_QUORUM.
         for r in ["b1", "b2", "c1", "c2"] {
-            assert_eq!(t.record(r, Answer::Ok), Decision::Open);
+            assert_eq!(t.record(r, ReplicaAnswer::Ok), Decision::Open);
         }
-        assert_eq!(t.record("a1", Answer::Ok), Decision::Open);
-        assert_eq!(t.record("a2", Answer::Ok), Decision::Met);
+        assert_eq!(t.record("a1", ReplicaAnswer::Ok), Decision::Open);
+        assert_eq!(t.record("a2", ReplicaAnswer::Ok), Decision::Met);
 
         let mut t = in_regions(Consistency::LocalQuorum);
-        t.record("a1", Answer::Ok);
+        t.record("a1", ReplicaAnswer::Ok);
         assert_eq!(
-            t.record("a2", Answer::Failed("cut".into())),
+            t.record("a2", ReplicaAnswer::Failed("cut".into())),
             Decision::Failed
         );
         assert_eq!(
@@ -357,12 +361,12 @@ mod tests {
         );
 
         let mut t = in_regions(Consistency::LocalOne);
-        assert_eq!(t.record("b1", Answer::Ok), Decision::Open);
+        assert_eq!(t.record("b1", ReplicaAnswer::Ok), Decision::Open);
         assert_eq!(
-            t.record("a1", Answer::Failed("down".into())),
+            t.record("a1", ReplicaAnswer::Failed("down".into())),
             Decision::Open
         );
-        assert_eq!(t.record("a2", Answer::Ok), Decision::Met);
+        assert_eq!(t.record("a2", ReplicaAnswer::Ok), Decision::Met);
     }
 
     #[test]
@@ -383,18 +387,18 @@ mod tests {
     fn each_quorum_needs_a_majority_in_every_region() {
         let mut t = in_regions(Consistency::EachQuorum);
         for r in ["a1", "a2", "b1", "b2"] {
-            assert_eq!(t.record(r, Answer::Ok), Decision::Open);
+            assert_eq!(t.record(r, ReplicaAnswer::Ok), Decision::Open);
         }
-        assert_eq!(t.record("c1", Answer::Ok), Decision::Open);
-        assert_eq!(t.record("c2", Answer::Ok), Decision::Met);
+        assert_eq!(t.record("c1", ReplicaAnswer::Ok), Decision::Open);
+        assert_eq!(t.record("c2", ReplicaAnswer::Ok), Decision::Met);
 
         // One region lost fails it, naming that region's count.
         let mut t = in_regions(Consistency::EachQuorum);
         for r in ["a1", "a2", "b1", "b2", "c1"] {
-            t.record(r, Answer::Ok);
+            t.record(r, ReplicaAnswer::Ok);
         }
         assert_eq!(
-            t.record("c2", Answer::Failed("cut".into())),
+            t.record("c2", ReplicaAnswer::Failed("cut".into())),
             Decision::Failed
         );
         let report = t.report("-");
@@ -415,18 +419,18 @@ mod tests {
                 .map(|(id, r)| (Arc::from(*id), *r)),
             "r1",
         );
-        t.record("a1", Answer::Ok);
-        t.record("b1", Answer::Ok);
+        t.record("a1", ReplicaAnswer::Ok);
+        t.record("b1", ReplicaAnswer::Ok);
         assert_eq!(t.decision(), Decision::Open);
-        assert_eq!(t.record("a3", Answer::Ok), Decision::Met);
+        assert_eq!(t.record("a3", ReplicaAnswer::Ok), Decision::Met);
     }
 
     #[test]
     fn the_global_levels_ignore_regions() {
         let mut t = in_regions(Consistency::Quorum);
         for r in ["b1", "b2", "c1"] {
-            t.record(r, Answer::Ok);
+            t.record(r, ReplicaAnswer::Ok);
         }
-        assert_eq!(t.record("c2", Answer::Ok), Decision::Met);
+        assert_eq!(t.record("c2", ReplicaAnswer::Ok), Decision::Met);
     }
 }
