@@ -41,7 +41,7 @@ pub enum Error {
     },
     /// A consistency number the contract does not define.
     #[error(
-        "consistency is {0}, which the contract does not define; use 0 (DEFAULT) to 4 (LOCAL)"
+        "consistency is {0}, which the contract does not define; use 0 (DEFAULT) to 7 (LOCAL_ONE)"
     )]
     UnknownConsistency(i32),
     /// A batch carries more operations than the limit.

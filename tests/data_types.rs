@@ -409,10 +409,10 @@ async fn bad_map_and_counter_input_names_the_limit_and_changes_nothing() {
         .increment(proto::IncrementRequest {
             key: "n".into(),
             delta: 1,
-            consistency: 7,
+            consistency: 8,
         })
         .await;
-    fails(unknown, bad, "consistency is 7");
+    fails(unknown, bad, "consistency is 8");
 
     // The whole map is bounded too: each write fits, the sum would not.
     mset(&mut c, "m", &[("a", &half)]).await.unwrap();
