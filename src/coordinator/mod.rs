@@ -685,6 +685,39 @@ mod tests {
         );
     }
 
+    /// Every operation takes the regional levels, on one node alone in its
+    /// (unnamed) region.
+    #[tokio::test]
+    async fn every_operation_runs_at_the_regional_levels() {
+        let c = alone();
+        for level in [
+            Consistency::LocalOne,
+            Consistency::LocalQuorum,
+            Consistency::EachQuorum,
+        ] {
+            let name = level.name();
+            c.set(name, "v", 0, level).await.unwrap();
+            assert_eq!(
+                c.get(name, level).await.unwrap().value.as_deref(),
+                Some("v")
+            );
+            c.delete(name, level).await.unwrap();
+            assert_eq!(c.get(name, level).await.unwrap().value, None);
+            let map = format!("{name}-map");
+            c.map_set(&map, &[("a", "1"), ("b", "2")], 100, level)
+                .await
+                .unwrap();
+            assert!(c.map_remove(&map, &["a"], level).await.unwrap());
+            assert_eq!(
+                c.map_get(&map, &[], level).await.unwrap().map(|m| m.len()),
+                Some(1)
+            );
+            let counter = format!("{name}-counter");
+            assert_eq!(c.increment(&counter, 2, level).await, Ok(2));
+            assert_eq!(c.get_counter(&counter, level).await, Ok(Some(2)));
+        }
+    }
+
     #[tokio::test]
     async fn a_refused_ttl_leaves_the_stored_value() {
         let c = alone();

@@ -95,7 +95,7 @@ impl Peers {
         }
     }
 
-    /// Measures, with one light call each (a read of no keys), the peers
+    /// Measures, with one light call each (`Peer.Clock`), the peers
     /// whose latency no call measured within `idle`, so that reads keep
     /// ordering replicas by a current round-trip time while traffic to a
     /// peer is rare. Returns how many peers were probed.
