@@ -513,7 +513,7 @@ fn check_read(
     if r.level == Consistency::Local {
         return;
     }
-    let n = world.config().settings.replication_factor;
+    let n = world.truth().ring().replication_factor();
     for w in ops.iter().filter(|op| op.is_write()) {
         let Some((acked, written)) = w.written() else {
             continue;

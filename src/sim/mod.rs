@@ -79,6 +79,7 @@ impl Default for Config {
             settings: Settings {
                 partitions: 16,
                 replication_factor: 3,
+                replicas_per_region: None,
                 request_timeout: Duration::from_millis(500),
                 batch: BatchLimits {
                     max_bytes: 16 * 1024,

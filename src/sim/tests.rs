@@ -115,3 +115,18 @@ fn local_levels_that_count_another_region_are_caught() {
         "{report}"
     );
 }
+
+/// Two replicas of every key in each region (every node holds every key
+/// but the lone one of a region): the regional levels over majorities of
+/// two, and placement per region through joins and leaves.
+#[test]
+fn replicas_per_region_pass() {
+    let mut config = Config::default();
+    config.settings.replicas_per_region = Some(2);
+    let failed: Vec<String> = (1..=30)
+        .map(|seed| run(seed, &config))
+        .filter(|o| !o.passed())
+        .map(|o| o.report())
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}

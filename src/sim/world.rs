@@ -556,7 +556,7 @@ impl World {
             })
             .collect();
         let s = &self.config.settings;
-        Topology::new(members, s.partitions, s.replication_factor)
+        Topology::new(members, s.partitions, s.replication())
     }
 
     /// Tells every node up of a change, each after its own detection delay.
@@ -682,7 +682,7 @@ impl World {
             }
             Fault::LeaveDuringPartition { pick } => {
                 let up = self.up();
-                if up.len() <= self.config.settings.replication_factor {
+                if up.len() <= self.truth().ring().replication_factor() {
                     return;
                 }
                 self.inject(PlannedFault {

@@ -18,6 +18,9 @@ pub struct Settings {
     pub partitions: u32,
     /// Replicas of each key.
     pub replication_factor: usize,
+    /// When set, replicas of each key in every region instead (as
+    /// `--replicas-per-region`).
+    pub replicas_per_region: Option<usize>,
     /// How long a request or a peer call waits for answers.
     pub request_timeout: Duration,
     /// Delta batching.
@@ -265,4 +268,15 @@ pub enum Out {
     HintsExpired,
     /// Settled entries collection removed.
     Collected(Vec<(Key, Version)>),
+}
+
+impl Settings {
+    /// How many replicas each key has: per region when
+    /// `replicas_per_region` is set, the total otherwise.
+    pub fn replication(&self) -> crate::ring::Replication {
+        match self.replicas_per_region {
+            Some(k) => crate::ring::Replication::PerRegion(k),
+            None => crate::ring::Replication::Total(self.replication_factor),
+        }
+    }
 }
