@@ -308,6 +308,7 @@ pub async fn start_with_clock(
         sync: sync_stats.clone(),
         leaving: leaving.clone(),
         connections: connections.clone(),
+        members: membership.subscribe(),
     };
     parts.clone().register(&metrics);
     metrics.set_regions(regions(members.borrow().iter()));
@@ -369,11 +370,7 @@ pub async fn start_with_clock(
     .max_encoding_message_size(config.max_peer_message_bytes());
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    background.push(tokio::spawn(report_health(
-        health.clone(),
-        parts.clone(),
-        membership.subscribe(),
-    )));
+    background.push(tokio::spawn(report_health(health.clone(), parts.clone())));
     if let Some(listener) = metrics_listener {
         let parts = parts.clone();
         let state = Arc::new(move || parts.state().as_str());
@@ -451,13 +448,11 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
 
 /// Keeps the gRPC health service in step with this node's state: SERVING
 /// only while `ready`, NOT_SERVING while it syncs or leaves.
-async fn report_health(
-    health: tonic_health::server::HealthReporter,
-    parts: Parts,
-    mut members: watch::Receiver<Vec<Member>>,
-) {
+async fn report_health(health: tonic_health::server::HealthReporter, parts: Parts) {
+    let mut members = parts.members.clone();
     let mut serving = None;
     loop {
+        members.borrow_and_update();
         let ready = parts.state() == NodeState::Ready;
         if serving != Some(ready) {
             set_health(&health, ready).await;

@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::watch;
+
 use crate::anti_entropy::AntiEntropyStats;
 use crate::clock::Clock;
-use crate::cluster::NodeState;
+use crate::cluster::{Member, NodeState};
 use crate::coordinator::Coordinator;
 use crate::metrics::process::{resident_bytes, OpenConnections};
 use crate::metrics::{Exposition, Kind, Metrics};
@@ -37,6 +39,8 @@ pub struct Parts {
     pub leaving: Arc<AtomicBool>,
     /// The gRPC server's open connections.
     pub connections: OpenConnections,
+    /// The member list as membership publishes it (this node included).
+    pub members: watch::Receiver<Vec<Member>>,
 }
 
 impl Parts {
@@ -46,9 +50,10 @@ impl Parts {
         if self.leaving.load(Ordering::Relaxed) {
             return NodeState::Leaving;
         }
-        self.coordinator
-            .topology()
-            .member(&self.me)
+        self.members
+            .borrow()
+            .iter()
+            .find(|m| m.id == self.me)
             .map_or(NodeState::Joining, |m| m.state)
     }
 
