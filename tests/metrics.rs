@@ -374,4 +374,27 @@ async fn ready_turns_ready_after_a_restart_only_once_syncing_is_done() {
         "ready means refilled"
     );
     assert_eq!(health(&restarted).await, ServingStatus::Serving);
+
+    // One screen for the whole cluster, from any node (once gossip has
+    // told it the restarted node is ready).
+    wait_ready(&a, 3).await;
+    let out = a.server.cli(&["--json", "status"]);
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let members = status["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{status}");
+    for m in members {
+        assert_eq!(m["state"], "ready", "{status}");
+        assert_eq!(m["keys"], 1000, "every node holds every key: {status}");
+        assert!(
+            m["anti_entropy_last_completed_ms"].as_u64().unwrap() > 0,
+            "{status}"
+        );
+    }
+    let out = a.server.cli(&["status"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&restarted.server.addr) && text.contains("(this node)"),
+        "{text}"
+    );
 }
