@@ -320,6 +320,37 @@ async fn metrics_move_with_requests_a_partition_and_a_heal() {
     );
     assert!(sample(&text, "kilovolt_open_connections", &[]) >= 1.0);
     assert!(sample(&text, "kilovolt_process_resident_memory_bytes", &[]) > 0.0);
+
+    // The dashboard and the alerting rules name only metrics a node serves.
+    for file in ["deploy/grafana-dashboard.json", "deploy/alerts.yml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let deployed = std::fs::read_to_string(&path).unwrap();
+        for name in metric_names(&deployed) {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                text.contains(&format!("# TYPE {base} ")),
+                "{file} names {name}, which the node does not serve"
+            );
+        }
+    }
+}
+
+/// Every `kilovolt_...` metric name in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("kilovolt_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
