@@ -370,6 +370,9 @@ pub async fn start_with_clock(
     .max_encoding_message_size(config.max_peer_message_bytes());
 
     let (health, health_service) = tonic_health::server::health_reporter();
+    // Before the server answers: a node that starts syncing must not be
+    // SERVING for a moment.
+    set_health(&health, parts.state() == NodeState::Ready).await;
     background.push(tokio::spawn(report_health(health.clone(), parts.clone())));
     if let Some(listener) = metrics_listener {
         let parts = parts.clone();

@@ -140,8 +140,8 @@ struct Inner {
     peer_requests: IntCounterVec,
     peer_errors: IntCounterVec,
     peer_seconds: HistogramVec,
-    /// Per (peer, rpc): its handles, made on the first call.
-    peer_handles: RwLock<HashMap<(String, &'static str), PeerHandles>>,
+    /// Per peer, per RPC: its handles, made on the first call.
+    peer_handles: RwLock<HashMap<String, Vec<(&'static str, PeerHandles)>>>,
     /// Each peer's region, from membership.
     regions: RwLock<HashMap<String, String>>,
     sessions: IntCounterVec,
@@ -336,13 +336,13 @@ impl Metrics {
         failed: bool,
     ) {
         let Some(inner) = &self.inner else { return };
-        let key = (peer.to_string(), rpc);
         let cached = inner
             .peer_handles
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .cloned();
+            .get(peer)
+            .and_then(|by_rpc| by_rpc.iter().find(|(r, _)| *r == rpc))
+            .map(|(_, h)| h.clone());
         let handles = match cached {
             Some(h) => h,
             None => {
@@ -363,7 +363,9 @@ impl Metrics {
                     .peer_handles
                     .write()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .insert(key, h.clone());
+                    .entry(peer.to_string())
+                    .or_default()
+                    .push((rpc, h.clone()));
                 h
             }
         };
