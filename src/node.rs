@@ -178,20 +178,19 @@ pub async fn start_with_clock(
     let local_addr = listener
         .local_addr()
         .map_err(|source| NodeError::Bind { addr, source })?;
-    let metrics_listener = match config.metrics_addr {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
+    // The metrics listener, bound before anything starts, so that a port in
+    // use stops the node at once.
+    let (metrics_listener, metrics_addr) = match config.metrics_addr {
+        Some(addr) => {
+            let bound = TcpListener::bind(addr)
                 .await
-                .map_err(|source| NodeError::Bind { addr, source })?,
-        ),
-        None => None,
-    };
-    let metrics_addr = match &metrics_listener {
-        Some(l) => Some(l.local_addr().map_err(|source| NodeError::Bind {
-            addr: config.metrics_addr.unwrap_or(addr),
-            source,
-        })?),
-        None => None,
+                .map_err(|source| NodeError::Bind { addr, source })?;
+            let local = bound
+                .local_addr()
+                .map_err(|source| NodeError::Bind { addr, source })?;
+            (Some(bound), Some(local))
+        }
+        None => (None, None),
     };
     let metrics = if metrics_listener.is_some() {
         Metrics::on()

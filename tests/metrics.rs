@@ -429,3 +429,27 @@ async fn ready_turns_ready_after_a_restart_only_once_syncing_is_done() {
         "{text}"
     );
 }
+
+#[test]
+fn a_metrics_port_in_use_is_a_one_line_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(SERVER)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-addr",
+            &addr,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr}")) && err.contains("in use"),
+        "{err}"
+    );
+}
