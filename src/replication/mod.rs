@@ -560,5 +560,13 @@ mod tests {
                 fit * size
             )
         );
+        // The backlog shows both: the bytes still queued (a batch in flight
+        // is not counted) and the hints, with the oldest write.
+        let backlog = replicator.backlog();
+        assert_eq!(backlog.len(), 1);
+        let slow = &backlog[0];
+        assert_eq!((slow.peer.as_str(), slow.hints), ("slow", 100 - fit));
+        assert!(slow.queued_bytes > 0 && slow.queued_bytes <= fit * size);
+        assert!(slow.oldest.is_some_and(|at| at <= Instant::now()));
     }
 }
