@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use common::{admin, eventually, kv, start_node};
 use kilovolt::config::Config;
-use kilovolt::net::switch::Degradation;
 use kilovolt::node::RunningNode;
 use kilovolt::proto::{self, Consistency};
+use kilovolt::switch::Degradation;
 use tonic::Code;
 
 /// Fast failure detection and short timeouts, and a cluster name of the

@@ -8,14 +8,14 @@ use crate::crdt::Entry;
 use crate::keyspace::{Flow, Stamp};
 use crate::store::Key;
 
-use super::message::{
-    summary_size, BRANCHES_ITEM, EMPTY_REPAIR_REQUEST, EMPTY_REQUEST, EMPTY_VERSIONS_REQUEST,
-    LEAF_ID_ITEM, WANTED_ITEM,
-};
 use super::{
     entry_size, fingerprint, fingerprinted, group_digest, LeafId, LeafVersions, Limits,
     PartitionSet, Replica, Reply, Request, SessionError, Wanted, BRANCHES, GROUP_PARTITIONS,
     LEAVES_PER_BRANCH,
+};
+use crate::sync_message::{
+    summary_size, BRANCHES_ITEM, EMPTY_REPAIR_REQUEST, EMPTY_REQUEST, EMPTY_VERSIONS_REQUEST,
+    LEAF_ID_ITEM, WANTED_ITEM,
 };
 
 /// Keys read from the replica at a time while filling a repair message.

@@ -108,7 +108,6 @@
 
 mod collector;
 mod initiator;
-mod message;
 pub mod plan;
 mod responder;
 mod shell;
@@ -118,13 +117,16 @@ mod tests;
 use thiserror::Error;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64_with_seed};
 
+use crate::config::DEFAULT_SYNC_MESSAGE_BYTES;
 use crate::crdt::Entry;
 use crate::keyspace::Stamp;
 use crate::store::Key;
 
+pub use crate::sync_message::{
+    entry_size, LeafId, LeafVersions, PartitionSet, Reply, Request, Wanted, GROUP_PARTITIONS,
+};
 pub use collector::{Collected, Collector};
 pub use initiator::{Initiator, Next, SessionStats, Step};
-pub use message::{entry_size, LeafId, LeafVersions, PartitionSet, Reply, Request, Wanted};
 pub use responder::{respond, Answer};
 pub use shell::{merge_repairs, AntiEntropy, AntiEntropyConfig, AntiEntropyStats, SyncError};
 
@@ -138,12 +140,6 @@ pub const LEAVES_PER_BRANCH: usize = 16;
 /// Leaves per partition tree: leaf `l` is position `l % 16` of branch
 /// `l / 16`.
 pub const LEAVES: usize = BRANCHES * LEAVES_PER_BRANCH;
-
-/// Shared partitions summarized by one digest in [`Request::Summary`]. With
-/// 1024 partitions that is 32 digests (512 bytes) when idle, and a divergent
-/// partition costs its group's 32 roots (512 bytes) in the reply: the
-/// grouping that makes the sum of both smallest.
-pub const GROUP_PARTITIONS: usize = 32;
 
 /// What a session reads of a replica: its Merkle trees and its keys. The
 /// store implements it; the session never sees the store type, and never
@@ -185,11 +181,12 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// 256 KiB: large enough that the repair of a few thousand keys takes one
-    /// message, small enough that one message does not hold a link for long.
+    /// [`DEFAULT_SYNC_MESSAGE_BYTES`] (256 KiB): large enough that the repair
+    /// of a few thousand keys takes one message, small enough that one
+    /// message does not hold a link for long.
     fn default() -> Self {
         Self {
-            max_message_bytes: 256 * 1024,
+            max_message_bytes: DEFAULT_SYNC_MESSAGE_BYTES,
         }
     }
 }

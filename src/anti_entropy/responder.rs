@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use crate::crdt::Entry;
 use crate::store::Key;
 
-use super::message::{
-    leaf_versions_item, leaf_versions_size, roots_item, EMPTY_REPLY, LEAVES_ITEM, STATE_ITEM,
-    VERSION_ITEM,
-};
 use super::{
     fingerprinted, group_digest, LeafId, LeafVersions, Limits, Replica, Reply, Request,
     SessionError, Wanted, BRANCHES, GROUP_PARTITIONS,
+};
+use crate::sync_message::{
+    leaf_versions_item, leaf_versions_size, roots_item, EMPTY_REPLY, LEAVES_ITEM, STATE_ITEM,
+    VERSION_ITEM,
 };
 
 /// The responder's answer to one request.

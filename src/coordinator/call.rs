@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use super::{Answer, Consistency, Decision, Tally, Topology};
-use crate::cluster::NodeState;
+use super::{Answer, Consistency, Decision, Tally};
+use crate::cluster::{NodeState, Topology};
 use crate::crdt::{Entry, Version};
 use crate::error::Error;
 use crate::store::{is_settled, Store};

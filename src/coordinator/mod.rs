@@ -14,7 +14,6 @@
 
 mod call;
 mod tally;
-mod topology;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -26,9 +25,9 @@ use tokio::sync::oneshot;
 
 pub use call::{Found, ReadCall, ReadOne, Route, Routes, WriteCall, Written};
 pub use tally::{required, Answer, Decision, Tally};
-pub use topology::Topology;
 
 use crate::clock::Clock;
+use crate::cluster::Topology;
 use crate::crdt::{ops, Entry, Payload, Version};
 use crate::dots::Dots;
 use crate::error::Error;
@@ -671,7 +670,7 @@ pub(crate) fn test_coordinator(
     let peers = Arc::new(Peers::new(
         "n1".into(),
         clock.clone(),
-        Arc::new(crate::net::Switch::new()),
+        Arc::new(crate::switch::Switch::new()),
         Duration::from_secs(1),
         1 << 20,
     ));

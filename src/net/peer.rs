@@ -9,15 +9,15 @@ use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 
 use super::latency::Latencies;
-use super::switch::{Switch, Verdict};
 use super::sync_wire::{reply_from_wire, request_to_wire};
 use super::wire::{from_wire, to_wire};
-use crate::anti_entropy::{Reply, Request};
 use crate::clock::Clock;
 use crate::crdt::Entry;
 use crate::metrics::Metrics;
 use crate::proto::cluster::{self as wire, peer_client::PeerClient};
 use crate::store::Key;
+use crate::switch::{Switch, Verdict};
+use crate::sync_message::{Reply, Request};
 
 /// The peer protocol's number, sent in every request. A receiver refuses a
 /// number it does not speak rather than misread the message. 2: entries

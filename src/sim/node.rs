@@ -19,17 +19,18 @@ use crate::anti_entropy::{
     merge_repairs, respond, Collector, Initiator, Limits, Next, PartitionSet, Reply, Request,
 };
 use crate::clock::{ntp64, Clock, RoundTrip};
+use crate::cluster::Topology;
 use crate::coordinator::{
     tombstone_entry, value_entry, Answer, Consistency, Decision, Read, ReadCall, ReadOne, Route,
-    Topology, WriteCall, Written,
+    WriteCall, Written,
 };
 use crate::crdt::{ops, Entry, Version};
 use crate::dots::{Dots, DEFAULT_CAPACITY};
 use crate::net::latency::{Latencies, OBSERVE_AT_ONE};
-use crate::net::service::NOT_READY;
 use crate::replication::{
     apply_deltas, entry_size, BatchLimits, Batcher, Hint, HintLimits, Hints, Overflow, Undelivered,
 };
+use crate::server::NOT_READY;
 use crate::store::{Key, Store};
 
 /// Settings every simulated node shares.
