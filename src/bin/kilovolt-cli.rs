@@ -464,7 +464,7 @@ fn print_status(as_json: bool, self_id: &str, rows: &[StatusRow]) {
         return;
     }
     println!(
-        "{:<22} {:<10} {:<8} {:<5} {:>9} {:>10} {:>7} {:>7} {:>9}  LAST REPAIR",
+        "{:<22} {:<10} {:<8} {:<5} {:>9} {:>10} {:>7} {:>7} {:>9}  LAST SYNC",
         "ADDRESS", "REGION", "STATE", "ALIVE", "KEYS", "TOMBSTONES", "HINTS", "ROUNDS", "REPAIRED"
     );
     for (m, stats) in rows {
