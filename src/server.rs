@@ -152,16 +152,32 @@ impl Peer for PeerService {
             tracing::warn!(error = %err, "refused a peer read");
             Status::from(err)
         })?;
+        Ok(self.stamped(wire::ReadResponse { entries }))
+    }
+
+    async fn clock(
+        &self,
+        request: Request<wire::ClockRequest>,
+    ) -> Result<Response<wire::ClockResponse>, Status> {
+        let req = request.into_inner();
+        self.admit(req.header.as_ref()).await?;
+        // Answered while refilling too: a restarted peer seeds its clock
+        // from it.
         let clock = self.clock.latest().time;
+        Ok(self.stamped(wire::ClockResponse { clock }))
+    }
+
+    async fn holding(
+        &self,
+        request: Request<wire::HoldingRequest>,
+    ) -> Result<Response<wire::HoldingResponse>, Status> {
+        let req = request.into_inner();
+        self.admit(req.header.as_ref()).await?;
         let mut held = req.partitions;
         held.sort_unstable();
         held.dedup();
         held.retain(|&p| self.store.partition_len(p) > 0);
-        Ok(self.stamped(wire::ReadResponse {
-            entries,
-            clock,
-            held,
-        }))
+        Ok(self.stamped(wire::HoldingResponse { held }))
     }
 
     async fn sync(

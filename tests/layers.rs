@@ -242,3 +242,27 @@ fn the_scanner_sees_grouped_imports_and_skips_test_items() {
     let kept: Vec<usize> = non_test_lines(text).iter().map(|(n, _)| *n).collect();
     assert_eq!(kept, [1, 8]);
 }
+
+/// docs/architecture.md copies [`ORDER`] in a `text` block that starts
+/// with its lowest module, as `a < b < c`, wrapped as it likes: the copy
+/// must be the same list.
+#[test]
+fn the_architecture_page_copies_the_order() {
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/architecture.md");
+    let page = fs::read_to_string(&page).expect("docs/architecture.md");
+    let first = format!("{} <", ORDER[0]);
+    let copy = page
+        .split("```text")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .find(|block| block.trim_start().starts_with(&first))
+        .unwrap_or_else(|| panic!("docs/architecture.md has no ```text block starting `{first}`"));
+    let copied: Vec<&str> = copy.split('<').map(str::trim).collect();
+    assert_eq!(
+        copied,
+        ORDER,
+        "docs/architecture.md's copy of the layer order differs from tests/layers.rs ORDER: \
+         write it as {}",
+        ORDER.join(" < ")
+    );
+}

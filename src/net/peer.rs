@@ -24,8 +24,10 @@ use crate::sync_message::{Reply, Request};
 /// carry maps and counters, version lists carry stamps (a node of
 /// protocol 1 would read a map as an empty string). 3: entries carry
 /// expired strings whose bytes were dropped (a node of protocol 2 would
-/// read one as an empty string).
-pub const PROTOCOL: u32 = 3;
+/// read one as an empty string). 4: `Read` reads keys only; the clock
+/// query and the "which partitions do you hold" query are RPCs of their own
+/// (`Clock`, `Holding`), where protocol 3 asked them through `Read`.
+pub const PROTOCOL: u32 = 4;
 
 /// Why a call to a peer failed.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -137,7 +139,6 @@ impl Peers {
         let request = wire::ReadRequest {
             header: Some(self.header()),
             keys: keys.iter().map(|k| k.to_string()).collect(),
-            partitions: Vec::new(),
         };
         let started = Instant::now();
         let mut client = self.client(peer, "read").await?;
@@ -154,30 +155,27 @@ impl Peers {
     /// `peer`'s clock now (NTP64 time), to seed this node's clock after a
     /// restart.
     pub async fn clock(&self, peer: &str) -> Result<u64, PeerError> {
-        let request = wire::ReadRequest {
+        let request = wire::ClockRequest {
             header: Some(self.header()),
-            keys: Vec::new(),
-            partitions: Vec::new(),
         };
         let started = Instant::now();
-        let mut client = self.client(peer, "read").await?;
+        let mut client = self.client(peer, "clock").await?;
         Ok(self
-            .call(peer, "read", Some(started), client.read(request))
+            .call(peer, "clock", Some(started), client.clock(request))
             .await?
             .clock)
     }
 
     /// Which of `partitions` `peer` holds entries of.
     pub async fn holding(&self, peer: &str, partitions: &[u32]) -> Result<Vec<u32>, PeerError> {
-        let request = wire::ReadRequest {
+        let request = wire::HoldingRequest {
             header: Some(self.header()),
-            keys: Vec::new(),
             partitions: partitions.to_vec(),
         };
         let started = Instant::now();
-        let mut client = self.client(peer, "read").await?;
+        let mut client = self.client(peer, "holding").await?;
         Ok(self
-            .call(peer, "read", Some(started), client.read(request))
+            .call(peer, "holding", Some(started), client.holding(request))
             .await?
             .held)
     }
