@@ -242,3 +242,62 @@ impl Parts {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn member(state: NodeState) -> Member {
+        Member {
+            id: "n1".into(),
+            address: String::new(),
+            region: String::new(),
+            state,
+            alive: true,
+            generation: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_state_follows_membership_until_the_node_leaves() {
+        let (coordinator, replicator) =
+            crate::coordinator::test_coordinator(vec![member(NodeState::Syncing)]);
+        let (announce, members) = watch::channel(vec![member(NodeState::Syncing)]);
+        let parts = Parts {
+            me: "n1".into(),
+            store: Arc::new(Store::new(16)),
+            coordinator: Arc::new(coordinator),
+            replicator,
+            clock: Arc::new(Clock::new(
+                "n1",
+                crate::clock::system_time,
+                Duration::from_millis(500),
+            )),
+            sync: Arc::default(),
+            leaving: Arc::new(AtomicBool::new(false)),
+            connections: OpenConnections::default(),
+            members,
+        };
+        let metrics = Metrics::on();
+        parts.clone().register(&metrics);
+        assert_eq!(parts.state(), NodeState::Syncing);
+        assert!(metrics
+            .render()
+            .contains("kilovolt_node_state{state=\"syncing\"} 1\n"));
+        announce.send_replace(vec![member(NodeState::Ready)]);
+        assert_eq!(parts.state(), NodeState::Ready);
+        parts.leaving.store(true, Ordering::Relaxed);
+        assert_eq!(parts.state(), NodeState::Leaving);
+        let text = metrics.render();
+        assert!(
+            text.contains("kilovolt_node_state{state=\"leaving\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kilovolt_node_state{state=\"ready\"} 0\n"),
+            "{text}"
+        );
+    }
+}
