@@ -57,7 +57,7 @@ impl AdminService {
 
 impl AdminService {
     /// Replication to each other region: the backlog of its nodes' delta
-    /// queues and the bytes delivered to them.
+    /// queues and hints, and the bytes delivered to them.
     fn regions(&self) -> Vec<proto::RegionReplication> {
         let topology = self.coordinator.topology();
         let local = topology.region_of(&self.node.id).to_string();
@@ -72,11 +72,16 @@ impl AdminService {
                 (m.region.clone(), r)
             })
             .collect();
+        let now = std::time::Instant::now();
         for backlog in self.replicator.backlog() {
             if let Some(r) = regions.get_mut(topology.region_of(&backlog.peer)) {
                 r.queued_bytes += backlog.queued_bytes as u64;
-                let ms = u64::try_from(backlog.oldest.as_millis()).unwrap_or(u64::MAX);
-                r.oldest_unsent_ms = r.oldest_unsent_ms.max(ms);
+                r.hints += backlog.hints as u64;
+                if let Some(at) = backlog.oldest {
+                    let waited = now.saturating_duration_since(at).as_millis();
+                    let ms = u64::try_from(waited).unwrap_or(u64::MAX);
+                    r.oldest_unsent_ms = r.oldest_unsent_ms.max(ms);
+                }
             }
         }
         for (peer, bytes) in self.replicator.bytes_applied() {
@@ -151,6 +156,8 @@ impl Admin for AdminService {
             deltas_overflowed: self.replicator.deltas_overflowed(),
             peer_reads_served: self.served.reads(),
             regions: self.regions(),
+            anti_entropy_last_completed_ms: self.sync.last_completed_ms(),
+            bytes: held.bytes,
         }))
     }
 

@@ -9,16 +9,16 @@
 mod batcher;
 mod hints;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 pub use batcher::{BatchLimits, Batcher, Overflow};
-pub use hints::{entry_size, Hint, HintLimits, Hints};
+pub use hints::{entry_size, DropReason, Hint, HintLimits, Hints};
 
 use crate::clock::Clock;
 use crate::crdt::Entry;
@@ -77,7 +77,7 @@ struct Delta {
     ack: Option<Ack>,
     /// When it was queued: the age of the oldest unsent delta is how far
     /// the peer is behind.
-    queued: Instant,
+    at: Instant,
 }
 
 /// What one peer's queue task and the writers share.
@@ -93,27 +93,35 @@ struct Waiting {
     closed: bool,
     /// Deltas refused since the queue was last empty (for the log).
     overflowed: u64,
-    /// The batch on its way: when its oldest delta was queued, and its
-    /// bytes.
-    in_flight: Option<(Instant, usize)>,
-}
-
-/// How far one peer's delta queue is behind ([`Replicator::backlog`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Backlog {
-    /// The peer.
-    pub peer: String,
-    /// Bytes of deltas queued, on their way or held as hints (keys, values
-    /// and a per-entry overhead, as the queue and hint bounds count them).
-    pub queued_bytes: usize,
-    /// How long the oldest delta not yet delivered has waited (a hint:
-    /// since it was taken); zero when none waits.
-    pub oldest: Duration,
 }
 
 struct Queue {
     shared: Arc<Shared>,
     task: JoinHandle<()>,
+}
+
+/// What waits for one peer ([`Replicator::backlog`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backlog {
+    /// The peer.
+    pub peer: String,
+    /// Bytes of deltas in its queue.
+    pub queued_bytes: usize,
+    /// Hints held for it.
+    pub hints: usize,
+    /// When its oldest undelivered write was queued or hinted.
+    pub oldest: Option<Instant>,
+}
+
+impl Backlog {
+    fn new(peer: String) -> Self {
+        Self {
+            peer,
+            queued_bytes: 0,
+            hints: 0,
+            oldest: None,
+        }
+    }
 }
 
 /// The outbound side of replication for one node.
@@ -154,47 +162,6 @@ impl Replicator {
         self.enqueue(peer, true, key, entry, None);
     }
 
-    /// How far behind replication to each peer is, for the peers with a
-    /// queue or hints: deltas queued, on their way, or held as hints.
-    pub fn backlog(&self) -> Vec<Backlog> {
-        let now = Instant::now();
-        let mut by_peer: HashMap<String, Backlog> = HashMap::new();
-        for ((peer, _), queue) in lock(&self.queues).iter() {
-            let waiting = lock(&queue.shared.waiting);
-            let oldest = waiting
-                .batcher
-                .items()
-                .map(|d| d.queued)
-                .chain(waiting.in_flight.map(|(at, _)| at))
-                .min()
-                .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
-            let bytes = waiting.batcher.queued_bytes() + waiting.in_flight.map_or(0, |(_, b)| b);
-            let entry = by_peer.entry(peer.clone()).or_insert_with(|| Backlog {
-                peer: peer.clone(),
-                queued_bytes: 0,
-                oldest: Duration::ZERO,
-            });
-            entry.queued_bytes += bytes;
-            entry.oldest = entry.oldest.max(oldest);
-        }
-        let hints = self.hints();
-        for peer in hints.peers() {
-            let entry = by_peer.entry(peer.clone()).or_insert_with(|| Backlog {
-                peer: peer.clone(),
-                queued_bytes: 0,
-                oldest: Duration::ZERO,
-            });
-            for hint in hints.held_for(&peer) {
-                entry.queued_bytes += hint.size();
-                entry.oldest = entry.oldest.max(now.saturating_duration_since(hint.at));
-            }
-        }
-        drop(hints);
-        let mut all: Vec<Backlog> = by_peer.into_values().collect();
-        all.sort_by(|a, b| a.peer.cmp(&b.peer));
-        all
-    }
-
     /// Bytes of delta batches delivered to each peer since start.
     pub fn bytes_applied(&self) -> HashMap<String, u64> {
         self.peers.bytes_applied()
@@ -216,7 +183,6 @@ impl Replicator {
                         batcher: Batcher::new(self.batch),
                         closed: false,
                         overflowed: 0,
-                        in_flight: None,
                     }),
                     wake: Notify::new(),
                 });
@@ -230,18 +196,19 @@ impl Replicator {
             queue.shared.clone()
         };
         let size = entry_size(&key, &entry);
+        let now = Instant::now();
         let delta = Delta {
             key,
             entry,
             ack,
-            queued: Instant::now(),
+            at: now,
         };
         let refused = {
             let mut waiting = lock(&shared.waiting);
             if waiting.closed {
                 Some((delta, Undelivered::Closed))
             } else {
-                match waiting.batcher.push(delta, size, Instant::now()) {
+                match waiting.batcher.push(delta, size, now) {
                     Ok(()) => None,
                     Err(Overflow { item, queued_bytes }) => {
                         waiting.overflowed += 1;
@@ -287,6 +254,42 @@ impl Replicator {
     pub fn hint(&self, peer: &str, key: Key, entry: Entry) {
         let dropped = self.hints().add(peer, key, entry, Instant::now());
         log_over_bound(dropped);
+    }
+
+    /// Hints dropped unsent since start, by reason.
+    pub fn hints_dropped_by(&self) -> [(DropReason, u64); 3] {
+        self.hints().dropped_by()
+    }
+
+    /// What waits for each peer: queued delta bytes, hints, and when the
+    /// oldest undelivered write (queued or hinted) was taken. Batches in
+    /// flight are not counted.
+    pub fn backlog(&self) -> Vec<Backlog> {
+        let mut by_peer: BTreeMap<String, Backlog> = BTreeMap::new();
+        let queues: Vec<(String, Arc<Shared>)> = lock(&self.queues)
+            .iter()
+            .map(|((p, _), q)| (p.clone(), q.shared.clone()))
+            .collect();
+        for (peer, shared) in queues {
+            let waiting = lock(&shared.waiting);
+            let b = by_peer
+                .entry(peer.clone())
+                .or_insert_with(|| Backlog::new(peer));
+            // A peer has two queues: plain deltas, and deltas to relay.
+            b.queued_bytes += waiting.batcher.queued_bytes();
+            let first = waiting.batcher.items().next().map(|d| d.at);
+            if let Some(at) = first {
+                b.oldest = Some(b.oldest.map_or(at, |o| o.min(at)));
+            }
+        }
+        for (peer, n, at) in self.hints().oldest() {
+            let b = by_peer
+                .entry(peer.to_string())
+                .or_insert_with(|| Backlog::new(peer.to_string()));
+            b.hints = n;
+            b.oldest = Some(b.oldest.map_or(at, |o| o.min(at)));
+        }
+        by_peer.into_values().collect()
     }
 
     /// Hints waiting, over all peers.
@@ -406,17 +409,10 @@ impl Replicator {
                     );
                     waiting.overflowed = 0;
                 }
-                waiting.in_flight = batch.as_ref().and_then(|b| {
-                    let oldest = b.iter().map(|d| d.queued).min()?;
-                    Some((oldest, b.iter().map(|d| entry_size(&d.key, &d.entry)).sum()))
-                });
                 (batch, waiting.batcher.deadline())
             };
             match batch {
-                Some(batch) => {
-                    self.send(&peer, relay, batch).await;
-                    lock(&shared.waiting).in_flight = None;
-                }
+                Some(batch) => self.send(&peer, relay, batch).await,
                 None => {
                     let linger = async {
                         match deadline {
@@ -599,5 +595,13 @@ mod tests {
                 fit * size
             )
         );
+        // The backlog shows both: the bytes still queued (a batch in flight
+        // is not counted) and the hints, with the oldest write.
+        let backlog = replicator.backlog();
+        assert_eq!(backlog.len(), 1);
+        let slow = &backlog[0];
+        assert_eq!((slow.peer.as_str(), slow.hints), ("slow", 100 - fit));
+        assert!(slow.queued_bytes > 0 && slow.queued_bytes <= fit * size);
+        assert!(slow.oldest.is_some_and(|at| at <= Instant::now()));
     }
 }
