@@ -82,6 +82,7 @@ pub struct AntiEntropyStats {
     rounds: AtomicU64,
     repaired: AtomicU64,
     mismatches: AtomicU64,
+    bytes: AtomicU64,
 }
 
 impl AntiEntropyStats {
@@ -102,6 +103,17 @@ impl AntiEntropyStats {
         self.mismatches.load(Ordering::Relaxed)
     }
 
+    /// Bytes of anti-entropy messages this node sent and received, as
+    /// initiator and as responder: what refilling it after a restart cost.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` bytes of anti-entropy messages.
+    pub fn add_bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Counts `n` repaired entries.
     pub fn add_repaired(&self, n: u64) {
         self.repaired.fetch_add(n, Ordering::Relaxed);
@@ -117,6 +129,9 @@ pub enum SyncError {
     /// The peer broke the protocol.
     #[error(transparent)]
     Session(#[from] super::SessionError),
+    /// This node's log cannot take what the session merged.
+    #[error("this node cannot log to disk: {0}")]
+    Journal(#[from] crate::store::JournalError),
 }
 
 /// Settings of the anti-entropy loop.
@@ -469,6 +484,10 @@ impl AntiEntropy {
             let grace = self.grace();
             let changed = merge_repairs(&self.store, &self.clock, step.merge, grace, false);
             self.stats.add_repaired(changed);
+            self.stats.add_bytes(bytes);
+            // A completed session acknowledges what it merged (collection
+            // counts on it): logged first, as the mode promises.
+            self.store.durable().await?;
             self.throttle(bytes, started).await;
             match step.next {
                 Next::Send(next) => request = next,

@@ -359,6 +359,7 @@ impl Coordinator {
     ) -> Result<Version, Error> {
         if level != Consistency::Local {
             self.clock.check_offset()?;
+            self.store.check_journal().map_err(unlogged)?;
         }
         let topology = self.topology();
         let (mut call, routes) =
@@ -386,10 +387,21 @@ impl Coordinator {
             Consistency::One => self.peers.longest_hedge(awaited.iter().map(|r| &**r)),
             _ => self.peers.timeout(),
         };
-        let timed_out = gather(&mut call, acks, timeout, |call, (replica, ack)| {
+        // This replica's own copy counts once it is as durable as the mode
+        // promises (in `sync` mode, fsynced), while the others answer.
+        let local = call.local();
+        let logged = async {
+            if local {
+                self.store.durable().await.map_err(unlogged)
+            } else {
+                Ok(())
+            }
+        };
+        let gathered = gather(&mut call, acks, timeout, |call, (replica, ack)| {
             call.record(&replica, answer_of(ack))
-        })
-        .await;
+        });
+        let (timed_out, logged) = tokio::join!(gathered, logged);
+        logged?;
         Ok(call.finish(&unanswered(timed_out, timeout))?.version)
     }
 
@@ -483,6 +495,11 @@ impl Coordinator {
         }
         Ok(found.entry)
     }
+}
+
+/// The error of a write this node cannot log: UNAVAILABLE, with the cause.
+fn unlogged(e: crate::store::JournalError) -> Error {
+    Error::Unavailable(format!("this node cannot log writes to disk: {e}"))
 }
 
 /// Feeds answers into `call` with `record` (which returns where the call
