@@ -573,3 +573,65 @@ async fn a_restart_from_disk_fetches_only_what_changed() {
     );
     let _ = std::fs::remove_dir_all(specs[0].dir.parent().unwrap());
 }
+
+/// A node back from disk after longer than the dead-node grace must not
+/// bring back a delete its peers collected without it (they dropped it
+/// from placement): it discards what it held and refills from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_after_the_dead_node_grace_does_not_bring_back_collected_deletes() {
+    let specs = cluster(
+        "stale",
+        &[
+            "--dead-node-grace",
+            "2s",
+            "--max-hint-age",
+            "1s",
+            "--tombstone-grace",
+            "2s",
+        ],
+    );
+    let mut servers: Vec<Server> = specs.iter().map(Spec::start).collect();
+    for s in &servers {
+        wait_ready(s, 3).await;
+    }
+    let mut client = KilovoltClient::new(channel(&servers[0].addr).await);
+    client
+        .set(set_request("doomed", "old", Consistency::All))
+        .await
+        .unwrap();
+    let mut third = servers.pop().unwrap();
+    third.child.kill().unwrap();
+    third.child.wait().unwrap();
+    client
+        .delete(proto::DeleteRequest {
+            key: "doomed".into(),
+            consistency: Consistency::Quorum.into(),
+        })
+        .await
+        .unwrap();
+    // The others drop the third node from placement and collect the delete.
+    eventually(Duration::from_secs(30), "the delete collected", || async {
+        for s in &servers {
+            let st = stats(s).await;
+            if st.tombstones != 0 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let (back, startup) = Server::launch_with_startup_log(specs[2].command());
+    assert!(
+        startup.iter().any(|l| l.contains("discards what it held")),
+        "{startup:?}"
+    );
+    servers.push(back);
+    for s in &servers {
+        wait_ready(s, 3).await;
+    }
+    wait_agree(&servers).await;
+    for s in &servers {
+        assert_eq!(get(&s.addr, "doomed", Consistency::Local).await, None);
+    }
+    let _ = std::fs::remove_dir_all(specs[0].dir.parent().unwrap());
+}
