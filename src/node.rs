@@ -199,9 +199,13 @@ pub async fn start_with_clock(
             if let Some(latest) = found.latest {
                 clock.observe(latest);
             }
-            Some(durability)
+            Some((durability, found.hints))
         }
         None => None,
+    };
+    let (durability, recovered_hints) = match durability {
+        Some((d, hints)) => (Some(d), hints),
+        None => (None, Vec::new()),
     };
 
     let switch = Arc::new(Switch::new());
@@ -248,6 +252,9 @@ pub async fn start_with_clock(
             max_age: config.max_hint_age,
         },
     );
+    if let Some(d) = &durability {
+        d.attach_replicator(&replicator, recovered_hints, config.max_hint_age);
+    }
     let rf = config.replication_factor as usize;
     let members = membership.subscribe();
     let topology = Topology::new(members.borrow().clone(), config.partitions, rf);

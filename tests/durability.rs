@@ -635,3 +635,79 @@ async fn a_node_back_after_the_dead_node_grace_does_not_bring_back_collected_del
     }
     let _ = std::fs::remove_dir_all(specs[0].dir.parent().unwrap());
 }
+
+/// A ONE write that no replica took lives only as a hint on its
+/// coordinator: the hint is logged, and survives the coordinator's kill -9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_survives_its_coordinators_kill_9() {
+    let root = data_dir("hints");
+    let ports = [free_port(), free_port()];
+    let specs: Vec<Spec> = (0..2)
+        .map(|i| Spec {
+            id: format!("n{}", i + 1),
+            port: ports[i],
+            peers: vec![ports[1 - i]],
+            dir: root.join(format!("n{}", i + 1)),
+            extra: vec!["--replication-factor".into(), "1".into()],
+        })
+        .collect();
+    let mut servers: Vec<Server> = specs.iter().map(Spec::start).collect();
+    for s in &servers {
+        wait_ready(s, 2).await;
+    }
+    // A key only the second node holds.
+    let mut admin1 = admin(&servers[0]).await;
+    let mut key = String::new();
+    for i in 0.. {
+        key = format!("h{i}");
+        let replicas = admin1
+            .replicas(proto::ReplicasRequest { key: key.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .replicas;
+        if replicas[0].id == "n2" {
+            break;
+        }
+    }
+    let mut second = servers.pop().unwrap();
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+    eventually(Duration::from_secs(20), "the second node seen down", || {
+        let mut admin1 = admin1.clone();
+        async move {
+            let m = admin1
+                .members(proto::MembersRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            m.members
+                .iter()
+                .any(|m| m.id == "n2" && !m.alive)
+                .then_some(())
+        }
+    })
+    .await;
+    KilovoltClient::new(channel(&servers[0].addr).await)
+        .set(set_request(&key, "held", Consistency::One))
+        .await
+        .unwrap();
+    assert_eq!(stats(&servers[0]).await.hints_pending, 1);
+    let mut first = servers.pop().unwrap();
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    let servers: Vec<Server> = specs.iter().map(Spec::start).collect();
+    for s in &servers {
+        wait_ready(s, 2).await;
+    }
+    eventually(Duration::from_secs(20), "the hint delivered", || async {
+        (get(&servers[1].addr, &key, Consistency::Local)
+            .await
+            .as_deref()
+            == Some("held"))
+        .then_some(())
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -17,8 +17,8 @@ use thiserror::Error;
 use super::frame;
 use super::log::{segment_first, sync_dir};
 use super::record::{self, Record};
-use crate::crdt::Version;
-use crate::store::Store;
+use crate::crdt::{Entry, Version};
+use crate::store::{Key, Store};
 
 const SNAPSHOT_MAGIC: &[u8] = b"KVSNAP1";
 const SNAPSHOT_END: &[u8] = b"KVEND";
@@ -78,7 +78,7 @@ pub fn log_dir(dir: &Path) -> PathBuf {
 /// What recovery found and loaded.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Entries loaded from the snapshot.
+    /// Records (entries and hints) loaded from the snapshot.
     pub snapshot_entries: u64,
     /// The snapshot's size in bytes (0 without one).
     pub snapshot_bytes: u64,
@@ -95,6 +95,42 @@ pub struct Recovered {
     /// Unix milliseconds this node was last known running (0 when the
     /// directory is new).
     pub alive_ms: u64,
+    /// The hints logged, as `(peer, unix ms taken, key, entry)`, oldest
+    /// first: the caller holds again those younger than `--max-hint-age`
+    /// (a hint delivered before the crash is delivered again, which merges
+    /// to nothing).
+    pub hints: Vec<HeldHint>,
+}
+
+/// A hint found on disk: peer, unix milliseconds taken, key, entry.
+pub type HeldHint = (String, u64, Key, Entry);
+
+/// Where replayed records go.
+struct Replay<'a> {
+    store: &'a Store,
+    latest: Version,
+    hints: Vec<HeldHint>,
+}
+
+impl Replay<'_> {
+    fn apply(&mut self, rec: Record) {
+        match rec {
+            Record::Merged(key, entry) => {
+                self.latest = self.latest.max(entry.version);
+                self.store.merge(&key, entry);
+            }
+            Record::Removed(key, version) => {
+                self.store.remove_version(&key, version);
+            }
+            Record::Dropped(p) => {
+                self.store.drop_partition(p);
+            }
+            Record::Hinted(peer, taken, key, entry) => {
+                self.latest = self.latest.max(entry.version);
+                self.hints.push((peer, taken, key, entry));
+            }
+        }
+    }
 }
 
 /// Sorted `(number, path)` of the files in `dir` that `parse` names.
@@ -124,13 +160,16 @@ pub fn recover(dir: &Path, store: &Store) -> Result<Recovered, DurabilityError> 
         alive_ms: read_alive(dir),
         ..Recovered::default()
     };
-    let mut latest = Version::default();
-    let mut note = |v: Version| latest = latest.max(v);
+    let mut replay = Replay {
+        store,
+        latest: Version::default(),
+        hints: Vec::new(),
+    };
     let from = match numbered(dir, snapshot_from)?.pop() {
         Some((from, path)) => {
             let bytes = fs::read(&path).map_err(io("cannot read", &path))?;
             found.snapshot_bytes = bytes.len() as u64;
-            found.snapshot_entries = load_snapshot(&path, &bytes, from, store, &mut note)?;
+            found.snapshot_entries = load_snapshot(&path, &bytes, from, &mut replay)?;
             from
         }
         None => 0,
@@ -167,7 +206,7 @@ pub fn recover(dir: &Path, store: &Store) -> Result<Recovered, DurabilityError> 
                                 offset: at,
                                 why,
                             })?;
-                        apply(store, rec, &mut note);
+                        replay.apply(rec);
                         found.replayed += 1;
                     }
                     seq += 1;
@@ -197,32 +236,16 @@ pub fn recover(dir: &Path, store: &Store) -> Result<Recovered, DurabilityError> 
         found.next = found.next.max(seq);
         expected = Some(seq);
     }
-    found.latest = (latest != Version::default()).then_some(latest);
+    found.latest = (replay.latest != Version::default()).then_some(replay.latest);
+    found.hints = replay.hints;
     Ok(found)
-}
-
-/// Applies one replayed record.
-fn apply(store: &Store, rec: Record, note: &mut impl FnMut(Version)) {
-    match rec {
-        Record::Merged(key, entry) => {
-            note(entry.version);
-            store.merge(&key, entry);
-        }
-        Record::Removed(key, version) => {
-            store.remove_version(&key, version);
-        }
-        Record::Dropped(p) => {
-            store.drop_partition(p);
-        }
-    }
 }
 
 fn load_snapshot(
     path: &Path,
     bytes: &[u8],
     from: u64,
-    store: &Store,
-    note: &mut impl FnMut(Version),
+    replay: &mut Replay<'_>,
 ) -> Result<u64, DurabilityError> {
     let corrupt = |offset, why: String| DurabilityError::Corrupt {
         path: path.to_path_buf(),
@@ -258,8 +281,13 @@ fn load_snapshot(
             return Ok(entries);
         } else {
             match record::decode(payload).map_err(|why| corrupt(at, why))? {
-                rec @ Record::Merged(..) => apply(store, rec, note),
-                _ => return Err(corrupt(at, "a snapshot holds merges only".into())),
+                rec @ (Record::Merged(..) | Record::Hinted(..)) => replay.apply(rec),
+                _ => {
+                    return Err(corrupt(
+                        at,
+                        "a snapshot holds entries and hints only".into(),
+                    ))
+                }
             }
             entries += 1;
         }
@@ -270,8 +298,14 @@ fn load_snapshot(
 /// Writes a snapshot of `store` that needs the log from record `from` on
 /// (the log's next number before the scan starts: every change before it
 /// is in the store when the scan reaches its key), atomically (a temporary
-/// file, fsynced, renamed, directory fsynced). Returns its size in bytes.
-pub fn write_snapshot(dir: &Path, store: &Store, from: u64) -> Result<u64, DurabilityError> {
+/// file, fsynced, renamed, directory fsynced), with the `hints` held.
+/// Returns its size in bytes.
+pub fn write_snapshot(
+    dir: &Path,
+    store: &Store,
+    hints: &[HeldHint],
+    from: u64,
+) -> Result<u64, DurabilityError> {
     let tmp = dir.join("snapshot.tmp");
     let file = File::create(&tmp).map_err(io("cannot create", &tmp))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
@@ -295,6 +329,10 @@ pub fn write_snapshot(dir: &Path, store: &Store, from: u64) -> Result<u64, Durab
             buf.clear();
         }
     });
+    for (peer, taken, key, entry) in hints {
+        frame::append(&mut buf, |b| record::hinted(b, peer, *taken, key, entry));
+        entries += 1;
+    }
     frame::append(&mut buf, |b| {
         b.extend_from_slice(SNAPSHOT_END);
         b.extend_from_slice(&entries.to_le_bytes());

@@ -27,11 +27,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-pub use files::{DurabilityError, Recovered};
+pub use files::{DurabilityError, HeldHint, Recovered};
 pub use log::{Log, LogConfig};
 
 use crate::config::DurabilityMode;
 use crate::crdt::{Entry, Version};
+use crate::replication::{HintLog, Replicator};
 use crate::store::{Journal, JournalError, JournalWait, Store};
 
 /// How often the background task checks whether a snapshot is due and
@@ -84,6 +85,8 @@ pub struct Durability {
     last_snapshot_ms: AtomicU64,
     /// One snapshot at a time.
     snapshotting: Mutex<()>,
+    /// Whose hints a snapshot keeps.
+    replicator: std::sync::OnceLock<Arc<Replicator>>,
 }
 
 impl Durability {
@@ -156,9 +159,35 @@ impl Durability {
             snapshot_bytes: AtomicU64::new(found.snapshot_bytes),
             last_snapshot_ms: AtomicU64::new(0),
             snapshotting: Mutex::new(()),
+            replicator: std::sync::OnceLock::new(),
         });
         store.attach_journal(me.clone());
         Ok((me, found))
+    }
+
+    /// Logs the hints `replicator` takes from now on and keeps them in
+    /// snapshots; holds again the `recovered` ones younger than
+    /// `max_age`, with their age.
+    pub fn attach_replicator(
+        self: &Arc<Self>,
+        replicator: &Arc<Replicator>,
+        recovered: Vec<HeldHint>,
+        max_age: Duration,
+    ) {
+        let _ = self.replicator.set(replicator.clone());
+        replicator.attach_hint_log(self.clone());
+        let now = log::unix_ms();
+        let mut held = 0;
+        for (peer, taken, key, entry) in recovered {
+            let age = Duration::from_millis(now.saturating_sub(taken));
+            if age < max_age {
+                replicator.restore_hint(&peer, key, entry, age);
+                held += 1;
+            }
+        }
+        if held > 0 {
+            tracing::info!(hints = held, "holding hints recovered from disk again");
+        }
     }
 
     /// `periodic` or `sync`.
@@ -196,7 +225,18 @@ impl Durability {
             .unwrap_or_else(PoisonError::into_inner);
         let from = self.log.next();
         let before = self.log.disk_bytes();
-        let size = files::write_snapshot(&self.dir, store, from)?;
+        let now = log::unix_ms();
+        let hints: Vec<HeldHint> = self
+            .replicator
+            .get()
+            .map(|r| r.held_hints())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(peer, key, entry, age)| {
+                (peer, now.saturating_sub(age.as_millis() as u64), key, entry)
+            })
+            .collect();
+        let size = files::write_snapshot(&self.dir, store, &hints, from)?;
         let freed = files::prune(&self.dir, from)?;
         self.log.forget_bytes(freed);
         self.snapshot_bytes.store(size, Ordering::Relaxed);
@@ -254,6 +294,14 @@ impl Durability {
         if let Err(e) = files::write_alive(&self.dir, log::unix_ms()) {
             tracing::warn!(error = %e, "cannot record that this node is alive");
         }
+    }
+}
+
+impl HintLog for Durability {
+    fn hinted(&self, peer: &str, key: &str, entry: &Entry, age: Duration) {
+        let taken = log::unix_ms().saturating_sub(age.as_millis() as u64);
+        self.log
+            .append(|b| record::hinted(b, peer, taken, key, entry));
     }
 }
 

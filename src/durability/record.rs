@@ -13,6 +13,7 @@ use crate::store::Key;
 const MERGED: u8 = 1;
 const REMOVED: u8 = 2;
 const DROPPED: u8 = 3;
+const HINTED: u8 = 4;
 
 /// One change of the store, as replay applies it.
 #[derive(Debug, PartialEq)]
@@ -23,6 +24,9 @@ pub enum Record {
     Removed(Key, Version),
     /// Drop every entry of the partition.
     Dropped(u32),
+    /// A hint held for a peer: the peer, the unix milliseconds it was
+    /// taken, the key and the entry.
+    Hinted(String, u64, Key, Entry),
 }
 
 /// Appends a merge of `entry` at `key`.
@@ -50,6 +54,17 @@ pub fn dropped(out: &mut Vec<u8>, p: u32) {
     out.extend_from_slice(&p.to_le_bytes());
 }
 
+/// Appends a hint of `entry` at `key` held for `peer`, taken at unix
+/// milliseconds `taken_ms`.
+pub fn hinted(out: &mut Vec<u8>, peer: &str, taken_ms: u64, key: &str, entry: &Entry) {
+    out.push(HINTED);
+    let name = &peer.as_bytes()[..peer.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(name);
+    out.extend_from_slice(&taken_ms.to_le_bytes());
+    let _ = to_wire(key, entry).encode(out);
+}
+
 /// The record a payload holds, or why it holds none.
 pub fn decode(payload: &[u8]) -> Result<Record, String> {
     let (&kind, body) = payload.split_first().ok_or("empty record")?;
@@ -75,6 +90,17 @@ pub fn decode(payload: &[u8]) -> Result<Record, String> {
                 .map_err(|_| format!("a partition drop of {} bytes", body.len()))?;
             Ok(Record::Dropped(u32::from_le_bytes(p)))
         }
+        HINTED => {
+            let (len, rest) = body.split_at_checked(2).ok_or("a hint cut short")?;
+            let len = u16::from_le_bytes([len[0], len[1]]) as usize;
+            let (peer, rest) = rest.split_at_checked(len).ok_or("a hint cut short")?;
+            let (taken, rest) = rest.split_at_checked(8).ok_or("a hint cut short")?;
+            let peer = std::str::from_utf8(peer).map_err(|e| e.to_string())?;
+            let taken = u64::from_le_bytes(taken.try_into().map_err(|_| "a hint cut short")?);
+            let e = wire::Entry::decode(rest).map_err(|e| e.to_string())?;
+            let (key, entry) = from_wire(e).map_err(|e| e.to_string())?;
+            Ok(Record::Hinted(peer.into(), taken, key, entry))
+        }
         other => Err(format!("unknown record kind {other}")),
     }
 }
@@ -98,6 +124,14 @@ mod tests {
         b.clear();
         dropped(&mut b, 17);
         assert_eq!(decode(&b), Ok(Record::Dropped(17)));
+        b.clear();
+        let e = Entry::value(Version::new(5, 9), "v", 0);
+        hinted(&mut b, "n2", 1234, "k", &e);
+        assert_eq!(
+            decode(&b),
+            Ok(Record::Hinted("n2".into(), 1234, "k".into(), e))
+        );
+        assert!(decode(&b[..5]).is_err());
         assert!(decode(&[9]).is_err());
         assert!(decode(&[]).is_err());
     }
