@@ -429,8 +429,8 @@ impl AntiEntropy {
     }
 
     /// Answers one anti-entropy step from a peer: the reply, after merging
-    /// what the peer sent.
-    pub fn respond(&self, request: Request) -> Result<Reply, super::SessionError> {
+    /// what the peer sent, and how many entries that merge changed.
+    pub fn respond(&self, request: Request) -> Result<(Reply, u64), super::SessionError> {
         let answer = super::respond(&*self.store, request, self.config.limits)?;
         let changed = merge_repairs(
             &self.store,
@@ -440,7 +440,7 @@ impl AntiEntropy {
             answer.handoff,
         );
         self.stats.add_repaired(changed);
-        Ok(answer.reply)
+        Ok((answer.reply, changed))
     }
 
     /// Recomputes one held partition's root from its map and compares it
@@ -476,6 +476,7 @@ impl AntiEntropy {
             session = session.handing_off();
         }
         let mut request = session.start(&*self.store);
+        let mut merged = false;
         loop {
             let started = Instant::now();
             let reply = self.peers.sync(peer, &request).await?;
@@ -485,13 +486,17 @@ impl AntiEntropy {
             let changed = merge_repairs(&self.store, &self.clock, step.merge, grace, false);
             self.stats.add_repaired(changed);
             self.stats.add_bytes(bytes);
-            // A completed session acknowledges what it merged (collection
-            // counts on it): logged first, as the mode promises.
-            self.store.durable().await?;
+            merged |= changed > 0;
             self.throttle(bytes, started).await;
             match step.next {
                 Next::Send(next) => request = next,
                 Next::Done(stats) => {
+                    // A completed session acknowledges what it merged
+                    // (collection counts on it): fsynced first, whatever
+                    // the mode.
+                    if merged {
+                        self.store.synced().await?;
+                    }
                     self.stats.rounds.fetch_add(1, Ordering::Relaxed);
                     return Ok(stats);
                 }

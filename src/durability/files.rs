@@ -149,6 +149,26 @@ fn numbered(
     Ok(found)
 }
 
+/// Replays record payloads (as the log holds them, without framing) into
+/// `store`: what the simulator's disks keep across a crash. Returns the
+/// highest version merged and the hints found; a payload that does not
+/// decode is an error naming its index.
+pub fn replay_payloads<'a>(
+    store: &Store,
+    payloads: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<(Option<Version>, Vec<HeldHint>), String> {
+    let mut replay = Replay {
+        store,
+        latest: Version::default(),
+        hints: Vec::new(),
+    };
+    for (i, payload) in payloads.into_iter().enumerate() {
+        replay.apply(record::decode(payload).map_err(|why| format!("record {i}: {why}"))?);
+    }
+    let latest = (replay.latest != Version::default()).then_some(replay.latest);
+    Ok((latest, replay.hints))
+}
+
 /// Loads the newest snapshot of `dir` and replays the log after it into
 /// `store`, which must be empty and have no journal yet. A torn last
 /// record is dropped (and the segment cut before it) with one log line;

@@ -325,6 +325,10 @@ impl Journal for Durability {
     fn durable(&self) -> JournalWait<'_> {
         Box::pin(self.log.durable())
     }
+
+    fn synced(&self) -> JournalWait<'_> {
+        Box::pin(self.log.synced(self.log.next()))
+    }
 }
 
 #[cfg(test)]

@@ -185,7 +185,7 @@ impl Peer for PeerService {
         self.store.check_journal().map_err(unlogged)?;
         let request_bytes = step.wire_size() as u64;
         let anti_entropy = self.anti_entropy.clone();
-        let reply = tokio::task::spawn_blocking(move || anti_entropy.respond(step))
+        let (reply, changed) = tokio::task::spawn_blocking(move || anti_entropy.respond(step))
             .await
             .map_err(|e| Status::internal(format!("anti-entropy step failed: {e}")))?
             .map_err(|e| {
@@ -195,8 +195,11 @@ impl Peer for PeerService {
         self.anti_entropy
             .stats()
             .add_bytes(request_bytes + reply.wire_size() as u64);
-        // The reply acknowledges what the step merged.
-        self.store.durable().await.map_err(unlogged)?;
+        // The reply acknowledges what the step merged (collection counts
+        // on it): fsynced first, whatever the mode.
+        if changed > 0 {
+            self.store.synced().await.map_err(unlogged)?;
+        }
         Ok(self.stamped(reply_to_wire(&reply)))
     }
 }

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::disk::{DiskMode, SimDisk};
 use crate::anti_entropy::plan::{filled, hand_offs, live_peers, shared_partitions};
 use crate::anti_entropy::{
     merge_repairs, respond, Collector, Initiator, Limits, Next, PartitionSet, Reply, Request,
@@ -55,6 +56,8 @@ pub struct Settings {
     pub hint_tick: Duration,
     /// The most wall-clock drift a remote version may move a clock.
     pub max_clock_drift: Duration,
+    /// What a crash keeps (`--data-dir`, `--durability`).
+    pub disk: DiskMode,
 }
 
 /// A client operation, as the workload issues it.
@@ -359,6 +362,8 @@ pub struct SimNode {
     settings: Settings,
     /// Its replica.
     pub store: Store,
+    /// Its disk, when it keeps one.
+    disk: Option<Arc<SimDisk>>,
     clock: Clock,
     dots: Dots,
     topology: Arc<Topology>,
@@ -392,7 +397,8 @@ impl SimNode {
     /// starts a cluster, syncing when it joins one (or restarts). Each
     /// start is a new actor for maps and counters: its incarnation is its
     /// clock's time, or just after `last_incarnation` (its previous life's)
-    /// when that is later, as production draws one per process.
+    /// when that is later, as production draws one per process. A node
+    /// with a disk first replays what its last crash `kept`.
     pub fn start(
         id: &str,
         settings: Settings,
@@ -400,14 +406,30 @@ impl SimNode {
         ready: bool,
         now: Instant,
         last_incarnation: u64,
+        kept: Vec<Vec<u8>>,
     ) -> Self {
         let clock = Clock::new(id, super::time::physical, settings.max_clock_drift)
             .with_monotonic(super::time::monotonic);
+        let store = Store::new(settings.partitions);
+        let disk = (settings.disk != DiskMode::Memory).then(|| {
+            let found = crate::durability::files::replay_payloads(
+                &store,
+                kept.iter().map(|p| p.as_slice()),
+            );
+            // The records were encoded by the same code: a failure is a bug.
+            if let Some(latest) = found.expect("simulated disk records decode").0 {
+                clock.observe(latest);
+            }
+            let disk = SimDisk::new(settings.disk, now, kept);
+            store.attach_journal(disk.clone());
+            disk
+        });
         let incarnation = clock.now().max(last_incarnation.saturating_add(1));
         let mut node = Self {
             id: id.to_string(),
             settings,
-            store: Store::new(settings.partitions),
+            store,
+            disk,
             dots: Dots::with_incarnation(clock.id(), incarnation, DEFAULT_CAPACITY),
             clock,
             topology: Arc::new(topology),
@@ -456,6 +478,22 @@ impl SimNode {
     /// Sets the instant the next handler runs at.
     pub fn set_now(&mut self, now: Instant) {
         self.now = now;
+        if let Some(d) = &self.disk {
+            d.set_now(now);
+        }
+    }
+
+    /// What a crash at `now` leaves on its disk (nothing without one).
+    pub fn kept(&self, now: Instant) -> Vec<Vec<u8>> {
+        self.disk.as_ref().map_or_else(Vec::new, |d| d.kept(now))
+    }
+
+    /// A completed anti-entropy step acknowledges what it merged: fsynced
+    /// first, whatever the mode, as the real node does.
+    fn sync_merged(&self, changed: u64) {
+        if let (Some(d), true) = (&self.disk, changed > 0) {
+            d.force_sync();
+        }
     }
 
     /// The topology this node routes by.
@@ -850,13 +888,14 @@ impl SimNode {
                 respond(&self.store, request, Limits::default())
                     .map(|answer| {
                         let grace = self.grace();
-                        merge_repairs(
+                        let changed = merge_repairs(
                             &self.store,
                             &self.clock,
                             answer.merge,
                             grace,
                             answer.handoff,
                         );
+                        self.sync_merged(changed);
                         answer.reply
                     })
                     .map_err(|e| e.to_string()),
@@ -1227,7 +1266,10 @@ impl SimNode {
                 self.next_job();
             }
             Ok(step) => {
-                merge_repairs(&self.store, &self.clock, step.merge, grace, false);
+                let changed = merge_repairs(&self.store, &self.clock, step.merge, grace, false);
+                if let (Some(d), true) = (&self.disk, changed > 0) {
+                    d.force_sync();
+                }
                 match step.next {
                     Next::Send(request) => {
                         let peer = job.peer.clone();

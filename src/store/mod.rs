@@ -109,6 +109,9 @@ pub trait Journal: Send + Sync {
     /// Resolves once every change reported so far is as durable as the
     /// node's durability mode promises before an acknowledgement.
     fn durable(&self) -> JournalWait<'_>;
+    /// Resolves once every change reported so far is fsynced, whatever the
+    /// mode: for acknowledgements that tombstone collection counts on.
+    fn synced(&self) -> JournalWait<'_>;
 }
 
 /// One partition's share of the store.
@@ -197,6 +200,18 @@ impl Store {
     pub async fn durable(&self) -> Result<(), JournalError> {
         match self.journal.get() {
             Some(j) => j.durable().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Resolves once every change made so far is fsynced, whatever the
+    /// mode (at once without a journal). An anti-entropy session that
+    /// completes lets its peers collect tombstones it delivered: a replica
+    /// that lost one in a crash right after would bring the older value
+    /// back, so sessions wait for this even in `periodic` mode.
+    pub async fn synced(&self) -> Result<(), JournalError> {
+        match self.journal.get() {
+            Some(j) => j.synced().await,
             None => Ok(()),
         }
     }
