@@ -470,6 +470,8 @@ impl AntiEntropy {
         shared: PartitionSet,
         handoff: bool,
     ) -> Result<SessionStats, SyncError> {
+        // A node whose log failed takes nothing it could not log.
+        self.store.check_journal()?;
         let salt = self.clock.latest().time;
         let mut session = Initiator::new(shared, self.config.limits, salt);
         if handoff {
