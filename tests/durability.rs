@@ -509,7 +509,7 @@ async fn a_restart_from_disk_fetches_only_what_changed() {
     let value = "v".repeat(100);
     for i in 0..3000 {
         client
-            .set(set_request(&format!("k{i}"), &value, Consistency::All))
+            .set(set_request(&format!("k{i}"), &value, Consistency::Quorum))
             .await
             .unwrap();
     }

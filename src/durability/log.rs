@@ -24,6 +24,12 @@ use super::frame;
 use crate::config::DurabilityMode;
 use crate::store::JournalError;
 
+/// How long the writer lets records gather in `periodic` mode before it
+/// writes them: one wakeup and one `write` per millisecond at most, rather
+/// than one per change (a change costs a buffer copy, not a thread switch).
+/// What a crash of the process alone can take in that mode.
+const LINGER: Duration = Duration::from_millis(1);
+
 /// The file name of the segment whose first record is `first`.
 pub fn segment_name(first: u64) -> String {
     format!("{first:020}.log")
@@ -67,6 +73,8 @@ struct Pending {
     idle: bool,
     /// Stop once the buffer is written.
     stop: bool,
+    /// Start a new segment before the next write (asked by a snapshot).
+    rotate: bool,
 }
 
 /// Counters of the log, for `Stats`.
@@ -82,6 +90,9 @@ struct Counters {
 struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
+    /// Rotations done, and the first record number of the newest segment.
+    rotated: Mutex<(u64, u64)>,
+    rotated_wake: Condvar,
     /// Read without the lock by appends that must not buffer after a
     /// failure.
     failed: AtomicBool,
@@ -115,8 +126,11 @@ impl Log {
                 next,
                 idle: false,
                 stop: false,
+                rotate: false,
             }),
             wake: Condvar::new(),
+            rotated: Mutex::new((0, next)),
+            rotated_wake: Condvar::new(),
             failed: AtomicBool::new(false),
             progress: watch::Sender::new(Progress {
                 synced: next,
@@ -129,11 +143,16 @@ impl Log {
         });
         let mode = config.mode;
         let writer = Writer {
+            linger: match mode {
+                DurabilityMode::Periodic => LINGER.min(config.fsync_interval),
+                DurabilityMode::Sync => Duration::ZERO,
+            },
             shared: shared.clone(),
             config,
             file,
             path,
             segment_len: 0,
+            first: next,
             written: next,
             dirty: false,
             last_sync: Instant::now(),
@@ -168,6 +187,40 @@ impl Log {
     /// so far is numbered below it.
     pub fn next(&self) -> u64 {
         self.shared.pending().next
+    }
+
+    /// Starts a new segment now and returns the number of its first
+    /// record: every record numbered below it is in an older segment.
+    /// Blocks until the writer has done it (run it off the async threads);
+    /// an error once the log failed.
+    pub fn rotate(&self) -> Result<u64, JournalError> {
+        let before = self.rotations().0;
+        {
+            let mut pending = self.shared.pending();
+            pending.rotate = true;
+            pending.idle = false;
+        }
+        self.shared.wake.notify_one();
+        let mut rotated = self.rotations();
+        loop {
+            self.check()?;
+            if rotated.0 > before {
+                return Ok(rotated.1);
+            }
+            rotated = self
+                .shared
+                .rotated_wake
+                .wait_timeout(rotated, Duration::from_millis(100))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn rotations(&self) -> MutexGuard<'_, (u64, u64)> {
+        self.shared
+            .rotated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Ok while the log takes records; the cause once it failed.
@@ -279,11 +332,15 @@ pub fn unix_ms() -> u64 {
 
 /// The writer thread's state.
 struct Writer {
+    /// How long records gather after the first wakes the writer.
+    linger: Duration,
     shared: Arc<Shared>,
     config: LogConfig,
     file: File,
     path: PathBuf,
     segment_len: u64,
+    /// The number of the current segment's first record.
+    first: u64,
     /// Records written (numbered below it).
     written: u64,
     /// Written and not yet fsynced.
@@ -295,10 +352,10 @@ impl Writer {
     fn run(mut self) {
         let mut spare = Vec::with_capacity(1 << 20);
         loop {
-            let (upto, stop) = {
+            let (upto, stop, rotate) = {
                 let mut pending = self.shared.pending();
                 loop {
-                    if !pending.bytes.is_empty() || pending.stop {
+                    if !pending.bytes.is_empty() || pending.stop || pending.rotate {
                         break;
                     }
                     pending.idle = true;
@@ -325,10 +382,22 @@ impl Writer {
                     }
                 }
                 pending.idle = false;
+                if !self.linger.is_zero()
+                    && !pending.stop
+                    && !pending.rotate
+                    && !pending.bytes.is_empty()
+                {
+                    // Let more records gather (appends do not wake a writer
+                    // that is not idle).
+                    drop(pending);
+                    std::thread::sleep(self.linger);
+                    pending = self.shared.pending();
+                }
                 std::mem::swap(&mut pending.bytes, &mut spare);
-                (pending.next, pending.stop)
+                let rotate = std::mem::take(&mut pending.rotate);
+                (pending.next, pending.stop, rotate)
             };
-            if let Err(cause) = self.step(&spare, upto, stop) {
+            if let Err(cause) = self.step(&spare, upto, stop, rotate) {
                 tracing::error!(error = %cause, "the write-ahead log failed; this node refuses writes until it is restarted");
                 self.shared.failed.store(true, Ordering::Relaxed);
                 self.shared
@@ -345,20 +414,57 @@ impl Writer {
 
     /// Writes `bytes` (the records numbered below `upto`), rotating first
     /// when the segment is full, and fsyncs when the mode says so.
-    fn step(&mut self, bytes: &[u8], upto: u64, stop: bool) -> Result<(), String> {
+    fn step(&mut self, bytes: &[u8], upto: u64, stop: bool, rotate: bool) -> Result<(), String> {
+        if !bytes.is_empty() && self.segment_len >= self.config.segment_bytes {
+            self.rotate(false)?;
+        }
+        self.write(bytes, upto)?;
+        // A rotation asked for comes after the records taken with it, so
+        // that every record appended before the ask is in an older segment.
+        if rotate {
+            self.rotate(true)?;
+        }
+        let due = self.config.mode == DurabilityMode::Sync
+            || stop
+            || self.last_sync.elapsed() >= self.config.fsync_interval;
+        if self.dirty && due {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment, named by the next record to write; `asked`
+    /// when a snapshot waits for it.
+    fn rotate(&mut self, asked: bool) -> Result<(), String> {
+        // An empty segment is kept: a new one would take its name.
+        if self.segment_len > 0 {
+            self.sync()?;
+            let (file, path) = create_segment(&self.config.dir, self.written).map_err(|e| {
+                format!(
+                    "cannot create log segment {}: {e}",
+                    self.config.dir.join(segment_name(self.written)).display()
+                )
+            })?;
+            self.file = file;
+            self.path = path;
+            self.segment_len = 0;
+            self.first = self.written;
+        }
+        if asked {
+            let mut rotated = self
+                .shared
+                .rotated
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *rotated = (rotated.0 + 1, self.first);
+            self.shared.rotated_wake.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes`, the records numbered below `upto`.
+    fn write(&mut self, bytes: &[u8], upto: u64) -> Result<(), String> {
         if !bytes.is_empty() {
-            if self.segment_len >= self.config.segment_bytes {
-                self.sync()?;
-                let (file, path) = create_segment(&self.config.dir, self.written).map_err(|e| {
-                    format!(
-                        "cannot create log segment {}: {e}",
-                        self.config.dir.join(segment_name(self.written)).display()
-                    )
-                })?;
-                self.file = file;
-                self.path = path;
-                self.segment_len = 0;
-            }
             self.file
                 .write_all(bytes)
                 .map_err(|e| format!("cannot write log segment {}: {e}", self.path.display()))?;
@@ -369,12 +475,6 @@ impl Writer {
             let c = &self.shared.counters;
             c.bytes_written.fetch_add(n, Ordering::Relaxed);
             c.disk_bytes.fetch_add(n, Ordering::Relaxed);
-        }
-        let due = self.config.mode == DurabilityMode::Sync
-            || stop
-            || self.last_sync.elapsed() >= self.config.fsync_interval;
-        if self.dirty && due {
-            self.sync()?;
         }
         Ok(())
     }

@@ -223,7 +223,15 @@ impl Durability {
             .snapshotting
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let from = self.log.next();
+        // Every record before the new segment's first is in an older one,
+        // and its change is in the store by the time the scan reaches its
+        // key (records are appended under the key's lock): those segments
+        // go once the snapshot is written.
+        let from = self.log.rotate().map_err(|e| DurabilityError::Io {
+            what: "cannot rotate the log in",
+            path: files::log_dir(&self.dir),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         let before = self.log.disk_bytes();
         let now = log::unix_ms();
         let hints: Vec<HeldHint> = self
