@@ -637,7 +637,8 @@ async fn a_node_back_after_the_dead_node_grace_does_not_bring_back_collected_del
 }
 
 /// A ONE write that no replica took lives only as a hint on its
-/// coordinator: the hint is logged, and survives the coordinator's kill -9.
+/// coordinator: the hint is logged (in `sync` mode before the write is
+/// acknowledged), and survives the coordinator's kill -9.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hint_survives_its_coordinators_kill_9() {
     let root = data_dir("hints");
@@ -648,7 +649,9 @@ async fn a_hint_survives_its_coordinators_kill_9() {
             port: ports[i],
             peers: vec![ports[1 - i]],
             dir: root.join(format!("n{}", i + 1)),
-            extra: vec!["--replication-factor".into(), "1".into()],
+            extra: ["--replication-factor", "1", "--durability", "sync"]
+                .map(String::from)
+                .to_vec(),
         })
         .collect();
     let mut servers: Vec<Server> = specs.iter().map(Spec::start).collect();

@@ -366,6 +366,9 @@ impl Coordinator {
             WriteCall::start(&self.me, &topology, &self.store, key, level, make)?;
         let acks = FuturesUnordered::new();
         let mut awaited = Vec::new();
+        // Hints are logged too: a write answered while some copy is held as
+        // a hint waits for that record as it waits for its own.
+        let mut hinted = routes.iter().any(|(_, route)| *route == Route::Hint);
         for (replica, route) in routes {
             let entry = call.entry().clone();
             match route {
@@ -398,10 +401,15 @@ impl Coordinator {
             }
         };
         let gathered = gather(&mut call, acks, timeout, |call, (replica, ack)| {
-            call.record(&replica, answer_of(ack))
+            let answer = answer_of(ack);
+            hinted |= answer != Answer::Ok;
+            call.record(&replica, answer)
         });
         let (timed_out, logged) = tokio::join!(gathered, logged);
         logged?;
+        if hinted {
+            self.store.durable().await.map_err(unlogged)?;
+        }
         Ok(call.finish(&unanswered(timed_out, timeout))?.version)
     }
 
