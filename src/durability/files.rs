@@ -82,6 +82,8 @@ pub struct Recovered {
     pub snapshot_entries: u64,
     /// The snapshot's size in bytes (0 without one).
     pub snapshot_bytes: u64,
+    /// Unix milliseconds the snapshot was written (0 without one).
+    pub snapshot_ms: u64,
     /// Log records replayed.
     pub replayed: u64,
     /// The number the next log record gets.
@@ -189,6 +191,11 @@ pub fn recover(dir: &Path, store: &Store) -> Result<Recovered, DurabilityError> 
         Some((from, path)) => {
             let bytes = fs::read(&path).map_err(io("cannot read", &path))?;
             found.snapshot_bytes = bytes.len() as u64;
+            found.snapshot_ms = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as u64);
             found.snapshot_entries = load_snapshot(&path, &bytes, from, &mut replay)?;
             from
         }

@@ -68,7 +68,7 @@ pub struct DurabilityStats {
     pub log_bytes: u64,
     /// Unix milliseconds of the last fsync of the log (0: none yet).
     pub last_fsync_ms: u64,
-    /// Unix milliseconds of the last snapshot this process took (0: none).
+    /// Unix milliseconds of the newest snapshot (0: none).
     pub last_snapshot_ms: u64,
     /// Bytes of the newest snapshot on disk.
     pub snapshot_bytes: u64,
@@ -157,7 +157,7 @@ impl Durability {
             log,
             log_bytes_at_snapshot: AtomicU64::new(found.log_bytes),
             snapshot_bytes: AtomicU64::new(found.snapshot_bytes),
-            last_snapshot_ms: AtomicU64::new(0),
+            last_snapshot_ms: AtomicU64::new(found.snapshot_ms),
             snapshotting: Mutex::new(()),
             replicator: std::sync::OnceLock::new(),
         });
