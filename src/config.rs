@@ -206,6 +206,22 @@ pub struct Config {
     /// larger than that snapshot and than this many bytes.
     #[arg(long, env = "KILOVOLT_SNAPSHOT_LOG_BYTES", default_value_t = 64 << 20)]
     pub snapshot_log_bytes: u64,
+
+    /// host:port of an HTTP listener serving Prometheus metrics
+    /// (`/metrics`) and the probes `/live` and `/ready`. Off unless set.
+    #[arg(long, env = "KILOVOLT_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Requests slower than this are logged, one line each, with the key's
+    /// hash, the level and every replica's fate (requests that fail at
+    /// QUORUM or ALL are logged so whatever their time).
+    #[arg(long, env = "KILOVOLT_SLOW_REQUEST", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub slow_request: Duration,
+
+    /// Log line format: `text` for people, `json` (one object per line) for
+    /// log shippers.
+    #[arg(long, env = "KILOVOLT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// When a change logged to disk is safe (`--durability`).
@@ -213,11 +229,20 @@ pub struct Config {
 pub enum DurabilityMode {
     /// Written at once, fsynced every `--fsync-interval`: a power loss takes
     /// up to one interval of acknowledged writes; a crash of the process
-    /// alone takes nothing.
+    /// alone, what the writer had not yet written (its last millisecond).
     Periodic,
     /// Acknowledged only once fsynced (group commit): nothing acknowledged
     /// is lost.
     Sync,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, fields as keys.
+    Json,
 }
 
 /// Verbosity of the node's logs.

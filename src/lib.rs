@@ -23,12 +23,14 @@ pub mod durability;
 pub mod error;
 pub mod keyspace;
 pub mod merkle;
+pub mod metrics;
 pub mod net;
 pub mod node;
 #[cfg(test)]
 mod planted;
 pub mod replication;
 pub mod ring;
+pub mod scrape;
 pub mod server;
 /// The deterministic simulator: behind the `sim` feature (and in test
 /// builds), so that the server and users of the library do not carry it.

@@ -4,8 +4,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -23,9 +26,12 @@ use crate::cluster::{ClusterError, Member, Membership, MembershipConfig, NodeInf
 use crate::config::{Config, ConfigError, DefaultConsistency};
 use crate::coordinator::{Consistency, Coordinator};
 use crate::durability::{Durability, DurabilityConfig, DurabilityError};
+use crate::metrics::process::OpenConnections;
+use crate::metrics::Metrics;
 use crate::net::Peers;
 use crate::proto;
 use crate::replication::{BatchLimits, HintLimits, Replicator};
+use crate::scrape::Parts;
 use crate::server::PeerService;
 use crate::store::Store;
 use crate::switch::Switch;
@@ -94,6 +100,10 @@ pub struct RunningNode {
     stop: oneshot::Sender<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
+    /// Set when shutdown begins: `/ready` and gRPC health then say so.
+    leaving: Arc<AtomicBool>,
+    /// The metrics listener's address, when `--metrics-addr` is set.
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl RunningNode {
@@ -108,6 +118,12 @@ impl RunningNode {
         self.local_addr
     }
 
+    /// The address the metrics listener is bound to, when
+    /// `--metrics-addr` is set (with the real port when port 0 was asked).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// The node's inner parts.
     pub fn handles(&self) -> &Handles {
         &self.handles
@@ -118,6 +134,7 @@ impl RunningNode {
     /// peers that are alive, announces that it leaves, then stops.
     pub async fn shutdown(self) -> Result<(), NodeError> {
         info!(node = %self.info.id, "shutting down");
+        self.leaving.store(true, Ordering::Relaxed);
         let _ = self.stop.send(());
         let served = match tokio::time::timeout(DRAIN_TIMEOUT, self.server).await {
             Ok(joined) => joined?.map_err(NodeError::from),
@@ -163,6 +180,25 @@ pub async fn start_with_clock(
     let local_addr = listener
         .local_addr()
         .map_err(|source| NodeError::Bind { addr, source })?;
+    // The metrics listener, bound before anything starts, so that a port in
+    // use stops the node at once.
+    let (metrics_listener, metrics_addr) = match config.metrics_addr {
+        Some(addr) => {
+            let bound = TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind { addr, source })?;
+            let local = bound
+                .local_addr()
+                .map_err(|source| NodeError::Bind { addr, source })?;
+            (Some(bound), Some(local))
+        }
+        None => (None, None),
+    };
+    let metrics = if metrics_listener.is_some() {
+        Metrics::on()
+    } else {
+        Metrics::off()
+    };
     let address = config.advertised(local_addr.port());
     let info = NodeInfo {
         id: config.node_id(&address),
@@ -224,13 +260,16 @@ pub async fn start_with_clock(
     )
     .await?;
 
-    let peers = Arc::new(Peers::new(
-        info.id.clone(),
-        clock.clone(),
-        switch.clone(),
-        config.request_timeout,
-        config.max_peer_message_bytes(),
-    ));
+    let peers = Arc::new(
+        Peers::new(
+            info.id.clone(),
+            clock.clone(),
+            switch.clone(),
+            config.request_timeout,
+            config.max_peer_message_bytes(),
+        )
+        .with_metrics(metrics.clone()),
+    );
     let replicator = Replicator::new(
         peers.clone(),
         BatchLimits {
@@ -251,30 +290,36 @@ pub async fn start_with_clock(
     let members = membership.subscribe();
     let topology = Topology::new(members.borrow().clone(), config.partitions, rf);
     peers.set_addresses(addresses(members.borrow().iter()));
-    let coordinator = Arc::new(Coordinator::new(
-        info.id.clone(),
-        store.clone(),
-        clock.clone(),
-        peers.clone(),
-        replicator.clone(),
-        topology,
-        clock::ntp64(config.settle_grace()),
-    ));
-    let anti_entropy = Arc::new(AntiEntropy::new(
-        info.id.clone(),
-        store.clone(),
-        clock.clone(),
-        peers.clone(),
-        coordinator.clone(),
-        AntiEntropyConfig {
-            interval: config.anti_entropy_interval,
-            max_bytes_per_sec: config.anti_entropy_bytes_per_sec,
-            limits: Limits::default(),
-            settle_grace: config.settle_grace(),
-            start_ready: config.cluster.is_empty(),
-        },
-        membership.announcer(),
-    ));
+    let coordinator = Arc::new(
+        Coordinator::new(
+            info.id.clone(),
+            store.clone(),
+            clock.clone(),
+            peers.clone(),
+            replicator.clone(),
+            topology,
+            clock::ntp64(config.settle_grace()),
+        )
+        .with_slow_request(config.slow_request),
+    );
+    let anti_entropy = Arc::new(
+        AntiEntropy::new(
+            info.id.clone(),
+            store.clone(),
+            clock.clone(),
+            peers.clone(),
+            coordinator.clone(),
+            AntiEntropyConfig {
+                interval: config.anti_entropy_interval,
+                max_bytes_per_sec: config.anti_entropy_bytes_per_sec,
+                limits: Limits::default(),
+                settle_grace: config.settle_grace(),
+                start_ready: config.cluster.is_empty(),
+            },
+            membership.announcer(),
+        )
+        .with_metrics(metrics.clone()),
+    );
     let sync_stats = anti_entropy.stats();
     let handles = Handles {
         switch: switch.clone(),
@@ -284,6 +329,22 @@ pub async fn start_with_clock(
         anti_entropy: anti_entropy.clone(),
         durability: durability.clone(),
     };
+
+    let leaving = Arc::new(AtomicBool::new(false));
+    let connections = OpenConnections::default();
+    let parts = Parts {
+        me: info.id.clone(),
+        store: store.clone(),
+        coordinator: coordinator.clone(),
+        replicator: replicator.clone(),
+        clock: clock.clone(),
+        sync: sync_stats.clone(),
+        leaving: leaving.clone(),
+        connections: connections.clone(),
+        members: membership.subscribe(),
+    };
+    parts.clone().register(&metrics);
+    metrics.set_regions(regions(members.borrow().iter()));
 
     let mut background = vec![
         tokio::spawn(collect_expired(
@@ -295,6 +356,7 @@ pub async fn start_with_clock(
         )),
         tokio::spawn(follow_membership(
             members,
+            metrics.clone(),
             coordinator.clone(),
             peers.clone(),
             replicator.clone(),
@@ -310,12 +372,15 @@ pub async fn start_with_clock(
     }
 
     let max_message = config.max_message_bytes();
-    let kilovolt = proto::kilovolt_server::KilovoltServer::new(KilovoltService::new(
-        coordinator.clone(),
-        default_level(config.default_consistency),
-        config.max_value_bytes,
-        max_message,
-    ))
+    let kilovolt = proto::kilovolt_server::KilovoltServer::new(
+        KilovoltService::new(
+            coordinator.clone(),
+            default_level(config.default_consistency),
+            config.max_value_bytes,
+            max_message,
+        )
+        .with_metrics(metrics.clone()),
+    )
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
     let admin = proto::admin_server::AdminServer::new(AdminService::new(
@@ -342,9 +407,21 @@ pub async fn start_with_clock(
     .max_encoding_message_size(config.max_peer_message_bytes());
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<proto::kilovolt_server::KilovoltServer<KilovoltService>>()
-        .await;
+    // Before the server answers: a node that starts syncing must not be
+    // SERVING for a moment.
+    set_health(&health, parts.state() == NodeState::Ready).await;
+    background.push(tokio::spawn(report_health(health.clone(), parts.clone())));
+    if let Some(listener) = metrics_listener {
+        let parts = parts.clone();
+        let state = Arc::new(move || parts.state().as_str());
+        // A background task: it answers (`/ready` says `leaving`) until
+        // shutdown has drained the gRPC server, then stops with the rest.
+        background.push(tokio::spawn(async move {
+            if let Err(e) = crate::metrics::http::serve(listener, metrics, state).await {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        }));
+    }
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -356,7 +433,9 @@ pub async fn start_with_clock(
     // Set TCP_NODELAY on the incoming stream itself: the builder's
     // `tcp_nodelay` does not reach a listener bound by the caller, and
     // without it small responses wait ~40 ms for delayed ACKs.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(move |accepted| accepted.map(|stream| connections.count(stream)));
     let (stop, stopped) = oneshot::channel::<()>();
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -370,9 +449,7 @@ pub async fn start_with_clock(
         .add_service(peer);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stopped.await;
-        health
-            .set_not_serving::<proto::kilovolt_server::KilovoltServer<KilovoltService>>()
-            .await;
+        set_health(&health, false).await;
     }));
 
     Ok(RunningNode {
@@ -383,7 +460,48 @@ pub async fn start_with_clock(
         stop,
         server,
         background,
+        leaving,
+        metrics_addr,
     })
+}
+
+/// Sets the gRPC health of the whole server ("") and of the `Kilovolt`
+/// service.
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    use tonic_health::ServingStatus;
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    if serving {
+        health
+            .set_serving::<proto::kilovolt_server::KilovoltServer<KilovoltService>>()
+            .await;
+    } else {
+        health
+            .set_not_serving::<proto::kilovolt_server::KilovoltServer<KilovoltService>>()
+            .await;
+    }
+}
+
+/// Keeps the gRPC health service in step with this node's state: SERVING
+/// only while `ready`, NOT_SERVING while it syncs or leaves.
+async fn report_health(health: tonic_health::server::HealthReporter, parts: Parts) {
+    let mut members = parts.members.clone();
+    let mut serving = None;
+    loop {
+        members.borrow_and_update();
+        let ready = parts.state() == NodeState::Ready;
+        if serving != Some(ready) {
+            set_health(&health, ready).await;
+            serving = Some(ready);
+        }
+        if members.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 fn default_level(level: DefaultConsistency) -> Consistency {
@@ -398,11 +516,17 @@ fn addresses<'a>(members: impl Iterator<Item = &'a Member>) -> HashMap<String, S
     members.map(|m| (m.id.clone(), m.address.clone())).collect()
 }
 
+fn regions<'a>(members: impl Iterator<Item = &'a Member>) -> HashMap<String, String> {
+    members.map(|m| (m.id.clone(), m.region.clone())).collect()
+}
+
 /// Rebuilds placement on every membership change, and hands hints to peers
 /// the moment they come back alive; wakes anti-entropy when a peer comes
 /// back or placement changes.
+#[allow(clippy::too_many_arguments)]
 async fn follow_membership(
     mut members: watch::Receiver<Vec<Member>>,
+    metrics: Metrics,
     coordinator: Arc<Coordinator>,
     peers: Arc<Peers>,
     replicator: Arc<Replicator>,
@@ -413,6 +537,7 @@ async fn follow_membership(
     while members.changed().await.is_ok() {
         let list = members.borrow_and_update().clone();
         peers.set_addresses(addresses(list.iter()));
+        metrics.set_regions(regions(list.iter()));
         let before = coordinator.topology();
         let back: Vec<String> = list
             .iter()

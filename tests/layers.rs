@@ -23,6 +23,9 @@ const ORDER: &[&str] = &[
     // here because the peer message limit is derived from it), so that the
     // lowest layers that validate input may read it.
     "config",
+    // The metrics registry every layer records into; imports nothing of the
+    // crate.
+    "metrics",
     // Values and merge rules, then the clock that issues their versions.
     "crdt",
     "clock",
@@ -59,6 +62,8 @@ const ORDER: &[&str] = &[
     "server",
     // The public gRPC edge.
     "api",
+    // What a node exposes at scrape time, read from the subsystems above.
+    "scrape",
     // One running node: wires everything above together.
     "node",
     // The deterministic simulator, which drives the whole stack.

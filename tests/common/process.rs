@@ -18,6 +18,8 @@ pub struct Server {
     pub addr: String,
     /// Its log lines.
     pub log: mpsc::Receiver<String>,
+    /// Its listening line (the addresses it bound).
+    pub listening: String,
 }
 
 impl Server {
@@ -62,7 +64,15 @@ impl Server {
         };
         let addr = field(&line, "listen=").expect("the listening line names the address");
         assert!(line.contains("node_id="), "{line}");
-        (Server { child, addr, log }, startup)
+        (
+            Server {
+                child,
+                addr,
+                log,
+                listening: line,
+            },
+            startup,
+        )
     }
 
     /// Runs kilovolt-cli against this server.
