@@ -3,6 +3,7 @@
 //! and in a unit file.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -171,6 +172,52 @@ pub struct Config {
     /// The most expired values one collection tick removes.
     #[arg(long, env = "KILOVOLT_EXPIRY_BATCH", default_value_t = 10_000)]
     pub expiry_batch: usize,
+
+    /// Port of the peer listener, which serves the node-to-node protocol
+    /// only (the client port never does). 0, the default, picks a free
+    /// port; either way gossip tells the other nodes where it is.
+    #[arg(long, env = "KILOVOLT_PEER_PORT", default_value_t = 0)]
+    pub peer_port: u16,
+
+    /// host:port other nodes reach the peer listener at. Defaults to the
+    /// host of the advertised address with the peer port.
+    #[arg(long, env = "KILOVOLT_PEER_ADVERTISE")]
+    pub peer_advertise: Option<String>,
+
+    /// PEM certificate (chain) of the client API; with --tls-key, clients
+    /// must connect with TLS.
+    #[arg(long, env = "KILOVOLT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "KILOVOLT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): clients must present a certificate signed by
+    /// one of them. Needs --tls-cert.
+    #[arg(long, env = "KILOVOLT_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// PEM certificate of this node for mutual TLS between nodes; it must
+    /// name the node id (see docs/security.md; `kilovolt-cli cert node`
+    /// makes one). With --peer-tls-key and --peer-ca.
+    #[arg(long, env = "KILOVOLT_PEER_TLS_CERT", requires_all = ["peer_tls_key", "peer_ca"])]
+    pub peer_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --peer-tls-cert.
+    #[arg(long, env = "KILOVOLT_PEER_TLS_KEY", requires = "peer_tls_cert")]
+    pub peer_tls_key: Option<PathBuf>,
+
+    /// PEM certificate of the cluster's CA: peers must present a
+    /// certificate it signed for the node id they claim.
+    #[arg(long, env = "KILOVOLT_PEER_CA", requires = "peer_tls_cert")]
+    pub peer_ca: Option<PathBuf>,
+
+    /// File of client tokens with roles (NAME ROLE SHA256 a line; see
+    /// docs/security.md). Every client call then needs
+    /// `authorization: Bearer TOKEN`. Re-read on SIGHUP.
+    #[arg(long, env = "KILOVOLT_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
 }
 
 /// Verbosity of the node's logs.
@@ -387,6 +434,24 @@ impl Config {
     /// The address to bind.
     pub fn bind_addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
+    }
+
+    /// The address the peer listener binds.
+    pub fn peer_bind_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.peer_port)
+    }
+
+    /// The address other nodes reach the peer listener at, given its bound
+    /// port and the advertised client address.
+    pub fn peer_advertised(&self, advertised: &str, bound_port: u16) -> String {
+        if let Some(a) = &self.peer_advertise {
+            return a.clone();
+        }
+        let host = match advertised.rsplit_once(':') {
+            Some((host, _)) => host,
+            None => advertised,
+        };
+        format!("{host}:{bound_port}")
     }
 
     /// The address peers and clients use, given the port actually bound

@@ -6,6 +6,7 @@
 //! versions and `config` and `node` wiring it together. Lower modules never
 //! use higher ones.
 
+pub mod admission;
 pub mod anti_entropy;
 pub mod api;
 pub mod clock;
@@ -23,6 +24,7 @@ pub mod node;
 mod planted;
 pub mod replication;
 pub mod ring;
+pub mod security;
 /// The deterministic simulator: behind the `sim` feature (and in test
 /// builds), so that the server and users of the library do not carry it.
 #[cfg(any(test, feature = "sim"))]

@@ -15,6 +15,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
+use crate::admission::Admission;
 use crate::anti_entropy::{AntiEntropy, AntiEntropyConfig, Limits};
 use crate::api::{AdminService, FaultsService, KilovoltService};
 use crate::clock::{self, Clock, PhysicalClock};
@@ -24,6 +25,8 @@ use crate::coordinator::{Consistency, Coordinator, Topology};
 use crate::net::{PeerService, Peers, Switch};
 use crate::proto;
 use crate::replication::{BatchLimits, HintLimits, Replicator};
+use crate::security::auth::AuthError;
+use crate::security::{tls_incoming, AuthFile, AuthLayer, PeerTls, ServerTls, TlsError};
 use crate::store::Store;
 
 /// How long shutdown waits for in-flight requests before it stops anyway.
@@ -32,6 +35,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often hints are expired and replayed to peers that are alive.
 const HINT_TICK: Duration = Duration::from_secs(1);
 
+/// How often members not yet admitted to placement are probed again.
+const ADMISSION_RETRY: Duration = Duration::from_secs(1);
+
 /// Who this node is, as peers and clients see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -39,6 +45,8 @@ pub struct NodeInfo {
     pub id: String,
     /// The host:port its gRPC server is reached at.
     pub address: String,
+    /// The host:port its peer listener is reached at.
+    pub peer_address: String,
     /// Its region label; empty when unset.
     pub region: String,
 }
@@ -60,6 +68,15 @@ pub enum NodeError {
     /// Gossip could not start.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// A certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The auth file could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The node id cannot be named in a certificate.
+    #[error("--node-id: {0}")]
+    NodeId(String),
     /// The descriptors for gRPC reflection did not load.
     #[error("cannot serve reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -91,10 +108,15 @@ pub struct Handles {
 pub struct RunningNode {
     info: NodeInfo,
     local_addr: SocketAddr,
+    peer_addr: SocketAddr,
     handles: Handles,
     membership: Membership,
+    security: Security,
+    peers: Arc<Peers>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    peer_stop: oneshot::Sender<()>,
+    peer_server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -110,9 +132,44 @@ impl RunningNode {
         self.local_addr
     }
 
+    /// The address the peer listener is bound to.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
     /// The node's inner parts.
     pub fn handles(&self) -> &Handles {
         &self.handles
+    }
+
+    /// Re-reads the auth file and every certificate and key (on SIGHUP):
+    /// requests and connections from now on use them, connections already
+    /// made keep theirs. A file that fails to load leaves what it would
+    /// have replaced in force; every failure is returned.
+    pub fn reload(&self) -> Vec<String> {
+        let mut failed = Vec::new();
+        if let Some(auth) = &self.security.auth {
+            match auth.reload() {
+                Ok(tokens) => info!(tokens, "auth file reloaded"),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        if let Some(tls) = &self.security.client_tls {
+            match tls.reload() {
+                Ok(()) => info!("client TLS certificate reloaded"),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        if let Some(tls) = &self.security.peer_tls {
+            match tls.reload() {
+                Ok(()) => {
+                    self.peers.reset_connections();
+                    info!("peer TLS certificates reloaded");
+                }
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        failed
     }
 
     /// Leaves gracefully: stops taking requests and lets in-flight ones
@@ -121,6 +178,8 @@ impl RunningNode {
     pub async fn shutdown(self) -> Result<(), NodeError> {
         info!(node = %self.info.id, "shutting down");
         let _ = self.stop.send(());
+        // The peer listener serves on while in-flight client requests
+        // finish and hints are handed off: peers are still sending.
         let served = match tokio::time::timeout(DRAIN_TIMEOUT, self.server).await {
             Ok(joined) => joined?.map_err(NodeError::from),
             Err(_) => {
@@ -136,6 +195,13 @@ impl RunningNode {
         let hints_dropped =
             hand_off_hints(&self.handles.coordinator, replicator, &self.info.id).await;
         let left = self.membership.leave().await;
+        let _ = self.peer_stop.send(());
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.peer_server)
+            .await
+            .is_err()
+        {
+            warn!(timeout = ?DRAIN_TIMEOUT, "in-flight peer requests did not finish; stopping anyway");
+        }
         info!(node = %self.info.id, hints_dropped, "stopped");
         served?;
         left.map_err(NodeError::from)
@@ -154,6 +220,7 @@ pub async fn start_with_clock(
     physical: PhysicalClock,
 ) -> Result<RunningNode, NodeError> {
     config.validate()?;
+    let security = Security::load(&config)?;
     let addr = config.bind_addr();
     let listener = TcpListener::bind(addr)
         .await
@@ -161,12 +228,30 @@ pub async fn start_with_clock(
     let local_addr = listener
         .local_addr()
         .map_err(|source| NodeError::Bind { addr, source })?;
+    let peer_bind = config.peer_bind_addr();
+    let peer_listener = TcpListener::bind(peer_bind)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: peer_bind,
+            source,
+        })?;
+    let peer_addr = peer_listener
+        .local_addr()
+        .map_err(|source| NodeError::Bind {
+            addr: peer_bind,
+            source,
+        })?;
     let address = config.advertised(local_addr.port());
     let info = NodeInfo {
         id: config.node_id(&address),
+        peer_address: config.peer_advertised(&address, peer_addr.port()),
         address,
         region: config.region.clone(),
     };
+    if security.peer_tls.is_some() {
+        crate::security::identity::check_node_id(&info.id).map_err(NodeError::NodeId)?;
+    }
+    warn_if_exposed(&config, local_addr, &security);
 
     let switch = Arc::new(Switch::new());
     let membership = Membership::start(
@@ -174,6 +259,7 @@ pub async fn start_with_clock(
             node_id: info.id.clone(),
             advertise: info.address.clone(),
             listen: local_addr,
+            peer_advertise: info.peer_address.clone(),
             region: info.region.clone(),
             seeds: config.cluster.clone(),
             gossip_interval: config.gossip_interval,
@@ -200,6 +286,7 @@ pub async fn start_with_clock(
         switch.clone(),
         config.request_timeout,
         config.max_peer_message_bytes(),
+        security.peer_tls.clone(),
     ));
     let replicator = Replicator::new(
         peers.clone(),
@@ -216,8 +303,10 @@ pub async fn start_with_clock(
     );
     let rf = config.replication_factor as usize;
     let members = membership.subscribe();
-    let topology = Topology::new(members.borrow().clone(), config.partitions, rf);
-    peers.set_addresses(addresses(members.borrow().iter()));
+    let admission = Admission::new(info.id.clone(), peers.clone(), security.peer_tls.is_some());
+    let admitted = admission.admit(members.borrow().clone());
+    let topology = Topology::new(admitted.clone(), config.partitions, rf);
+    peers.set_addresses(addresses(admitted.iter()));
     let coordinator = Arc::new(Coordinator::new(
         info.id.clone(),
         store.clone(),
@@ -261,6 +350,7 @@ pub async fn start_with_clock(
         )),
         tokio::spawn(follow_membership(
             members,
+            admission,
             coordinator.clone(),
             peers.clone(),
             replicator.clone(),
@@ -299,6 +389,7 @@ pub async fn start_with_clock(
         switch,
         anti_entropy,
         config.max_peer_message_bytes(),
+        security.peer_tls.is_some(),
     ))
     .max_decoding_message_size(config.max_peer_message_bytes())
     .max_encoding_message_size(config.max_peer_message_bytes());
@@ -315,37 +406,139 @@ pub async fn start_with_clock(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    // Set TCP_NODELAY on the incoming stream itself: the builder's
-    // `tcp_nodelay` does not reach a listener bound by the caller, and
-    // without it small responses wait ~40 ms for delayed ACKs.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // The client port: the public services only, each call checked
+    // against the auth file when there is one.
     let (stop, stopped) = oneshot::channel::<()>();
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(AuthLayer::new(security.auth.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(kilovolt)
         .add_service(admin)
-        .add_service(faults)
-        .add_service(peer);
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        .add_service(faults);
+    let stopped = async move {
         let _ = stopped.await;
         health
             .set_not_serving::<proto::kilovolt_server::KilovoltServer<KilovoltService>>()
             .await;
-    }));
+    };
+    let server =
+        match &security.client_tls {
+            Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+                tls_incoming(listener, tls.clone(), "client"),
+                stopped,
+            )),
+            // Set TCP_NODELAY on the incoming stream itself: the builder's
+            // `tcp_nodelay` does not reach a listener bound by the caller, and
+            // without it small responses wait ~40 ms for delayed ACKs.
+            None => tokio::spawn(router.serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stopped,
+            )),
+        };
+
+    // The peer listener: the node-to-node protocol only, with mutual TLS
+    // when configured.
+    let (peer_stop, peer_stopped) = oneshot::channel::<()>();
+    let peer_router = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(peer);
+    let peer_stopped = async move {
+        let _ = peer_stopped.await;
+    };
+    let peer_server = match &security.peer_tls {
+        Some(tls) => tokio::spawn(peer_router.serve_with_incoming_shutdown(
+            tls_incoming(peer_listener, tls.server(), "peer"),
+            peer_stopped,
+        )),
+        None => tokio::spawn(peer_router.serve_with_incoming_shutdown(
+            TcpIncoming::from(peer_listener).with_nodelay(Some(true)),
+            peer_stopped,
+        )),
+    };
 
     Ok(RunningNode {
         info,
         local_addr,
+        peer_addr,
         handles,
         membership,
+        security,
+        peers,
         stop,
         server,
+        peer_stop,
+        peer_server,
         background,
     })
+}
+
+/// What the node authenticates with, loaded at start and re-read by
+/// [`RunningNode::reload`].
+struct Security {
+    client_tls: Option<Arc<ServerTls>>,
+    peer_tls: Option<Arc<PeerTls>>,
+    auth: Option<Arc<AuthFile>>,
+}
+
+impl Security {
+    fn load(config: &Config) -> Result<Self, NodeError> {
+        let client_tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(ServerTls::load(
+                cert.clone(),
+                key.clone(),
+                config.tls_client_ca.clone(),
+            )?)),
+            _ => None,
+        };
+        let peer_tls = match (&config.peer_tls_cert, &config.peer_tls_key, &config.peer_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(Arc::new(PeerTls::load(
+                cert.clone(),
+                key.clone(),
+                ca.clone(),
+            )?)),
+            _ => None,
+        };
+        let auth = match &config.auth_file {
+            Some(path) => Some(Arc::new(AuthFile::load(path.clone())?)),
+            None => None,
+        };
+        Ok(Self {
+            client_tls,
+            peer_tls,
+            auth,
+        })
+    }
+}
+
+/// Logs one warning when the client port is bound to a non-loopback
+/// address with neither TLS nor tokens: anyone who reaches it can read and
+/// write everything, in the clear.
+fn warn_if_exposed(config: &Config, bound: SocketAddr, security: &Security) {
+    if bound.ip().is_loopback() {
+        return;
+    }
+    let tls = security.client_tls.is_some();
+    let tokens = security.auth.is_some();
+    if !tls || !tokens {
+        warn!(
+            listen = %bound,
+            tls,
+            tokens,
+            peer_tls = security.peer_tls.is_some(),
+            "serving a non-loopback address without {}: see docs/security.md",
+            match (tls, tokens) {
+                (false, false) => "TLS or tokens (anyone who reaches the port can read and write everything, in the clear)",
+                (false, true) => "TLS (tokens and data cross the network in the clear)",
+                _ => "tokens (any client that trusts the certificate can read and write everything)",
+            }
+        );
+    }
+    let _ = config;
 }
 
 fn default_level(level: DefaultConsistency) -> Consistency {
@@ -356,15 +549,22 @@ fn default_level(level: DefaultConsistency) -> Consistency {
     }
 }
 
+/// Node id -> peer address, for the peer protocol's client.
 fn addresses<'a>(members: impl Iterator<Item = &'a Member>) -> HashMap<String, String> {
-    members.map(|m| (m.id.clone(), m.address.clone())).collect()
+    members
+        .filter(|m| !m.peer_address.is_empty())
+        .map(|m| (m.id.clone(), m.peer_address.clone()))
+        .collect()
 }
 
-/// Rebuilds placement on every membership change, and hands hints to peers
-/// the moment they come back alive; wakes anti-entropy when a peer comes
-/// back or placement changes.
+/// Rebuilds placement on every membership change (of the members
+/// admitted: see [`Admission`]), and hands hints to peers the moment they
+/// come back alive; wakes anti-entropy when a peer comes back or placement
+/// changes.
+#[allow(clippy::too_many_arguments)]
 async fn follow_membership(
     mut members: watch::Receiver<Vec<Member>>,
+    admission: Arc<Admission>,
     coordinator: Arc<Coordinator>,
     peers: Arc<Peers>,
     replicator: Arc<Replicator>,
@@ -372,8 +572,24 @@ async fn follow_membership(
     partitions: u32,
     rf: usize,
 ) {
-    while members.changed().await.is_ok() {
-        let list = members.borrow_and_update().clone();
+    let mut retry = tokio::time::interval(ADMISSION_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<Vec<Member>> = None;
+    loop {
+        tokio::select! {
+            changed = members.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            _ = admission.proved() => {}
+            _ = retry.tick(), if admission.enabled() => {}
+        }
+        let list = admission.admit(members.borrow_and_update().clone());
+        if last.as_ref() == Some(&list) {
+            continue;
+        }
+        last = Some(list.clone());
         peers.set_addresses(addresses(list.iter()));
         let before = coordinator.topology();
         let back: Vec<String> = list
@@ -494,6 +710,7 @@ mod tests {
         Member {
             id: id.into(),
             address: String::new(),
+            peer_address: String::new(),
             region: String::new(),
             state: NodeState::Ready,
             alive,

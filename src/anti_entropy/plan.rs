@@ -84,6 +84,7 @@ mod tests {
         Member {
             id: id.into(),
             address: String::new(),
+            peer_address: String::new(),
             region: String::new(),
             state,
             alive,

@@ -53,6 +53,7 @@ fn member_to_proto(m: &Member) -> proto::Member {
         alive: m.alive,
         region: m.region.clone(),
         state: m.state.as_str().into(),
+        peer_address: m.peer_address.clone(),
     }
 }
 

@@ -399,6 +399,7 @@ mod tests {
             .map(|(id, state)| Member {
                 id: (*id).into(),
                 address: String::new(),
+                peer_address: String::new(),
                 region: String::new(),
                 state: *state,
                 alive: true,

@@ -620,6 +620,7 @@ pub(crate) fn test_coordinator(
         Arc::new(crate::net::Switch::new()),
         Duration::from_secs(1),
         1 << 20,
+        None,
     ));
     let replicator = Replicator::new(
         peers.clone(),
@@ -656,6 +657,7 @@ mod tests {
         let me = Member {
             id: "n1".into(),
             address: "127.0.0.1:1".into(),
+            peer_address: String::new(),
             region: String::new(),
             state: NodeState::Ready,
             alive: true,

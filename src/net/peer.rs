@@ -16,6 +16,7 @@ use crate::anti_entropy::{Reply, Request};
 use crate::clock::Clock;
 use crate::crdt::Entry;
 use crate::proto::cluster::{self as wire, peer_client::PeerClient};
+use crate::security::PeerTls;
 use crate::store::Key;
 
 /// The peer protocol's number, sent in every request. A receiver refuses a
@@ -23,8 +24,10 @@ use crate::store::Key;
 /// carry maps and counters, version lists carry stamps (a node of
 /// protocol 1 would read a map as an empty string). 3: entries carry
 /// expired strings whose bytes were dropped (a node of protocol 2 would
-/// read one as an empty string).
-pub const PROTOCOL: u32 = 3;
+/// read one as an empty string). 4: served on its own listener (the peer
+/// address is gossiped), with mutual TLS when configured; the sender's id
+/// must match its certificate.
+pub const PROTOCOL: u32 = 4;
 
 /// Why a call to a peer failed.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -56,21 +59,26 @@ pub struct Peers {
     timeout: Duration,
     max_message_bytes: usize,
     addresses: RwLock<HashMap<String, String>>,
-    channels: RwLock<HashMap<String, Channel>>,
+    /// By (node id, address): with TLS a channel verifies the node's id.
+    channels: RwLock<HashMap<(String, String), Channel>>,
     latencies: Latencies,
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl Peers {
     /// Calls from node `me`, judged by `switch`, each bounded by `timeout`
     /// and by `max_message_bytes` either way (the peer message limit,
     /// [`crate::config::Config::max_peer_message_bytes`]); every answer's
-    /// clock is measured against `clock`.
+    /// clock is measured against `clock`. With `tls`, every connection is
+    /// mutual TLS and accepts only a peer that proves the node id it is
+    /// called for.
     pub fn new(
         me: String,
         clock: Arc<Clock>,
         switch: Arc<Switch>,
         timeout: Duration,
         max_message_bytes: usize,
+        tls: Option<Arc<PeerTls>>,
     ) -> Self {
         Self {
             me,
@@ -81,7 +89,37 @@ impl Peers {
             addresses: RwLock::new(HashMap::new()),
             channels: RwLock::new(HashMap::new()),
             latencies: Latencies::new(),
+            tls,
         }
+    }
+
+    /// Forgets every connection, so that the next call to each peer
+    /// connects anew (with certificates just reloaded).
+    pub fn reset_connections(&self) {
+        self.channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Calls node `peer` at `address` once (a read of nothing), on a
+    /// connection of its own: with TLS, succeeds only if the peer proved it
+    /// is `peer` and accepted this node's certificate. Membership admits a
+    /// member learned by gossip on this proof.
+    pub async fn probe(&self, peer: &str, address: &str) -> Result<(), PeerError> {
+        match self.switch.verdict(peer) {
+            Verdict::Pass => {}
+            Verdict::Drop => return Err(PeerError::Cut),
+            Verdict::Delay(d) => tokio::time::sleep(d).await,
+        }
+        let request = wire::ReadRequest {
+            header: Some(self.header()),
+            keys: Vec::new(),
+            partitions: Vec::new(),
+        };
+        let mut client = PeerClient::new(self.connect(peer, address)?);
+        self.call(peer, None, client.read(request)).await?;
+        Ok(())
     }
 
     /// The per-call timeout.
@@ -248,29 +286,41 @@ impl Peers {
             .get(peer)
             .cloned()
             .ok_or(PeerError::NoAddress)?;
+        let key = (peer.to_string(), address);
         if let Some(c) = self
             .channels
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&address)
+            .get(&key)
         {
             return Ok(c.clone());
         }
+        let channel = self.connect(peer, &key.1)?;
+        self.channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, channel.clone());
+        Ok(channel)
+    }
+
+    /// A new lazily connected channel to node `peer` at `address`.
+    fn connect(&self, peer: &str, address: &str) -> Result<Channel, PeerError> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         // Keepalive, because after a partition heals an idle HTTP/2
         // connection can stay stalled until it is probed; no-delay, because
         // small batches would otherwise wait for delayed ACKs.
-        let channel = Endpoint::from_shared(format!("http://{address}"))
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
             .map_err(|e| PeerError::Failed(format!("bad address {address:?}: {e}")))?
             .connect_timeout(self.timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
-        self.channels
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(address, channel.clone());
-        Ok(channel)
+            .keep_alive_while_idle(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.client_for(peer))
+                .map_err(|e| PeerError::Failed(format!("TLS to {peer}: {e}")))?;
+        }
+        Ok(endpoint.connect_lazy())
     }
 }

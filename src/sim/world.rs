@@ -530,6 +530,7 @@ impl World {
                 Member {
                     id: slot.id.clone(),
                     address: String::new(),
+                    peer_address: String::new(),
                     region: String::new(),
                     state: if slot.ready {
                         NodeState::Ready

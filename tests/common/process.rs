@@ -18,6 +18,8 @@ pub struct Server {
     pub addr: String,
     /// Its log lines.
     pub log: mpsc::Receiver<String>,
+    /// The line it logged when it started listening.
+    pub listening_line: String,
 }
 
 impl Server {
@@ -49,7 +51,12 @@ impl Server {
         let line = wait_for_line(&log, "listening");
         let addr = field(&line, "listen=").expect("the listening line names the address");
         assert!(line.contains("node_id="), "{line}");
-        Server { child, addr, log }
+        Server {
+            child,
+            addr,
+            log,
+            listening_line: line,
+        }
     }
 
     /// Runs kilovolt-cli against this server.
