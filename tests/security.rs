@@ -621,6 +621,44 @@ async fn tokens_give_each_role_exactly_its_calls_and_reload_on_sighup() {
         let status = outcome(Some(gone), "Get").await.unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     }
+    // SIGHUP re-reads the certificate too: a new connection is served
+    // with the new one (signed by another CA here).
+    let before = tls_channel(&node.addr, &ca, Some(&client), None)
+        .await
+        .unwrap();
+    let new_ca = DevCa::new().unwrap();
+    files.write(
+        "single",
+        &new_ca.node("single", &["127.0.0.1".into()]).unwrap(),
+    );
+    let status = Command::new("kill")
+        .args(["-HUP", &node.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let new_ca_pem = new_ca.pem().cert;
+    eventually(
+        Duration::from_secs(10),
+        "the new certificate to be served",
+        || async {
+            let ch = tls_channel(&node.addr, &new_ca_pem, Some(&client), None)
+                .await
+                .ok()?;
+            call_as(ch, Some(ADMIN), "Get").await.ok()
+        },
+    )
+    .await;
+    assert!(
+        call_as(before, Some(ADMIN), "Get").await.is_ok(),
+        "a connection made before the reload keeps working"
+    );
+    assert!(
+        tls_channel(&node.addr, &ca, Some(&client), None)
+            .await
+            .is_err(),
+        "a new connection still got the old certificate"
+    );
+
     // Health checks stay open for load balancers.
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     health
