@@ -848,3 +848,87 @@ async fn a_plaintext_node_serves_the_peer_protocol_only_on_its_peer_port() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn kilovolt_cli_makes_certificates_and_the_tools_speak_tls_with_a_token() {
+    use common::process::CLI;
+    const BENCH: &str = env!("CARGO_BIN_EXE_kilovolt-bench");
+    let files = Files::new("cli");
+    let dir = files.dir.join("made");
+    let made = Command::new(CLI)
+        .args([
+            "cert",
+            "--out",
+            dir.to_str().unwrap(),
+            "--node",
+            "n1",
+            "--client",
+            "app",
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let auth = files.auth(&[("app", "write", WRITER)]);
+    let mut cmd = Command::new(SERVER);
+    cmd.args(["--host", "127.0.0.1", "--port", "0", "--node-id", "n1"])
+        .args(["--tls-cert", &path("n1.pem"), "--tls-key", &path("n1.key")])
+        .args(["--tls-client-ca", &path("ca.pem")])
+        .args([
+            "--peer-tls-cert",
+            &path("n1.pem"),
+            "--peer-tls-key",
+            &path("n1.key"),
+        ])
+        .args(["--peer-ca", &path("ca.pem")])
+        .args(["--auth-file", &auth]);
+    let node = Server::launch(cmd);
+    let tls = [
+        "--tls-ca".to_string(),
+        path("ca.pem"),
+        "--tls-cert".into(),
+        path("app.pem"),
+        "--tls-key".into(),
+        path("app.key"),
+    ];
+    let cli = |args: &[&str], token: Option<&str>| {
+        let mut cmd = Command::new(CLI);
+        cmd.args(["--addr", &node.addr]).args(&tls).args(args);
+        cmd.env_remove("KILOVOLT_TOKEN");
+        if let Some(token) = token {
+            cmd.env("KILOVOLT_TOKEN", token);
+        }
+        cmd.output().unwrap()
+    };
+    let set = cli(&["--token", WRITER, "set", "k", "v"], None);
+    assert!(set.status.success(), "{set:?}");
+    let get = cli(&["get", "k"], Some(WRITER));
+    assert!(get.status.success(), "{get:?}");
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "v");
+    let refused = cli(&["get", "k"], None);
+    assert_eq!(refused.status.code(), Some(3), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated"),
+        "{refused:?}"
+    );
+
+    let bench = Command::new(BENCH)
+        .args(["--addr", &node.addr])
+        .args(&tls)
+        .args(["--token", WRITER, "--duration", "300ms", "--warmup", "0s"])
+        .args([
+            "--keys",
+            "100",
+            "--concurrency",
+            "4",
+            "--conns",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(bench.status.success(), "{bench:?}");
+    let report: serde_json::Value = serde_json::from_slice(&bench.stdout).unwrap();
+    assert!(report["total"]["ops"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["total"]["errors_total"].as_u64(), Some(0), "{report}");
+}

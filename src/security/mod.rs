@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod certs;
+pub mod client;
 pub mod identity;
 pub mod incoming;
 pub mod tls;
