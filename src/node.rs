@@ -251,7 +251,7 @@ pub async fn start_with_clock(
     if security.peer_tls.is_some() {
         crate::security::identity::check_node_id(&info.id).map_err(NodeError::NodeId)?;
     }
-    warn_if_exposed(&config, local_addr, &security);
+    warn_if_exposed(local_addr, &security);
 
     let switch = Arc::new(Switch::new());
     let membership = Membership::start(
@@ -515,30 +515,32 @@ impl Security {
     }
 }
 
-/// Logs one warning when the client port is bound to a non-loopback
-/// address with neither TLS nor tokens: anyone who reaches it can read and
-/// write everything, in the clear.
-fn warn_if_exposed(config: &Config, bound: SocketAddr, security: &Security) {
+/// Logs one warning at start when the node binds a non-loopback address
+/// without client TLS, tokens or mutual TLS between nodes: whoever reaches
+/// the ports can then read or write in the clear, call every service, or
+/// speak the peer protocol (write any version, read any partition).
+fn warn_if_exposed(bound: SocketAddr, security: &Security) {
     if bound.ip().is_loopback() {
         return;
     }
-    let tls = security.client_tls.is_some();
-    let tokens = security.auth.is_some();
-    if !tls || !tokens {
+    let mut missing = Vec::new();
+    if security.client_tls.is_none() {
+        missing.push("client TLS (--tls-cert)");
+    }
+    if security.auth.is_none() {
+        missing.push("tokens (--auth-file)");
+    }
+    if security.peer_tls.is_none() {
+        missing.push("mutual TLS between nodes (--peer-tls-cert)");
+    }
+    if !missing.is_empty() {
         warn!(
             listen = %bound,
-            tls,
-            tokens,
-            peer_tls = security.peer_tls.is_some(),
-            "serving a non-loopback address without {}: see docs/security.md",
-            match (tls, tokens) {
-                (false, false) => "TLS or tokens (anyone who reaches the port can read and write everything, in the clear)",
-                (false, true) => "TLS (tokens and data cross the network in the clear)",
-                _ => "tokens (any client that trusts the certificate can read and write everything)",
-            }
+            missing = %missing.join(", "),
+            "serving a non-loopback address without {}: whoever reaches this node's ports can use what is missing (see docs/security.md)",
+            missing.join(", ")
         );
     }
-    let _ = config;
 }
 
 fn default_level(level: DefaultConsistency) -> Consistency {

@@ -827,6 +827,28 @@ async fn call_as(channel: Channel, token: Option<&str>, call: &str) -> Result<()
 async fn a_plaintext_node_serves_the_peer_protocol_only_on_its_peer_port() {
     let node = Server::start(&[]);
     let peer = peer_addr(&node.listening_line);
+    // Loopback only: no warning.
+    assert!(
+        !node
+            .startup_lines
+            .iter()
+            .any(|l| l.contains("non-loopback")),
+        "{:?}",
+        node.startup_lines
+    );
+    // Any address, nothing secured: one warning naming all three.
+    let mut cmd = Command::new(SERVER);
+    cmd.args(["--host", "0.0.0.0", "--port", "0"]);
+    let exposed = Server::launch(cmd);
+    let warnings: Vec<_> = exposed
+        .startup_lines
+        .iter()
+        .filter(|l| l.contains("non-loopback"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{:?}", exposed.startup_lines);
+    for what in ["--tls-cert", "--auth-file", "--peer-tls-cert"] {
+        assert!(warnings[0].contains(what), "{}", warnings[0]);
+    }
     assert_ne!(peer, node.addr);
     let channel = Endpoint::from_shared(format!("http://{}", node.addr))
         .unwrap()
@@ -870,8 +892,9 @@ async fn kilovolt_cli_makes_certificates_and_the_tools_speak_tls_with_a_token() 
     assert!(made.status.success(), "{made:?}");
     let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
     let auth = files.auth(&[("app", "write", WRITER)]);
+    // Bound to every address, but fully secured: no warning.
     let mut cmd = Command::new(SERVER);
-    cmd.args(["--host", "127.0.0.1", "--port", "0", "--node-id", "n1"])
+    cmd.args(["--host", "0.0.0.0", "--port", "0", "--node-id", "n1"])
         .args(["--tls-cert", &path("n1.pem"), "--tls-key", &path("n1.key")])
         .args(["--tls-client-ca", &path("ca.pem")])
         .args([
@@ -883,6 +906,15 @@ async fn kilovolt_cli_makes_certificates_and_the_tools_speak_tls_with_a_token() 
         .args(["--peer-ca", &path("ca.pem")])
         .args(["--auth-file", &auth]);
     let node = Server::launch(cmd);
+    assert!(
+        !node
+            .startup_lines
+            .iter()
+            .any(|l| l.contains("non-loopback")),
+        "{:?}",
+        node.startup_lines
+    );
+    let addr = node.addr.replace("0.0.0.0", "127.0.0.1");
     let tls = [
         "--tls-ca".to_string(),
         path("ca.pem"),
@@ -893,7 +925,7 @@ async fn kilovolt_cli_makes_certificates_and_the_tools_speak_tls_with_a_token() 
     ];
     let cli = |args: &[&str], token: Option<&str>| {
         let mut cmd = Command::new(CLI);
-        cmd.args(["--addr", &node.addr]).args(&tls).args(args);
+        cmd.args(["--addr", &addr]).args(&tls).args(args);
         cmd.env_remove("KILOVOLT_TOKEN");
         if let Some(token) = token {
             cmd.env("KILOVOLT_TOKEN", token);
@@ -913,7 +945,7 @@ async fn kilovolt_cli_makes_certificates_and_the_tools_speak_tls_with_a_token() 
     );
 
     let bench = Command::new(BENCH)
-        .args(["--addr", &node.addr])
+        .args(["--addr", &addr])
         .args(&tls)
         .args(["--token", WRITER, "--duration", "300ms", "--warmup", "0s"])
         .args([
@@ -930,5 +962,9 @@ async fn kilovolt_cli_makes_certificates_and_the_tools_speak_tls_with_a_token() 
     assert!(bench.status.success(), "{bench:?}");
     let report: serde_json::Value = serde_json::from_slice(&bench.stdout).unwrap();
     assert!(report["total"]["ops"].as_u64().unwrap() > 0, "{report}");
-    assert_eq!(report["total"]["errors_total"].as_u64(), Some(0), "{report}");
+    assert_eq!(
+        report["total"]["errors_total"].as_u64(),
+        Some(0),
+        "{report}"
+    );
 }

@@ -20,6 +20,8 @@ pub struct Server {
     pub log: mpsc::Receiver<String>,
     /// The line it logged when it started listening.
     pub listening_line: String,
+    /// The lines it logged before that one.
+    pub startup_lines: Vec<String>,
 }
 
 impl Server {
@@ -48,7 +50,14 @@ impl Server {
                 }
             }
         });
-        let line = wait_for_line(&log, "listening");
+        let mut startup_lines = Vec::new();
+        let line = loop {
+            let line = wait_for_line(&log, "");
+            if line.contains("listening") {
+                break line;
+            }
+            startup_lines.push(line);
+        };
         let addr = field(&line, "listen=").expect("the listening line names the address");
         assert!(line.contains("node_id="), "{line}");
         Server {
@@ -56,6 +65,7 @@ impl Server {
             addr,
             log,
             listening_line: line,
+            startup_lines,
         }
     }
 
