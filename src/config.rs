@@ -542,6 +542,40 @@ mod tests {
     }
 
     #[test]
+    fn the_peer_listener_is_advertised_on_the_advertised_host() {
+        let c = Config::defaults();
+        assert_eq!(c.peer_port, 0);
+        assert_eq!(c.peer_advertised("127.0.0.1:4000", 4100), "127.0.0.1:4100");
+        assert_eq!(c.peer_advertised("[::1]:4000", 4100), "[::1]:4100");
+        let c =
+            Config::try_parse_from(["kilovolt-db", "--peer-advertise", "db1-internal:7"]).unwrap();
+        assert_eq!(c.peer_advertised("db1:4000", 4100), "db1-internal:7");
+    }
+
+    #[test]
+    fn tls_flags_come_in_complete_sets() {
+        for partial in [
+            &["--tls-cert", "c.pem"][..],
+            &["--tls-client-ca", "ca.pem"],
+            &["--peer-tls-cert", "c.pem", "--peer-tls-key", "k.pem"],
+            &["--peer-ca", "ca.pem"],
+        ] {
+            let args = std::iter::once("kilovolt-db").chain(partial.iter().copied());
+            assert!(Config::try_parse_from(args).is_err(), "{partial:?}");
+        }
+        let c = Config::try_parse_from([
+            "kilovolt-db",
+            "--peer-tls-cert",
+            "c.pem",
+            "--peer-tls-key",
+            "k.pem",
+            "--peer-ca",
+            "ca.pem",
+        ]);
+        assert!(c.is_ok());
+    }
+
+    #[test]
     fn the_defaults_are_valid() {
         assert_eq!(Config::defaults().validate(), Ok(()));
     }
