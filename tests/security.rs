@@ -968,3 +968,15 @@ async fn kilovolt_cli_makes_certificates_and_the_tools_speak_tls_with_a_token() 
         "{report}"
     );
 }
+
+/// rustls panics at run time when the tree holds two crypto providers and
+/// none is chosen: the lock file must hold ring only.
+#[test]
+fn the_tree_holds_one_crypto_provider() {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+    assert!(lock.contains("name = \"ring\""));
+    assert!(
+        !lock.contains("name = \"aws-lc-rs\"") && !lock.contains("name = \"aws-lc-sys\""),
+        "aws-lc-rs is in the tree: turn off the default features of the crate that brings it (cargo tree -i aws-lc-rs)"
+    );
+}
