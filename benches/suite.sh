@@ -193,7 +193,11 @@ CERTS=$OUT/certs
 rm -rf "$CERTS"
 "$BIN/kilovolt-cli" cert --out "$CERTS" --node tls-one --node tls-1 --node tls-2 --node tls-3 >/dev/null
 TLS_TOKEN=bench-token
-printf 'bench write %s\n' "$(printf %s "$TLS_TOKEN" | sha256sum | cut -d' ' -f1)" >"$CERTS/auth"
+TLS_ADMIN=bench-admin-token
+{
+	printf 'bench write %s\n' "$(printf %s "$TLS_TOKEN" | sha256sum | cut -d' ' -f1)"
+	printf 'ops admin %s\n' "$(printf %s "$TLS_ADMIN" | sha256sum | cut -d' ' -f1)"
+} >"$CERTS/auth"
 # start_tls_node PORT CLUSTER_ID NODE_ID [SEEDS]: a node with client TLS,
 # mutual TLS between nodes and the auth file; pid in SPAWNED.
 start_tls_node() {
@@ -221,8 +225,8 @@ wait_ready 127.0.0.1:56111 3
 preload 127.0.0.1:56100
 preload 127.0.0.1:56101
 preload 127.0.0.1:56111
-KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_TOKEN wait_ready 127.0.0.1:56141 1
-KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_TOKEN wait_ready 127.0.0.1:56151 3
+KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_ADMIN wait_ready 127.0.0.1:56141 1
+KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_ADMIN wait_ready 127.0.0.1:56151 3
 KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_TOKEN preload 127.0.0.1:56141
 KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_TOKEN preload 127.0.0.1:56151
 redis-benchmark -h 127.0.0.1 -p 56120 -c "$CONCURRENCY" -n $((KEYS * 3)) -d 100 -r "$KEYS" \
