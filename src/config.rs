@@ -25,6 +25,10 @@ pub const MAX_MAP_FIELDS: usize = 1000;
 /// partition sets peers exchange.
 pub const MAX_PARTITIONS: u32 = 65536;
 
+/// How far above the client port the peer listener listens unless
+/// `--peer-port` says otherwise (50051 -> 51051).
+pub const PEER_PORT_OFFSET: u16 = 1000;
+
 /// The default for `--max-value-bytes`: 1 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 
@@ -174,10 +178,11 @@ pub struct Config {
     pub expiry_batch: usize,
 
     /// Port of the peer listener, which serves the node-to-node protocol
-    /// only (the client port never does). 0, the default, picks a free
-    /// port; either way gossip tells the other nodes where it is.
-    #[arg(long, env = "KILOVOLT_PEER_PORT", default_value_t = 0)]
-    pub peer_port: u16,
+    /// only (the client port never does). Defaults to --port plus 1000 (a
+    /// free port when --port is 0); 0 picks a free port. Gossip tells the
+    /// other nodes where it is.
+    #[arg(long, env = "KILOVOLT_PEER_PORT")]
+    pub peer_port: Option<u16>,
 
     /// host:port other nodes reach the peer listener at. Defaults to the
     /// host of the advertised address with the peer port.
@@ -423,7 +428,8 @@ impl Config {
             1,
             10_000_000,
             "1 to 10000000",
-        )
+        )?;
+        self.peer_bind_addr().map(|_| ())
     }
 
     /// The settings with every default, as if no flag were given.
@@ -436,9 +442,19 @@ impl Config {
         SocketAddr::new(self.host, self.port)
     }
 
-    /// The address the peer listener binds.
-    pub fn peer_bind_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.host, self.peer_port)
+    /// The address the peer listener binds: `--peer-port`, else `--port`
+    /// plus [`PEER_PORT_OFFSET`] (0, a free port, when `--port` is 0).
+    pub fn peer_bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let port = match (self.peer_port, self.port) {
+            (Some(port), _) => port,
+            (None, 0) => 0,
+            (None, port) => port.checked_add(PEER_PORT_OFFSET).ok_or(ConfigError {
+                flag: "port",
+                value: port.to_string(),
+                range: "at most 64535 unless --peer-port is given (the peer listener defaults to --port plus 1000)",
+            })?,
+        };
+        Ok(SocketAddr::new(self.host, port))
     }
 
     /// The address other nodes reach the peer listener at, given its bound
@@ -544,7 +560,18 @@ mod tests {
     #[test]
     fn the_peer_listener_is_advertised_on_the_advertised_host() {
         let c = Config::defaults();
-        assert_eq!(c.peer_port, 0);
+        assert_eq!(c.peer_bind_addr().unwrap().port(), 51051);
+        let c = Config::try_parse_from(["kilovolt-db", "--port", "0"]).unwrap();
+        assert_eq!(c.peer_bind_addr().unwrap().port(), 0);
+        let c = Config::try_parse_from(["kilovolt-db", "--port", "65000"]).unwrap();
+        let err = c.peer_bind_addr().unwrap_err().to_string();
+        assert!(
+            err.starts_with("--port is 65000") && err.contains("--peer-port"),
+            "{err}"
+        );
+        let c = Config::try_parse_from(["kilovolt-db", "--port", "65000", "--peer-port", "7000"])
+            .unwrap();
+        assert_eq!(c.peer_bind_addr().unwrap().port(), 7000);
         assert_eq!(c.peer_advertised("127.0.0.1:4000", 4100), "127.0.0.1:4100");
         assert_eq!(c.peer_advertised("[::1]:4000", 4100), "[::1]:4100");
         let c =

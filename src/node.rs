@@ -228,7 +228,7 @@ pub async fn start_with_clock(
     let local_addr = listener
         .local_addr()
         .map_err(|source| NodeError::Bind { addr, source })?;
-    let peer_bind = config.peer_bind_addr();
+    let peer_bind = config.peer_bind_addr()?;
     let peer_listener = TcpListener::bind(peer_bind)
         .await
         .map_err(|source| NodeError::Bind {
