@@ -121,7 +121,8 @@ enum Command {
     /// Make development certificates in a directory: a CA (ca.pem,
     /// ca.key; reused when ca.key is there), one certificate and key per
     /// node (NODE.pem, NODE.key: for --peer-tls-* and --tls-*) and per
-    /// client (NAME.pem, NAME.key). No server is contacted.
+    /// client (NAME.pem, NAME.key); in file names, characters other than
+    /// letters, digits, `.`, `_` and `-` become `_`. No server is contacted.
     Cert {
         /// Directory to write to (created if missing).
         #[arg(long, default_value = "certs")]
