@@ -24,8 +24,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use kilovolt::cluster::Topology;
 use kilovolt::cluster::{Member, NodeState};
-use kilovolt::coordinator::Topology;
 use kilovolt::proto;
 use kilovolt::ring::{Ring, RingNode};
 use prost::Message;

@@ -32,6 +32,14 @@ pub const PEER_PORT_OFFSET: u16 = 1000;
 /// The default for `--max-value-bytes`: 1 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 
+/// The most bytes one anti-entropy message carries by default (the
+/// session's `Limits`): 256 KiB, large enough that the repair of a few
+/// thousand keys takes one message, small enough that one message does not
+/// hold a link for long. Here rather than in `anti_entropy` because the peer
+/// message limit ([`Config::max_peer_message_bytes`]) is derived from it, and
+/// this module stays plain data that imports nothing from the crate.
+pub const DEFAULT_SYNC_MESSAGE_BYTES: usize = 256 * 1024;
+
 /// Settings of one Kilovolt-DB node.
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -517,9 +525,7 @@ impl Config {
     /// key. Twice that covers a map's dots and contexts and the protobuf
     /// framing the size estimates leave out, plus 64 KiB for the rest.
     pub fn max_peer_message_bytes(&self) -> usize {
-        let budget = self
-            .replication_batch_bytes
-            .max(crate::anti_entropy::Limits::default().max_message_bytes);
+        let budget = self.replication_batch_bytes.max(DEFAULT_SYNC_MESSAGE_BYTES);
         budget
             .saturating_add(self.max_value_bytes + MAX_KEY_BYTES)
             .saturating_mul(2)

@@ -1,10 +1,15 @@
 //! Kilovolt-DB: an in-memory, clustered key-value store that stays available
 //! through network partitions and converges by itself when they heal.
 //!
-//! The modules follow the path of a request, top to bottom: `api` (gRPC
-//! edge) -> `coordinator` -> `store` -> `crdt`, with `clock` issuing
-//! versions and `config` and `node` wiring it together. Lower modules never
-//! use higher ones.
+//! The modules are layers, and a module uses only the layers below it. A
+//! request flows down them: `api` (the gRPC edge) -> `coordinator` ->
+//! `replication` -> `net` (the peer client) to the replicas, whose `server`
+//! (the peer protocol's server side, above the subsystems it serves) merges
+//! into `store` -> `crdt`; `clock` issues versions, `config` is plain data
+//! every layer may read, and `node` wires it all together. The order is
+//! listed once, in `tests/layers.rs`, which `cargo test` runs and which
+//! fails on any `crate::` path that points up it; docs/architecture.md
+//! copies it and says what each module does.
 
 pub mod admission;
 pub mod anti_entropy;
@@ -25,11 +30,14 @@ mod planted;
 pub mod replication;
 pub mod ring;
 pub mod security;
+pub mod server;
 /// The deterministic simulator: behind the `sim` feature (and in test
 /// builds), so that the server and users of the library do not carry it.
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod store;
+pub mod switch;
+pub mod sync_message;
 
 /// The public contract (`proto/kilovolt.proto`), generated at build time.
 #[allow(missing_docs, clippy::all)]

@@ -19,15 +19,18 @@ use crate::admission::Admission;
 use crate::anti_entropy::{AntiEntropy, AntiEntropyConfig, Limits};
 use crate::api::{AdminService, FaultsService, KilovoltService};
 use crate::clock::{self, Clock, PhysicalClock};
-use crate::cluster::{ClusterError, Member, Membership, MembershipConfig, NodeState};
+use crate::cluster::Topology;
+use crate::cluster::{ClusterError, Member, Membership, MembershipConfig, NodeInfo, NodeState};
 use crate::config::{Config, ConfigError, DefaultConsistency};
-use crate::coordinator::{Consistency, Coordinator, Topology};
-use crate::net::{PeerService, Peers, Switch};
+use crate::coordinator::{Consistency, Coordinator};
+use crate::net::Peers;
 use crate::proto;
 use crate::replication::{BatchLimits, HintLimits, Replicator};
 use crate::security::auth::AuthError;
 use crate::security::{tls_incoming, AuthFile, AuthLayer, PeerTls, ServerTls, TlsError};
+use crate::server::PeerService;
 use crate::store::Store;
+use crate::switch::Switch;
 
 /// How long shutdown waits for in-flight requests before it stops anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,19 +40,6 @@ const HINT_TICK: Duration = Duration::from_secs(1);
 
 /// How often members not yet admitted to placement are probed again.
 const ADMISSION_RETRY: Duration = Duration::from_secs(1);
-
-/// Who this node is, as peers and clients see it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeInfo {
-    /// The node id.
-    pub id: String,
-    /// The host:port its gRPC server is reached at.
-    pub address: String,
-    /// The host:port its peer listener is reached at.
-    pub peer_address: String,
-    /// Its region label; empty when unset.
-    pub region: String,
-}
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, Error)]

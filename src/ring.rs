@@ -79,8 +79,6 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::cluster::Member;
-
 // The key hash and partition function live in `crate::keyspace` (the store
 // needs them too, and must not depend on placement); re-exported here
 // because they are half of the placement contract.
@@ -128,13 +126,6 @@ impl RingNode {
             id: id.into(),
             region: region.into(),
         }
-    }
-}
-
-impl From<&Member> for RingNode {
-    /// The placement input of a cluster member: its id and region.
-    fn from(member: &Member) -> Self {
-        Self::new(member.id.clone(), member.region.clone())
     }
 }
 

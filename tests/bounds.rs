@@ -8,7 +8,7 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{channel, kv, peer_channel, start_node};
+use common::{kv, peer_channel, start_node};
 use kilovolt::config::Config;
 use kilovolt::net::peer::PROTOCOL;
 use kilovolt::proto::{self, cluster as wire};
@@ -113,14 +113,18 @@ async fn a_peer_read_naming_one_key_many_times_answers_it_once() {
     let request = wire::ReadRequest {
         header: header(),
         keys: vec!["big".to_string(); 2000],
-        partitions: vec![7; 2000],
     };
     let (reply, growth) = peak_growth(peer.read(request)).await;
     eprintln!("peer read: memory grew by {growth} bytes");
     let reply = reply.expect("the read is answered").into_inner();
     assert_eq!(reply.entries.len(), 1, "the key is answered once");
     assert_eq!(reply.entries[0].value, value);
-    assert!(reply.held.len() <= 1, "partitions answered once each");
+    let holding = wire::HoldingRequest {
+        header: header(),
+        partitions: vec![7; 2000],
+    };
+    let held = peer.holding(holding).await.expect("answered").into_inner();
+    assert!(held.held.len() <= 1, "partitions answered once each");
     assert!(
         growth < BOUND,
         "the read grew memory by {growth} bytes; the bound is {BOUND}"
@@ -226,13 +230,10 @@ async fn a_peer_message_larger_than_the_protocol_needs_is_refused() {
 /// One adversarial peer message.
 #[derive(Clone, Debug)]
 enum Hostile {
-    /// A read naming the stored 1 MiB key `repeats` times among `others`,
-    /// and `partitions` (repeated, any number).
-    Read {
-        repeats: usize,
-        others: Vec<String>,
-        partitions: Vec<u32>,
-    },
+    /// A read naming the stored 1 MiB key `repeats` times among `others`.
+    Read { repeats: usize, others: Vec<String> },
+    /// A question naming `partitions` (repeated, any number).
+    Holding { partitions: Vec<u32> },
     /// `copies` of one map entry whose field context lists `actors` actors
     /// in descending order.
     Apply { copies: usize, actors: u64 },
@@ -252,16 +253,10 @@ enum Hostile {
 fn hostile() -> impl proptest::strategy::Strategy<Value = Hostile> {
     use proptest::prelude::*;
     prop_oneof![
-        (
-            1usize..3000,
-            prop::collection::vec("[a-z]{1,8}", 0..50),
-            prop::collection::vec(any::<u32>(), 0..3000)
-        )
-            .prop_map(|(repeats, others, partitions)| Hostile::Read {
-                repeats,
-                others,
-                partitions
-            }),
+        (1usize..3000, prop::collection::vec("[a-z]{1,8}", 0..50))
+            .prop_map(|(repeats, others)| Hostile::Read { repeats, others }),
+        prop::collection::vec(any::<u32>(), 0..3000)
+            .prop_map(|partitions| Hostile::Holding { partitions }),
         (1usize..20, 0u64..40_000).prop_map(|(copies, actors)| Hostile::Apply { copies, actors }),
         (
             prop_oneof![0usize..200, 8190usize..8200, Just(100_000)],
@@ -295,13 +290,11 @@ async fn send(
         Hostile::Read {
             repeats,
             mut others,
-            partitions,
         } => {
             others.extend(std::iter::repeat_n("big".to_string(), repeats));
             let request = wire::ReadRequest {
                 header: header(),
                 keys: others,
-                partitions,
             };
             let reply = peer.read(request).await?.into_inner();
             let mut keys: Vec<&str> = reply.entries.iter().map(|e| e.key.as_str()).collect();
@@ -309,6 +302,18 @@ async fn send(
             let before = keys.len();
             keys.dedup();
             assert_eq!(keys.len(), before, "each key is answered once");
+            Ok(reply.encoded_len())
+        }
+        Hostile::Holding { partitions } => {
+            let request = wire::HoldingRequest {
+                header: header(),
+                partitions,
+            };
+            let reply = peer.holding(request).await?.into_inner();
+            assert!(
+                reply.held.windows(2).all(|w| w[0] < w[1]),
+                "each partition is answered once"
+            );
             Ok(reply.encoded_len())
         }
         Hostile::Apply { copies, actors } => {

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use common::{admin, eventually, kv, start_node};
 use kilovolt::config::Config;
-use kilovolt::net::switch::Degradation;
 use kilovolt::node::RunningNode;
 use kilovolt::proto::{self, Consistency};
+use kilovolt::switch::Degradation;
 use tonic::Code;
 
 /// Fast failure detection and short timeouts, and a cluster name of the
@@ -499,7 +499,7 @@ async fn a_cut_off_node_and_the_rest_both_take_writes_at_one_then_converge() {
 /// still shows the node's previous life (ready) would count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_still_refilling_refuses_peer_reads() {
-    use kilovolt::proto::cluster::{peer_client::PeerClient, Header, ReadRequest};
+    use kilovolt::proto::cluster::{peer_client::PeerClient, ClockRequest, Header, ReadRequest};
 
     let mut nodes = start_cluster("refilling", &["", "", ""], 3).await;
     kv(&nodes[0])
@@ -522,15 +522,17 @@ async fn a_node_still_refilling_refuses_peer_reads() {
     .await;
     assert_eq!(back.info().id, id);
     let mut peer = PeerClient::new(common::peer_channel(&back).await);
-    let read = |keys: Vec<String>| ReadRequest {
-        header: Some(Header {
+    let header = || {
+        Some(Header {
             protocol: kilovolt::net::peer::PROTOCOL,
             from: nodes[0].info().id.clone(),
-        }),
-        keys,
-        partitions: Vec::new(),
+        })
     };
-    let refused = peer.read(read(vec!["k".into()])).await.unwrap_err();
+    let read = ReadRequest {
+        header: header(),
+        keys: vec!["k".into()],
+    };
+    let refused = peer.read(read).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable);
     assert!(
         refused.message().contains("syncing"),
@@ -539,7 +541,7 @@ async fn a_node_still_refilling_refuses_peer_reads() {
     );
     // Its clock still answers: a restarted peer seeds its clock from it.
     assert!(
-        peer.read(read(Vec::new()))
+        peer.clock(ClockRequest { header: header() })
             .await
             .unwrap()
             .into_inner()
@@ -623,6 +625,96 @@ async fn a_version_beyond_the_drift_bound_is_merged_but_does_not_drag_the_clock(
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
+    node.shutdown().await.unwrap();
+}
+
+/// A node of the previous protocol (3, which asked for the clock and the
+/// partitions held through `Read`) is refused on every call, each refusal
+/// naming both numbers, rather than answered in a shape it would misread
+/// (a `ReadResponse` without the clock it expects reads as clock 0).
+#[tokio::test]
+async fn a_peer_of_the_previous_protocol_is_refused_on_every_call() {
+    use kilovolt::net::peer::PROTOCOL;
+    use kilovolt::proto::cluster::{
+        peer_client::PeerClient, ApplyRequest, ClockRequest, Header, HoldingRequest, ReadRequest,
+        SyncRequest,
+    };
+
+    let node = start_node(|c| tune(c, "old-protocol")).await;
+    kv(&node)
+        .await
+        .set(set("k", "v", Consistency::One))
+        .await
+        .unwrap();
+    let mut peer = PeerClient::new(common::peer_channel(&node).await);
+    let header = |protocol| {
+        Some(Header {
+            protocol,
+            from: "an-older-node".into(),
+        })
+    };
+    let old = PROTOCOL - 1;
+    let refusals = [
+        peer.apply(ApplyRequest {
+            header: header(old),
+            entries: vec![],
+        })
+        .await
+        .map(|_| ()),
+        peer.read(ReadRequest {
+            header: header(old),
+            keys: vec!["k".into()],
+        })
+        .await
+        .map(|_| ()),
+        peer.clock(ClockRequest {
+            header: header(old),
+        })
+        .await
+        .map(|_| ()),
+        peer.holding(HoldingRequest {
+            header: header(old),
+            partitions: vec![0, 1, 2],
+        })
+        .await
+        .map(|_| ()),
+        peer.sync(SyncRequest {
+            header: header(old),
+            max_reply_bytes: 1 << 20,
+            step: None,
+        })
+        .await
+        .map(|_| ()),
+    ];
+    for refused in refusals {
+        let status = refused.expect_err("a call of the previous protocol is refused");
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status.message().contains(&format!(
+                "peer protocol {old} is not spoken here; this node speaks {PROTOCOL}"
+            )),
+            "{}",
+            status.message()
+        );
+    }
+    // The same calls at this node's protocol are answered.
+    let read = peer
+        .read(ReadRequest {
+            header: header(PROTOCOL),
+            keys: vec!["k".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.entries.len(), 1);
+    let clock = peer
+        .clock(ClockRequest {
+            header: header(PROTOCOL),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(clock.clock > 0);
     node.shutdown().await.unwrap();
 }
 

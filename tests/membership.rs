@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kilovolt::cluster::{ClusterError, Member, Membership, MembershipConfig, NodeState};
-use kilovolt::net::switch::Degradation;
-use kilovolt::net::Switch;
+use kilovolt::switch::Degradation;
+use kilovolt::switch::Switch;
 use tokio::time::Instant;
 
 const GOSSIP: Duration = Duration::from_millis(50);

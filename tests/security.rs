@@ -128,7 +128,6 @@ fn read_request(from: &str) -> ReadRequest {
             from: from.into(),
         }),
         keys: vec!["k".into()],
-        partitions: Vec::new(),
     }
 }
 

@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use crate::coordinator::Topology;
+use crate::cluster::Topology;
 use crate::crdt::Version;
 use crate::store::{Key, Settled, Store};
 

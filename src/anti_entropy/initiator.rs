@@ -8,14 +8,14 @@ use crate::crdt::Entry;
 use crate::keyspace::{Flow, Stamp};
 use crate::store::Key;
 
-use super::message::{
+use super::{
+    entry_size, fingerprint, fingerprinted, group_digest, LeafId, LeafVersions, Limits, LocalStore,
+    PartitionSet, Reply, Request, SessionError, Wanted, BRANCHES, GROUP_PARTITIONS,
+    LEAVES_PER_BRANCH,
+};
+use crate::sync_message::{
     summary_size, BRANCHES_ITEM, EMPTY_REPAIR_REQUEST, EMPTY_REQUEST, EMPTY_VERSIONS_REQUEST,
     LEAF_ID_ITEM, WANTED_ITEM,
-};
-use super::{
-    entry_size, fingerprint, fingerprinted, group_digest, LeafId, LeafVersions, Limits,
-    PartitionSet, Replica, Reply, Request, SessionError, Wanted, BRANCHES, GROUP_PARTITIONS,
-    LEAVES_PER_BRANCH,
 };
 
 /// Keys read from the replica at a time while filling a repair message.
@@ -170,13 +170,13 @@ impl Initiator {
     /// The first request: the summary of the shared partitions. Calling it
     /// again restarts the session from scratch (after a timeout, say): every
     /// step is safe to repeat because merge is idempotent.
-    pub fn start(&mut self, replica: &impl Replica) -> Request {
+    pub fn start(&mut self, store: &impl LocalStore) -> Request {
         self.work = Work {
             summarize: self.partitions.as_slice().iter().copied().collect(),
             ..Work::default()
         };
         self.stats = SessionStats::default();
-        self.summary(replica)
+        self.summary(store)
     }
 
     /// Takes the reply to the request last sent. Returns the entries to
@@ -186,19 +186,23 @@ impl Initiator {
     /// leaves not asked for, indexes out of range, lists out of order, no
     /// progress) ends the session with an error; nothing of that reply is
     /// to be merged. So does a reply when none is awaited.
-    pub fn on_reply(&mut self, replica: &impl Replica, reply: Reply) -> Result<Step, SessionError> {
+    pub fn on_reply(
+        &mut self,
+        store: &impl LocalStore,
+        reply: Reply,
+    ) -> Result<Step, SessionError> {
         let awaiting = self.awaiting.take().ok_or(SessionError::NotAwaiting)?;
         self.stats.round_trips += 1;
         self.stats.bytes_received += reply.wire_size() as u64;
         let merge = match (awaiting, reply) {
             (Awaiting::Roots { partitions }, Reply::Roots { groups, covered }) => {
-                self.on_roots(replica, partitions, groups, covered)
+                self.on_roots(store, partitions, groups, covered)
             }
             (Awaiting::Leaves { partitions }, Reply::Leaves { branches, covered }) => {
-                self.on_leaves(replica, partitions, branches, covered)
+                self.on_leaves(store, partitions, branches, covered)
             }
             (Awaiting::Versions { leaves, after }, Reply::Versions { leaves: lists }) => {
-                self.on_versions(replica, leaves, after, lists)
+                self.on_versions(store, leaves, after, lists)
             }
             (Awaiting::Entries { wanted }, Reply::Entries { entries, covered }) => {
                 self.on_entries(wanted, entries, covered)
@@ -209,7 +213,7 @@ impl Initiator {
             }),
         };
         let merge = merge.inspect_err(|_| self.work = Work::default())?;
-        let next = match self.next_request(replica) {
+        let next = match self.next_request(store) {
             Some(request) => Next::Send(request),
             None => Next::Done(self.stats.clone()),
         };
@@ -235,18 +239,18 @@ impl Initiator {
     /// version lists, with a repair once the version lists are done or
     /// whenever the keys to repair pile up to about a message's worth (64
     /// bytes a key), which bounds what a large repair holds in memory.
-    fn next_request(&mut self, replica: &impl Replica) -> Option<Request> {
+    fn next_request(&mut self, store: &impl LocalStore) -> Option<Request> {
         loop {
             if !self.work.summarize.is_empty() {
-                return Some(self.summary(replica));
+                return Some(self.summary(store));
             }
             if !self.work.branches.is_empty() {
-                return Some(self.branches(replica));
+                return Some(self.branches(store));
             }
             let w = &self.work;
             let backlog = w.push.len() + w.outbox.len() + w.pull.len();
             if backlog > 0 && (w.leaves.is_empty() || backlog >= (self.budget() / 64).max(1)) {
-                match self.repair(replica) {
+                match self.repair(store) {
                     Some(request) => return Some(request),
                     // The keys to send are gone from the replica; go on.
                     None => continue,
@@ -259,7 +263,7 @@ impl Initiator {
         }
     }
 
-    fn summary(&mut self, replica: &impl Replica) -> Request {
+    fn summary(&mut self, store: &impl LocalStore) -> Request {
         let bitmap = self
             .work
             .summarize
@@ -272,7 +276,7 @@ impl Initiator {
         let sent: Vec<u32> = self.work.summarize.drain(..take).collect();
         let groups = sent
             .chunks(GROUP_PARTITIONS)
-            .map(|group| group_digest(replica, group))
+            .map(|group| group_digest(store, group))
             .collect();
         let request = Request::Summary {
             partitions: PartitionSet::new(sent.iter().copied()),
@@ -284,7 +288,7 @@ impl Initiator {
 
     fn on_roots(
         &mut self,
-        replica: &impl Replica,
+        store: &impl LocalStore,
         sent: Vec<u32>,
         groups: Vec<(u32, Vec<u128>)>,
         covered: u32,
@@ -316,7 +320,7 @@ impl Initiator {
         }
         for (i, roots) in groups {
             for (&p, theirs) in chunks[i as usize].iter().zip(roots) {
-                if replica.root(p) != theirs {
+                if store.root(p) != theirs {
                     self.work.branches.push_back(p);
                     self.stats.partitions_differing += 1;
                 }
@@ -328,12 +332,12 @@ impl Initiator {
         Ok(Vec::new())
     }
 
-    fn branches(&mut self, replica: &impl Replica) -> Request {
+    fn branches(&mut self, store: &impl LocalStore) -> Request {
         let room = self.budget().saturating_sub(EMPTY_REQUEST) / BRANCHES_ITEM;
         let take = self.work.branches.len().min(room.max(1));
         let sent: Vec<u32> = self.work.branches.drain(..take).collect();
         let request = Request::Branches {
-            partitions: sent.iter().map(|&p| (p, replica.branches(p))).collect(),
+            partitions: sent.iter().map(|&p| (p, store.branches(p))).collect(),
             max_reply_bytes: self.max_reply(),
         };
         self.send(request, Awaiting::Leaves { partitions: sent })
@@ -341,7 +345,7 @@ impl Initiator {
 
     fn on_leaves(
         &mut self,
-        replica: &impl Replica,
+        store: &impl LocalStore,
         sent: Vec<u32>,
         branches: Vec<(u32, u8, [u128; LEAVES_PER_BRANCH])>,
         covered: u32,
@@ -365,7 +369,7 @@ impl Initiator {
         }
         self.stats.branches_differing += branches.len() as u32;
         for (p, b, theirs) in branches {
-            let mine = replica.leaves(p, b);
+            let mine = store.leaves(p, b);
             for i in 0..LEAVES_PER_BRANCH {
                 if mine[i] != theirs[i] {
                     let leaf = b * LEAVES_PER_BRANCH as u8 + i as u8;
@@ -400,7 +404,7 @@ impl Initiator {
 
     fn on_versions(
         &mut self,
-        replica: &impl Replica,
+        store: &impl LocalStore,
         sent: Vec<LeafId>,
         after: Option<u64>,
         lists: Vec<LeafVersions>,
@@ -437,11 +441,11 @@ impl Initiator {
                 )));
             }
         }
-        // Join each list with this replica's, one replica call per partition.
+        // Join each list with this replica's, one store call per partition.
         let mut resumed = after;
         for run in lists.chunk_by(|a, b| a.leaf.partition == b.leaf.partition) {
             let indexes: Vec<u8> = run.iter().map(|l| l.leaf.leaf).collect();
-            let mine = fingerprinted(replica, self.salt, run[0].leaf.partition, &indexes);
+            let mine = fingerprinted(store, self.salt, run[0].leaf.partition, &indexes);
             for (theirs, mine) in run.iter().zip(mine) {
                 // A resumed leaf had its ambiguous keys counted already.
                 if resumed.is_none() {
@@ -502,7 +506,7 @@ impl Initiator {
         }
     }
 
-    fn repair(&mut self, replica: &impl Replica) -> Option<Request> {
+    fn repair(&mut self, store: &impl LocalStore) -> Option<Request> {
         let budget = self.budget();
         let w = &mut self.work;
         let room = (budget / 2 / WANTED_ITEM).max(1);
@@ -516,7 +520,7 @@ impl Initiator {
                 }
                 let keys: Vec<Key> = w.push.drain(..w.push.len().min(READ_BATCH)).collect();
                 let names: Vec<&str> = keys.iter().map(|k| &**k).collect();
-                w.outbox.extend(replica.entries(&names));
+                w.outbox.extend(store.entries(&names));
                 continue;
             };
             let cost = entry_size(key, entry);

@@ -8,8 +8,8 @@
 //! request from its replica alone, so the server side is a plain request
 //! handler. A thin async shell maps the messages to the peer protocol, and a
 //! deterministic simulator can drive the same code. Both sides read their
-//! replica through the [`Replica`] trait, never through the store type, and
-//! merging what a session returns is the caller's job.
+//! local store through the [`LocalStore`] trait, never through the store
+//! type, and merging what a session returns is the caller's job.
 //!
 //! # The trees
 //!
@@ -108,7 +108,6 @@
 
 mod collector;
 mod initiator;
-mod message;
 pub mod plan;
 mod responder;
 mod shell;
@@ -118,14 +117,17 @@ mod tests;
 use thiserror::Error;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64_with_seed};
 
+use crate::config::DEFAULT_SYNC_MESSAGE_BYTES;
 use crate::crdt::Entry;
 use crate::keyspace::Stamp;
 use crate::store::Key;
 
+pub use crate::sync_message::{
+    entry_size, LeafId, LeafVersions, PartitionSet, Reply, Request, Wanted, GROUP_PARTITIONS,
+};
 pub use collector::{Collected, Collector};
 pub use initiator::{Initiator, Next, SessionStats, Step};
-pub use message::{entry_size, LeafId, LeafVersions, PartitionSet, Reply, Request, Wanted};
-pub use responder::{respond, Answer};
+pub use responder::{respond, Handled};
 pub use shell::{merge_repairs, AntiEntropy, AntiEntropyConfig, AntiEntropyStats, SyncError};
 
 /// Branches per partition tree; each is the XOR of [`LEAVES_PER_BRANCH`]
@@ -139,19 +141,15 @@ pub const LEAVES_PER_BRANCH: usize = 16;
 /// `l / 16`.
 pub const LEAVES: usize = BRANCHES * LEAVES_PER_BRANCH;
 
-/// Shared partitions summarized by one digest in [`Request::Summary`]. With
-/// 1024 partitions that is 32 digests (512 bytes) when idle, and a divergent
-/// partition costs its group's 32 roots (512 bytes) in the reply: the
-/// grouping that makes the sum of both smallest.
-pub const GROUP_PARTITIONS: usize = 32;
-
-/// What a session reads of a replica: its Merkle trees and its keys. The
-/// store implements it; the session never sees the store type, and never
-/// writes: entries to merge are returned to the caller.
+/// What a session reads of the local store (this replica's data): its
+/// Merkle trees and its keys. The store implements it; the session never
+/// sees the store type, and never writes: entries to merge are returned to
+/// the caller. (A "replica" is a node holding a partition; this is the
+/// store behind one.)
 ///
 /// Every method answers for any partition number: a partition the replica
 /// holds nothing of has an all-zero tree and no keys.
-pub trait Replica {
+pub trait LocalStore {
     /// The root digest of `partition`: the XOR of its branches.
     fn root(&self, partition: u32) -> u128;
 
@@ -185,11 +183,12 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// 256 KiB: large enough that the repair of a few thousand keys takes one
-    /// message, small enough that one message does not hold a link for long.
+    /// [`DEFAULT_SYNC_MESSAGE_BYTES`] (256 KiB): large enough that the repair
+    /// of a few thousand keys takes one message, small enough that one
+    /// message does not hold a link for long.
     fn default() -> Self {
         Self {
-            max_message_bytes: 256 * 1024,
+            max_message_bytes: DEFAULT_SYNC_MESSAGE_BYTES,
         }
     }
 }
@@ -227,11 +226,11 @@ pub fn fingerprint(salt: u64, key: &str) -> u64 {
 
 /// The digest of one group of partitions in [`Request::Summary`]: xxh3-128
 /// of each partition number and root, little-endian, in order.
-fn group_digest(replica: &impl Replica, partitions: &[u32]) -> u128 {
+fn group_digest(store: &impl LocalStore, partitions: &[u32]) -> u128 {
     let mut bytes = Vec::with_capacity(partitions.len() * 20);
     for &p in partitions {
         bytes.extend_from_slice(&p.to_le_bytes());
-        bytes.extend_from_slice(&replica.root(p).to_le_bytes());
+        bytes.extend_from_slice(&store.root(p).to_le_bytes());
     }
     xxh3_128(&bytes)
 }
@@ -246,16 +245,16 @@ struct FingerprintedLeaf {
 }
 
 /// The fingerprinted keys of `leaves` (ascending) of `partition`, one list
-/// per leaf in the order of `leaves`, from one replica call.
+/// per leaf in the order of `leaves`, from one store call.
 fn fingerprinted(
-    replica: &impl Replica,
+    store: &impl LocalStore,
     salt: u64,
     partition: u32,
     leaves: &[u8],
 ) -> Vec<FingerprintedLeaf> {
     let mut lists: Vec<Vec<(u64, Stamp, Key)>> = vec![Vec::new(); leaves.len()];
-    for (leaf, key, version) in replica.versions_in_leaves(partition, leaves) {
-        // A replica that answers for a leaf not asked about is ignored.
+    for (leaf, key, version) in store.versions_in_leaves(partition, leaves) {
+        // A store that answers for a leaf not asked about is ignored.
         if let Ok(i) = leaves.binary_search(&leaf) {
             lists[i].push((fingerprint(salt, &key), version, key));
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::PartitionSet;
 use crate::cluster::NodeState;
-use crate::coordinator::Topology;
+use crate::cluster::Topology;
 use crate::ring::Ring;
 use crate::store::Store;
 

@@ -7,18 +7,18 @@ use std::collections::HashMap;
 use crate::crdt::Entry;
 use crate::store::Key;
 
-use super::message::{
+use super::{
+    fingerprinted, group_digest, LeafId, LeafVersions, Limits, LocalStore, Reply, Request,
+    SessionError, Wanted, BRANCHES, GROUP_PARTITIONS,
+};
+use crate::sync_message::{
     leaf_versions_item, leaf_versions_size, roots_item, EMPTY_REPLY, LEAVES_ITEM, STATE_ITEM,
     VERSION_ITEM,
-};
-use super::{
-    fingerprinted, group_digest, LeafId, LeafVersions, Limits, Replica, Reply, Request,
-    SessionError, Wanted, BRANCHES, GROUP_PARTITIONS,
 };
 
 /// The responder's answer to one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Answer {
+pub struct Handled {
     /// The reply to send back.
     pub reply: Reply,
     /// Entries the initiator sent (in a [`Request::Repair`]) for this replica
@@ -31,7 +31,7 @@ pub struct Answer {
     pub handoff: bool,
 }
 
-/// Answers `request` from `replica`, within the smaller of the request's
+/// Answers `request` from `store`, within the smaller of the request's
 /// `max_reply_bytes` and `limits`.
 ///
 /// A request that breaks the protocol (a group count that does not match
@@ -39,10 +39,10 @@ pub struct Answer {
 /// [`SessionError::BadRequest`]; the shell reports it to the peer and logs
 /// it. Nothing here panics on any input.
 pub fn respond(
-    replica: &impl Replica,
+    store: &impl LocalStore,
     request: Request,
     limits: Limits,
-) -> Result<Answer, SessionError> {
+) -> Result<Handled, SessionError> {
     let budget = request.max_reply_bytes().min(limits.max_message_bytes);
     let reply = match request {
         Request::Summary {
@@ -56,11 +56,11 @@ pub fn respond(
                     partitions.groups()
                 )));
             }
-            roots(replica, partitions.as_slice(), &groups, budget)
+            roots(store, partitions.as_slice(), &groups, budget)
         }
         Request::Branches { partitions, .. } => {
             ascending(partitions.iter().map(|(p, _)| p), "Branches partitions")?;
-            leaves(replica, &partitions, budget)
+            leaves(store, &partitions, budget)
         }
         Request::Versions {
             salt,
@@ -69,7 +69,7 @@ pub fn respond(
             ..
         } => {
             ascending(leaves.iter(), "Versions leaves")?;
-            versions(replica, salt, &leaves, after, budget)
+            versions(store, salt, &leaves, after, budget)
         }
         Request::Repair {
             salt,
@@ -79,14 +79,14 @@ pub fn respond(
             ..
         } => {
             ascending(wanted.iter(), "Repair wanted keys")?;
-            return Ok(Answer {
-                reply: wanted_entries(replica, salt, &wanted, budget),
+            return Ok(Handled {
+                reply: wanted_entries(store, salt, &wanted, budget),
                 merge: entries,
                 handoff,
             });
         }
     };
-    Ok(Answer {
+    Ok(Handled {
         reply,
         merge: Vec::new(),
         handoff: false,
@@ -116,18 +116,18 @@ fn fits(covered: usize, size: usize, cost: usize, budget: usize) -> bool {
     covered == 0 || size + cost <= budget
 }
 
-fn roots(replica: &impl Replica, partitions: &[u32], digests: &[u128], budget: usize) -> Reply {
+fn roots(store: &impl LocalStore, partitions: &[u32], digests: &[u128], budget: usize) -> Reply {
     let mut groups = Vec::new();
     let mut size = EMPTY_REPLY;
     let mut covered = 0;
     for (i, (group, &theirs)) in partitions.chunks(GROUP_PARTITIONS).zip(digests).enumerate() {
-        if group_digest(replica, group) != theirs {
+        if group_digest(store, group) != theirs {
             let cost = roots_item(group.len());
             if !fits(covered, size, cost, budget) {
                 break;
             }
             size += cost;
-            groups.push((i as u32, group.iter().map(|&p| replica.root(p)).collect()));
+            groups.push((i as u32, group.iter().map(|&p| store.root(p)).collect()));
         }
         covered += 1;
     }
@@ -137,12 +137,12 @@ fn roots(replica: &impl Replica, partitions: &[u32], digests: &[u128], budget: u
     }
 }
 
-fn leaves(replica: &impl Replica, partitions: &[(u32, [u128; BRANCHES])], budget: usize) -> Reply {
+fn leaves(store: &impl LocalStore, partitions: &[(u32, [u128; BRANCHES])], budget: usize) -> Reply {
     let mut branches = Vec::new();
     let mut size = EMPTY_REPLY;
     let mut covered = 0;
     for (p, theirs) in partitions {
-        let mine = replica.branches(*p);
+        let mine = store.branches(*p);
         let differing: Vec<u8> = (0..BRANCHES as u8)
             .filter(|&b| mine[b as usize] != theirs[b as usize])
             .collect();
@@ -151,11 +151,7 @@ fn leaves(replica: &impl Replica, partitions: &[(u32, [u128; BRANCHES])], budget
             break;
         }
         size += cost;
-        branches.extend(
-            differing
-                .into_iter()
-                .map(|b| (*p, b, replica.leaves(*p, b))),
-        );
+        branches.extend(differing.into_iter().map(|b| (*p, b, store.leaves(*p, b))));
         covered += 1;
     }
     Reply::Leaves {
@@ -165,7 +161,7 @@ fn leaves(replica: &impl Replica, partitions: &[(u32, [u128; BRANCHES])], budget
 }
 
 fn versions(
-    replica: &impl Replica,
+    store: &impl LocalStore,
     salt: u64,
     leaves: &[LeafId],
     after: Option<u64>,
@@ -173,10 +169,10 @@ fn versions(
 ) -> Reply {
     let mut out: Vec<LeafVersions> = Vec::new();
     let mut size = Reply::Versions { leaves: Vec::new() }.wire_size();
-    // One replica call per run of leaves of the same partition.
+    // One store call per run of leaves of the same partition.
     'runs: for run in leaves.chunk_by(|a, b| a.partition == b.partition) {
         let indexes: Vec<u8> = run.iter().map(|l| l.leaf).collect();
-        let lists = fingerprinted(replica, salt, run[0].partition, &indexes);
+        let lists = fingerprinted(store, salt, run[0].partition, &indexes);
         for (&leaf, list) in run.iter().zip(lists) {
             let mut list: Vec<_> = list.keys.into_iter().map(|(fp, v, _)| (fp, v)).collect();
             if out.is_empty() {
@@ -217,14 +213,14 @@ fn versions(
     Reply::Versions { leaves: out }
 }
 
-fn wanted_entries(replica: &impl Replica, salt: u64, wanted: &[Wanted], budget: usize) -> Reply {
+fn wanted_entries(store: &impl LocalStore, salt: u64, wanted: &[Wanted], budget: usize) -> Reply {
     let mut entries = Vec::new();
     let mut size = EMPTY_REPLY;
     let mut covered = 0;
     'runs: for run in wanted.chunk_by(|a, b| a.leaf.partition == b.leaf.partition) {
         let mut indexes: Vec<u8> = run.iter().map(|w| w.leaf.leaf).collect();
         indexes.dedup();
-        let lists = fingerprinted(replica, salt, run[0].leaf.partition, &indexes);
+        let lists = fingerprinted(store, salt, run[0].leaf.partition, &indexes);
         let mut keys: HashMap<(u8, u64), Key> = HashMap::new();
         for (&leaf, list) in indexes.iter().zip(lists) {
             keys.extend(list.keys.into_iter().map(|(fp, _, key)| ((leaf, fp), key)));
@@ -234,7 +230,7 @@ fn wanted_entries(replica: &impl Replica, salt: u64, wanted: &[Wanted], budget: 
             .map(|w| keys.get(&(w.leaf.leaf, w.fingerprint)))
             .collect();
         let found: Vec<&str> = names.iter().flatten().map(|k| &***k).collect();
-        let mut held: HashMap<Key, Entry> = replica.entries(&found).into_iter().collect();
+        let mut held: HashMap<Key, Entry> = store.entries(&found).into_iter().collect();
         for name in names {
             if let Some(entry) = name.and_then(|k| held.remove_entry(k)) {
                 let cost = super::entry_size(&entry.0, &entry.1);

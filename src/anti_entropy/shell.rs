@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use super::plan::{filled, hand_offs, live_peers, shared_partitions};
 use super::{
-    Collector, Initiator, Limits, Next, PartitionSet, Replica, Reply, Request, SessionStats,
+    Collector, Initiator, Limits, LocalStore, Next, PartitionSet, Reply, Request, SessionStats,
 };
 use crate::clock::{ntp64, Clock};
 use crate::cluster::{NodeState, StateAnnouncer};
@@ -21,7 +21,7 @@ use crate::keyspace::Stamp;
 use crate::net::{PeerError, Peers};
 use crate::store::{Key, Store};
 
-impl Replica for Store {
+impl LocalStore for Store {
     fn root(&self, partition: u32) -> u128 {
         Store::root(self, partition)
     }

@@ -16,13 +16,13 @@ const SEED: u64 = 0x7465_7374_2d61_6521;
 /// A replica held in a `BTreeMap`, its trees kept current on every merge the
 /// way the store keeps them: a merge XORs `old ^ new` digest into the leaf.
 #[derive(Clone, Debug)]
-struct MemReplica {
+struct MemStore {
     partitions: u32,
     entries: BTreeMap<Key, Entry>,
     trees: HashMap<u32, [u128; LEAVES]>,
 }
 
-impl MemReplica {
+impl MemStore {
     fn new(partitions: u32) -> Self {
         Self {
             partitions,
@@ -84,7 +84,7 @@ impl MemReplica {
     }
 }
 
-impl Replica for MemReplica {
+impl LocalStore for MemStore {
     fn root(&self, partition: u32) -> u128 {
         self.tree(partition).iter().fold(0, |a, l| a ^ l)
     }
@@ -164,8 +164,8 @@ impl Message {
 /// the shell would. Returns its stats and every message, checking that each
 /// stays within the limit unless it carries a single item.
 fn session(
-    a: &mut MemReplica,
-    b: &mut MemReplica,
+    a: &mut MemStore,
+    b: &mut MemStore,
     shared: PartitionSet,
     limits: Limits,
     salt: u64,
@@ -268,8 +268,8 @@ proptest! {
         small in any::<bool>(),
         salt in any::<u64>(),
     ) {
-        let mut a = MemReplica::new(partitions);
-        let mut b = MemReplica::new(partitions);
+        let mut a = MemStore::new(partitions);
+        let mut b = MemStore::new(partitions);
         let mut expected: BTreeMap<Key, Entry> = BTreeMap::new();
         for (i, (place, (ta, na), (tb, nb))) in keys {
             let key = format!("key-{i}");
@@ -314,8 +314,8 @@ proptest! {
 
 #[test]
 fn counts_what_it_repairs_each_way() {
-    let mut a = MemReplica::new(8);
-    let mut b = MemReplica::new(8);
+    let mut a = MemStore::new(8);
+    let mut b = MemStore::new(8);
     for i in 0..100 {
         let key = format!("k{i}");
         a.merge(key.as_str().into(), write(&key, 1, 1));
@@ -341,8 +341,8 @@ fn counts_what_it_repairs_each_way() {
 
 #[test]
 fn leaves_partitions_it_was_not_asked_about_alone() {
-    let mut a = MemReplica::new(4);
-    let mut b = MemReplica::new(4);
+    let mut a = MemStore::new(4);
+    let mut b = MemStore::new(4);
     let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
     for k in &keys {
         a.merge(k.as_str().into(), write(k, 2, 1));
@@ -366,8 +366,8 @@ fn leaves_partitions_it_was_not_asked_about_alone() {
 
 #[test]
 fn refills_an_empty_replica_in_bounded_messages() {
-    let mut a = MemReplica::new(16);
-    let mut b = MemReplica::new(16);
+    let mut a = MemStore::new(16);
+    let mut b = MemStore::new(16);
     for i in 0..5_000 {
         let key = format!("user:{i:08}");
         a.merge(key.as_str().into(), write(&key, 1 + i % 4, 1));
@@ -384,8 +384,8 @@ fn refills_an_empty_replica_in_bounded_messages() {
 #[test]
 fn cut_version_lists_resume_where_they_stopped() {
     // About 16 keys a leaf, and room for about 11 versions a reply.
-    let mut a = MemReplica::new(1);
-    let mut b = MemReplica::new(1);
+    let mut a = MemStore::new(1);
+    let mut b = MemStore::new(1);
     for i in 0..4_000u64 {
         let key = format!("k{i}");
         match i % 4 {
@@ -420,7 +420,7 @@ fn cut_version_lists_resume_where_they_stopped() {
 fn keys_that_share_a_fingerprint_are_left_out() {
     /// A replica that lists one key twice, as two keys with one fingerprint.
     struct Twice;
-    impl Replica for Twice {
+    impl LocalStore for Twice {
         fn root(&self, _: u32) -> u128 {
             0
         }
@@ -451,9 +451,9 @@ fn keys_that_share_a_fingerprint_are_left_out() {
 // ---- Malformed replies and requests ----
 
 /// Two replicas that differ in both directions, with several keys a leaf.
-fn pair() -> (MemReplica, MemReplica) {
-    let mut a = MemReplica::new(1);
-    let mut b = MemReplica::new(1);
+fn pair() -> (MemStore, MemStore) {
+    let mut a = MemStore::new(1);
+    let mut b = MemStore::new(1);
     for i in 0..1500 {
         let key = format!("k{i}");
         let (ta, tb) = match i % 3 {
@@ -680,7 +680,7 @@ fn refuses_bad_requests() {
 
 #[test]
 fn idle_session_over_1024_partitions_is_one_small_round_trip() {
-    let mut a = MemReplica::new(1024);
+    let mut a = MemStore::new(1024);
     for i in 0..20_000 {
         let key = format!("user:{i:011}");
         a.merge(key.as_str().into(), write(&key, 1, 1));
@@ -704,7 +704,7 @@ fn idle_session_over_1024_partitions_is_one_small_round_trip() {
 fn one_divergent_key_among_100k_costs_under_16_kib_plus_the_entry() {
     // One partition in the double holds every key; 1023 more are shared
     // and empty, as a partition of 100,000 keys among 1024.
-    let mut a = MemReplica::new(1);
+    let mut a = MemStore::new(1);
     for i in 0..100_000 {
         let key = format!("user:{i:011}");
         a.merge(key.as_str().into(), write(&key, 1, 1));
@@ -760,8 +760,8 @@ fn one_divergent_key_among_100k_costs_under_16_kib_plus_the_entry() {
 /// stamps tell them apart, and one session sends each side the other's.
 #[test]
 fn maps_with_equal_versions_and_different_fields_converge_in_one_session() {
-    let mut a = MemReplica::new(4);
-    let mut b = MemReplica::new(4);
+    let mut a = MemStore::new(4);
+    let mut b = MemStore::new(4);
     let version = Version::new(10, 1);
     let on_a = ops::map_set(None, 0, &[("x", "1")], version, 1, 100).unwrap();
     let on_b = ops::map_set(None, 0, &[("y", "2")], version, 2, 100).unwrap();

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use crate::net::switch::{Degradation, Switch};
 use crate::proto;
 use crate::proto::faults_server::Faults;
+use crate::switch::{Degradation, Switch};
 
 /// Serves `Faults` over the node's switch.
 pub struct FaultsService {

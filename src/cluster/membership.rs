@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::transport::{DeltaSends, SwitchedTransport};
 use super::{Member, NodeState};
-use crate::net::Switch;
+use crate::switch::Switch;
 
 /// Gossip key: the node's advertised gRPC host:port.
 const KEY_ADDRESS: &str = "address";

@@ -67,8 +67,23 @@ pub struct Member {
     pub generation: u64,
 }
 
+/// Who this node is, as peers and clients see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node id.
+    pub id: String,
+    /// The host:port its gRPC server is reached at.
+    pub address: String,
+    /// The host:port its peer listener is reached at.
+    pub peer_address: String,
+    /// Its region label; empty when unset.
+    pub region: String,
+}
+
 mod membership;
+mod topology;
 mod transport;
 
 pub use membership::{ClusterError, Membership, MembershipConfig, StateAnnouncer};
+pub use topology::Topology;
 pub use transport::SwitchedTransport;

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tonic::async_trait;
 use tracing::{debug, trace, warn};
 
-use crate::net::{Switch, Verdict};
+use crate::switch::{Switch, Verdict};
 
 /// The most datagrams held back for delay in each direction; beyond it new
 /// delayed datagrams are dropped, as a congested link would.

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use super::{Answer, Consistency, Decision, Tally, Topology};
-use crate::cluster::NodeState;
+use super::{Consistency, Decision, ReplicaAnswer, Tally};
+use crate::cluster::{NodeState, Topology};
 use crate::crdt::{Entry, Version};
 use crate::error::Error;
 use crate::store::{is_settled, Store};
@@ -70,14 +70,14 @@ impl WriteCall {
         };
         let mut tally = Tally::new(level, replicas.iter().cloned());
         if local {
-            tally.record(me, Answer::Ok);
+            tally.record(me, ReplicaAnswer::Ok);
         }
         let mut routes = Vec::with_capacity(replicas.len());
         for replica in replicas.iter().filter(|r| ***r != *me) {
             let route = if !topology.is_alive(replica) {
                 tally.record(
                     replica,
-                    Answer::Failed("down (failure detector); hinted".into()),
+                    ReplicaAnswer::Failed("down (failure detector); hinted".into()),
                 );
                 Route::Hint
             } else if tally.decision() == Decision::Met {
@@ -103,7 +103,7 @@ impl WriteCall {
     }
 
     /// Records a replica's answer; returns where the request stands.
-    pub fn record(&mut self, replica: &str, answer: Answer) -> Decision {
+    pub fn record(&mut self, replica: &str, answer: ReplicaAnswer) -> Decision {
         self.tally.record(replica, answer)
     }
 
@@ -194,14 +194,16 @@ impl ReadCall {
             let state = topology.member(replica).map(|m| m.state);
             if let Some(state) = state.filter(|s| *s != NodeState::Ready) {
                 call.tally
-                    .record(replica, Answer::Failed(not_counted(state).into()));
+                    .record(replica, ReplicaAnswer::Failed(not_counted(state).into()));
             } else if **replica == *me {
                 call.record(replica, Ok(store.get(key)));
             } else if topology.is_alive(replica) {
                 ask.push(replica.clone());
             } else {
-                call.tally
-                    .record(replica, Answer::Failed("down (failure detector)".into()));
+                call.tally.record(
+                    replica,
+                    ReplicaAnswer::Failed("down (failure detector)".into()),
+                );
             }
         }
         (call, ask)
@@ -218,12 +220,12 @@ impl ReadCall {
             Ok(entry) => {
                 let asked = self.tally.waiting().any(|r| r == &**replica);
                 if asked && self.tally.decision() == Decision::Open {
-                    self.tally.record(replica, Answer::Ok);
+                    self.tally.record(replica, ReplicaAnswer::Ok);
                     self.answers.push((replica.clone(), entry));
                 }
             }
             Err(why) => {
-                self.tally.record(replica, Answer::Failed(why));
+                self.tally.record(replica, ReplicaAnswer::Failed(why));
             }
         }
         self.tally.decision()
@@ -320,7 +322,7 @@ impl ReadOne {
                 // still refilling. This node knows its own state.
                 Some(NodeState::Syncing) if **replica != *me => order.push(replica.clone()),
                 Some(state) if state != NodeState::Ready => {
-                    tally.record(replica, Answer::Failed(not_counted(state).into()));
+                    tally.record(replica, ReplicaAnswer::Failed(not_counted(state).into()));
                 }
                 _ => order.push(replica.clone()),
             }
@@ -379,7 +381,7 @@ impl ReadOne {
                 return;
             }
         }
-        self.tally.record(replica, Answer::Failed(why));
+        self.tally.record(replica, ReplicaAnswer::Failed(why));
     }
 
     /// UNAVAILABLE naming each replica's fate, once every one failed.

@@ -13,8 +13,8 @@
 //! on that copy.
 
 mod call;
+mod entries;
 mod tally;
-mod topology;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,10 +25,11 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::oneshot;
 
 pub use call::{Found, ReadCall, ReadOne, Route, Routes, WriteCall, Written};
-pub use tally::{required, Answer, Decision, Tally};
-pub use topology::Topology;
+pub use entries::{increment_entry, map_remove_entry, map_set_entry, tombstone_entry, value_entry};
+pub use tally::{required, Decision, ReplicaAnswer, Tally};
 
 use crate::clock::Clock;
+use crate::cluster::Topology;
 use crate::crdt::{ops, Entry, Payload, Version};
 use crate::dots::Dots;
 use crate::error::Error;
@@ -203,17 +204,7 @@ impl Coordinator {
         let observed = self.observe(key, level).await?.flatten();
         self.write(key, level, |stored| {
             let stored = stored.or(observed.as_ref());
-            let version = self.clock.stamp_after(key, stored.map(|e| e.version))?;
-            let incarnation = self.dots.incarnation();
-            let now = self.clock.now();
-            Ok(ops::map_set(
-                stored,
-                now,
-                fields,
-                version,
-                incarnation,
-                limit,
-            )?)
+            map_set_entry(&self.clock, &self.dots, key, stored, fields, limit)
         })
         .await
     }
@@ -258,8 +249,7 @@ impl Coordinator {
         }
         self.write(key, level, |stored| {
             let stored = stored.or(observed.as_ref().and_then(Option::as_ref));
-            let version = self.clock.stamp_after(key, stored.map(|e| e.version))?;
-            Ok(ops::map_remove(stored, self.clock.now(), names, version)?)
+            map_remove_entry(&self.clock, key, stored, names)
         })
         .await?;
         Ok(true)
@@ -274,11 +264,7 @@ impl Coordinator {
         let mut after = 0;
         self.write(key, level, |stored| {
             let stored = stored.or(observed.as_ref());
-            let version = self.clock.stamp_after(key, stored.map(|e| e.version))?;
-            let now = self.clock.now();
-            let (entry, value) = ops::increment(stored, now, delta, version, |g, c| {
-                self.dots.next_increment(key, g, c, now)
-            })?;
+            let (entry, value) = increment_entry(&self.clock, &self.dots, key, stored, delta)?;
             after = value;
             Ok(entry)
         })
@@ -540,65 +526,12 @@ fn unanswered(timed_out: bool, timeout: Duration) -> String {
     }
 }
 
-fn answer_of(ack: Result<Result<(), Undelivered>, oneshot::error::RecvError>) -> Answer {
+fn answer_of(ack: Result<Result<(), Undelivered>, oneshot::error::RecvError>) -> ReplicaAnswer {
     match ack {
-        Ok(Ok(())) => Answer::Ok,
-        Ok(Err(e)) => Answer::Failed(format!("{e}; hinted")),
-        Err(_) => Answer::Failed("delta queue closed; hinted".into()),
+        Ok(Ok(())) => ReplicaAnswer::Ok,
+        Ok(Err(e)) => ReplicaAnswer::Failed(format!("{e}; hinted")),
+        Err(_) => ReplicaAnswer::Failed("delta queue closed; hinted".into()),
     }
-}
-
-/// The entry a Set of `key` writes over `stored`: `value` stamped by
-/// `clock` after the stored version, expiring `ttl_ms` after the clock's
-/// physical now (0: never). The expiry counts from physical time, not from
-/// the version, which a far-future stored version may have raised: the
-/// value lives as long as asked, and every replica reads the same instant.
-/// Refused when `stored` holds a map or a counter.
-pub fn value_entry(
-    clock: &Clock,
-    key: &str,
-    stored: Option<&Entry>,
-    value: &str,
-    ttl_ms: u64,
-) -> Result<Entry, Error> {
-    let now = clock.now();
-    ops::check_string_write(stored, now)?;
-    let expires_at = expiry(now, ttl_ms)?;
-    let version = clock.stamp_after(key, stored.map(|e| e.version))?;
-    Ok(Entry::value(version, value, expires_at))
-}
-
-/// The tombstone a Delete of `key` writes over `stored`, stamped by `clock`
-/// after the stored version.
-pub fn tombstone_entry(clock: &Clock, key: &str, stored: Option<&Entry>) -> Result<Entry, Error> {
-    Ok(Entry::tombstone(
-        clock.stamp_after(key, stored.map(|e| e.version))?,
-    ))
-}
-
-/// The expiry instant (NTP64) of a value written at physical time `time`
-/// with `ttl_ms`, or 0 for no expiry.
-fn expiry(time: u64, ttl_ms: u64) -> Result<u64, Error> {
-    if ttl_ms == 0 {
-        return Ok(0);
-    }
-    let too_long = || Error::TtlTooLong {
-        ttl_ms,
-        limit: ntp64_to_ms(u64::MAX - time),
-    };
-    let ttl = ms_to_ntp64(ttl_ms).ok_or_else(too_long)?;
-    time.checked_add(ttl).ok_or_else(too_long)
-}
-
-/// Milliseconds as an NTP64 span, or `None` past its 2^32 seconds.
-fn ms_to_ntp64(ms: u64) -> Option<u64> {
-    let secs = u32::try_from(ms / 1000).ok()?;
-    let frac = ((ms % 1000) << 32) / 1000;
-    Some((u64::from(secs) << 32) | frac)
-}
-
-fn ntp64_to_ms(span: u64) -> u64 {
-    (span >> 32) * 1000 + (((span & 0xffff_ffff) * 1000) >> 32)
 }
 
 /// The coordinator of node `n1` over `members` (16 partitions, 3 replicas,
@@ -617,7 +550,7 @@ pub(crate) fn test_coordinator(
     let peers = Arc::new(Peers::new(
         "n1".into(),
         clock.clone(),
-        Arc::new(crate::net::Switch::new()),
+        Arc::new(crate::switch::Switch::new()),
         Duration::from_secs(1),
         1 << 20,
         None,
@@ -821,24 +754,5 @@ mod tests {
             "expires {}s after the request",
             (expires.saturating_sub(before)) >> 32
         );
-    }
-
-    #[test]
-    fn ttl_conversion_round_trips_and_bounds() {
-        assert_eq!(ms_to_ntp64(1500), Some((1 << 32) | (1 << 31)));
-        assert_eq!(ntp64_to_ms(ms_to_ntp64(123_456).unwrap()), 123_455);
-        assert_eq!(ms_to_ntp64(u64::MAX), None);
-        assert_eq!(expiry(10, 0), Ok(0));
-    }
-
-    #[test]
-    fn an_overflowing_ttl_names_the_limit() {
-        let now = 200u64 << 32;
-        let Err(Error::TtlTooLong { ttl_ms, limit }) = expiry(now, u64::MAX) else {
-            panic!("expected TtlTooLong");
-        };
-        assert_eq!(ttl_ms, u64::MAX);
-        assert!(expiry(now, limit).is_ok());
-        assert!(expiry(now, limit + 1).is_err());
     }
 }

@@ -9,7 +9,7 @@ use super::Consistency;
 
 /// What a replica did with a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Answer {
+pub enum ReplicaAnswer {
     /// It answered.
     Ok,
     /// It did not; why, in words for the client.
@@ -31,7 +31,7 @@ pub enum Decision {
 pub struct Tally {
     level: Consistency,
     required: usize,
-    answers: Vec<(Arc<str>, Option<Answer>)>,
+    answers: Vec<(Arc<str>, Option<ReplicaAnswer>)>,
 }
 
 /// How many of `n` replicas a level needs.
@@ -55,7 +55,7 @@ impl Tally {
     }
 
     /// Records `replica`'s answer; the first answer of a replica counts.
-    pub fn record(&mut self, replica: &str, answer: Answer) -> Decision {
+    pub fn record(&mut self, replica: &str, answer: ReplicaAnswer) -> Decision {
         if let Some((_, slot)) = self.answers.iter_mut().find(|(r, _)| **r == *replica) {
             slot.get_or_insert(answer);
         }
@@ -64,8 +64,8 @@ impl Tally {
 
     /// Where the tally stands.
     pub fn decision(&self) -> Decision {
-        let ok = self.count(|a| matches!(a, Some(Answer::Ok)));
-        let failed = self.count(|a| matches!(a, Some(Answer::Failed(_))));
+        let ok = self.count(|a| matches!(a, Some(ReplicaAnswer::Ok)));
+        let failed = self.count(|a| matches!(a, Some(ReplicaAnswer::Failed(_))));
         if ok >= self.required {
             Decision::Met
         } else if self.answers.len() - failed < self.required {
@@ -77,7 +77,7 @@ impl Tally {
 
     /// Replicas that answered.
     pub fn answered(&self) -> usize {
-        self.count(|a| matches!(a, Some(Answer::Ok)))
+        self.count(|a| matches!(a, Some(ReplicaAnswer::Ok)))
     }
 
     /// The replicas that have not answered yet.
@@ -100,8 +100,8 @@ impl Tally {
         );
         for (replica, answer) in &self.answers {
             let fate = match answer {
-                Some(Answer::Ok) => "ok",
-                Some(Answer::Failed(why)) => why,
+                Some(ReplicaAnswer::Ok) => "ok",
+                Some(ReplicaAnswer::Failed(why)) => why,
                 None => waiting,
             };
             let _ = write!(s, "; {replica}: {fate}");
@@ -109,7 +109,7 @@ impl Tally {
         s
     }
 
-    fn count(&self, f: impl Fn(&Option<Answer>) -> bool) -> usize {
+    fn count(&self, f: impl Fn(&Option<ReplicaAnswer>) -> bool) -> usize {
         self.answers.iter().filter(|(_, a)| f(a)).count()
     }
 }
@@ -134,14 +134,17 @@ mod tests {
     #[test]
     fn quorum_is_met_by_a_majority_and_failed_by_a_lost_majority() {
         let mut t = Tally::new(Consistency::Quorum, ids(3));
-        assert_eq!(t.record("n1", Answer::Ok), Decision::Open);
-        assert_eq!(t.record("n2", Answer::Failed("cut".into())), Decision::Open);
-        assert_eq!(t.record("n3", Answer::Ok), Decision::Met);
+        assert_eq!(t.record("n1", ReplicaAnswer::Ok), Decision::Open);
+        assert_eq!(
+            t.record("n2", ReplicaAnswer::Failed("cut".into())),
+            Decision::Open
+        );
+        assert_eq!(t.record("n3", ReplicaAnswer::Ok), Decision::Met);
 
         let mut t = Tally::new(Consistency::Quorum, ids(3));
-        t.record("n1", Answer::Failed("down".into()));
+        t.record("n1", ReplicaAnswer::Failed("down".into()));
         assert_eq!(
-            t.record("n2", Answer::Failed("timeout".into())),
+            t.record("n2", ReplicaAnswer::Failed("timeout".into())),
             Decision::Failed
         );
     }
@@ -149,12 +152,12 @@ mod tests {
     #[test]
     fn the_report_names_every_replica() {
         let mut t = Tally::new(Consistency::All, ids(3));
-        t.record("n1", Answer::Ok);
+        t.record("n1", ReplicaAnswer::Ok);
         t.record(
             "n2",
-            Answer::Failed("unreachable: connection refused".into()),
+            ReplicaAnswer::Failed("unreachable: connection refused".into()),
         );
-        t.record("n2", Answer::Ok); // a second answer does not count
+        t.record("n2", ReplicaAnswer::Ok); // a second answer does not count
         assert_eq!(t.decision(), Decision::Failed);
         assert_eq!(
             t.report("no answer within 2s"),

@@ -7,7 +7,7 @@ use std::fmt;
 ///
 /// The node part is the node's clock id (the `node` of its versions). The
 /// incarnation is drawn afresh every time a node starts (and when it
-/// renews its counter sequence table, see `crate::dots`), so a node that
+/// renews its counter sequence table, see the `dots` module), so a node that
 /// restarts with empty memory is a new actor: it can never issue a dot that
 /// one of its earlier lives issued, even if its clock went backwards in
 /// between. Two actors of the same node are simply two actors.

@@ -6,7 +6,7 @@
 //! Every increment is a *dot* `(actor, seq)`: the actor is one life of the
 //! node that coordinated it, the sequence number counts that actor's
 //! increments of this counter from 1 without gaps (the node keeps the last
-//! one it issued per counter, see `crate::dots`). Per actor the counter
+//! one it issued per counter, see the `dots` module). Per actor the counter
 //! keeps the sum of its increments `1..=upto`, the longest run without a
 //! gap received so far, and the increments past a gap individually until
 //! the gap fills. An increment whose dot is already counted is ignored.

@@ -44,7 +44,7 @@ use super::{Actor, Version};
 
 /// The seed of the hash of a live add in a map's content digest: the ASCII
 /// bytes of `"kv-mapad"`, big-endian. Part of the digest contract between
-/// nodes, like `crate::keyspace::DIGEST_SEED`: fixed forever.
+/// nodes, like the `keyspace` module's `DIGEST_SEED`: fixed forever.
 pub const MAP_ADD_SEED: u64 = 0x6b76_2d6d_6170_6164;
 
 /// What one live value costs in a map's size ([`OrMap::bytes`]) beyond its

@@ -225,7 +225,7 @@ pub fn map_remove(
 /// state observed at `now`, and the counter's value after it as the
 /// coordinator sees it. `issue` names the increment's dot: given the
 /// counter's generation and the observed counter, it returns the actor and
-/// the sequence number (see `crate::dots`). Refused when the key holds
+/// the sequence number (see the `dots` module). Refused when the key holds
 /// another kind, or when the value would leave the signed 64-bit range
 /// (nothing is written then).
 pub fn increment(

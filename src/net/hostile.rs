@@ -8,11 +8,11 @@ use prost::Message;
 
 use super::sync_wire::{reply_from_wire, request_from_wire};
 use super::wire::from_wire;
-use crate::anti_entropy::{Request, GROUP_PARTITIONS};
 use crate::config::MAX_PARTITIONS;
 use crate::crdt::Payload;
 use crate::proto::cluster as wire;
 use crate::proto::cluster::sync_request::Step as RequestStep;
+use crate::sync_message::{Request, GROUP_PARTITIONS};
 
 fn actor(node: u64, incarnation: u64) -> Option<wire::Actor> {
     Some(wire::Actor { node, incarnation })

@@ -1,13 +1,11 @@
-//! Everything between nodes: the peer protocol's client (`peer`) and server
-//! (`service`), its wire format (`wire`), each peer's smoothed latency
-//! and the hedge delay derived from it (`latency`), and the one switch all peer
-//! traffic, gossip included, passes through, so that tests and users can
-//! partition, degrade and heal a real cluster.
+//! Everything between nodes on the client side: the peer protocol's client
+//! (`peer`), its wire format (`wire`, `sync_wire`), and each peer's smoothed
+//! latency and the hedge delay derived from it (`latency`). The server side
+//! is the `server` module (above the subsystems it serves); the fault switch all
+//! peer traffic, gossip included, passes through is the `switch` module.
 
 pub mod latency;
 pub mod peer;
-pub mod service;
-pub mod switch;
 pub mod sync_wire;
 pub mod wire;
 
@@ -15,5 +13,3 @@ pub mod wire;
 mod hostile;
 
 pub use peer::{PeerError, Peers};
-pub use service::PeerService;
-pub use switch::{Switch, Verdict};

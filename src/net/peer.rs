@@ -9,24 +9,27 @@ use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 
 use super::latency::Latencies;
-use super::switch::{Switch, Verdict};
 use super::sync_wire::{reply_from_wire, request_to_wire};
 use super::wire::{from_wire, to_wire};
-use crate::anti_entropy::{Reply, Request};
 use crate::clock::Clock;
 use crate::crdt::Entry;
 use crate::proto::cluster::{self as wire, peer_client::PeerClient};
 use crate::security::PeerTls;
 use crate::store::Key;
+use crate::switch::{Switch, Verdict};
+use crate::sync_message::{Reply, Request};
 
 /// The peer protocol's number, sent in every request. A receiver refuses a
 /// number it does not speak rather than misread the message. 2: entries
 /// carry maps and counters, version lists carry stamps (a node of
 /// protocol 1 would read a map as an empty string). 3: entries carry
 /// expired strings whose bytes were dropped (a node of protocol 2 would
-/// read one as an empty string). 4: served on its own listener (the peer
-/// address is gossiped), with mutual TLS when configured; the sender's id
-/// must match its certificate.
+/// read one as an empty string). 4: `Read` reads keys only; the clock
+/// query and the "which partitions do you hold" query are RPCs of their own
+/// (`Clock`, `Holding`), where protocol 3 asked them through `Read`; the
+/// protocol is served on its own listener (the peer address is gossiped),
+/// with mutual TLS when configured, and the sender's id must match its
+/// certificate.
 pub const PROTOCOL: u32 = 4;
 
 /// Why a call to a peer failed.
@@ -102,7 +105,7 @@ impl Peers {
             .clear();
     }
 
-    /// Calls node `peer` at `address` once (a read of nothing), on a
+    /// Calls node `peer` at `address` once (a clock query), on a
     /// connection of its own: with TLS, succeeds only if the peer proved it
     /// is `peer` and accepted this node's certificate. Membership admits a
     /// member learned by gossip on this proof.
@@ -112,13 +115,11 @@ impl Peers {
             Verdict::Drop => return Err(PeerError::Cut),
             Verdict::Delay(d) => tokio::time::sleep(d).await,
         }
-        let request = wire::ReadRequest {
+        let request = wire::ClockRequest {
             header: Some(self.header()),
-            keys: Vec::new(),
-            partitions: Vec::new(),
         };
         let mut client = PeerClient::new(self.connect(peer, address)?);
-        self.call(peer, None, client.read(request)).await?;
+        self.call(peer, None, client.clock(request)).await?;
         Ok(())
     }
 
@@ -165,7 +166,6 @@ impl Peers {
         let request = wire::ReadRequest {
             header: Some(self.header()),
             keys: keys.iter().map(|k| k.to_string()).collect(),
-            partitions: Vec::new(),
         };
         let started = Instant::now();
         let mut client = self.client(peer).await?;
@@ -180,30 +180,27 @@ impl Peers {
     /// `peer`'s clock now (NTP64 time), to seed this node's clock after a
     /// restart.
     pub async fn clock(&self, peer: &str) -> Result<u64, PeerError> {
-        let request = wire::ReadRequest {
+        let request = wire::ClockRequest {
             header: Some(self.header()),
-            keys: Vec::new(),
-            partitions: Vec::new(),
         };
         let started = Instant::now();
         let mut client = self.client(peer).await?;
         Ok(self
-            .call(peer, Some(started), client.read(request))
+            .call(peer, Some(started), client.clock(request))
             .await?
             .clock)
     }
 
     /// Which of `partitions` `peer` holds entries of.
     pub async fn holding(&self, peer: &str, partitions: &[u32]) -> Result<Vec<u32>, PeerError> {
-        let request = wire::ReadRequest {
+        let request = wire::HoldingRequest {
             header: Some(self.header()),
-            keys: Vec::new(),
             partitions: partitions.to_vec(),
         };
         let started = Instant::now();
         let mut client = self.client(peer).await?;
         Ok(self
-            .call(peer, Some(started), client.read(request))
+            .call(peer, Some(started), client.holding(request))
             .await?
             .held)
     }

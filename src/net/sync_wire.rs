@@ -2,15 +2,15 @@
 //! `proto/cluster.proto`, checked on the way in. A peer that sends a
 //! malformed step gets an error, never a panic.
 
-use crate::anti_entropy::{
-    LeafId, LeafVersions, PartitionSet, Reply, Request, Wanted, GROUP_PARTITIONS,
-};
 use crate::config::MAX_PARTITIONS;
 use crate::crdt::Version;
 use crate::keyspace::Stamp;
 use crate::proto::cluster as wire;
 use crate::proto::cluster::sync_reply::Step as ReplyStep;
 use crate::proto::cluster::sync_request::Step as RequestStep;
+use crate::sync_message::{
+    LeafId, LeafVersions, PartitionSet, Reply, Request, Wanted, GROUP_PARTITIONS,
+};
 
 use super::wire::{from_wire, to_wire, WireError};
 

@@ -391,7 +391,7 @@ mod tests {
 
     use super::*;
     use crate::crdt::Version;
-    use crate::net::Switch;
+    use crate::switch::Switch;
 
     /// A read repair joined from a replica that had not yet received a
     /// delete must not bring back an entry this store collected (soak seed

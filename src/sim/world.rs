@@ -9,8 +9,9 @@ use super::node::{ClientOp, Msg, OpKind, Out, Req, Resp, SimNode, Timer};
 use super::rng::Rng;
 use super::schedule::{Fault, Planned, PlannedFault};
 use super::{time, Config};
+use crate::cluster::Topology;
 use crate::cluster::{Member, NodeState};
-use crate::coordinator::{Consistency, Topology};
+use crate::coordinator::Consistency;
 use crate::crdt::{Entry, Version};
 use crate::store::Key;
 

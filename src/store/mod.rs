@@ -124,6 +124,16 @@ struct Place<'a> {
     leaf: u8,
 }
 
+impl<'a> Place<'a> {
+    /// `key` in `partition`, of a store cut into `partitions`.
+    fn within(partition: &'a Partition, key: &str, partitions: u32) -> Self {
+        Self {
+            partition,
+            leaf: leaf_of(key_hash(key), partitions),
+        }
+    }
+}
+
 impl Store {
     /// An empty store over `partitions` partitions, the cluster's fixed
     /// partition count (`--partitions`): the store must cut the keyspace
@@ -267,16 +277,11 @@ impl Store {
                 let due = e.expires_at == at && e.is_expired(now);
                 if due {
                     // Still under the bucket lock: the removal follows.
-                    place
-                        .partition
-                        .tree
-                        .toggle(place.leaf, entry_digest(&key, e));
+                    self.removed(&place, &key, e);
                 }
                 due
             });
             if gone.is_some() {
-                place.partition.len.fetch_sub(1, Ordering::Relaxed);
-                self.values.fetch_sub(1, Ordering::Relaxed);
                 removed += 1;
             }
         }
@@ -468,22 +473,16 @@ impl Store {
         let partitions = self.partitions();
         let mut removed = Vec::new();
         for (key, version) in items {
+            let place = Place::within(part, key, partitions);
             let gone = part.entries.remove_if_sync(&**key, |e| {
                 let due = e.version == *version && (!e.is_live() || e.is_expired(now));
                 if due {
                     // Still under the bucket lock: the removal follows.
-                    part.tree
-                        .toggle(leaf_of(key_hash(key), partitions), entry_digest(key, e));
+                    self.removed(&place, key, e);
                 }
                 due
             });
             if let Some((key, entry)) = gone {
-                part.len.fetch_sub(1, Ordering::Relaxed);
-                self.counter(Kind::of(&entry))
-                    .fetch_sub(1, Ordering::Relaxed);
-                if let Some(at) = expiry_of(&entry) {
-                    self.unindex_expiry(at, &key);
-                }
                 removed.push((key, entry.version));
             }
         }
@@ -521,14 +520,8 @@ impl Store {
         part.entries.retain_sync(|key, entry| {
             // Under the bucket lock, like every other change of an entry;
             // taking the expiry lock inside follows the order `merge` uses.
-            part.tree
-                .toggle(leaf_of(key_hash(key), partitions), entry_digest(key, entry));
-            part.len.fetch_sub(1, Ordering::Relaxed);
-            self.counter(Kind::of(entry))
-                .fetch_sub(1, Ordering::Relaxed);
-            if let Some(at) = expiry_of(entry) {
-                self.unindex_expiry(at, key);
-            }
+            let place = Place::within(part, key, partitions);
+            self.removed(&place, key, entry);
             removed += 1;
             false
         });
@@ -582,6 +575,24 @@ impl Store {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert((at, key.into()));
+        }
+    }
+
+    /// Accounts for `entry` at `key` being removed: Merkle tree, counters,
+    /// expiry index (where expiry collection took it out already, a no-op).
+    /// Called under the key's bucket lock, just before the removal, by every
+    /// path that removes an entry (as [`Store::changed`] is by every path
+    /// that inserts or changes one).
+    fn removed(&self, place: &Place<'_>, key: &str, entry: &Entry) {
+        place
+            .partition
+            .tree
+            .toggle(place.leaf, entry_digest(key, entry));
+        place.partition.len.fetch_sub(1, Ordering::Relaxed);
+        self.counter(Kind::of(entry))
+            .fetch_sub(1, Ordering::Relaxed);
+        if let Some(at) = expiry_of(entry) {
+            self.unindex_expiry(at, key);
         }
     }
 

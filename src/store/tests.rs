@@ -586,3 +586,39 @@ fn an_expired_value_stamped_ahead_settles_only_once_its_version_is_old() {
     assert!(!is_settled(&true_time, now + 2 * second, grace));
     assert!(is_settled(&true_time, now + 3 * second, grace));
 }
+
+/// The three removal paths (expiry collection, acknowledged collection and
+/// dropping a partition) share one piece of bookkeeping: each leaves the
+/// trees, the counters, the partition lengths and the expiry index exact.
+#[test]
+fn every_removal_path_keeps_the_bookkeeping_exact() {
+    let store = Store::new(P);
+    for i in 0..60u64 {
+        let key = format!("k{i}");
+        let entry = match i % 3 {
+            0 => Entry::tombstone(v(1)),
+            1 => Entry::value(v(1), "x", 100 + i),
+            _ => Entry::value(v(1), "x", 0),
+        };
+        store.merge(&key, entry);
+    }
+    // Expiry collection takes a few of the expiring strings.
+    assert_eq!(store.collect_expired(110, 2), 2);
+    assert_trees_consistent(&store);
+    // Acknowledged collection takes every settled entry of one partition:
+    // its tombstones and its expired strings, whose expiries leave the index.
+    let grace = 10;
+    let now = 1_000;
+    let p = store.partition_of("k1");
+    let settled = store.settled(p, now, grace);
+    assert!(!settled.is_empty());
+    assert_eq!(store.collect(p, &settled, now).len(), settled.len());
+    assert_trees_consistent(&store);
+    // Dropping another partition takes whatever it holds.
+    let q = (0..P)
+        .find(|&q| q != p && store.partition_len(q) > 0)
+        .unwrap();
+    let held = store.partition_len(q);
+    assert_eq!(store.drop_partition(q) as u64, held);
+    assert_trees_consistent(&store);
+}

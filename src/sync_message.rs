@@ -1,6 +1,8 @@
-//! The messages of a session, and what each costs on the wire.
+//! The messages of an anti-entropy session, and what each costs on the wire.
 //!
-//! They are plain Rust types; the shell maps them to protobuf. The size
+//! They are plain Rust types, below both `net` (whose `sync_wire` maps them
+//! to protobuf and whose peer client carries them) and `anti_entropy` (whose
+//! initiator and responder speak them), so that neither needs the other. The size
 //! estimates model that encoding: fixed-width numbers at their width
 //! (digests as 16 bytes, packed), 2 bytes of tag and length for each nested
 //! record and string, 4 bytes of framing per message.
@@ -9,7 +11,13 @@ use crate::crdt::Entry;
 use crate::keyspace::Stamp;
 use crate::store::Key;
 
-use super::{BRANCHES, GROUP_PARTITIONS, LEAVES_PER_BRANCH};
+use crate::keyspace::{BRANCHES, LEAVES_PER_BRANCH};
+
+/// Shared partitions summarized by one digest in [`Request::Summary`]. With
+/// 1024 partitions that is 32 digests (512 bytes) when idle, and a divergent
+/// partition costs its group's 32 roots (512 bytes) in the reply: the
+/// grouping that makes the sum of both smallest.
+pub const GROUP_PARTITIONS: usize = 32;
 
 /// Tag and length of a nested record or string.
 const FRAME: usize = 2;
@@ -24,9 +32,9 @@ const COUNT: usize = 4;
 /// A leaf id: partition and leaf index.
 const LEAF_ID: usize = PARTITION + 1;
 /// One `(fingerprint, version)` of a version list.
-pub(super) const VERSION_ITEM: usize = 8 + 16;
+pub(crate) const VERSION_ITEM: usize = 8 + 16;
 /// The state of a stamp, listed only when a leaf holds a map or counter.
-pub(super) const STATE_ITEM: usize = 8;
+pub(crate) const STATE_ITEM: usize = 8;
 
 /// One leaf of one partition's tree: the unit whose keys are listed when
 /// its digest differs.
@@ -178,9 +186,7 @@ pub enum Request {
         max_reply_bytes: u32,
         /// Whether the initiator is handing the partitions off: it drops
         /// its copy after the session, so the responder must keep every
-        /// entry, settled ones included (see [`merge_repairs`]).
-        ///
-        /// [`merge_repairs`]: super::merge_repairs
+        /// entry, settled ones included (see `anti_entropy::merge_repairs`).
         handoff: bool,
     },
 }
@@ -317,42 +323,42 @@ pub fn entry_size(key: &str, entry: &Entry) -> usize {
 }
 
 /// A reply with nothing in it: framing and its `covered` count.
-pub(super) const EMPTY_REPLY: usize = MESSAGE + COUNT;
+pub(crate) const EMPTY_REPLY: usize = MESSAGE + COUNT;
 /// A request with nothing in it: framing and its `max_reply_bytes`.
-pub(super) const EMPTY_REQUEST: usize = MESSAGE + COUNT;
+pub(crate) const EMPTY_REQUEST: usize = MESSAGE + COUNT;
 /// One partition's branches in [`Request::Branches`].
-pub(super) const BRANCHES_ITEM: usize = FRAME + PARTITION + BRANCHES * DIGEST;
+pub(crate) const BRANCHES_ITEM: usize = FRAME + PARTITION + BRANCHES * DIGEST;
 /// One branch's leaves in [`Reply::Leaves`].
-pub(super) const LEAVES_ITEM: usize = FRAME + PARTITION + 1 + LEAVES_PER_BRANCH * DIGEST;
+pub(crate) const LEAVES_ITEM: usize = FRAME + PARTITION + 1 + LEAVES_PER_BRANCH * DIGEST;
 /// One wanted key in [`Request::Repair`].
-pub(super) const WANTED_ITEM: usize = LEAF_ID + 8;
+pub(crate) const WANTED_ITEM: usize = LEAF_ID + 8;
 /// One leaf id in [`Request::Versions`].
-pub(super) const LEAF_ID_ITEM: usize = LEAF_ID;
+pub(crate) const LEAF_ID_ITEM: usize = LEAF_ID;
 /// A [`Request::Versions`] with no leaves.
-pub(super) const EMPTY_VERSIONS_REQUEST: usize = MESSAGE + COUNT + 8 + 9 + FRAME;
+pub(crate) const EMPTY_VERSIONS_REQUEST: usize = MESSAGE + COUNT + 8 + 9 + FRAME;
 /// A [`Request::Repair`] with nothing in it.
-pub(super) const EMPTY_REPAIR_REQUEST: usize = MESSAGE + COUNT + 8 + FRAME;
+pub(crate) const EMPTY_REPAIR_REQUEST: usize = MESSAGE + COUNT + 8 + FRAME;
 
 /// A [`Request::Summary`] body with a bitmap of `bitmap` bytes and `groups`
 /// digests.
-pub(super) fn summary_size(bitmap: usize, groups: usize) -> usize {
+pub(crate) fn summary_size(bitmap: usize, groups: usize) -> usize {
     FRAME + bitmap + FRAME + groups * DIGEST
 }
 
 /// One group's roots in [`Reply::Roots`].
-pub(super) fn roots_item(roots: usize) -> usize {
+pub(crate) fn roots_item(roots: usize) -> usize {
     FRAME + COUNT + FRAME + roots * DIGEST
 }
 
 /// One leaf's list of `versions` items in [`Reply::Versions`], without
 /// states (strings and tombstones only).
-pub(super) fn leaf_versions_item(versions: usize) -> usize {
+pub(crate) fn leaf_versions_item(versions: usize) -> usize {
     FRAME + LEAF_ID + 1 + FRAME + versions * VERSION_ITEM
 }
 
 /// One leaf's list in [`Reply::Versions`]: states are listed, one per item,
 /// when any key of the list is a map or counter.
-pub(super) fn leaf_versions_size(versions: &[(u64, Stamp)]) -> usize {
+pub(crate) fn leaf_versions_size(versions: &[(u64, Stamp)]) -> usize {
     let states = if versions.iter().any(|(_, s)| s.state != 0) {
         FRAME + versions.len() * STATE_ITEM
     } else {

@@ -1,22 +1,25 @@
 //! The server side of the peer protocol: merges what peers send and answers
-//! their reads, after the fault switch's verdict on the sender.
+//! their reads, after the fault switch's verdict on the sender. It sits above
+//! the subsystems it serves (the store, replication's delta merge,
+//! anti-entropy's responder) and below `node`, which mounts it; the client
+//! side and the wire format stay in `net`.
 
 use std::sync::Arc;
 
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::peer::{CLOCK_METADATA, PROTOCOL};
-use super::switch::{Switch, Verdict};
-use super::sync_wire::{reply_to_wire, request_from_wire};
-use super::wire::{from_wire, to_wire};
 use crate::anti_entropy::AntiEntropy;
 use crate::clock::Clock;
 use crate::error::Error;
+use crate::net::peer::{CLOCK_METADATA, PROTOCOL};
+use crate::net::sync_wire::{reply_to_wire, request_from_wire};
+use crate::net::wire::{from_wire, to_wire};
 use crate::proto::cluster::{self as wire, peer_server::Peer};
 use crate::replication::apply_deltas;
 use crate::security::identity::certifies;
 use crate::store::Store;
+use crate::switch::{Switch, Verdict};
 
 /// What a node still refilling after a restart answers a read of keys.
 pub const NOT_READY: &str = "syncing (refilling after a restart; answers no reads)";
@@ -175,16 +178,34 @@ impl Peer for PeerService {
             tracing::warn!(error = %err, "refused a peer read");
             Status::from(err)
         })?;
+        Ok(self.stamped(wire::ReadResponse { entries }))
+    }
+
+    async fn clock(
+        &self,
+        request: Request<wire::ClockRequest>,
+    ) -> Result<Response<wire::ClockResponse>, Status> {
+        let certs = request.peer_certs();
+        let req = request.into_inner();
+        self.admit(req.header.as_ref(), certs).await?;
+        // Answered while refilling too: a restarted peer seeds its clock
+        // from it.
         let clock = self.clock.latest().time;
+        Ok(self.stamped(wire::ClockResponse { clock }))
+    }
+
+    async fn holding(
+        &self,
+        request: Request<wire::HoldingRequest>,
+    ) -> Result<Response<wire::HoldingResponse>, Status> {
+        let certs = request.peer_certs();
+        let req = request.into_inner();
+        self.admit(req.header.as_ref(), certs).await?;
         let mut held = req.partitions;
         held.sort_unstable();
         held.dedup();
         held.retain(|&p| self.store.partition_len(p) > 0);
-        Ok(self.stamped(wire::ReadResponse {
-            entries,
-            clock,
-            held,
-        }))
+        Ok(self.stamped(wire::HoldingResponse { held }))
     }
 
     async fn sync(

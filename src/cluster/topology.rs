@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::cluster::Member;
+use super::Member;
 use crate::ring::{Ring, RingNode};
 
 /// Placement and liveness at one moment.
@@ -48,5 +48,12 @@ impl Topology {
     /// The placement.
     pub fn ring(&self) -> &Ring {
         &self.ring
+    }
+}
+
+impl From<&Member> for RingNode {
+    /// The placement input of a cluster member: its id and region.
+    fn from(member: &Member) -> Self {
+        Self::new(member.id.clone(), member.region.clone())
     }
 }
