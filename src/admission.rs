@@ -5,6 +5,9 @@
 //! the cluster's CA, that it is the node id gossip named. A forged member
 //! is never placed, and a forged address for a known node id is never
 //! used: traffic stays on the address last proven until the new one is.
+//! A member's region, which placement depends on, is taken from the peer's
+//! authenticated answer, not from gossip; a new generation in gossip is
+//! proven again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,15 +18,29 @@ use tracing::{debug, info};
 use crate::cluster::Member;
 use crate::net::Peers;
 
+/// What a member proved over mutual TLS.
+#[derive(Clone, Debug)]
+struct Proof {
+    /// The peer address it answered at.
+    address: String,
+    /// The generation gossip showed when it was probed.
+    generation: u64,
+    /// The region it answered with.
+    region: String,
+}
+
+/// A probe: node id, peer address, generation.
+type Probe = (String, String, u64);
+
 /// Admits members to placement by a handshake (see the module docs).
 pub struct Admission {
     me: String,
     peers: Arc<Peers>,
     enabled: bool,
-    /// Node id -> the peer address it proved itself at.
-    proven: Mutex<HashMap<String, String>>,
-    /// (node id, address) pairs being probed now.
-    probing: Mutex<HashSet<(String, String)>>,
+    /// Node id -> what its last proof established.
+    proven: Mutex<HashMap<String, Proof>>,
+    /// (node id, address, generation) being probed now.
+    probing: Mutex<HashSet<Probe>>,
     proved: Notify,
 }
 
@@ -42,9 +59,10 @@ impl Admission {
     }
 
     /// The members that may be placed: this node, and every other whose
-    /// identity was proven, at the address it was proven at. Starts a probe
-    /// of each member (or new address) not proven yet; [`Admission::proved`]
-    /// wakes when one succeeds.
+    /// identity was proven, at the address and with the region it was
+    /// proven with. Starts a probe of each member (or new address or
+    /// generation) not proven yet; [`Admission::proved`] wakes when one
+    /// succeeds.
     pub fn admit(self: &Arc<Self>, members: Vec<Member>) -> Vec<Member> {
         if !self.enabled {
             return members;
@@ -61,11 +79,19 @@ impl Admission {
                 continue;
             }
             let known = proven.get(&member.id);
-            if known != Some(&member.peer_address) && !member.peer_address.is_empty() {
-                self.probe(&member.id, &member.peer_address);
+            let current = known.is_some_and(|p| {
+                p.address == member.peer_address && p.generation == member.generation
+            });
+            if !current && !member.peer_address.is_empty() {
+                self.probe((
+                    member.id.clone(),
+                    member.peer_address.clone(),
+                    member.generation,
+                ));
             }
-            if let Some(address) = known {
-                member.peer_address = address.clone();
+            if let Some(proof) = known {
+                member.peer_address = proof.address.clone();
+                member.region = proof.region.clone();
                 admitted.push(member);
             }
         }
@@ -82,8 +108,7 @@ impl Admission {
         self.proved.notified().await
     }
 
-    fn probe(self: &Arc<Self>, id: &str, address: &str) {
-        let key = (id.to_string(), address.to_string());
+    fn probe(self: &Arc<Self>, key: Probe) {
         if !self
             .probing
             .lock()
@@ -94,14 +119,19 @@ impl Admission {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let (id, address) = &key;
+            let (id, address, generation) = &key;
             match this.peers.probe(id, address).await {
-                Ok(()) => {
-                    info!(member = %id, peer_address = %address, "member proved its identity; admitted to placement");
+                Ok(region) => {
+                    info!(member = %id, peer_address = %address, generation, region = %region, "member proved its identity; admitted to placement");
+                    let proof = Proof {
+                        address: address.clone(),
+                        generation: *generation,
+                        region,
+                    };
                     this.proven
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .insert(id.clone(), address.clone());
+                        .insert(id.clone(), proof);
                     this.proved.notify_one();
                 }
                 Err(error) => {

@@ -380,6 +380,7 @@ pub async fn start_with_clock(
         anti_entropy,
         config.max_peer_message_bytes(),
         security.peer_tls.is_some(),
+        info.region.clone(),
     ))
     .max_decoding_message_size(config.max_peer_message_bytes())
     .max_encoding_message_size(config.max_peer_message_bytes());

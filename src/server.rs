@@ -32,6 +32,7 @@ pub struct PeerService {
     anti_entropy: Arc<AntiEntropy>,
     max_message_bytes: usize,
     verify_identity: bool,
+    region: String,
 }
 
 /// The peer's certificate chain, as the TLS handshake verified it; `None`
@@ -52,6 +53,7 @@ impl PeerService {
         anti_entropy: Arc<AntiEntropy>,
         max_message_bytes: usize,
         verify_identity: bool,
+        region: String,
     ) -> Self {
         Self {
             store,
@@ -60,6 +62,7 @@ impl PeerService {
             anti_entropy,
             max_message_bytes,
             verify_identity,
+            region,
         }
     }
 
@@ -191,7 +194,10 @@ impl Peer for PeerService {
         // Answered while refilling too: a restarted peer seeds its clock
         // from it.
         let clock = self.clock.latest().time;
-        Ok(self.stamped(wire::ClockResponse { clock }))
+        Ok(self.stamped(wire::ClockResponse {
+            clock,
+            region: self.region.clone(),
+        }))
     }
 
     async fn holding(

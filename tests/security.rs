@@ -308,14 +308,14 @@ async fn a_tls_cluster_forms_replicates_heals_and_places_only_proven_members() {
     assert!(!real_n3_peer.is_empty());
 
     // Intruders without a cluster certificate, joining by gossip: one under
-    // a new id, one claiming n3's id. Their gossip reaches the cluster
-    // (they learn the members), but neither is ever placed nor takes n3's
-    // traffic.
+    // a new id, one claiming n3's id, both announcing another region. Their
+    // gossip reaches the cluster (they learn the members), but neither is
+    // ever placed, takes n3's traffic or moves it to their region.
     let intruder = |id: &str| {
         let mut cmd = Command::new(SERVER);
         cmd.args(["--host", "127.0.0.1", "--port", "0", "--node-id", id])
             .args(["--cluster-id", "secure", "--gossip-interval", "50ms"])
-            .args(["--cluster", &n1.addr]);
+            .args(["--region", "elsewhere", "--cluster", &n1.addr]);
         Server::launch(cmd)
     };
     let outsider = intruder("outsider");
@@ -369,6 +369,7 @@ async fn a_tls_cluster_forms_replicates_heals_and_places_only_proven_members() {
                     if r.id == "n3" {
                         assert_eq!(r.peer_address, real_n3_peer, "n3's traffic redirected");
                     }
+                    assert_eq!(r.region, "", "a forged region is placed: {r:?}");
                 }
             }
         }

@@ -108,8 +108,9 @@ impl Peers {
     /// Calls node `peer` at `address` once (a clock query), on a
     /// connection of its own: with TLS, succeeds only if the peer proved it
     /// is `peer` and accepted this node's certificate. Membership admits a
-    /// member learned by gossip on this proof.
-    pub async fn probe(&self, peer: &str, address: &str) -> Result<(), PeerError> {
+    /// member learned by gossip on this proof. Returns the region the peer
+    /// answered with.
+    pub async fn probe(&self, peer: &str, address: &str) -> Result<String, PeerError> {
         match self.switch.verdict(peer) {
             Verdict::Pass => {}
             Verdict::Drop => return Err(PeerError::Cut),
@@ -119,8 +120,7 @@ impl Peers {
             header: Some(self.header()),
         };
         let mut client = PeerClient::new(self.connect(peer, address)?);
-        self.call(peer, None, client.clock(request)).await?;
-        Ok(())
+        Ok(self.call(peer, None, client.clock(request)).await?.region)
     }
 
     /// The per-call timeout.
