@@ -25,15 +25,15 @@ run: build
 CLUSTER_PORTS := 50051 50052 50053
 LOG_DIR := logs
 
-## cluster: build, then start three nodes on 50051-50053 in the background (logs in logs/)
+## cluster: build, then start three nodes on 50051-50053 in the background, metrics on 127.0.0.1:9151-9153 (logs in logs/)
 cluster: build
 	@mkdir -p $(LOG_DIR)
 	@for p in $(CLUSTER_PORTS); do \
 		seeds=$$(for q in $(CLUSTER_PORTS); do [ $$q = $$p ] || printf 'localhost:%s,' $$q; done); \
-		nohup ./$(BIN_DIR)/kilovolt-db --port $$p --cluster $${seeds%,} > $(LOG_DIR)/node-$$p.log 2>&1 & \
+		nohup ./$(BIN_DIR)/kilovolt-db --port $$p --cluster $${seeds%,} --metrics-addr 127.0.0.1:$$((p - 50051 + 9151)) > $(LOG_DIR)/node-$$p.log 2>&1 & \
 		echo $$! > $(LOG_DIR)/node-$$p.pid; \
 	done
-	@echo "three nodes on ports $(CLUSTER_PORTS); logs in $(LOG_DIR)/; stop with: make cluster-stop"
+	@echo "three nodes on ports $(CLUSTER_PORTS), metrics on 127.0.0.1:9151-9153 (deploy/prometheus.yml scrapes them); logs in $(LOG_DIR)/; stop with: make cluster-stop"
 
 ## cluster-stop: stop the nodes `make cluster` started (gracefully, SIGTERM)
 cluster-stop:
@@ -45,9 +45,14 @@ cluster-stop:
 	done
 	@echo "cluster stopped"
 
-## test: unit, property and integration tests
+## test: unit, property and integration tests; the alerting rules with promtool when it is installed
 test:
 	$(CARGO) test
+	@if command -v promtool >/dev/null; then \
+		promtool check rules deploy/alerts.yml && promtool check config deploy/prometheus.yml; \
+	else \
+		echo "promtool not installed (Debian: apt-get install prometheus); skipping the check of deploy/alerts.yml"; \
+	fi
 
 SEEDS ?= 200
 SEED ?= 1

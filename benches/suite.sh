@@ -267,6 +267,34 @@ for pass in 1 2; do
 	kv kv_half "$pass" "$KV_PID" 127.0.0.1:56101 --read-ratio 0.9 --rate "$kv_rate"
 done
 
+# ---- the cost of metrics: one node with --metrics-addr, scraped ----
+# Two fresh nodes, alike but for --metrics-addr on the second, which a
+# scraper reads every second (Prometheus' default is 15 s: this is the
+# pessimistic side); rows alternate within each pass, same mixes.
+start_node 56105 bench-metrics-off
+OFF_PID=$SPAWNED
+spawn "$BIN/kilovolt-db" --host 127.0.0.1 --port 56106 --cluster-id bench-metrics-on \
+	--log-level warn --metrics-addr 127.0.0.1:56107
+ON_PID=$SPAWNED
+wait_ready 127.0.0.1:56105 1
+wait_ready 127.0.0.1:56106 1
+wait_port 56107
+spawn python3 -c '
+import time, urllib.request
+while True:
+    urllib.request.urlopen("http://127.0.0.1:56107/metrics").read()
+    time.sleep(1)
+'
+preload 127.0.0.1:56105
+preload 127.0.0.1:56106
+for pass in $(seq "$PASSES"); do
+	echo "metrics pass $pass of $PASSES" >&2
+	kv metrics_off_r90 "$pass" "$OFF_PID" 127.0.0.1:56105 --read-ratio 0.9
+	kv metrics_on_r90 "$pass" "$ON_PID" 127.0.0.1:56106 --read-ratio 0.9
+	kv metrics_off_r0 "$pass" "$OFF_PID" 127.0.0.1:56105 --read-ratio 0
+	kv metrics_on_r0 "$pass" "$ON_PID" 127.0.0.1:56106 --read-ratio 0
+done
+
 machine=$OUT/machine.json
 python3 - "$PASSES" "$DURATION" "$WARMUP" "$CONCURRENCY" "$LOAD_START" >"$machine" <<'PY'
 import json, os, platform, subprocess, sys

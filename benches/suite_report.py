@@ -214,6 +214,31 @@ def render(res, machine):
         )
     out.append("")
 
+    out.append("### The cost of metrics")
+    out.append("")
+    out.append(
+        "Two fresh nodes alike but for `--metrics-addr`, the second scraped "
+        "every second; baseline: the node without metrics, same run. CPU "
+        "includes the scrapes."
+    )
+    out.append("")
+    out.append("| row | ops/s | vs without | server CPU per op | vs without | p50 | p99 | spread |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, row, base in [
+        ("without metrics, 90% reads", "metrics_off_r90", "metrics_off_r90"),
+        ("**with `--metrics-addr`, 90% reads**", "metrics_on_r90", "metrics_off_r90"),
+        ("without metrics, 0% reads", "metrics_off_r0", "metrics_off_r0"),
+        ("**with `--metrics-addr`, 0% reads**", "metrics_on_r0", "metrics_off_r0"),
+    ]:
+        ops, cpu = res.median(row, "ops"), res.median(row, "cpu_us")
+        out.append(
+            f"| {name} | {num(ops)} | {ratio(ops, res.median(base, 'ops'))} "
+            f"| {num(cpu, 1)} µs | {ratio(cpu, res.median(base, 'cpu_us'))} "
+            f"| {ms(res.median(row, 'p50_us'))} | {ms(res.median(row, 'p99_us'))} "
+            f"| {pct(res.spread(row))} |"
+        )
+    out.append("")
+
     out.append("### Targets")
     out.append("")
     out.append("| target | measured | |")
@@ -243,6 +268,10 @@ def render(res, machine):
     check("TLS, one node, 0% reads: ≥ 0.8x plaintext", rel(("tls_r0", "ops"), ("kv_r0", "ops")), 0.8, times, True)
     check("TLS, three nodes, ONE: ≥ 0.8x plaintext", rel(("tls_rf3_one", "ops"), ("rf3_one", "ops")), 0.8, times, True)
     check("memory per key ≤ 1.5x Redis", rel(("memory_kv", "bytes_per_key"), ("memory_redis", "bytes_per_key")), 1.5, times, False)
+    for mix in ("r90", "r0"):
+        reads = "90%" if mix == "r90" else "0%"
+        check(f"metrics, {reads} reads: ops/s ≥ 0.97x without", rel((f"metrics_on_{mix}", "ops"), (f"metrics_off_{mix}", "ops")), 0.97, times, True)
+        check(f"metrics, {reads} reads: CPU per op ≤ 1.03x without", rel((f"metrics_on_{mix}", "cpu_us"), (f"metrics_off_{mix}", "cpu_us")), 1.03, times, False)
     p99 = res.median("kv_half", "p99_us")
     check("p99 at half of peak, one node < 2 ms", p99 / 1000 if p99 is not None else None, 2.0, lambda v: f"{v:.2f} ms", False)
     return "\n".join(out)

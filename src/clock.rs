@@ -176,6 +176,9 @@ pub struct Clock {
     physical: PhysicalClock,
     monotonic: MonotonicClock,
     drift_events: AtomicU64,
+    /// The largest lead over this clock (NTP64) of a remote version seen
+    /// beyond the drift bound.
+    max_lead: AtomicU64,
     refused: AtomicU64,
     /// Per key (by hash), the last version time issued above the HLC, for
     /// keys whose stored version was ahead of it. The HLC does not take a
@@ -218,6 +221,7 @@ impl Clock {
             physical,
             monotonic: process_monotonic,
             drift_events: AtomicU64::new(0),
+            max_lead: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             far: Mutex::new(BTreeMap::new()),
             far_keys: AtomicUsize::new(0),
@@ -510,9 +514,11 @@ impl Clock {
             Ok(()) => true,
             Err(_) => {
                 self.drift_events.fetch_add(1, Ordering::Relaxed);
+                let lead = remote.time.saturating_sub(self.now());
+                self.max_lead.fetch_max(lead, Ordering::Relaxed);
                 tracing::warn!(
                     version = %remote,
-                    ahead_ms = ((u128::from(remote.time.saturating_sub(self.now())) * 1000) >> 32) as u64,
+                    ahead_ms = ((u128::from(lead) * 1000) >> 32) as u64,
                     "remote version beyond --max-clock-drift; merged without moving the clock"
                 );
                 false
@@ -529,6 +535,28 @@ impl Clock {
     /// Remote versions seen further ahead than the drift bound.
     pub fn drift_events(&self) -> u64 {
         self.drift_events.load(Ordering::Relaxed)
+    }
+
+    /// The largest lead over this clock of a remote version seen beyond the
+    /// drift bound, in seconds; 0 when none was.
+    pub fn max_remote_lead_secs(&self) -> f64 {
+        self.max_lead.load(Ordering::Relaxed) as f64 / 2f64.powi(32)
+    }
+
+    /// Each peer's clock minus this one, in seconds, as last measured over
+    /// a round trip (the middle of the measured interval).
+    pub fn peer_offsets(&self) -> Vec<(String, f64)> {
+        self.offsets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(peer, o)| {
+                (
+                    peer.to_string(),
+                    (o.low + o.high) as f64 / 2.0 / 2f64.powi(32),
+                )
+            })
+            .collect()
     }
 }
 

@@ -231,6 +231,30 @@ pub struct Config {
     /// `authorization: Bearer TOKEN`. Re-read on SIGHUP.
     #[arg(long, env = "KILOVOLT_AUTH_FILE")]
     pub auth_file: Option<PathBuf>,
+    /// host:port of an HTTP listener serving Prometheus metrics
+    /// (`/metrics`) and the probes `/live` and `/ready`. Off unless set.
+    #[arg(long, env = "KILOVOLT_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Requests slower than this are logged, one line each, with the key's
+    /// hash, the level and every replica's fate (requests that fail at
+    /// QUORUM or ALL are logged so whatever their time).
+    #[arg(long, env = "KILOVOLT_SLOW_REQUEST", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub slow_request: Duration,
+
+    /// Log line format: `text` for people, `json` (one object per line) for
+    /// log shippers.
+    #[arg(long, env = "KILOVOLT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, fields as keys.
+    Json,
 }
 
 /// Verbosity of the node's logs.

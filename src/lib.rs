@@ -23,12 +23,14 @@ pub mod dots;
 pub mod error;
 pub mod keyspace;
 pub mod merkle;
+pub mod metrics;
 pub mod net;
 pub mod node;
 #[cfg(test)]
 mod planted;
 pub mod replication;
 pub mod ring;
+pub mod scrape;
 pub mod security;
 pub mod server;
 /// The deterministic simulator: behind the `sim` feature (and in test

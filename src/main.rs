@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use kilovolt::config::Config;
+use kilovolt::config::{Config, LogFormat};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -29,10 +29,17 @@ async fn main() -> ExitCode {
     }
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(config.log_level.as_directive()));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    match config.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stdout().is_terminal())
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(false)
+            .init(),
+    }
 
     let seeds = config.cluster.join(",");
     let node = match kilovolt::node::start(config).await {
@@ -49,6 +56,7 @@ async fn main() -> ExitCode {
         peer_advertise = %node.info().peer_address,
         node_id = %node.info().id,
         seeds = %seeds,
+        metrics = %node.metrics_addr().map_or("off".into(), |a| a.to_string()),
         "kilovolt-db listening"
     );
 

@@ -4,8 +4,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -23,9 +26,12 @@ use crate::cluster::Topology;
 use crate::cluster::{ClusterError, Member, Membership, MembershipConfig, NodeInfo, NodeState};
 use crate::config::{Config, ConfigError, DefaultConsistency};
 use crate::coordinator::{Consistency, Coordinator};
+use crate::metrics::process::OpenConnections;
+use crate::metrics::Metrics;
 use crate::net::Peers;
 use crate::proto;
 use crate::replication::{BatchLimits, HintLimits, Replicator};
+use crate::scrape::Parts;
 use crate::security::auth::AuthError;
 use crate::security::{tls_incoming, AuthFile, AuthLayer, PeerTls, ServerTls, TlsError};
 use crate::server::PeerService;
@@ -108,6 +114,10 @@ pub struct RunningNode {
     peer_stop: oneshot::Sender<()>,
     peer_server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
+    /// Set when shutdown begins: `/ready` and gRPC health then say so.
+    leaving: Arc<AtomicBool>,
+    /// The metrics listener's address, when `--metrics-addr` is set.
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl RunningNode {
@@ -125,6 +135,12 @@ impl RunningNode {
     /// The address the peer listener is bound to.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
+    }
+
+    /// The address the metrics listener is bound to, when
+    /// `--metrics-addr` is set (with the real port when port 0 was asked).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The node's inner parts.
@@ -167,6 +183,7 @@ impl RunningNode {
     /// peers that are alive, announces that it leaves, then stops.
     pub async fn shutdown(self) -> Result<(), NodeError> {
         info!(node = %self.info.id, "shutting down");
+        self.leaving.store(true, Ordering::Relaxed);
         let _ = self.stop.send(());
         // The peer listener serves on while in-flight client requests
         // finish and hints are handed off: peers are still sending.
@@ -231,6 +248,25 @@ pub async fn start_with_clock(
             addr: peer_bind,
             source,
         })?;
+    // The metrics listener, bound before anything starts, so that a port in
+    // use stops the node at once.
+    let (metrics_listener, metrics_addr) = match config.metrics_addr {
+        Some(addr) => {
+            let bound = TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind { addr, source })?;
+            let local = bound
+                .local_addr()
+                .map_err(|source| NodeError::Bind { addr, source })?;
+            (Some(bound), Some(local))
+        }
+        None => (None, None),
+    };
+    let metrics = if metrics_listener.is_some() {
+        Metrics::on()
+    } else {
+        Metrics::off()
+    };
     let address = config.advertised(local_addr.port());
     let info = NodeInfo {
         id: config.node_id(&address),
@@ -270,14 +306,17 @@ pub async fn start_with_clock(
 
     let store = Arc::new(Store::new(config.partitions));
     let clock = Arc::new(Clock::new(&info.id, physical, config.max_clock_drift));
-    let peers = Arc::new(Peers::new(
-        info.id.clone(),
-        clock.clone(),
-        switch.clone(),
-        config.request_timeout,
-        config.max_peer_message_bytes(),
-        security.peer_tls.clone(),
-    ));
+    let peers = Arc::new(
+        Peers::new(
+            info.id.clone(),
+            clock.clone(),
+            switch.clone(),
+            config.request_timeout,
+            config.max_peer_message_bytes(),
+            security.peer_tls.clone(),
+        )
+        .with_metrics(metrics.clone()),
+    );
     let replicator = Replicator::new(
         peers.clone(),
         BatchLimits {
@@ -297,30 +336,36 @@ pub async fn start_with_clock(
     let admitted = admission.admit(members.borrow().clone());
     let topology = Topology::new(admitted.clone(), config.partitions, rf);
     peers.set_addresses(addresses(admitted.iter()));
-    let coordinator = Arc::new(Coordinator::new(
-        info.id.clone(),
-        store.clone(),
-        clock.clone(),
-        peers.clone(),
-        replicator.clone(),
-        topology,
-        clock::ntp64(config.settle_grace()),
-    ));
-    let anti_entropy = Arc::new(AntiEntropy::new(
-        info.id.clone(),
-        store.clone(),
-        clock.clone(),
-        peers.clone(),
-        coordinator.clone(),
-        AntiEntropyConfig {
-            interval: config.anti_entropy_interval,
-            max_bytes_per_sec: config.anti_entropy_bytes_per_sec,
-            limits: Limits::default(),
-            settle_grace: config.settle_grace(),
-            start_ready: config.cluster.is_empty(),
-        },
-        membership.announcer(),
-    ));
+    let coordinator = Arc::new(
+        Coordinator::new(
+            info.id.clone(),
+            store.clone(),
+            clock.clone(),
+            peers.clone(),
+            replicator.clone(),
+            topology,
+            clock::ntp64(config.settle_grace()),
+        )
+        .with_slow_request(config.slow_request),
+    );
+    let anti_entropy = Arc::new(
+        AntiEntropy::new(
+            info.id.clone(),
+            store.clone(),
+            clock.clone(),
+            peers.clone(),
+            coordinator.clone(),
+            AntiEntropyConfig {
+                interval: config.anti_entropy_interval,
+                max_bytes_per_sec: config.anti_entropy_bytes_per_sec,
+                limits: Limits::default(),
+                settle_grace: config.settle_grace(),
+                start_ready: config.cluster.is_empty(),
+            },
+            membership.announcer(),
+        )
+        .with_metrics(metrics.clone()),
+    );
     let sync_stats = anti_entropy.stats();
     let handles = Handles {
         switch: switch.clone(),
@@ -330,7 +375,24 @@ pub async fn start_with_clock(
         anti_entropy: anti_entropy.clone(),
     };
 
-    let background = vec![
+    let leaving = Arc::new(AtomicBool::new(false));
+    let connections = OpenConnections::default();
+    let peer_connections = connections.clone();
+    let parts = Parts {
+        me: info.id.clone(),
+        store: store.clone(),
+        coordinator: coordinator.clone(),
+        replicator: replicator.clone(),
+        clock: clock.clone(),
+        sync: sync_stats.clone(),
+        leaving: leaving.clone(),
+        connections: connections.clone(),
+        members: membership.subscribe(),
+    };
+    parts.clone().register(&metrics);
+    metrics.set_regions(regions(members.borrow().iter()));
+
+    let mut background = vec![
         tokio::spawn(collect_expired(
             coordinator.clone(),
             store.clone(),
@@ -341,6 +403,7 @@ pub async fn start_with_clock(
         tokio::spawn(follow_membership(
             members,
             admission,
+            metrics.clone(),
             coordinator.clone(),
             peers.clone(),
             replicator.clone(),
@@ -353,12 +416,15 @@ pub async fn start_with_clock(
     ];
 
     let max_message = config.max_message_bytes();
-    let kilovolt = proto::kilovolt_server::KilovoltServer::new(KilovoltService::new(
-        coordinator.clone(),
-        default_level(config.default_consistency),
-        config.max_value_bytes,
-        max_message,
-    ))
+    let kilovolt = proto::kilovolt_server::KilovoltServer::new(
+        KilovoltService::new(
+            coordinator.clone(),
+            default_level(config.default_consistency),
+            config.max_value_bytes,
+            max_message,
+        )
+        .with_metrics(metrics.clone()),
+    )
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
     let admin = proto::admin_server::AdminServer::new(AdminService::new(
@@ -386,9 +452,21 @@ pub async fn start_with_clock(
     .max_encoding_message_size(config.max_peer_message_bytes());
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<proto::kilovolt_server::KilovoltServer<KilovoltService>>()
-        .await;
+    // Before the server answers: a node that starts syncing must not be
+    // SERVING for a moment.
+    set_health(&health, parts.state() == NodeState::Ready).await;
+    background.push(tokio::spawn(report_health(health.clone(), parts.clone())));
+    if let Some(listener) = metrics_listener {
+        let parts = parts.clone();
+        let state = Arc::new(move || parts.state().as_str());
+        // A background task: it answers (`/ready` says `leaving`) until
+        // shutdown has drained the gRPC server, then stops with the rest.
+        background.push(tokio::spawn(async move {
+            if let Err(e) = crate::metrics::http::serve(listener, metrics, state).await {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        }));
+    }
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -412,24 +490,28 @@ pub async fn start_with_clock(
         .add_service(faults);
     let stopped = async move {
         let _ = stopped.await;
-        health
-            .set_not_serving::<proto::kilovolt_server::KilovoltServer<KilovoltService>>()
-            .await;
+        set_health(&health, false).await;
     };
-    let server =
-        match &security.client_tls {
-            Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
-                tls_incoming(listener, tls.clone(), "client"),
+    let server = match &security.client_tls {
+        Some(tls) => tokio::spawn(
+            router.serve_with_incoming_shutdown(
+                tls_incoming(listener, tls.clone(), "client")
+                    .map(move |accepted| accepted.map(|stream| connections.count(stream))),
                 stopped,
-            )),
-            // Set TCP_NODELAY on the incoming stream itself: the builder's
-            // `tcp_nodelay` does not reach a listener bound by the caller, and
-            // without it small responses wait ~40 ms for delayed ACKs.
-            None => tokio::spawn(router.serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
+        ),
+        // Set TCP_NODELAY on the incoming stream itself: the builder's
+        // `tcp_nodelay` does not reach a listener bound by the caller, and
+        // without it small responses wait ~40 ms for delayed ACKs.
+        None => tokio::spawn(
+            router.serve_with_incoming_shutdown(
+                TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .map(move |accepted| accepted.map(|stream| connections.count(stream))),
                 stopped,
-            )),
-        };
+            ),
+        ),
+    };
 
     // The peer listener: the node-to-node protocol only, with mutual TLS
     // when configured.
@@ -441,15 +523,23 @@ pub async fn start_with_clock(
     let peer_stopped = async move {
         let _ = peer_stopped.await;
     };
+    // Its connections count in the same figure as the client port's.
     let peer_server = match &security.peer_tls {
-        Some(tls) => tokio::spawn(peer_router.serve_with_incoming_shutdown(
-            tls_incoming(peer_listener, tls.server(), "peer"),
-            peer_stopped,
-        )),
-        None => tokio::spawn(peer_router.serve_with_incoming_shutdown(
-            TcpIncoming::from(peer_listener).with_nodelay(Some(true)),
-            peer_stopped,
-        )),
+        Some(tls) => tokio::spawn(
+            peer_router.serve_with_incoming_shutdown(
+                tls_incoming(peer_listener, tls.server(), "peer")
+                    .map(move |accepted| accepted.map(|stream| peer_connections.count(stream))),
+                peer_stopped,
+            ),
+        ),
+        None => tokio::spawn(
+            peer_router.serve_with_incoming_shutdown(
+                TcpIncoming::from(peer_listener)
+                    .with_nodelay(Some(true))
+                    .map(move |accepted| accepted.map(|stream| peer_connections.count(stream))),
+                peer_stopped,
+            ),
+        ),
     };
 
     Ok(RunningNode {
@@ -465,6 +555,8 @@ pub async fn start_with_clock(
         peer_stop,
         peer_server,
         background,
+        leaving,
+        metrics_addr,
     })
 }
 
@@ -534,6 +626,45 @@ fn warn_if_exposed(bound: SocketAddr, security: &Security) {
     }
 }
 
+/// Sets the gRPC health of the whole server ("") and of the `Kilovolt`
+/// service.
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    use tonic_health::ServingStatus;
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    if serving {
+        health
+            .set_serving::<proto::kilovolt_server::KilovoltServer<KilovoltService>>()
+            .await;
+    } else {
+        health
+            .set_not_serving::<proto::kilovolt_server::KilovoltServer<KilovoltService>>()
+            .await;
+    }
+}
+
+/// Keeps the gRPC health service in step with this node's state: SERVING
+/// only while `ready`, NOT_SERVING while it syncs or leaves.
+async fn report_health(health: tonic_health::server::HealthReporter, parts: Parts) {
+    let mut members = parts.members.clone();
+    let mut serving = None;
+    loop {
+        members.borrow_and_update();
+        let ready = parts.state() == NodeState::Ready;
+        if serving != Some(ready) {
+            set_health(&health, ready).await;
+            serving = Some(ready);
+        }
+        if members.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 fn default_level(level: DefaultConsistency) -> Consistency {
     match level {
         DefaultConsistency::One => Consistency::One,
@@ -550,6 +681,10 @@ fn addresses<'a>(members: impl Iterator<Item = &'a Member>) -> HashMap<String, S
         .collect()
 }
 
+fn regions<'a>(members: impl Iterator<Item = &'a Member>) -> HashMap<String, String> {
+    members.map(|m| (m.id.clone(), m.region.clone())).collect()
+}
+
 /// Rebuilds placement on every membership change (of the members
 /// admitted: see [`Admission`]), and hands hints to peers the moment they
 /// come back alive; wakes anti-entropy when a peer comes back or placement
@@ -558,6 +693,7 @@ fn addresses<'a>(members: impl Iterator<Item = &'a Member>) -> HashMap<String, S
 async fn follow_membership(
     mut members: watch::Receiver<Vec<Member>>,
     admission: Arc<Admission>,
+    metrics: Metrics,
     coordinator: Arc<Coordinator>,
     peers: Arc<Peers>,
     replicator: Arc<Replicator>,
@@ -584,6 +720,7 @@ async fn follow_membership(
         }
         last = Some(list.clone());
         peers.set_addresses(addresses(list.iter()));
+        metrics.set_regions(regions(list.iter()));
         let before = coordinator.topology();
         let back: Vec<String> = list
             .iter()

@@ -27,6 +27,9 @@ const ORDER: &[&str] = &[
     // imports nothing from the crate; the peer client and server, the API
     // and the node use it.
     "security",
+    // The metrics registry every layer records into; imports nothing of the
+    // crate.
+    "metrics",
     // Values and merge rules, then the clock that issues their versions.
     "crdt",
     "clock",
@@ -63,6 +66,8 @@ const ORDER: &[&str] = &[
     "server",
     // The public gRPC edge.
     "api",
+    // What a node exposes at scrape time, read from the subsystems above.
+    "scrape",
     // One running node: wires everything above together.
     "node",
     // The deterministic simulator, which drives the whole stack.

@@ -473,7 +473,7 @@ async fn only_a_certified_node_may_speak_the_peer_protocol_on_either_port() {
 /// Starts `cmd`; returns the server and its peer listener's address.
 fn launch_with_peer(cmd: Command) -> (Server, String) {
     let server = Server::launch(cmd);
-    let line = server.listening_line.clone();
+    let line = server.listening.clone();
     (server, peer_addr(&line))
 }
 
@@ -826,7 +826,7 @@ async fn call_as(channel: Channel, token: Option<&str>, call: &str) -> Result<()
 #[tokio::test]
 async fn a_plaintext_node_serves_the_peer_protocol_only_on_its_peer_port() {
     let node = Server::start(&[]);
-    let peer = peer_addr(&node.listening_line);
+    let peer = peer_addr(&node.listening);
     // Loopback only: no warning.
     assert!(
         !node

@@ -18,6 +18,7 @@ use crate::cluster::{NodeState, StateAnnouncer};
 use crate::coordinator::Coordinator;
 use crate::crdt::{Entry, Version};
 use crate::keyspace::Stamp;
+use crate::metrics::Metrics;
 use crate::net::{PeerError, Peers};
 use crate::store::{Key, Store};
 
@@ -82,6 +83,9 @@ pub struct AntiEntropyStats {
     rounds: AtomicU64,
     repaired: AtomicU64,
     mismatches: AtomicU64,
+    /// Unix time (ms) the last session this node started completed; 0
+    /// before the first.
+    last_completed: AtomicU64,
 }
 
 impl AntiEntropyStats {
@@ -100,6 +104,12 @@ impl AntiEntropyStats {
     /// recomputed from the map (a bug if ever non-zero).
     pub fn mismatches(&self) -> u64 {
         self.mismatches.load(Ordering::Relaxed)
+    }
+
+    /// When (Unix time, ms) the last session this node started completed;
+    /// 0 before the first.
+    pub fn last_completed_ms(&self) -> u64 {
+        self.last_completed.load(Ordering::Relaxed)
     }
 
     /// Counts `n` repaired entries.
@@ -161,6 +171,7 @@ pub struct AntiEntropy {
     next_check: AtomicU64,
     /// Settled entries awaiting every replica's acknowledgement.
     collector: Mutex<Collector>,
+    metrics: Metrics,
 }
 
 impl AntiEntropy {
@@ -188,7 +199,15 @@ impl AntiEntropy {
             synced: Mutex::new(BTreeSet::new()),
             next_check: AtomicU64::new(0),
             collector: Mutex::new(Collector::new()),
+            metrics: Metrics::off(),
         }
+    }
+
+    /// Counts every session this node starts in `metrics` (outcome, bytes,
+    /// duration).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The counters of this node's anti-entropy work, shared with the peer
@@ -448,12 +467,38 @@ impl AntiEntropy {
     }
 
     /// One full session with `peer` over `shared`; a `handoff` when this
-    /// node no longer replicates them and drops them after.
+    /// node no longer replicates them and drops them after. Counted in the
+    /// metrics (outcome, bytes each way, duration), and in the stats when it
+    /// completes.
     pub async fn session(
         &self,
         peer: &str,
         shared: PartitionSet,
         handoff: bool,
+    ) -> Result<SessionStats, SyncError> {
+        let started = Instant::now();
+        let mut moved = (0, 0);
+        let result = self.steps(peer, shared, handoff, &mut moved).await;
+        if result.is_ok() {
+            self.stats.rounds.fetch_add(1, Ordering::Relaxed);
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.stats.last_completed.store(now_ms, Ordering::Relaxed);
+        }
+        self.metrics
+            .session(result.is_ok(), moved.0, moved.1, started.elapsed());
+        result
+    }
+
+    /// The steps of [`AntiEntropy::session`]; adds the bytes sent and
+    /// received to `moved` as they go.
+    async fn steps(
+        &self,
+        peer: &str,
+        shared: PartitionSet,
+        handoff: bool,
+        moved: &mut (u64, u64),
     ) -> Result<SessionStats, SyncError> {
         let salt = self.clock.latest().time;
         let mut session = Initiator::new(shared, self.config.limits, salt);
@@ -464,18 +509,17 @@ impl AntiEntropy {
         loop {
             let started = Instant::now();
             let reply = self.peers.sync(peer, &request).await?;
-            let bytes = (request.wire_size() + reply.wire_size()) as u64;
+            let (sent, received) = (request.wire_size() as u64, reply.wire_size() as u64);
+            moved.0 += sent;
+            moved.1 += received;
             let step = session.on_reply(&*self.store, reply)?;
             let grace = self.grace();
             let changed = merge_repairs(&self.store, &self.clock, step.merge, grace, false);
             self.stats.add_repaired(changed);
-            self.throttle(bytes, started).await;
+            self.throttle(sent + received, started).await;
             match step.next {
                 Next::Send(next) => request = next,
-                Next::Done(stats) => {
-                    self.stats.rounds.fetch_add(1, Ordering::Relaxed);
-                    return Ok(stats);
-                }
+                Next::Done(stats) => return Ok(stats),
             }
         }
     }

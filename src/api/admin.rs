@@ -102,6 +102,8 @@ impl Admin for AdminService {
             anti_entropy_repaired: self.sync.repaired(),
             merkle_mismatches: self.sync.mismatches(),
             deltas_overflowed: self.replicator.deltas_overflowed(),
+            anti_entropy_last_completed_ms: self.sync.last_completed_ms(),
+            bytes: held.bytes,
         }))
     }
 

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::future::join_all;
 use prost::Message;
@@ -12,6 +13,7 @@ use super::validate;
 use crate::coordinator::{Consistency, Coordinator};
 use crate::crdt::Version;
 use crate::error::Error;
+use crate::metrics::{Metrics, Rpc};
 use crate::proto;
 use crate::proto::kilovolt_server::Kilovolt;
 use crate::security::auth::{denied, Caller, Role};
@@ -24,6 +26,7 @@ pub struct KilovoltService {
     default_level: Consistency,
     max_value_bytes: usize,
     max_message_bytes: usize,
+    metrics: Metrics,
 }
 
 impl KilovoltService {
@@ -42,7 +45,29 @@ impl KilovoltService {
             default_level,
             max_value_bytes,
             max_message_bytes,
+            metrics: Metrics::off(),
         }
+    }
+
+    /// Counts every request in `metrics` (by RPC, level and status code,
+    /// with its latency).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The `level` label of a request asking for consistency `raw`.
+    fn level_name(&self, raw: i32) -> &'static str {
+        validate::consistency(raw, self.default_level).map_or("invalid", Consistency::name)
+    }
+
+    /// Counts one answered request.
+    fn count<T>(&self, rpc: Rpc, level: &str, started: Instant, answer: &Result<T, Status>) {
+        let code = match answer {
+            Ok(_) => 0,
+            Err(status) => status.code() as i32,
+        };
+        self.metrics.request(rpc, level, code, started.elapsed());
     }
 }
 
@@ -178,134 +203,191 @@ impl Kilovolt for KilovoltService {
         &self,
         request: Request<proto::SetRequest>,
     ) -> Result<Response<proto::SetResponse>, Status> {
-        self.do_set(request.into_inner()).await.map(Response::new)
+        let started = Instant::now();
+        let level = self.level_name(request.get_ref().consistency);
+        let answer = async { self.do_set(request.into_inner()).await.map(Response::new) }.await;
+        self.count(Rpc::Set, level, started, &answer);
+        answer
     }
 
     async fn get(
         &self,
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
-        self.do_get(request.into_inner()).await.map(Response::new)
+        let started = Instant::now();
+        let level = self.level_name(request.get_ref().consistency);
+        let answer = async { self.do_get(request.into_inner()).await.map(Response::new) }.await;
+        self.count(Rpc::Get, level, started, &answer);
+        answer
     }
 
     async fn delete(
         &self,
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
-        self.do_delete(request.into_inner())
-            .await
-            .map(Response::new)
+        let started = Instant::now();
+        let level = self.level_name(request.get_ref().consistency);
+        let answer = async {
+            self.do_delete(request.into_inner())
+                .await
+                .map(Response::new)
+        }
+        .await;
+        self.count(Rpc::Delete, level, started, &answer);
+        answer
     }
 
     async fn batch(
         &self,
         request: Request<proto::BatchRequest>,
     ) -> Result<Response<proto::BatchResponse>, Status> {
+        let started = Instant::now();
+        let level = "none";
         let caller = request.extensions().get::<Caller>().cloned();
-        let ops = request.into_inner().ops;
-        validate::batch_size(ops.len())?;
-        // A `read` token may send gets only; the auth layer cannot see
-        // inside the request.
-        if let Some(caller) = caller.filter(|c| c.role < Role::Write) {
-            if ops
-                .iter()
-                .any(|op| !matches!(op.op, Some(proto::batch_op::Op::Get(_))))
-            {
-                return Err(denied(caller.role, "kilovolt.Kilovolt/Batch with writes"));
+        let answer = async {
+            let ops = request.into_inner().ops;
+            validate::batch_size(ops.len())?;
+            // A `read` token may send gets only; the auth layer cannot see
+            // inside the request.
+            if let Some(caller) = caller.filter(|c| c.role < Role::Write) {
+                if ops
+                    .iter()
+                    .any(|op| !matches!(op.op, Some(proto::batch_op::Op::Get(_))))
+                {
+                    return Err(denied(caller.role, "kilovolt.Kilovolt/Batch with writes"));
+                }
             }
+            let total = ops.len();
+            let budget = AnswerBudget::new(self.max_message_bytes);
+            let results = join_all(ops.into_iter().map(|op| self.do_batch_op(op, &budget))).await;
+            let Some(results) = results.into_iter().collect::<Option<Vec<_>>>() else {
+                let size = budget.used.load(Ordering::Relaxed);
+                tracing::warn!(
+                    operations = total,
+                    size,
+                    limit = budget.limit,
+                    "refused a batch whose answer is over the message limit"
+                );
+                return Err(Error::AnswerTooLarge {
+                    what: format!("the answer to a batch of {total} operations"),
+                    size,
+                    limit: budget.limit,
+                    why: "the message limit: --max-value-bytes plus 69632",
+                }
+                .into());
+            };
+            Ok(Response::new(proto::BatchResponse { results }))
         }
-        let total = ops.len();
-        let budget = AnswerBudget::new(self.max_message_bytes);
-        let results = join_all(ops.into_iter().map(|op| self.do_batch_op(op, &budget))).await;
-        let Some(results) = results.into_iter().collect::<Option<Vec<_>>>() else {
-            let size = budget.used.load(Ordering::Relaxed);
-            tracing::warn!(
-                operations = total,
-                size,
-                limit = budget.limit,
-                "refused a batch whose answer is over the message limit"
-            );
-            return Err(Error::AnswerTooLarge {
-                what: format!("the answer to a batch of {total} operations"),
-                size,
-                limit: budget.limit,
-                why: "the message limit: --max-value-bytes plus 69632",
-            }
-            .into());
-        };
-        Ok(Response::new(proto::BatchResponse { results }))
+        .await;
+        self.count(Rpc::Batch, level, started, &answer);
+        answer
     }
 
     async fn map_set(
         &self,
         request: Request<proto::MapSetRequest>,
     ) -> Result<Response<proto::MapSetResponse>, Status> {
-        let req = request.into_inner();
-        let key = validate::key(&req.key)?;
-        let fields = validate::map_fields(&req.fields, self.max_value_bytes)?;
-        let level = validate::consistency(req.consistency, self.default_level)?;
-        let version = self
-            .coordinator
-            .map_set(key, &fields, self.max_value_bytes, level)
-            .await?;
-        Ok(Response::new(proto::MapSetResponse {
-            status: "OK".into(),
-            version: Some(version_to_proto(version)),
-        }))
+        let started = Instant::now();
+        let level = self.level_name(request.get_ref().consistency);
+        let answer = async {
+            let req = request.into_inner();
+            let key = validate::key(&req.key)?;
+            let fields = validate::map_fields(&req.fields, self.max_value_bytes)?;
+            let level = validate::consistency(req.consistency, self.default_level)?;
+            let version = self
+                .coordinator
+                .map_set(key, &fields, self.max_value_bytes, level)
+                .await?;
+            Ok(Response::new(proto::MapSetResponse {
+                status: "OK".into(),
+                version: Some(version_to_proto(version)),
+            }))
+        }
+        .await;
+        self.count(Rpc::MapSet, level, started, &answer);
+        answer
     }
 
     async fn map_get(
         &self,
         request: Request<proto::MapGetRequest>,
     ) -> Result<Response<proto::MapGetResponse>, Status> {
-        let req = request.into_inner();
-        let key = validate::key(&req.key)?;
-        let names = validate::field_names(&req.fields, None)?;
-        let level = validate::consistency(req.consistency, self.default_level)?;
-        let map = self.coordinator.map_get(key, &names, level).await?;
-        Ok(Response::new(proto::MapGetResponse {
-            found: map.is_some(),
-            fields: map.unwrap_or_default().into_iter().collect(),
-        }))
+        let started = Instant::now();
+        let level = self.level_name(request.get_ref().consistency);
+        let answer = async {
+            let req = request.into_inner();
+            let key = validate::key(&req.key)?;
+            let names = validate::field_names(&req.fields, None)?;
+            let level = validate::consistency(req.consistency, self.default_level)?;
+            let map = self.coordinator.map_get(key, &names, level).await?;
+            Ok(Response::new(proto::MapGetResponse {
+                found: map.is_some(),
+                fields: map.unwrap_or_default().into_iter().collect(),
+            }))
+        }
+        .await;
+        self.count(Rpc::MapGet, level, started, &answer);
+        answer
     }
 
     async fn map_remove(
         &self,
         request: Request<proto::MapRemoveRequest>,
     ) -> Result<Response<proto::MapRemoveResponse>, Status> {
-        let req = request.into_inner();
-        let key = validate::key(&req.key)?;
-        let names = validate::field_names(&req.fields, Some("MapRemove"))?;
-        let level = validate::consistency(req.consistency, self.default_level)?;
-        self.coordinator.map_remove(key, &names, level).await?;
-        Ok(Response::new(proto::MapRemoveResponse {
-            status: "OK".into(),
-        }))
+        let started = Instant::now();
+        let level = self.level_name(request.get_ref().consistency);
+        let answer = async {
+            let req = request.into_inner();
+            let key = validate::key(&req.key)?;
+            let names = validate::field_names(&req.fields, Some("MapRemove"))?;
+            let level = validate::consistency(req.consistency, self.default_level)?;
+            self.coordinator.map_remove(key, &names, level).await?;
+            Ok(Response::new(proto::MapRemoveResponse {
+                status: "OK".into(),
+            }))
+        }
+        .await;
+        self.count(Rpc::MapRemove, level, started, &answer);
+        answer
     }
 
     async fn increment(
         &self,
         request: Request<proto::IncrementRequest>,
     ) -> Result<Response<proto::IncrementResponse>, Status> {
-        let req = request.into_inner();
-        let key = validate::key(&req.key)?;
-        let level = validate::consistency(req.consistency, self.default_level)?;
-        let value = self.coordinator.increment(key, req.delta, level).await?;
-        Ok(Response::new(proto::IncrementResponse { value }))
+        let started = Instant::now();
+        let level = self.level_name(request.get_ref().consistency);
+        let answer = async {
+            let req = request.into_inner();
+            let key = validate::key(&req.key)?;
+            let level = validate::consistency(req.consistency, self.default_level)?;
+            let value = self.coordinator.increment(key, req.delta, level).await?;
+            Ok(Response::new(proto::IncrementResponse { value }))
+        }
+        .await;
+        self.count(Rpc::Increment, level, started, &answer);
+        answer
     }
 
     async fn get_counter(
         &self,
         request: Request<proto::GetCounterRequest>,
     ) -> Result<Response<proto::GetCounterResponse>, Status> {
-        let req = request.into_inner();
-        let key = validate::key(&req.key)?;
-        let level = validate::consistency(req.consistency, self.default_level)?;
-        let value = self.coordinator.get_counter(key, level).await?;
-        Ok(Response::new(proto::GetCounterResponse {
-            found: value.is_some(),
-            value: value.map_or(0, counter_value),
-        }))
+        let started = Instant::now();
+        let level = self.level_name(request.get_ref().consistency);
+        let answer = async {
+            let req = request.into_inner();
+            let key = validate::key(&req.key)?;
+            let level = validate::consistency(req.consistency, self.default_level)?;
+            let value = self.coordinator.get_counter(key, level).await?;
+            Ok(Response::new(proto::GetCounterResponse {
+                found: value.is_some(),
+                value: value.map_or(0, counter_value),
+            }))
+        }
+        .await;
+        self.count(Rpc::GetCounter, level, started, &answer);
+        answer
     }
 }
 

@@ -138,6 +138,10 @@ enum Command {
         #[arg(long = "host", value_name = "HOST")]
         hosts: Vec<String>,
     },
+    /// One screen for the whole cluster: every member's state, region,
+    /// keys, hints and anti-entropy progress, asked of each member in turn
+    /// (the contacted node names them).
+    Status,
 }
 
 #[derive(Args)]
@@ -423,6 +427,19 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             print_stats(cli.json, &s);
         }
         Command::Cert { .. } => unreachable!("handled before connecting"),
+        Command::Status => {
+            let members = admin.members(proto::MembersRequest {}).await?.into_inner();
+            let mut rows = Vec::new();
+            for m in &members.members {
+                let stats = if m.alive {
+                    member_stats(cli, &m.address).await
+                } else {
+                    Err("not alive".into())
+                };
+                rows.push((m.clone(), stats));
+            }
+            print_status(cli.json, &members.self_id, &rows);
+        }
     }
     Ok(())
 }
@@ -497,6 +514,94 @@ fn write_pair(dir: &Path, name: &str, pem: &Pem) -> Result<(), String> {
     Ok(())
 }
 
+/// The Stats of the member at `address` (with the same TLS settings and
+/// token), or why they could not be had.
+async fn member_stats(cli: &Cli, address: &str) -> Result<proto::StatsResponse, String> {
+    let channel = cli
+        .security
+        .endpoint(address)?
+        .connect_timeout(cli.timeout)
+        .timeout(cli.timeout)
+        .connect()
+        .await
+        .map_err(|e| error_chain(&e))?;
+    AdminClient::with_interceptor(channel, cli.security.interceptor()?)
+        .stats(proto::StatsRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+/// How long ago a Unix time in ms was, for people ("never" for 0).
+fn ago(unix_ms: u64) -> String {
+    if unix_ms == 0 {
+        return "never".into();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    format!("{}s ago", now.saturating_sub(unix_ms) / 1000)
+}
+
+type StatusRow = (proto::Member, Result<proto::StatsResponse, String>);
+
+fn print_status(as_json: bool, self_id: &str, rows: &[StatusRow]) {
+    if as_json {
+        let members: Vec<_> = rows
+            .iter()
+            .map(|(m, stats)| {
+                let mut o = json!({"id": m.id, "address": m.address, "alive": m.alive,
+                    "region": m.region, "state": m.state});
+                match stats {
+                    Ok(s) => {
+                        o["keys"] = json!(s.keys);
+                        o["tombstones"] = json!(s.tombstones);
+                        o["bytes"] = json!(s.bytes);
+                        o["hints_pending"] = json!(s.hints_pending);
+                        o["hints_dropped"] = json!(s.hints_dropped);
+                        o["anti_entropy_rounds"] = json!(s.anti_entropy_rounds);
+                        o["anti_entropy_repaired"] = json!(s.anti_entropy_repaired);
+                        o["anti_entropy_last_completed_ms"] =
+                            json!(s.anti_entropy_last_completed_ms);
+                    }
+                    Err(e) => o["error"] = json!(e),
+                }
+                o
+            })
+            .collect();
+        println!("{}", json!({"self_id": self_id, "members": members}));
+        return;
+    }
+    println!(
+        "{:<22} {:<10} {:<8} {:<5} {:>9} {:>10} {:>7} {:>7} {:>9}  LAST SYNC",
+        "ADDRESS", "REGION", "STATE", "ALIVE", "KEYS", "TOMBSTONES", "HINTS", "ROUNDS", "REPAIRED"
+    );
+    for (m, stats) in rows {
+        let marker = if m.id == self_id { " (this node)" } else { "" };
+        let region = if m.region.is_empty() { "-" } else { &m.region };
+        let alive = if m.alive { "yes" } else { "no" };
+        match stats {
+            Ok(s) => println!(
+                "{:<22} {:<10} {:<8} {:<5} {:>9} {:>10} {:>7} {:>7} {:>9}  {}{marker}",
+                m.address,
+                region,
+                m.state,
+                alive,
+                s.keys,
+                s.tombstones,
+                s.hints_pending,
+                s.anti_entropy_rounds,
+                s.anti_entropy_repaired,
+                ago(s.anti_entropy_last_completed_ms),
+            ),
+            Err(e) => println!(
+                "{:<22} {:<10} {:<8} {:<5} unreachable: {e}{marker}",
+                m.address, region, m.state, alive
+            ),
+        }
+    }
+}
+
 fn version_json(v: Option<&proto::Version>) -> serde_json::Value {
     match v {
         Some(v) => json!({"time": v.time, "node": v.node}),
@@ -562,11 +667,16 @@ fn print_stats(as_json: bool, s: &proto::StatsResponse) {
     let rows = [
         ("keys", s.keys),
         ("tombstones", s.tombstones),
+        ("bytes", s.bytes),
         ("hints_pending", s.hints_pending),
         ("hints_dropped", s.hints_dropped),
         ("deltas_overflowed", s.deltas_overflowed),
         ("anti_entropy_rounds", s.anti_entropy_rounds),
         ("anti_entropy_repaired", s.anti_entropy_repaired),
+        (
+            "anti_entropy_last_completed_ms",
+            s.anti_entropy_last_completed_ms,
+        ),
         ("clock_drift_events", s.clock_drift_events),
         ("versions_refused", s.versions_refused),
         ("merkle_mismatches", s.merkle_mismatches),

@@ -112,6 +112,12 @@ impl WriteCall {
         self.tally.decision()
     }
 
+    /// Each replica's fate so far, as an UNAVAILABLE report names them
+    /// (`waiting` describes the ones that have not answered).
+    pub fn report(&self, waiting: &str) -> String {
+        self.tally.report(waiting)
+    }
+
     /// The client's answer, once the request is decided or no more answers
     /// will come (`waiting` says why, for the replicas that never answered).
     ///
@@ -234,6 +240,12 @@ impl ReadCall {
     /// Where the request stands.
     pub fn decision(&self) -> Decision {
         self.tally.decision()
+    }
+
+    /// Each replica's fate so far, as an UNAVAILABLE report names them
+    /// (`waiting` describes the ones that have not answered).
+    pub fn report(&self, waiting: &str) -> String {
+        self.tally.report(waiting)
     }
 
     /// The join of the answers and the repairs it calls for, once the level
@@ -382,6 +394,12 @@ impl ReadOne {
             }
         }
         self.tally.record(replica, ReplicaAnswer::Failed(why));
+    }
+
+    /// Each replica's fate so far, as an UNAVAILABLE report names them
+    /// (`waiting` describes the ones that have not answered).
+    pub fn report(&self, waiting: &str) -> String {
+        self.tally.report(waiting)
     }
 
     /// UNAVAILABLE naming each replica's fate, once every one failed.

@@ -19,7 +19,7 @@ mod tally;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::oneshot;
@@ -106,6 +106,8 @@ pub struct Coordinator {
     dots: Dots,
     /// The grace in force (NTP64): reads count settled answers as nothing.
     grace: u64,
+    /// Requests slower than this are logged with their replicas' fates.
+    slow_request: Duration,
 }
 
 impl Coordinator {
@@ -129,7 +131,43 @@ impl Coordinator {
             peers,
             replicator,
             topology: RwLock::new(Arc::new(topology)),
+            slow_request: Duration::MAX,
         }
+    }
+
+    /// Logs every request slower than `slow` (`--slow-request`), with its
+    /// key's hash, level and replicas' fates.
+    pub fn with_slow_request(mut self, slow: Duration) -> Self {
+        self.slow_request = slow;
+        self
+    }
+
+    /// Logs one line for a request to `key` at `level` that failed at
+    /// QUORUM or ALL (`failed`), or took longer than `--slow-request`
+    /// since `started`: the key's hash (never the key or value), the level
+    /// and every replica's fate (`report`, called only then).
+    fn log_outcome(
+        &self,
+        key: &str,
+        level: Consistency,
+        started: Instant,
+        failed: bool,
+        report: impl FnOnce() -> String,
+    ) {
+        let elapsed = started.elapsed();
+        let failed = failed && matches!(level, Consistency::Quorum | Consistency::All);
+        if !failed && elapsed <= self.slow_request {
+            return;
+        }
+        tracing::warn!(
+            key_hash = %format_args!("{:016x}", crate::keyspace::key_hash(key)),
+            level = level.name(),
+            elapsed_ms = elapsed.as_millis() as u64,
+            outcome = if failed { "failed" } else { "slow" },
+            replicas = %report(),
+            "request {}",
+            if failed { "failed at its consistency level" } else { "slower than --slow-request" }
+        );
     }
 
     /// The current topology.
@@ -343,6 +381,7 @@ impl Coordinator {
         level: Consistency,
         make: impl FnOnce(Option<&Entry>) -> Result<Entry, Error>,
     ) -> Result<Version, Error> {
+        let started = Instant::now();
         if level != Consistency::Local {
             self.clock.check_offset()?;
         }
@@ -376,7 +415,12 @@ impl Coordinator {
             call.record(&replica, answer_of(ack))
         })
         .await;
-        Ok(call.finish(&unanswered(timed_out, timeout))?.version)
+        let waiting = unanswered(timed_out, timeout);
+        let written = call.finish(&waiting);
+        self.log_outcome(key, level, started, written.is_err(), || {
+            call.report(&waiting)
+        });
+        Ok(written?.version)
     }
 
     /// ONE: the first replica that answers, in [`ReadOne`]'s order. A
@@ -384,6 +428,7 @@ impl Coordinator {
     /// not waited for alone: the next one is asked too, and the first answer
     /// wins; a failure moves on at once.
     async fn read_one(&self, key: &str) -> Result<Option<Entry>, Error> {
+        let started = Instant::now();
         let topology = self.topology();
         let mut call = ReadOne::start(&self.me, &topology, key);
         let mut asking = FuturesUnordered::new();
@@ -414,7 +459,12 @@ impl Coordinator {
                 None => asking.next().await,
             };
             match next {
-                Some((_, Ok(entries))) => return Ok(self.answer(key, entries)),
+                Some((replica, Ok(entries))) => {
+                    self.log_outcome(key, Consistency::One, started, false, || {
+                        format!("{}; answered by {replica}", call.report("not asked"))
+                    });
+                    return Ok(self.answer(key, entries));
+                }
                 Some((replica, Err(e))) => call.failed(&replica, e.to_string()),
                 None => {}
             }
@@ -433,6 +483,7 @@ impl Coordinator {
     /// answers that meet the level hold, and repair the replicas that
     /// answered with something older.
     async fn read_many(&self, key: &str, level: Consistency) -> Result<Option<Entry>, Error> {
+        let started = Instant::now();
         let topology = self.topology();
         let (mut call, ask) = ReadCall::start(
             &self.me,
@@ -459,7 +510,10 @@ impl Coordinator {
             call.record(&replica, answer)
         })
         .await;
-        let found = call.finish(&unanswered(timed_out, timeout))?;
+        let waiting = unanswered(timed_out, timeout);
+        let failed = call.decision() != Decision::Met;
+        self.log_outcome(key, level, started, failed, || call.report(&waiting));
+        let found = call.finish(&waiting)?;
         for (replica, newest) in found.repairs {
             if *replica == *self.me {
                 self.store.merge(key, newest);

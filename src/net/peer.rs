@@ -13,6 +13,7 @@ use super::sync_wire::{reply_from_wire, request_to_wire};
 use super::wire::{from_wire, to_wire};
 use crate::clock::Clock;
 use crate::crdt::Entry;
+use crate::metrics::Metrics;
 use crate::proto::cluster::{self as wire, peer_client::PeerClient};
 use crate::security::PeerTls;
 use crate::store::Key;
@@ -66,6 +67,7 @@ pub struct Peers {
     channels: RwLock<HashMap<(String, String), Channel>>,
     latencies: Latencies,
     tls: Option<Arc<PeerTls>>,
+    metrics: Metrics,
 }
 
 impl Peers {
@@ -93,7 +95,15 @@ impl Peers {
             channels: RwLock::new(HashMap::new()),
             latencies: Latencies::new(),
             tls,
+            metrics: Metrics::off(),
         }
+    }
+
+    /// Counts every call in `metrics` (by peer, region and RPC: calls,
+    /// errors, latency).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Forgets every connection, so that the next call to each peer
@@ -120,7 +130,13 @@ impl Peers {
             header: Some(self.header()),
         };
         let mut client = PeerClient::new(self.connect(peer, address)?);
-        Ok(self.call(peer, None, client.clock(request)).await?.region)
+        // Not through `call`: a member not proven yet counts in no metric
+        // (forged gossip must not grow the label sets) and no clock.
+        let reply = tokio::time::timeout(self.timeout, client.clock(request))
+            .await
+            .map_err(|_| PeerError::Timeout(self.timeout))?
+            .map_err(|s| PeerError::Failed(format!("{:?}: {}", s.code(), s.message())))?;
+        Ok(reply.into_inner().region)
     }
 
     /// The per-call timeout.
@@ -154,9 +170,9 @@ impl Peers {
             entries: entries.iter().map(|(k, e)| to_wire(k, e)).collect(),
         };
         let started = Instant::now();
-        let mut client = self.client(peer).await?;
+        let mut client = self.client(peer, "apply").await?;
         let reply = self
-            .call(peer, Some(started), client.apply(request))
+            .call(peer, "apply", Some(started), client.apply(request))
             .await?;
         Ok(reply.changed)
     }
@@ -168,8 +184,10 @@ impl Peers {
             keys: keys.iter().map(|k| k.to_string()).collect(),
         };
         let started = Instant::now();
-        let mut client = self.client(peer).await?;
-        let reply = self.call(peer, Some(started), client.read(request)).await?;
+        let mut client = self.client(peer, "read").await?;
+        let reply = self
+            .call(peer, "read", Some(started), client.read(request))
+            .await?;
         reply
             .entries
             .into_iter()
@@ -184,9 +202,9 @@ impl Peers {
             header: Some(self.header()),
         };
         let started = Instant::now();
-        let mut client = self.client(peer).await?;
+        let mut client = self.client(peer, "clock").await?;
         Ok(self
-            .call(peer, Some(started), client.clock(request))
+            .call(peer, "clock", Some(started), client.clock(request))
             .await?
             .clock)
     }
@@ -198,9 +216,9 @@ impl Peers {
             partitions: partitions.to_vec(),
         };
         let started = Instant::now();
-        let mut client = self.client(peer).await?;
+        let mut client = self.client(peer, "holding").await?;
         Ok(self
-            .call(peer, Some(started), client.holding(request))
+            .call(peer, "holding", Some(started), client.holding(request))
             .await?
             .held)
     }
@@ -208,8 +226,8 @@ impl Peers {
     /// Sends one anti-entropy step to `peer` and returns its reply.
     pub async fn sync(&self, peer: &str, request: &Request) -> Result<Reply, PeerError> {
         let request = request_to_wire(self.header(), request);
-        let mut client = self.client(peer).await?;
-        let reply = self.call(peer, None, client.sync(request)).await?;
+        let mut client = self.client(peer, "sync").await?;
+        let reply = self.call(peer, "sync", None, client.sync(request)).await?;
         reply_from_wire(reply).map_err(|e| PeerError::Failed(e.to_string()))
     }
 
@@ -220,14 +238,24 @@ impl Peers {
         }
     }
 
-    /// A client for `peer`, after the switch's verdict on the message.
-    async fn client(&self, peer: &str) -> Result<PeerClient<Channel>, PeerError> {
+    /// A client for `peer`, after the switch's verdict on the message; a
+    /// call `rpc` that cannot leave is counted failed.
+    async fn client(
+        &self,
+        peer: &str,
+        rpc: &'static str,
+    ) -> Result<PeerClient<Channel>, PeerError> {
         match self.switch.verdict(peer) {
             Verdict::Pass => {}
-            Verdict::Drop => return Err(PeerError::Cut),
+            Verdict::Drop => {
+                self.metrics.peer_call(peer, rpc, None, true);
+                return Err(PeerError::Cut);
+            }
             Verdict::Delay(d) => tokio::time::sleep(d).await,
         }
-        let channel = self.channel(peer)?;
+        let channel = self.channel(peer).inspect_err(|_| {
+            self.metrics.peer_call(peer, rpc, None, true);
+        })?;
         Ok(PeerClient::new(channel)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
@@ -242,11 +270,20 @@ impl Peers {
     async fn call<T>(
         &self,
         peer: &str,
+        rpc: &'static str,
         started: Option<Instant>,
         call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, PeerError> {
         let start = self.clock.round_trip();
-        match tokio::time::timeout(self.timeout, call).await {
+        let sent = Instant::now();
+        let result = tokio::time::timeout(self.timeout, call).await;
+        self.metrics.peer_call(
+            peer,
+            rpc,
+            Some(sent.elapsed()),
+            !matches!(result, Ok(Ok(_))),
+        );
+        match result {
             Ok(Ok(reply)) => {
                 if let Some(started) = started {
                     self.latencies.record(peer, started.elapsed());

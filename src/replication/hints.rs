@@ -47,12 +47,38 @@ pub struct HintLimits {
     pub max_age: Duration,
 }
 
+/// Why hints were dropped unsent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Older than `--max-hint-age`.
+    Age,
+    /// Over `--max-hints` or `--max-hint-bytes` (the oldest go first).
+    Bound,
+    /// Undeliverable when the node shut down.
+    Shutdown,
+}
+
+impl DropReason {
+    /// Every reason, in the order [`Hints::dropped_by`] counts them.
+    pub const ALL: [DropReason; 3] = [DropReason::Age, DropReason::Bound, DropReason::Shutdown];
+
+    /// The reason as metrics label it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Age => "age",
+            DropReason::Bound => "bound",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// The hints held, per replica, oldest first.
 pub struct Hints {
     by_peer: BTreeMap<String, VecDeque<Hint>>,
     count: usize,
     bytes: usize,
-    dropped: u64,
+    /// Dropped since start, by [`DropReason`] (as its index).
+    dropped: [u64; 3],
     limits: HintLimits,
 }
 
@@ -63,7 +89,7 @@ impl Hints {
             by_peer: BTreeMap::new(),
             count: 0,
             bytes: 0,
-            dropped: 0,
+            dropped: [0; 3],
             limits,
         }
     }
@@ -102,7 +128,7 @@ impl Hints {
             }
         }
         self.by_peer.retain(|_, q| !q.is_empty());
-        self.dropped += expired as u64;
+        self.dropped[DropReason::Age as usize] += expired as u64;
         expired
     }
 
@@ -145,7 +171,7 @@ impl Hints {
     /// Counts `n` hints taken out (with [`Hints::take`]) that will never be
     /// delivered, e.g. at shutdown with no live replica to hand them to.
     pub fn count_dropped(&mut self, n: usize) {
-        self.dropped += n as u64;
+        self.dropped[DropReason::Shutdown as usize] += n as u64;
     }
 
     /// Drops every hint held, counted; returns how many (at shutdown, for
@@ -155,7 +181,7 @@ impl Hints {
         self.by_peer.clear();
         self.count = 0;
         self.bytes = 0;
-        self.dropped += n as u64;
+        self.dropped[DropReason::Shutdown as usize] += n as u64;
         n
     }
 
@@ -177,7 +203,20 @@ impl Hints {
 
     /// Hints dropped unsent since start (too old or over a bound).
     pub fn dropped(&self) -> u64 {
-        self.dropped
+        self.dropped.iter().sum()
+    }
+
+    /// Hints dropped unsent since start, by reason.
+    pub fn dropped_by(&self) -> [(DropReason, u64); 3] {
+        DropReason::ALL.map(|r| (r, self.dropped[r as usize]))
+    }
+
+    /// Per replica with hints waiting: how many, and when the oldest was
+    /// taken.
+    pub fn oldest(&self) -> impl Iterator<Item = (&str, usize, Instant)> {
+        self.by_peer
+            .iter()
+            .filter_map(|(p, q)| q.front().map(|h| (p.as_str(), q.len(), h.at)))
     }
 
     /// Drops the oldest hints while a bound is exceeded; returns how many.
@@ -205,7 +244,7 @@ impl Hints {
             if let Some(h) = queue.pop_front() {
                 self.count -= 1;
                 self.bytes -= h.size();
-                self.dropped += 1;
+                self.dropped[DropReason::Bound as usize] += 1;
             }
             if queue.is_empty() {
                 self.by_peer.remove(&peer);
@@ -282,5 +321,30 @@ mod tests {
         assert_eq!((h.pending(), h.dropped()), (1, 1));
         assert_eq!(h.expire(t0 + Duration::from_secs(16)), 1);
         assert!(h.peers().is_empty());
+    }
+
+    #[test]
+    fn drops_are_counted_by_reason_and_the_oldest_hint_is_known() {
+        let t0 = Instant::now();
+        let mut h = Hints::new(limits(2, 1 << 20));
+        h.add("b", "k1".into(), e(1), t0);
+        h.add("c", "k2".into(), e(2), t0 + Duration::from_secs(1));
+        h.add("c", "k3".into(), e(3), t0 + Duration::from_secs(2));
+        assert_eq!(
+            h.oldest().collect::<Vec<_>>(),
+            vec![("c", 2, t0 + Duration::from_secs(1))]
+        );
+        h.expire(t0 + Duration::from_secs(12));
+        let taken = h.take("c", usize::MAX);
+        h.count_dropped(taken.len());
+        assert_eq!(
+            h.dropped_by(),
+            [
+                (DropReason::Age, 1),
+                (DropReason::Bound, 1),
+                (DropReason::Shutdown, 1)
+            ]
+        );
+        assert_eq!(h.dropped(), 3);
     }
 }

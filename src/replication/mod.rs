@@ -9,7 +9,7 @@
 mod batcher;
 mod hints;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -18,7 +18,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 pub use batcher::{BatchLimits, Batcher, Overflow};
-pub use hints::{entry_size, Hint, HintLimits, Hints};
+pub use hints::{entry_size, DropReason, Hint, HintLimits, Hints};
 
 use crate::clock::Clock;
 use crate::crdt::Entry;
@@ -75,6 +75,8 @@ struct Delta {
     key: Key,
     entry: Entry,
     ack: Option<Ack>,
+    /// When it was queued.
+    at: Instant,
 }
 
 /// What one peer's queue task and the writers share.
@@ -95,6 +97,30 @@ struct Waiting {
 struct Queue {
     shared: Arc<Shared>,
     task: JoinHandle<()>,
+}
+
+/// What waits for one peer ([`Replicator::backlog`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backlog {
+    /// The peer.
+    pub peer: String,
+    /// Bytes of deltas in its queue.
+    pub queued_bytes: usize,
+    /// Hints held for it.
+    pub hints: usize,
+    /// When its oldest undelivered write was queued or hinted.
+    pub oldest: Option<Instant>,
+}
+
+impl Backlog {
+    fn new(peer: String) -> Self {
+        Self {
+            peer,
+            queued_bytes: 0,
+            hints: 0,
+            oldest: None,
+        }
+    }
 }
 
 /// The outbound side of replication for one node.
@@ -139,13 +165,19 @@ impl Replicator {
             queue.shared.clone()
         };
         let size = entry_size(&key, &entry);
-        let delta = Delta { key, entry, ack };
+        let now = Instant::now();
+        let delta = Delta {
+            key,
+            entry,
+            ack,
+            at: now,
+        };
         let refused = {
             let mut waiting = lock(&shared.waiting);
             if waiting.closed {
                 Some((delta, Undelivered::Closed))
             } else {
-                match waiting.batcher.push(delta, size, Instant::now()) {
+                match waiting.batcher.push(delta, size, now) {
                     Ok(()) => None,
                     Err(Overflow { item, queued_bytes }) => {
                         waiting.overflowed += 1;
@@ -191,6 +223,38 @@ impl Replicator {
     pub fn hint(&self, peer: &str, key: Key, entry: Entry) {
         let dropped = self.hints().add(peer, key, entry, Instant::now());
         log_over_bound(dropped);
+    }
+
+    /// Hints dropped unsent since start, by reason.
+    pub fn hints_dropped_by(&self) -> [(DropReason, u64); 3] {
+        self.hints().dropped_by()
+    }
+
+    /// What waits for each peer: queued delta bytes, hints, and when the
+    /// oldest undelivered write (queued or hinted) was taken. Batches in
+    /// flight are not counted.
+    pub fn backlog(&self) -> Vec<Backlog> {
+        let mut by_peer: BTreeMap<String, Backlog> = BTreeMap::new();
+        let queues: Vec<(String, Arc<Shared>)> = lock(&self.queues)
+            .iter()
+            .map(|(p, q)| (p.clone(), q.shared.clone()))
+            .collect();
+        for (peer, shared) in queues {
+            let waiting = lock(&shared.waiting);
+            let b = by_peer
+                .entry(peer.clone())
+                .or_insert_with(|| Backlog::new(peer));
+            b.queued_bytes = waiting.batcher.queued_bytes();
+            b.oldest = waiting.batcher.items().next().map(|d| d.at);
+        }
+        for (peer, n, at) in self.hints().oldest() {
+            let b = by_peer
+                .entry(peer.to_string())
+                .or_insert_with(|| Backlog::new(peer.to_string()));
+            b.hints = n;
+            b.oldest = Some(b.oldest.map_or(at, |o| o.min(at)));
+        }
+        by_peer.into_values().collect()
     }
 
     /// Hints waiting, over all peers.
@@ -497,5 +561,13 @@ mod tests {
                 fit * size
             )
         );
+        // The backlog shows both: the bytes still queued (a batch in flight
+        // is not counted) and the hints, with the oldest write.
+        let backlog = replicator.backlog();
+        assert_eq!(backlog.len(), 1);
+        let slow = &backlog[0];
+        assert_eq!((slow.peer.as_str(), slow.hints), ("slow", 100 - fit));
+        assert!(slow.queued_bytes > 0 && slow.queued_bytes <= fit * size);
+        assert!(slow.oldest.is_some_and(|at| at <= Instant::now()));
     }
 }

@@ -55,6 +55,13 @@ pub struct StoreStats {
     /// Entries holding a tombstone, or a map whose fields were all removed
     /// (it reads as absent and is collected like a tombstone).
     pub tombstones: u64,
+    /// Bytes of keys and values held: each key, and a string's bytes, a
+    /// map's live fields ([`crate::crdt::OrMap::bytes`]) or 16 for a
+    /// counter. Not the memory the map and its overheads take.
+    pub bytes: u64,
+    /// Expired strings whose bytes were dropped, held until every replica
+    /// holds them (counted in `values` too).
+    pub expired: u64,
 }
 
 /// A map's settled removed fields, each with its settle time
@@ -105,6 +112,10 @@ pub struct Store {
     partitions: Box<[OnceLock<Box<Partition>>]>,
     values: AtomicU64,
     tombstones: AtomicU64,
+    /// Bytes of keys and values held ([`held_bytes`]).
+    bytes: AtomicU64,
+    /// Expired strings whose bytes were dropped, awaiting collection.
+    expired: AtomicU64,
     /// Values with an expiry, by expiry instant, so that collection takes the
     /// due ones first and never scans the map: exactly one element per
     /// string held with an expiry (a rewrite, delete, collection or drop
@@ -149,6 +160,8 @@ impl Store {
             partitions: (0..partitions).map(|_| OnceLock::new()).collect(),
             values: AtomicU64::new(0),
             tombstones: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
             expiries: Mutex::new(BTreeSet::new()),
         }
     }
@@ -327,7 +340,19 @@ impl Store {
         StoreStats {
             values: self.values.load(Ordering::Relaxed),
             tombstones: self.tombstones.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            expired: self.expired.load(Ordering::Relaxed),
         }
+    }
+
+    /// Values whose expiry has passed at `now` and that the expiry
+    /// collector has not reached yet (it takes them in order of expiry).
+    pub fn expired_due(&self, now: u64) -> u64 {
+        self.expiries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .range(..(now.saturating_add(1), Key::from("")))
+            .count() as u64
     }
 
     /// The number of entries partition `p` holds, tombstones and expired
@@ -563,6 +588,21 @@ impl Store {
             place.partition.len.fetch_add(1, Ordering::Relaxed);
         }
         self.recount(before.map(|b| b.kind), after);
+        let (old_bytes, was_expired) = before.map_or((0, false), |b| (b.bytes, b.expired));
+        let new_bytes = held_bytes(key, after);
+        if new_bytes != old_bytes {
+            // Wrapping: the sum stays exact whichever way the size moved.
+            self.bytes
+                .fetch_add(new_bytes.wrapping_sub(old_bytes), Ordering::Relaxed);
+        }
+        let is_expired = matches!(after.payload, Payload::Expired);
+        if is_expired != was_expired {
+            if is_expired {
+                self.expired.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.expired.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         let expiry = expiry_of(after);
         if let Some(old) = before
             .and_then(|b| b.expiry)
@@ -578,11 +618,12 @@ impl Store {
         }
     }
 
-    /// Accounts for `entry` at `key` being removed: Merkle tree, counters,
-    /// expiry index (where expiry collection took it out already, a no-op).
-    /// Called under the key's bucket lock, just before the removal, by every
-    /// path that removes an entry (as [`Store::changed`] is by every path
-    /// that inserts or changes one).
+    /// Accounts for `entry` at `key` being removed: Merkle tree, counters
+    /// (bytes and expired values among them), expiry index (where expiry
+    /// collection took it out already, a no-op). Called under the key's
+    /// bucket lock, just before the removal, by every path that removes an
+    /// entry (as [`Store::changed`] is by every path that inserts or changes
+    /// one).
     fn removed(&self, place: &Place<'_>, key: &str, entry: &Entry) {
         place
             .partition
@@ -591,6 +632,11 @@ impl Store {
         place.partition.len.fetch_sub(1, Ordering::Relaxed);
         self.counter(Kind::of(entry))
             .fetch_sub(1, Ordering::Relaxed);
+        self.bytes
+            .fetch_sub(held_bytes(key, entry), Ordering::Relaxed);
+        if matches!(entry.payload, Payload::Expired) {
+            self.expired.fetch_sub(1, Ordering::Relaxed);
+        }
         if let Some(at) = expiry_of(entry) {
             self.unindex_expiry(at, key);
         }
@@ -643,6 +689,17 @@ impl Kind {
     }
 }
 
+/// The bytes `entry` at `key` counts in [`StoreStats::bytes`]: O(1).
+fn held_bytes(key: &str, entry: &Entry) -> u64 {
+    let value = match &entry.payload {
+        Payload::Value(v) => v.len(),
+        Payload::Map(m) => m.bytes(),
+        Payload::Counter(_) => 16,
+        Payload::Tombstone | Payload::Expired => 0,
+    };
+    (key.len() + value) as u64
+}
+
 /// What the digest and the counters need of an entry about to be replaced,
 /// copied instead of cloning the entry (and its value): its version and
 /// kind, or for a map or counter its digest, taken before the change (the
@@ -654,6 +711,8 @@ struct Before {
     is_value: bool,
     structured: Option<u128>,
     expiry: Option<u64>,
+    bytes: u64,
+    expired: bool,
 }
 
 impl Before {
@@ -664,6 +723,8 @@ impl Before {
             is_value: entry.is_value(),
             structured: entry.content_digest().map(|_| entry_digest(key, entry)),
             expiry: expiry_of(entry),
+            bytes: held_bytes(key, entry),
+            expired: matches!(entry.payload, Payload::Expired),
         }
     }
 

@@ -47,6 +47,8 @@ fn assert_trees_consistent(store: &Store) {
             } else {
                 total.tombstones += 1;
             }
+            total.bytes += held_bytes(&key, &entry);
+            total.expired += u64::from(matches!(entry.payload, Payload::Expired));
             if matches!(entry.payload, Payload::Value(_)) && entry.expires_at != 0 {
                 expiring.insert((entry.expires_at, key));
             }
@@ -71,7 +73,9 @@ fn merge_keeps_the_newer_entry_and_counts_kinds() {
         store.stats(),
         StoreStats {
             values: 0,
-            tombstones: 1
+            tombstones: 1,
+            bytes: 1,
+            expired: 0,
         }
     );
 }
@@ -120,7 +124,23 @@ fn expired_values_drop_their_bytes_and_keep_their_digest() {
     assert_eq!(store.get("gone").unwrap().payload, Payload::Expired);
     assert_eq!(store.get("later").unwrap().live_value(100), Some("y"));
     assert_eq!(roots, (0..P).map(|p| store.root(p)).collect::<Vec<_>>());
-    assert_eq!(store.stats(), stats);
+    let after = store.stats();
+    assert_eq!(
+        (after.values, after.tombstones),
+        (stats.values, stats.tombstones)
+    );
+    assert_eq!(after.bytes, stats.bytes - 1000, "the bytes went");
+    assert_eq!(
+        (stats.expired, after.expired),
+        (0, 1),
+        "awaiting collection"
+    );
+    assert_eq!(store.expired_due(299), 0);
+    assert_eq!(
+        store.expired_due(300),
+        1,
+        "the other one is due, not yet dropped"
+    );
     assert_eq!(store.drop_expired_bytes(u64::MAX, 10), 1);
     // Acknowledged collection still takes it whole, once settled.
     assert_eq!(store.settled(store.partition_of("gone"), 200, 50).len(), 1);
@@ -491,13 +511,8 @@ fn maps_and_counters_merge_count_and_keep_trees_exact() {
     assert!(store.merge("c", c(2)));
     assert!(store.merge("c", c(1)));
     assert!(!store.merge("c", c(2)));
-    assert_eq!(
-        store.stats(),
-        StoreStats {
-            values: 2,
-            tombstones: 0
-        }
-    );
+    let held = store.stats();
+    assert_eq!((held.values, held.tombstones), (2, 0));
     assert_trees_consistent(&store);
     let m = store.get("m").unwrap();
     assert_eq!(ops::read_map(Some(&m), 0, &[]).unwrap().unwrap().len(), 2);
@@ -507,13 +522,8 @@ fn maps_and_counters_merge_count_and_keep_trees_exact() {
     // tombstone.
     let removal = ops::map_remove(Some(&m), 0, &["a", "b"], v(5)).unwrap();
     assert!(store.merge("m", removal));
-    assert_eq!(
-        store.stats(),
-        StoreStats {
-            values: 1,
-            tombstones: 1
-        }
-    );
+    let held = store.stats();
+    assert_eq!((held.values, held.tombstones), (1, 1));
     assert_trees_consistent(&store);
     let p = store.partition_of("m");
     let grace = 10u64 << 32;
@@ -528,13 +538,8 @@ fn maps_and_counters_merge_count_and_keep_trees_exact() {
     assert_eq!(mine.len(), 1);
     assert_eq!(store.collect(p, &mine, v(5).time + grace).len(), 1);
     assert!(store.get("m").is_none());
-    assert_eq!(
-        store.stats(),
-        StoreStats {
-            values: 1,
-            tombstones: 0
-        }
-    );
+    let held = store.stats();
+    assert_eq!((held.values, held.tombstones), (1, 0));
     assert_trees_consistent(&store);
 }
 

@@ -18,10 +18,10 @@ pub struct Server {
     pub addr: String,
     /// Its log lines.
     pub log: mpsc::Receiver<String>,
-    /// The line it logged when it started listening.
-    pub listening_line: String,
     /// The lines it logged before that one.
     pub startup_lines: Vec<String>,
+    /// Its listening line (the addresses it bound).
+    pub listening: String,
 }
 
 impl Server {
@@ -64,8 +64,8 @@ impl Server {
             child,
             addr,
             log,
-            listening_line: line,
             startup_lines,
+            listening: line,
         }
     }
 
