@@ -18,7 +18,8 @@
 # a token, against the plaintext rows of the same passes. Once per run:
 # resident bytes per key after loading
 # MEMORY_KEYS keys (node, bare server, Redis), and latency under an open
-# load at half of the median peak (node and bare server).
+# load at half of the median peak (node and bare server). Then the
+# durability rows (see their block below).
 #
 # Usage: bash benches/suite.sh (after `make build` and
 # `cargo build --release --example bare-server`; `make bench` does all).
@@ -294,6 +295,75 @@ for pass in $(seq "$PASSES"); do
 	kv metrics_off_r0 "$pass" "$OFF_PID" 127.0.0.1:56105 --read-ratio 0
 	kv metrics_on_r0 "$pass" "$ON_PID" 127.0.0.1:56106 --read-ratio 0
 done
+
+# ---- durability: the same node with --data-dir, against in-memory ----
+# Rows alternate within each pass with the in-memory node's own (dur_mem):
+# writes (0% reads) on one node with --durability periodic and sync, 64 in
+# flight. Once per run: MEMORY_KEYS keys loaded into a periodic node, a
+# snapshot taken, the data directory's bytes per key (against memory_kv's
+# resident bytes per key), then the node killed with SIGKILL and the time
+# it takes to restart from disk until it answers. Targets (issue 15):
+# periodic >= 0.9x and sync >= 0.5x in-memory writes/s, recovery of
+# 1,000,000 keys under 5 s, disk after a snapshot <= 2x memory per key.
+DUR_DIR=$(mktemp -d)
+start_durable() { # start_durable PORT CLUSTER_ID MODE DIR: pid in SPAWNED
+	spawn "$BIN/kilovolt-db" --host 127.0.0.1 --port "$1" --cluster-id "$2" --log-level warn \
+		--data-dir "$4" --durability "$3"
+}
+start_durable 56141 bench-periodic periodic "$DUR_DIR/periodic"
+PERIODIC_PID=$SPAWNED
+start_durable 56142 bench-sync sync "$DUR_DIR/sync"
+SYNC_PID=$SPAWNED
+wait_ready 127.0.0.1:56141 1
+wait_ready 127.0.0.1:56142 1
+preload 127.0.0.1:56141
+preload 127.0.0.1:56142
+for pass in $(seq "$PASSES"); do
+	echo "durability pass $pass of $PASSES" >&2
+	kv dur_mem_r0 "$pass" "$KV_PID" 127.0.0.1:56101 --read-ratio 0
+	kv dur_periodic_r0 "$pass" "$PERIODIC_PID" 127.0.0.1:56141 --read-ratio 0
+	kv dur_sync_r0 "$pass" "$SYNC_PID" 127.0.0.1:56142 --read-ratio 0
+done
+stop "$PERIODIC_PID"
+stop "$SYNC_PID"
+echo "durability: $MEMORY_KEYS keys, snapshot, kill -9, recovery" >&2
+start_durable 56143 bench-recovery periodic "$DUR_DIR/recovery"
+pid=$SPAWNED
+wait_ready 127.0.0.1:56143 1
+load_kv 127.0.0.1:56143
+"$BIN/kilovolt-cli" --addr 127.0.0.1:56143 snapshot >/dev/null
+disk_bytes=$(du -sb "$DUR_DIR/recovery" | cut -f1)
+kill -9 "$pid"
+wait "$pid" 2>/dev/null || true
+t0=$(date +%s.%N)
+start_durable 56143 bench-recovery periodic "$DUR_DIR/recovery"
+pid=$SPAWNED
+wait_ready 127.0.0.1:56143 1
+t1=$(date +%s.%N)
+keys_back=$("$BIN/kilovolt-cli" --addr 127.0.0.1:56143 --json stats | python3 -c 'import json, sys; print(json.load(sys.stdin)["keys"])')
+stop "$pid"
+record dur_recovery 1 "$(printf '"seconds":%s,"keys":%s,"disk_bytes_per_key":%s' \
+	"$(python3 -c "print(round($t1 - $t0, 3))")" "$keys_back" \
+	"$(python3 -c "print(round($disk_bytes / $MEMORY_KEYS, 1))")")"
+tail -n1 "$RESULTS" >&2
+rm -rf "$DUR_DIR"
+python3 - "$RESULTS" <<'PY' >&2
+import json, statistics, sys
+rows = {}
+for r in map(json.loads, open(sys.argv[1])):
+    rows.setdefault(r["row"], []).append(r)
+med = lambda row, f: statistics.median(r[f] for r in rows[row])
+mem = med("dur_mem_r0", "ops")
+rec = rows["dur_recovery"][0]
+per_key = med("memory_kv", "bytes_per_key")
+print("durability (median of passes; targets from issue 15):")
+print("  in-memory writes/s %.0f" % mem)
+print("  periodic  writes/s %.0f = %.2fx (target >= 0.9x)" % (med("dur_periodic_r0", "ops"), med("dur_periodic_r0", "ops") / mem))
+print("  sync      writes/s %.0f = %.2fx (target >= 0.5x)" % (med("dur_sync_r0", "ops"), med("dur_sync_r0", "ops") / mem))
+print("  recovery of %d keys: %.2f s (target < 5 s)" % (rec["keys"], rec["seconds"]))
+print("  disk after a snapshot: %.1f bytes per key = %.2fx memory's %.1f (target <= 2x)" % (
+    rec["disk_bytes_per_key"], rec["disk_bytes_per_key"] / per_key, per_key))
+PY
 
 machine=$OUT/machine.json
 python3 - "$PASSES" "$DURATION" "$WARMUP" "$CONCURRENCY" "$LOAD_START" >"$machine" <<'PY'

@@ -231,6 +231,32 @@ pub struct Config {
     /// `authorization: Bearer TOKEN`. Re-read on SIGHUP.
     #[arg(long, env = "KILOVOLT_AUTH_FILE")]
     pub auth_file: Option<PathBuf>,
+    /// Directory of the write-ahead log and snapshots (docs/durability.md).
+    /// Without it the node keeps everything in memory only and a restart
+    /// starts empty.
+    #[arg(long, env = "KILOVOLT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// When a change is on disk, with --data-dir: `periodic` writes the log
+    /// at once and fsyncs it every --fsync-interval; `sync` acknowledges a
+    /// write only once its record is fsynced on that replica.
+    #[arg(long, env = "KILOVOLT_DURABILITY", value_enum, default_value_t = DurabilityMode::Periodic)]
+    pub durability: DurabilityMode,
+
+    /// How often the log is fsynced in `periodic` mode: what a power loss
+    /// may take.
+    #[arg(long, env = "KILOVOLT_FSYNC_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub fsync_interval: Duration,
+
+    /// The size past which the log starts a new segment file.
+    #[arg(long, env = "KILOVOLT_LOG_SEGMENT_BYTES", default_value_t = 64 << 20)]
+    pub log_segment_bytes: u64,
+
+    /// A snapshot is taken once the log written since the last one is
+    /// larger than that snapshot and than this many bytes.
+    #[arg(long, env = "KILOVOLT_SNAPSHOT_LOG_BYTES", default_value_t = 64 << 20)]
+    pub snapshot_log_bytes: u64,
+
     /// host:port of an HTTP listener serving Prometheus metrics
     /// (`/metrics`) and the probes `/live` and `/ready`. Off unless set.
     #[arg(long, env = "KILOVOLT_METRICS_ADDR")]
@@ -246,6 +272,18 @@ pub struct Config {
     /// log shippers.
     #[arg(long, env = "KILOVOLT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// When a change logged to disk is safe (`--durability`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityMode {
+    /// Written at once, fsynced every `--fsync-interval`: a power loss takes
+    /// up to one interval of acknowledged writes; a crash of the process
+    /// alone, what the writer had not yet written (its last millisecond).
+    Periodic,
+    /// Acknowledged only once fsynced (group commit): nothing acknowledged
+    /// is lost.
+    Sync,
 }
 
 /// How log lines are written.
@@ -460,6 +498,20 @@ impl Config {
             1,
             10_000_000,
             "1 to 10000000",
+        )?;
+        check_duration(
+            "fsync-interval",
+            self.fsync_interval,
+            ms(1),
+            MINUTE,
+            "1ms to 1m",
+        )?;
+        check_count(
+            "log-segment-bytes",
+            self.log_segment_bytes,
+            4096,
+            1 << 34,
+            "4096 to 17179869184",
         )?;
         self.peer_bind_addr().map(|_| ())
     }

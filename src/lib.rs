@@ -20,6 +20,7 @@ pub mod config;
 pub mod coordinator;
 pub mod crdt;
 pub mod dots;
+pub mod durability;
 pub mod error;
 pub mod keyspace;
 pub mod merkle;

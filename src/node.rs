@@ -26,6 +26,7 @@ use crate::cluster::Topology;
 use crate::cluster::{ClusterError, Member, Membership, MembershipConfig, NodeInfo, NodeState};
 use crate::config::{Config, ConfigError, DefaultConsistency};
 use crate::coordinator::{Consistency, Coordinator};
+use crate::durability::{Durability, DurabilityConfig, DurabilityError};
 use crate::metrics::process::OpenConnections;
 use crate::metrics::Metrics;
 use crate::net::Peers;
@@ -79,6 +80,9 @@ pub enum NodeError {
     /// The gRPC server failed while serving.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The data directory could not be recovered or opened.
+    #[error(transparent)]
+    Durability(#[from] DurabilityError),
     /// The server task panicked or was cancelled.
     #[error("server task ended abnormally: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -97,6 +101,8 @@ pub struct Handles {
     pub replicator: Arc<Replicator>,
     /// Anti-entropy sessions with replica peers.
     pub anti_entropy: Arc<AntiEntropy>,
+    /// The write-ahead log and snapshots, with `--data-dir`.
+    pub durability: Option<Arc<Durability>>,
 }
 
 /// A node that is serving. Dropping it does not stop it; call
@@ -201,6 +207,10 @@ impl RunningNode {
         replicator.flush().await;
         let hints_dropped =
             hand_off_hints(&self.handles.coordinator, replicator, &self.info.id).await;
+        if let Some(d) = &self.handles.durability {
+            let d = d.clone();
+            let _ = tokio::task::spawn_blocking(move || d.close()).await;
+        }
         let left = self.membership.leave().await;
         let _ = self.peer_stop.send(());
         if tokio::time::timeout(DRAIN_TIMEOUT, self.peer_server)
@@ -279,6 +289,36 @@ pub async fn start_with_clock(
     }
     warn_if_exposed(local_addr, &security);
 
+    // Recovery first: a node whose data directory is damaged stops here,
+    // before it announces itself to the cluster.
+    let store = Arc::new(Store::new(config.partitions));
+    let clock = Arc::new(Clock::new(&info.id, physical, config.max_clock_drift));
+    let durability = match &config.data_dir {
+        Some(dir) => {
+            let settings = DurabilityConfig {
+                dir: dir.clone(),
+                mode: config.durability,
+                fsync_interval: config.fsync_interval,
+                segment_bytes: config.log_segment_bytes,
+                snapshot_log_bytes: config.snapshot_log_bytes,
+                stale_after: config.dead_node_grace,
+                has_peers: !config.cluster.is_empty(),
+            };
+            let into = store.clone();
+            let (durability, found) =
+                tokio::task::spawn_blocking(move || Durability::open(settings, &into)).await??;
+            if let Some(latest) = found.latest {
+                clock.observe(latest);
+            }
+            Some((durability, found.hints))
+        }
+        None => None,
+    };
+    let (durability, recovered_hints) = match durability {
+        Some((d, hints)) => (Some(d), hints),
+        None => (None, Vec::new()),
+    };
+
     let switch = Arc::new(Switch::new());
     let membership = Membership::start(
         MembershipConfig {
@@ -304,8 +344,6 @@ pub async fn start_with_clock(
     )
     .await?;
 
-    let store = Arc::new(Store::new(config.partitions));
-    let clock = Arc::new(Clock::new(&info.id, physical, config.max_clock_drift));
     let peers = Arc::new(
         Peers::new(
             info.id.clone(),
@@ -330,6 +368,9 @@ pub async fn start_with_clock(
             max_age: config.max_hint_age,
         },
     );
+    if let Some(d) = &durability {
+        d.attach_replicator(&replicator, recovered_hints, config.max_hint_age);
+    }
     let rf = config.replication_factor as usize;
     let members = membership.subscribe();
     let admission = Admission::new(info.id.clone(), peers.clone(), security.peer_tls.is_some());
@@ -373,6 +414,7 @@ pub async fn start_with_clock(
         coordinator: coordinator.clone(),
         replicator: replicator.clone(),
         anti_entropy: anti_entropy.clone(),
+        durability: durability.clone(),
     };
 
     let leaving = Arc::new(AtomicBool::new(false));
@@ -414,6 +456,9 @@ pub async fn start_with_clock(
         tokio::spawn(tend_hints(coordinator.clone(), replicator.clone())),
         tokio::spawn(anti_entropy.clone().run()),
     ];
+    if let Some(d) = &durability {
+        background.push(tokio::spawn(d.clone().run(store.clone())));
+    }
 
     let max_message = config.max_message_bytes();
     let kilovolt = proto::kilovolt_server::KilovoltServer::new(
@@ -434,6 +479,7 @@ pub async fn start_with_clock(
         replicator.clone(),
         clock.clone(),
         sync_stats.clone(),
+        durability,
     ));
     let faults = proto::faults_server::FaultsServer::new(FaultsService::new(
         switch.clone(),

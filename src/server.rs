@@ -24,6 +24,11 @@ use crate::switch::{Switch, Verdict};
 /// What a node still refilling after a restart answers a read of keys.
 pub const NOT_READY: &str = "syncing (refilling after a restart; answers no reads)";
 
+/// The status a peer gets from a node whose log cannot take changes.
+fn unlogged(e: crate::store::JournalError) -> Status {
+    Status::unavailable(format!("this node cannot log to disk: {e}"))
+}
+
 /// Serves the peer protocol over this node's store.
 pub struct PeerService {
     store: Arc<Store>,
@@ -158,7 +163,11 @@ impl Peer for PeerService {
                 tracing::warn!(error = %err, "refused a peer batch");
                 Status::invalid_argument(err.to_string())
             })?;
+        // A node that cannot log refuses the batch (the sender holds it as
+        // hints) rather than acknowledge what a restart would lose.
+        self.store.check_journal().map_err(unlogged)?;
         let changed = apply_deltas(&self.store, &self.clock, entries, self.anti_entropy.grace());
+        self.store.durable().await.map_err(unlogged)?;
         let changed = u32::try_from(changed).unwrap_or(u32::MAX);
         Ok(self.stamped(wire::ApplyResponse { changed }))
     }
@@ -227,14 +236,24 @@ impl Peer for PeerService {
         })?;
         // A step may list the versions of whole partitions: on a blocking
         // thread, so that client requests do not queue behind the scan.
+        self.store.check_journal().map_err(unlogged)?;
+        let request_bytes = step.wire_size() as u64;
         let anti_entropy = self.anti_entropy.clone();
-        let reply = tokio::task::spawn_blocking(move || anti_entropy.respond(step))
+        let (reply, changed) = tokio::task::spawn_blocking(move || anti_entropy.respond(step))
             .await
             .map_err(|e| Status::internal(format!("anti-entropy step failed: {e}")))?
             .map_err(|e| {
                 tracing::warn!(error = %e, "refused an anti-entropy step");
                 Status::invalid_argument(e.to_string())
             })?;
+        self.anti_entropy
+            .stats()
+            .add_bytes(request_bytes + reply.wire_size() as u64);
+        // The reply acknowledges what the step merged (collection counts
+        // on it): fsynced first, whatever the mode.
+        if changed > 0 {
+            self.store.synced().await.map_err(unlogged)?;
+        }
         Ok(self.stamped(reply_to_wire(&reply)))
     }
 }

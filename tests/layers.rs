@@ -57,6 +57,9 @@ const ORDER: &[&str] = &[
     "admission",
     // Delta batches and hints to peers.
     "replication",
+    // The write-ahead log and snapshots: the store's journal and
+    // replication's hint log, which encodes entries as `net` does.
+    "durability",
     // Request routing, quorums and read repair.
     "coordinator",
     // Merkle sync sessions between replicas; reads the coordinator's

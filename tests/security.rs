@@ -825,27 +825,24 @@ async fn call_as(channel: Channel, token: Option<&str>, call: &str) -> Result<()
 
 #[tokio::test]
 async fn a_plaintext_node_serves_the_peer_protocol_only_on_its_peer_port() {
-    let node = Server::start(&[]);
+    let mut cmd = Command::new(SERVER);
+    cmd.args(["--host", "127.0.0.1", "--port", "0"]);
+    let (node, startup) = Server::launch_with_startup_log(cmd);
     let peer = peer_addr(&node.listening);
     // Loopback only: no warning.
     assert!(
-        !node
-            .startup_lines
-            .iter()
-            .any(|l| l.contains("non-loopback")),
-        "{:?}",
-        node.startup_lines
+        !startup.iter().any(|l| l.contains("non-loopback")),
+        "{startup:?}"
     );
     // Any address, nothing secured: one warning naming all three.
     let mut cmd = Command::new(SERVER);
     cmd.args(["--host", "0.0.0.0", "--port", "0"]);
-    let exposed = Server::launch(cmd);
-    let warnings: Vec<_> = exposed
-        .startup_lines
+    let (_exposed, exposed_startup) = Server::launch_with_startup_log(cmd);
+    let warnings: Vec<_> = exposed_startup
         .iter()
         .filter(|l| l.contains("non-loopback"))
         .collect();
-    assert_eq!(warnings.len(), 1, "{:?}", exposed.startup_lines);
+    assert_eq!(warnings.len(), 1, "{exposed_startup:?}");
     for what in ["--tls-cert", "--auth-file", "--peer-tls-cert"] {
         assert!(warnings[0].contains(what), "{}", warnings[0]);
     }
@@ -905,14 +902,10 @@ async fn kilovolt_cli_makes_certificates_and_the_tools_speak_tls_with_a_token() 
         ])
         .args(["--peer-ca", &path("ca.pem")])
         .args(["--auth-file", &auth]);
-    let node = Server::launch(cmd);
+    let (node, startup) = Server::launch_with_startup_log(cmd);
     assert!(
-        !node
-            .startup_lines
-            .iter()
-            .any(|l| l.contains("non-loopback")),
-        "{:?}",
-        node.startup_lines
+        !startup.iter().any(|l| l.contains("non-loopback")),
+        "{startup:?}"
     );
     let addr = node.addr.replace("0.0.0.0", "127.0.0.1");
     let tls = [

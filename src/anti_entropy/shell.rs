@@ -83,6 +83,7 @@ pub struct AntiEntropyStats {
     rounds: AtomicU64,
     repaired: AtomicU64,
     mismatches: AtomicU64,
+    bytes: AtomicU64,
     /// Unix time (ms) the last session this node started completed; 0
     /// before the first.
     last_completed: AtomicU64,
@@ -106,6 +107,17 @@ impl AntiEntropyStats {
         self.mismatches.load(Ordering::Relaxed)
     }
 
+    /// Bytes of anti-entropy messages this node sent and received, as
+    /// initiator and as responder: what refilling it after a restart cost.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` bytes of anti-entropy messages.
+    pub fn add_bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// When (Unix time, ms) the last session this node started completed;
     /// 0 before the first.
     pub fn last_completed_ms(&self) -> u64 {
@@ -127,6 +139,9 @@ pub enum SyncError {
     /// The peer broke the protocol.
     #[error(transparent)]
     Session(#[from] super::SessionError),
+    /// This node's log cannot take what the session merged.
+    #[error("this node cannot log to disk: {0}")]
+    Journal(#[from] crate::store::JournalError),
 }
 
 /// Settings of the anti-entropy loop.
@@ -433,8 +448,8 @@ impl AntiEntropy {
     }
 
     /// Answers one anti-entropy step from a peer: the reply, after merging
-    /// what the peer sent.
-    pub fn respond(&self, request: Request) -> Result<Reply, super::SessionError> {
+    /// what the peer sent, and how many entries that merge changed.
+    pub fn respond(&self, request: Request) -> Result<(Reply, u64), super::SessionError> {
         let answer = super::respond(&*self.store, request, self.config.limits)?;
         let changed = merge_repairs(
             &self.store,
@@ -444,7 +459,7 @@ impl AntiEntropy {
             answer.handoff,
         );
         self.stats.add_repaired(changed);
-        Ok(answer.reply)
+        Ok((answer.reply, changed))
     }
 
     /// Recomputes one held partition's root from its map and compares it
@@ -500,12 +515,15 @@ impl AntiEntropy {
         handoff: bool,
         moved: &mut (u64, u64),
     ) -> Result<SessionStats, SyncError> {
+        // A node whose log failed takes nothing it could not log.
+        self.store.check_journal()?;
         let salt = self.clock.latest().time;
         let mut session = Initiator::new(shared, self.config.limits, salt);
         if handoff {
             session = session.handing_off();
         }
         let mut request = session.start(&*self.store);
+        let mut merged = false;
         loop {
             let started = Instant::now();
             let reply = self.peers.sync(peer, &request).await?;
@@ -516,10 +534,20 @@ impl AntiEntropy {
             let grace = self.grace();
             let changed = merge_repairs(&self.store, &self.clock, step.merge, grace, false);
             self.stats.add_repaired(changed);
+            self.stats.add_bytes(sent + received);
+            merged |= changed > 0;
             self.throttle(sent + received, started).await;
             match step.next {
                 Next::Send(next) => request = next,
-                Next::Done(stats) => return Ok(stats),
+                Next::Done(stats) => {
+                    // A completed session acknowledges what it merged
+                    // (collection counts on it): fsynced first, whatever
+                    // the mode.
+                    if merged {
+                        self.store.synced().await?;
+                    }
+                    return Ok(stats);
+                }
             }
         }
     }

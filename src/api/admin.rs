@@ -9,6 +9,7 @@ use crate::anti_entropy::AntiEntropyStats;
 use crate::clock::Clock;
 use crate::cluster::{Member, NodeInfo};
 use crate::coordinator::Coordinator;
+use crate::durability::Durability;
 use crate::proto;
 use crate::proto::admin_server::Admin;
 use crate::replication::Replicator;
@@ -22,6 +23,7 @@ pub struct AdminService {
     replicator: Arc<Replicator>,
     clock: Arc<Clock>,
     sync: Arc<AntiEntropyStats>,
+    durability: Option<Arc<Durability>>,
 }
 
 impl AdminService {
@@ -33,6 +35,7 @@ impl AdminService {
         replicator: Arc<Replicator>,
         clock: Arc<Clock>,
         sync: Arc<AntiEntropyStats>,
+        durability: Option<Arc<Durability>>,
     ) -> Self {
         Self {
             node,
@@ -41,6 +44,7 @@ impl AdminService {
             replicator,
             clock,
             sync,
+            durability,
         }
     }
 }
@@ -91,7 +95,29 @@ impl Admin for AdminService {
         _: Request<proto::StatsRequest>,
     ) -> Result<Response<proto::StatsResponse>, Status> {
         let held = self.store.stats();
+        let disk = self
+            .durability
+            .as_ref()
+            .map(|d| d.stats())
+            .unwrap_or_default();
+        let durability = match &self.durability {
+            None => "memory",
+            Some(d) if d.mode() == crate::config::DurabilityMode::Sync => "sync",
+            Some(_) => "periodic",
+        };
         Ok(Response::new(proto::StatsResponse {
+            anti_entropy_bytes: self.sync.bytes(),
+            durability: durability.into(),
+            log_bytes: disk.log_bytes,
+            last_fsync_unix_ms: disk.last_fsync_ms,
+            last_snapshot_unix_ms: disk.last_snapshot_ms,
+            snapshot_bytes: disk.snapshot_bytes,
+            log_failure: self
+                .store
+                .check_journal()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
             keys: held.values,
             tombstones: held.tombstones,
             hints_pending: self.replicator.hints_pending() as u64,
@@ -105,6 +131,23 @@ impl Admin for AdminService {
             anti_entropy_last_completed_ms: self.sync.last_completed_ms(),
             bytes: held.bytes,
         }))
+    }
+
+    async fn snapshot(
+        &self,
+        _: Request<proto::SnapshotRequest>,
+    ) -> Result<Response<proto::SnapshotResponse>, Status> {
+        let Some(durability) = self.durability.clone() else {
+            return Err(Status::failed_precondition(
+                "this node keeps its data in memory only; start it with --data-dir to take snapshots",
+            ));
+        };
+        let store = self.store.clone();
+        let bytes = tokio::task::spawn_blocking(move || durability.snapshot(&store))
+            .await
+            .map_err(|e| Status::internal(format!("snapshot task failed: {e}")))?
+            .map_err(|e| Status::unavailable(format!("snapshot failed: {e}")))?;
+        Ok(Response::new(proto::SnapshotResponse { bytes }))
     }
 
     async fn digests(

@@ -138,6 +138,9 @@ enum Command {
         #[arg(long = "host", value_name = "HOST")]
         hosts: Vec<String>,
     },
+    /// Write a snapshot of the contacted node's store to its data directory
+    /// now (the node needs --data-dir).
+    Snapshot,
     /// One screen for the whole cluster: every member's state, region,
     /// keys, hints and anti-entropy progress, asked of each member in turn
     /// (the contacted node names them).
@@ -427,6 +430,17 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             print_stats(cli.json, &s);
         }
         Command::Cert { .. } => unreachable!("handled before connecting"),
+        Command::Snapshot => {
+            let resp = admin
+                .snapshot(proto::SnapshotRequest {})
+                .await?
+                .into_inner();
+            if cli.json {
+                println!("{}", json!({"bytes": resp.bytes}));
+            } else {
+                println!("snapshot: {} bytes", resp.bytes);
+            }
+        }
         Command::Status => {
             let members = admin.members(proto::MembersRequest {}).await?.into_inner();
             let mut rows = Vec::new();
@@ -680,15 +694,28 @@ fn print_stats(as_json: bool, s: &proto::StatsResponse) {
         ("clock_drift_events", s.clock_drift_events),
         ("versions_refused", s.versions_refused),
         ("merkle_mismatches", s.merkle_mismatches),
+        ("anti_entropy_bytes", s.anti_entropy_bytes),
+        ("log_bytes", s.log_bytes),
+        ("last_fsync_unix_ms", s.last_fsync_unix_ms),
+        ("last_snapshot_unix_ms", s.last_snapshot_unix_ms),
+        ("snapshot_bytes", s.snapshot_bytes),
+    ];
+    let texts = [
+        ("durability", &s.durability),
+        ("log_failure", &s.log_failure),
     ];
     if as_json {
-        let map: serde_json::Map<_, _> = rows
+        let mut map: serde_json::Map<_, _> = rows
             .iter()
             .map(|(k, v)| (k.to_string(), json!(v)))
             .collect();
+        map.extend(texts.iter().map(|(k, v)| (k.to_string(), json!(v))));
         println!("{}", serde_json::Value::Object(map));
     } else {
         for (name, value) in rows {
+            println!("{name}: {value}");
+        }
+        for (name, value) in texts {
             println!("{name}: {value}");
         }
     }

@@ -43,6 +43,7 @@ pub struct WriteCall {
     level: Consistency,
     tally: Tally,
     entry: Entry,
+    local: bool,
 }
 
 impl WriteCall {
@@ -92,9 +93,15 @@ impl WriteCall {
                 level,
                 tally,
                 entry,
+                local,
             },
             routes,
         ))
+    }
+
+    /// Whether this node is a replica of the key and applied the write.
+    pub fn local(&self) -> bool {
+        self.local
     }
 
     /// The entry written, to send to the replicas.

@@ -384,12 +384,16 @@ impl Coordinator {
         let started = Instant::now();
         if level != Consistency::Local {
             self.clock.check_offset()?;
+            self.store.check_journal().map_err(unlogged)?;
         }
         let topology = self.topology();
         let (mut call, routes) =
             WriteCall::start(&self.me, &topology, &self.store, key, level, make)?;
         let acks = FuturesUnordered::new();
         let mut awaited = Vec::new();
+        // Hints are logged too: a write answered while some copy is held as
+        // a hint waits for that record as it waits for its own.
+        let mut hinted = routes.iter().any(|(_, route)| *route == Route::Hint);
         for (replica, route) in routes {
             let entry = call.entry().clone();
             match route {
@@ -411,10 +415,26 @@ impl Coordinator {
             Consistency::One => self.peers.longest_hedge(awaited.iter().map(|r| &**r)),
             _ => self.peers.timeout(),
         };
-        let timed_out = gather(&mut call, acks, timeout, |call, (replica, ack)| {
-            call.record(&replica, answer_of(ack))
-        })
-        .await;
+        // This replica's own copy counts once it is as durable as the mode
+        // promises (in `sync` mode, fsynced), while the others answer.
+        let local = call.local();
+        let logged = async {
+            if local {
+                self.store.durable().await.map_err(unlogged)
+            } else {
+                Ok(())
+            }
+        };
+        let gathered = gather(&mut call, acks, timeout, |call, (replica, ack)| {
+            let answer = answer_of(ack);
+            hinted |= answer != ReplicaAnswer::Ok;
+            call.record(&replica, answer)
+        });
+        let (timed_out, logged) = tokio::join!(gathered, logged);
+        logged?;
+        if hinted {
+            self.store.durable().await.map_err(unlogged)?;
+        }
         let waiting = unanswered(timed_out, timeout);
         let written = call.finish(&waiting);
         self.log_outcome(key, level, started, written.is_err(), || {
@@ -523,6 +543,11 @@ impl Coordinator {
         }
         Ok(found.entry)
     }
+}
+
+/// The error of a write this node cannot log: UNAVAILABLE, with the cause.
+fn unlogged(e: crate::store::JournalError) -> Error {
+    Error::Unavailable(format!("this node cannot log writes to disk: {e}"))
 }
 
 /// Feeds answers into `call` with `record` (which returns where the call

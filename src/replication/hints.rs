@@ -156,6 +156,11 @@ impl Hints {
         taken
     }
 
+    /// The hints held for `peer`, oldest first.
+    pub fn held_for(&self, peer: &str) -> impl Iterator<Item = &Hint> {
+        self.by_peer.get(peer).into_iter().flatten()
+    }
+
     /// Puts back hints whose replay failed, ahead of newer ones; returns
     /// how many hints the bounds then dropped.
     pub fn restore(&mut self, peer: &str, hints: Vec<Hint>) -> usize {

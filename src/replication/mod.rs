@@ -11,8 +11,8 @@ mod hints;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
@@ -46,6 +46,13 @@ pub fn apply_deltas(store: &Store, clock: &Clock, deltas: Vec<(Key, Entry)>, gra
         }
     }
     changed
+}
+
+/// Where hints are logged once the node logs to disk (the `durability`
+/// module), so that a write held only as a hint survives a restart.
+pub trait HintLog: Send + Sync {
+    /// `entry` at `key` is now held for `peer`, taken `age` ago.
+    fn hinted(&self, peer: &str, key: &str, entry: &Entry, age: Duration);
 }
 
 /// Why a delta did not reach its peer (it is held as a hint then).
@@ -130,6 +137,7 @@ pub struct Replicator {
     queues: Mutex<HashMap<String, Queue>>,
     hints: Mutex<Hints>,
     overflowed: AtomicU64,
+    hint_log: OnceLock<Arc<dyn HintLog>>,
 }
 
 impl Replicator {
@@ -141,7 +149,51 @@ impl Replicator {
             queues: Mutex::new(HashMap::new()),
             hints: Mutex::new(Hints::new(hint_limits)),
             overflowed: AtomicU64::new(0),
+            hint_log: OnceLock::new(),
         })
+    }
+
+    /// Logs every hint taken from now on to `log`; once only (returns false
+    /// when one is attached already).
+    pub fn attach_hint_log(&self, log: Arc<dyn HintLog>) -> bool {
+        self.hint_log.set(log).is_ok()
+    }
+
+    /// Logs a hint taken `age` ago, when a log is attached.
+    fn log_hint(&self, peer: &str, key: &str, entry: &Entry, age: Duration) {
+        if let Some(log) = self.hint_log.get() {
+            log.hinted(peer, key, entry, age);
+        }
+    }
+
+    /// Holds `entry` for `peer` as a hint taken `age` ago (logged again):
+    /// a hint recovered from disk keeps its age, so that it is dropped when
+    /// it would have been, and no hint older than `--max-hint-age` is ever
+    /// delivered. One already that old is not held.
+    pub fn restore_hint(&self, peer: &str, key: Key, entry: Entry, age: Duration) {
+        let Some(at) = Instant::now().checked_sub(age) else {
+            return;
+        };
+        self.log_hint(peer, &key, &entry, age);
+        let dropped = self.hints().add(peer, key, entry, at);
+        log_over_bound(dropped);
+        self.expire_hints();
+    }
+
+    /// Every hint held, with its peer and age: what a snapshot keeps.
+    pub fn held_hints(&self) -> Vec<(String, Key, Entry, Duration)> {
+        let hints = self.hints();
+        let now = Instant::now();
+        hints
+            .peers()
+            .into_iter()
+            .flat_map(|peer| {
+                hints
+                    .held_for(&peer)
+                    .map(|h| (peer.clone(), h.key.clone(), h.entry.clone(), now - h.at))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Queues `entry` for `peer`; `ack`, when given, learns whether it
@@ -221,6 +273,7 @@ impl Replicator {
 
     /// Holds `entry` for `peer`, which cannot take it now.
     pub fn hint(&self, peer: &str, key: Key, entry: Entry) {
+        self.log_hint(peer, &key, &entry, Duration::ZERO);
         let dropped = self.hints().add(peer, key, entry, Instant::now());
         log_over_bound(dropped);
     }
@@ -407,6 +460,9 @@ impl Replicator {
             .map_err(Undelivered::from);
         if let Err(e) = &result {
             tracing::debug!(peer, error = %e, deltas = batch.len(), "delta batch failed; holding hints");
+            for (key, entry) in &entries {
+                self.log_hint(peer, key, entry, Duration::ZERO);
+            }
             let mut hints = self.hints();
             let now = Instant::now();
             let dropped: usize = entries

@@ -10,6 +10,7 @@
 //! asserts, and where the simulated shell differs from the production one.
 
 pub mod checker;
+pub mod disk;
 pub mod history;
 pub mod node;
 pub mod rng;
@@ -28,6 +29,7 @@ pub use history::{Availability, History};
 pub use node::Settings;
 
 use crate::replication::{BatchLimits, HintLimits};
+use disk::DiskMode;
 use rng::Rng;
 use world::World;
 
@@ -94,6 +96,7 @@ impl Default for Config {
                 settle_grace: Duration::from_secs(2),
                 hint_tick: Duration::from_secs(1),
                 max_clock_drift: Duration::from_millis(500),
+                disk: DiskMode::Memory,
             },
         }
     }
@@ -139,6 +142,18 @@ impl Outcome {
     }
 }
 
+/// The disk a seed's nodes keep: a third of the seeds each run in memory
+/// only, with `periodic` durability (fsync every 100 ms) and with `sync`.
+pub fn disk_mode(seed: u64) -> DiskMode {
+    match seed % 3 {
+        0 => DiskMode::Memory,
+        1 => DiskMode::Periodic {
+            interval: Duration::from_millis(100),
+        },
+        _ => DiskMode::Sync,
+    }
+}
+
 /// Runs one seed: draws the workload and the faults, runs them, heals,
 /// settles and checks.
 pub fn run(seed: u64, config: &Config) -> Outcome {
@@ -157,7 +172,9 @@ pub fn run(seed: u64, config: &Config) -> Outcome {
     ));
     ops.sort_by_key(|op| op.at);
     let faults = schedule::faults(&mut nemesis, config.chaos, config.settings.max_clock_drift);
-    let mut world = World::new(config.clone(), network);
+    let mut config = config.clone();
+    config.settings.disk = disk_mode(seed);
+    let mut world = World::new(config, network);
     world.run(ops, faults);
     let violations = checker::check(&world);
     Outcome {

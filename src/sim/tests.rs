@@ -101,3 +101,24 @@ fn counting_a_duplicate_increment_twice_is_caught() {
         .expect("the planted bug went unnoticed for 200 seeds");
     assert!(failed.report().contains("replay: make sim SEEDS=1 SEED="));
 }
+
+/// Nodes with a disk come back from a crash with what it kept: a third of
+/// the seeds run each mode, and a crash in them keeps records.
+#[test]
+fn crashed_nodes_with_a_disk_restart_from_it() {
+    let config = Config::default();
+    let mut kept = 0;
+    for seed in 1..=30 {
+        if disk_mode(seed) == DiskMode::Memory {
+            continue;
+        }
+        let outcome = run(seed, &config);
+        assert!(outcome.passed(), "{}", outcome.report());
+        let history = outcome.history.render();
+        kept += history
+            .lines()
+            .filter(|l| l.contains("its disk keeps") && !l.contains("keeps 0 records"))
+            .count();
+    }
+    assert!(kept > 0, "no crash kept anything on disk");
+}

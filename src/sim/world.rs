@@ -13,7 +13,7 @@ use crate::cluster::Topology;
 use crate::cluster::{Member, NodeState};
 use crate::coordinator::Consistency;
 use crate::crdt::{Entry, Version};
-use crate::store::Key;
+use crate::store::{Key, Store};
 
 /// How long after the settle time the run may go on for the replicas to
 /// agree before the checker is called anyway.
@@ -73,6 +73,31 @@ struct Slot {
     ready: bool,
     /// The incarnation of its last life (0: never started).
     last_incarnation: u64,
+    /// What its disk kept when it crashed, replayed when it restarts.
+    kept: Vec<Vec<u8>>,
+    /// The same, as a store, while it is down: the checker counts it as a
+    /// copy of what it holds.
+    disk_store: Option<Store>,
+}
+
+impl Slot {
+    /// Every copy of `key` this slot holds: its running node's (store,
+    /// queues, hints, calls), or while it is down its disk's.
+    fn each_copy(&self, key: &str, mut f: impl FnMut(&Entry)) {
+        if let Some(n) = &self.node {
+            n.each_copy(key, f);
+        } else if let Some(e) = self.disk_store.as_ref().and_then(|s| s.get(key)) {
+            f(&e);
+        }
+    }
+
+    /// The entry at `key` in its store, or while it is down on its disk.
+    fn stored(&self, key: &str) -> Option<Entry> {
+        match &self.node {
+            Some(n) => n.store.get(key),
+            None => self.disk_store.as_ref().and_then(|s| s.get(key)),
+        }
+    }
 }
 
 /// The world of one run.
@@ -113,6 +138,8 @@ impl World {
                 member: i < config.nodes,
                 ready: true,
                 last_incarnation: 0,
+                kept: Vec::new(),
+                disk_store: None,
             })
             .collect();
         // Every node routes by the new placement, and the new replicas have
@@ -507,6 +534,8 @@ impl World {
         let now = self.epoch + Duration::from_micros(self.now);
         time::run_as(i);
         let last = self.slots[i].last_incarnation;
+        let kept = std::mem::take(&mut self.slots[i].kept);
+        self.slots[i].disk_store = None;
         let node = SimNode::start(
             &self.slots[i].id,
             self.config.settings,
@@ -514,6 +543,7 @@ impl World {
             ready,
             now,
             last,
+            kept,
         );
         self.slots[i].last_incarnation = node.incarnation();
         self.slots[i].node = Some(node);
@@ -662,6 +692,11 @@ impl World {
                     .disruptions
                     .push((self.now, Disruption::Placement));
                 self.crash(i, "leaves the cluster");
+                // A node that left never comes back with what it held.
+                self.slots[i].kept.clear();
+                self.slots[i].disk_store = None;
+                self.mark_unheld();
+                self.mark_lost();
             }
         }
     }
@@ -723,9 +758,19 @@ impl World {
     /// Takes node `i` down, losing its memory, and marks the writes whose
     /// every copy went with it.
     fn crash(&mut self, i: usize, what: &str) {
-        if self.slots[i].node.take().is_none() {
+        let Some(node) = self.slots[i].node.take() else {
             return;
-        }
+        };
+        let kept = node.kept(self.epoch + Duration::from_micros(self.now));
+        drop(node);
+        self.slots[i].disk_store = (!kept.is_empty())
+            .then(|| super::disk::store_of(self.config.settings.partitions, &kept));
+        let what = if self.config.settings.disk == super::disk::DiskMode::Memory {
+            what.to_string()
+        } else {
+            format!("{what}; its disk keeps {} records", kept.len())
+        };
+        self.slots[i].kept = kept;
         self.slots[i].incarnation += 1;
         let id = self.slots[i].id.clone();
         let now = self.now;
@@ -758,8 +803,8 @@ impl World {
             })
             .filter(|op| !self.history.unheld.iter().any(|&(o, _)| o == op.id))
             .filter(|op| {
-                !self.slots.iter().filter_map(|s| s.node.as_ref()).any(|n| {
-                    n.store.get(&op.key).is_some_and(|e| match &op.delta {
+                !self.slots.iter().any(|s| {
+                    s.stored(&op.key).is_some_and(|e| match &op.delta {
                         Some(delta) => holds(&e, delta),
                         None => op.stamped.is_some_and(|v| e.version >= v),
                     })
@@ -787,9 +832,9 @@ impl World {
             .filter(|op| !self.history.is_lost(op.id))
             .filter(|op| {
                 op.delta.as_ref().is_some_and(|delta| {
-                    !self.slots.iter().filter_map(|s| s.node.as_ref()).any(|n| {
+                    !self.slots.iter().any(|s| {
                         let mut held = false;
-                        n.each_copy(&op.key, |e| held |= holds(e, delta));
+                        s.each_copy(&op.key, |e| held |= holds(e, delta));
                         held
                     }) && !self.events.values().any(|event| match event {
                         Event::Deliver { msg, .. } => entries_in(msg)
@@ -810,9 +855,7 @@ impl World {
         for key in &keys {
             let mut best: Option<Version> = None;
             for slot in &self.slots {
-                if let Some(node) = &slot.node {
-                    best = best.max(node.greatest_copy(key));
-                }
+                slot.each_copy(key, |e| best = best.max(Some(e.version)));
             }
             if let Some(v) = best {
                 greatest.insert(key.clone(), v);

@@ -28,8 +28,10 @@
 //! unchanged under a deterministic simulator.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::crdt::{Entry, Payload, Version};
 use crate::keyspace::{
@@ -87,6 +89,38 @@ impl Settled {
     }
 }
 
+/// Why the store's journal cannot take changes: the cause, as it should
+/// reach the client whose write is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct JournalError(pub Arc<str>);
+
+/// A future a journal returns; boxed so that the trait stays object safe.
+pub type JournalWait<'a> = Pin<Box<dyn Future<Output = Result<(), JournalError>> + Send + 'a>>;
+
+/// Where the store reports every change it makes, so that a durable log
+/// (the `durability` module) can replay them after a restart. Each call is
+/// made under the bucket lock of the key it concerns, before the change is
+/// visible, so that per key the journal sees changes in the order the store
+/// makes them. The store itself never waits on disk.
+pub trait Journal: Send + Sync {
+    /// `entry` is being merged into the entry at `key` (merges are joins,
+    /// so replaying one that changed nothing is harmless).
+    fn merged(&self, key: &str, entry: &Entry);
+    /// The entry at `key` with `version` was removed (collected or expired).
+    fn removed(&self, key: &str, version: Version);
+    /// Every entry of partition `partition` is being dropped (handoff).
+    fn dropped(&self, partition: u32);
+    /// Whether the journal can still take changes; the cause when not.
+    fn check(&self) -> Result<(), JournalError>;
+    /// Resolves once every change reported so far is as durable as the
+    /// node's durability mode promises before an acknowledgement.
+    fn durable(&self) -> JournalWait<'_>;
+    /// Resolves once every change reported so far is fsynced, whatever the
+    /// mode: for acknowledgements that tombstone collection counts on.
+    fn synced(&self) -> JournalWait<'_>;
+}
+
 /// One partition's share of the store.
 #[derive(Default)]
 struct Partition {
@@ -123,6 +157,9 @@ pub struct Store {
     /// not grow it). One index for all partitions: collection wants the earliest expiry of
     /// the whole store, not of each partition.
     expiries: Mutex<BTreeSet<(u64, Key)>>,
+    /// Where every change is reported once the node logs to disk; attached
+    /// after recovery, so that replaying the log does not log it again.
+    journal: OnceLock<Arc<dyn Journal>>,
 }
 
 /// A locked slot of a partition's map that holds an entry.
@@ -163,6 +200,82 @@ impl Store {
             bytes: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             expiries: Mutex::new(BTreeSet::new()),
+            journal: OnceLock::new(),
+        }
+    }
+
+    /// Reports every change from now on to `journal`. Once only: returns
+    /// false (and keeps the first) when a journal is attached already.
+    pub fn attach_journal(&self, journal: Arc<dyn Journal>) -> bool {
+        self.journal.set(journal).is_ok()
+    }
+
+    /// Whether the store's journal can take changes (always, without one):
+    /// a node whose log failed refuses writes rather than acknowledge what
+    /// it cannot log.
+    pub fn check_journal(&self) -> Result<(), JournalError> {
+        self.journal.get().map_or(Ok(()), |j| j.check())
+    }
+
+    /// Resolves once every change made so far is as durable as the node's
+    /// mode promises (at once without a journal); an error names why not.
+    /// Every acknowledgement of a merge waits on this.
+    pub async fn durable(&self) -> Result<(), JournalError> {
+        match self.journal.get() {
+            Some(j) => j.durable().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Resolves once every change made so far is fsynced, whatever the
+    /// mode (at once without a journal). An anti-entropy session that
+    /// completes lets its peers collect tombstones it delivered: a replica
+    /// that lost one in a crash right after would bring the older value
+    /// back, so sessions wait for this even in `periodic` mode.
+    pub async fn synced(&self) -> Result<(), JournalError> {
+        match self.journal.get() {
+            Some(j) => j.synced().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Calls `visit` with every entry held, partition by partition, one
+    /// bucket locked at a time (writers proceed; not a point-in-time
+    /// snapshot): what a snapshot of the store writes.
+    pub fn for_each(&self, mut visit: impl FnMut(&str, &Entry)) {
+        for part in self.partitions.iter().filter_map(|p| p.get()) {
+            part.entries.iter_sync(|key, entry| {
+                visit(key, entry);
+                true
+            });
+        }
+    }
+
+    /// Removes the entry at `key` when it has `version`; returns whether it
+    /// did. Replaying a logged removal: merges are joins, but a removal is
+    /// not, so it takes out only the very entry that was removed.
+    pub fn remove_version(&self, key: &str, version: Version) -> bool {
+        let Some(part) = self.partition(self.partition_of(key)) else {
+            return false;
+        };
+        let place = Place::within(part, key, self.partitions());
+        part.entries
+            .remove_if_sync(key, |e| {
+                let due = e.version == version;
+                if due {
+                    // Still under the bucket lock: the removal follows.
+                    self.log(|j| j.removed(key, version));
+                    self.removed(&place, key, e);
+                }
+                due
+            })
+            .is_some()
+    }
+
+    /// Reports a change to the journal, when one is attached.
+    fn log(&self, report: impl FnOnce(&dyn Journal)) {
+        if let Some(j) = self.journal.get() {
+            report(&**j);
         }
     }
 
@@ -204,6 +317,7 @@ impl Store {
     /// state changed. This is the only way state enters the store.
     pub fn merge(&self, key: &str, incoming: Entry) -> bool {
         let place = self.place(key);
+        // Logged under the key's lock (each path below takes it first).
         // A key already held is found by reference, without allocating the
         // owned key that inserting needs; a key that is new (or removed in
         // between) takes the insert path, which locks the bucket again.
@@ -215,6 +329,7 @@ impl Store {
                 self.merge_into(&place, &mut slot, incoming)
             }
             scc::hash_map::Entry::Vacant(slot) => {
+                self.log(|j| j.merged(key, &incoming));
                 self.changed(&place, slot.key(), None, &incoming);
                 slot.insert_entry(Box::new(incoming));
                 true
@@ -240,6 +355,7 @@ impl Store {
             scc::hash_map::Entry::Occupied(mut slot) => self.write_into(&place, &mut slot, stamp),
             scc::hash_map::Entry::Vacant(slot) => {
                 let written = stamp(None)?;
+                self.log(|j| j.merged(key, &written));
                 self.changed(&place, slot.key(), None, &written);
                 slot.insert_entry(Box::new(written.clone()));
                 Ok(written)
@@ -250,6 +366,7 @@ impl Store {
     /// `merge` into a slot that holds an entry, under its bucket lock.
     fn merge_into(&self, place: &Place<'_>, slot: &mut OccupiedSlot<'_>, incoming: Entry) -> bool {
         let before = Before::of(slot.key(), slot.get());
+        self.log(|j| j.merged(slot.key(), &incoming));
         let changed = slot.get_mut().merge_from(incoming);
         if changed {
             self.changed(place, slot.key(), Some(before), slot.get());
@@ -266,6 +383,7 @@ impl Store {
     ) -> Result<Entry, E> {
         let before = Before::of(slot.key(), slot.get());
         let written = stamp(Some(slot.get()))?;
+        self.log(|j| j.merged(slot.key(), &written));
         if slot.get_mut().merge_from(written.clone()) {
             self.changed(place, slot.key(), Some(before), slot.get());
         }
@@ -290,6 +408,7 @@ impl Store {
                 let due = e.expires_at == at && e.is_expired(now);
                 if due {
                     // Still under the bucket lock: the removal follows.
+                    self.log(|j| j.removed(&key, e.version));
                     self.removed(&place, &key, e);
                 }
                 due
@@ -317,6 +436,7 @@ impl Store {
                 let before = Before::of(&key, slot.get());
                 let entry = slot.get_mut();
                 if entry.expires_at == at && entry.drop_expired_bytes(now) {
+                    self.log(|j| j.merged(&key, slot.get()));
                     self.changed(&place, &key, Some(before), slot.get());
                     dropped += 1;
                 }
@@ -503,6 +623,7 @@ impl Store {
                 let due = e.version == *version && (!e.is_live() || e.is_expired(now));
                 if due {
                     // Still under the bucket lock: the removal follows.
+                    self.log(|j| j.removed(key, e.version));
                     self.removed(&place, key, e);
                 }
                 due
@@ -542,6 +663,10 @@ impl Store {
         };
         let partitions = self.partitions();
         let mut removed = 0;
+        // Logged before the first entry goes: a write that lands during the
+        // drop and survives it is logged after this record, and survives
+        // its replay too.
+        self.log(|j| j.dropped(p));
         part.entries.retain_sync(|key, entry| {
             // Under the bucket lock, like every other change of an entry;
             // taking the expiry lock inside follows the order `merge` uses.

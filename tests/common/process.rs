@@ -18,8 +18,6 @@ pub struct Server {
     pub addr: String,
     /// Its log lines.
     pub log: mpsc::Receiver<String>,
-    /// The lines it logged before that one.
-    pub startup_lines: Vec<String>,
     /// Its listening line (the addresses it bound).
     pub listening: String,
 }
@@ -34,7 +32,13 @@ impl Server {
 
     /// Runs `cmd` and waits (with a deadline) for its listening line, which
     /// names the address it bound.
-    pub fn launch(mut cmd: Command) -> Server {
+    pub fn launch(cmd: Command) -> Server {
+        Server::launch_with_startup_log(cmd).0
+    }
+
+    /// [`Server::launch`], returning also the log lines before the
+    /// listening line (what the node said while it started).
+    pub fn launch_with_startup_log(mut cmd: Command) -> (Server, Vec<String>) {
         let mut child = cmd
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
@@ -50,23 +54,25 @@ impl Server {
                 }
             }
         });
-        let mut startup_lines = Vec::new();
+        let mut startup = Vec::new();
         let line = loop {
             let line = wait_for_line(&log, "");
             if line.contains("listening") {
                 break line;
             }
-            startup_lines.push(line);
+            startup.push(line);
         };
         let addr = field(&line, "listen=").expect("the listening line names the address");
         assert!(line.contains("node_id="), "{line}");
-        Server {
-            child,
-            addr,
-            log,
-            startup_lines,
-            listening: line,
-        }
+        (
+            Server {
+                child,
+                addr,
+                log,
+                listening: line,
+            },
+            startup,
+        )
     }
 
     /// Runs kilovolt-cli against this server.

@@ -131,7 +131,10 @@ impl SimNode {
                 self.next_job();
             }
             Ok(step) => {
-                merge_repairs(&self.store, &self.clock, step.merge, grace, false);
+                let changed = merge_repairs(&self.store, &self.clock, step.merge, grace, false);
+                if let (Some(d), true) = (&self.disk, changed > 0) {
+                    d.force_sync();
+                }
                 match step.next {
                     Next::Send(request) => {
                         let peer = job.peer.clone();

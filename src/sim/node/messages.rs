@@ -11,6 +11,8 @@ use crate::crdt::{Entry, Version};
 use crate::replication::{BatchLimits, HintLimits};
 use crate::store::Key;
 
+use super::super::disk::DiskMode;
+
 /// Settings every simulated node shares.
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
@@ -34,6 +36,8 @@ pub struct Settings {
     pub hint_tick: Duration,
     /// The most wall-clock drift a remote version may move a clock.
     pub max_clock_drift: Duration,
+    /// What a crash keeps (`--data-dir`, `--durability`).
+    pub disk: DiskMode,
 }
 
 /// A client operation, as the workload issues it.

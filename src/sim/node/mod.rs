@@ -34,6 +34,8 @@ use crate::replication::{Hint, Hints};
 use crate::server::NOT_READY;
 use crate::store::Store;
 
+use super::disk::{DiskMode, SimDisk};
+
 use anti_entropy::Round;
 use client::Call;
 pub use messages::{ClientOp, Msg, OpKind, OpResult, Out, Req, Resp, Settings, Timer, MAP_LIMIT};
@@ -71,6 +73,8 @@ pub struct SimNode {
     settings: Settings,
     /// Its replica.
     pub store: Store,
+    /// Its disk, when it keeps one.
+    disk: Option<Arc<SimDisk>>,
     clock: Clock,
     dots: Dots,
     topology: Arc<Topology>,
@@ -112,14 +116,30 @@ impl SimNode {
         ready: bool,
         now: Instant,
         last_incarnation: u64,
+        kept: Vec<Vec<u8>>,
     ) -> Self {
         let clock = Clock::new(id, super::time::physical, settings.max_clock_drift)
             .with_monotonic(super::time::monotonic);
+        let store = Store::new(settings.partitions);
+        let disk = (settings.disk != DiskMode::Memory).then(|| {
+            let found = crate::durability::files::replay_payloads(
+                &store,
+                kept.iter().map(|p| p.as_slice()),
+            );
+            // The records were encoded by the same code: a failure is a bug.
+            if let Some(latest) = found.expect("simulated disk records decode").0 {
+                clock.observe(latest);
+            }
+            let disk = SimDisk::new(settings.disk, now, kept);
+            store.attach_journal(disk.clone());
+            disk
+        });
         let incarnation = clock.now().max(last_incarnation.saturating_add(1));
         let mut node = Self {
             id: id.to_string(),
             settings,
-            store: Store::new(settings.partitions),
+            store,
+            disk,
             dots: Dots::with_incarnation(clock.id(), incarnation, DEFAULT_CAPACITY),
             clock,
             topology: Arc::new(topology),
@@ -168,6 +188,22 @@ impl SimNode {
     /// Sets the instant the next handler runs at.
     pub fn set_now(&mut self, now: Instant) {
         self.now = now;
+        if let Some(d) = &self.disk {
+            d.set_now(now);
+        }
+    }
+
+    /// What a crash at `now` leaves on its disk (nothing without one).
+    pub fn kept(&self, now: Instant) -> Vec<Vec<u8>> {
+        self.disk.as_ref().map_or_else(Vec::new, |d| d.kept(now))
+    }
+
+    /// A completed anti-entropy step acknowledges what it merged: fsynced
+    /// first, whatever the mode, as the real node does.
+    pub(super) fn sync_merged(&self, changed: u64) {
+        if let (Some(d), true) = (&self.disk, changed > 0) {
+            d.force_sync();
+        }
     }
 
     /// The topology this node routes by.

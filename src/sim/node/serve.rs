@@ -29,13 +29,14 @@ impl SimNode {
                 respond(&self.store, request, Limits::default())
                     .map(|answer| {
                         let grace = self.grace();
-                        merge_repairs(
+                        let changed = merge_repairs(
                             &self.store,
                             &self.clock,
                             answer.merge,
                             grace,
                             answer.handoff,
                         );
+                        self.sync_merged(changed);
                         answer.reply
                     })
                     .map_err(|e| e.to_string()),

@@ -47,7 +47,7 @@ fn start_time() -> Instant {
 
 /// Node `id` started at `now`, its start-up messages and timers drained.
 fn node(id: &str, ready: bool, now: Instant) -> SimNode {
-    let mut node = SimNode::start(id, settings(), topology(), ready, now, 0);
+    let mut node = SimNode::start(id, settings(), topology(), ready, now, 0, Vec::new());
     node.out.clear();
     node
 }
