@@ -13,9 +13,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Reflection on the client port lists the public contract only: the
+    // peer protocol is served on its own listener.
+    let mut public = fds.clone();
+    public.file.retain(|f| f.name() != "cluster.proto");
     std::fs::write(
         out_dir.join("kilovolt_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
+        prost::Message::encode_to_vec(&public),
     )?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())

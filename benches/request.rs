@@ -57,6 +57,7 @@ fn member(i: usize) -> Member {
     Member {
         id: format!("127.0.0.1:{}", 50051 + i),
         address: format!("127.0.0.1:{}", 50051 + i),
+        peer_address: format!("127.0.0.1:{}", 51051 + i),
         region: String::new(),
         state: NodeState::Ready,
         alive: true,

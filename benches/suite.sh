@@ -13,7 +13,10 @@
 # with replication factor 3, writes at ONE and QUORUM through one node.
 # Every row also gives the server's CPU time per operation (utime + stime
 # from /proc/PID/stat, before and after the row, divided by the operations
-# the server was sent). Once per run: resident bytes per key after loading
+# the server was sent). TLS rows (a separate block): one node and three
+# nodes (RF 3, writes at ONE) with client TLS, mutual TLS between nodes and
+# a token, against the plaintext rows of the same passes. Once per run:
+# resident bytes per key after loading
 # MEMORY_KEYS keys (node, bare server, Redis), and latency under an open
 # load at half of the median peak (node and bare server). Then the
 # durability rows (see their block below).
@@ -185,6 +188,37 @@ start_node 56113 bench-three 127.0.0.1:56111,127.0.0.1:56112
 RF3_PIDS="$RF3_PIDS $SPAWNED"
 spawn redis-server --port 56120 --bind 127.0.0.1 --save '' --appendonly no
 REDIS_PID=$SPAWNED
+
+# ---- TLS: certificates, token, and the secured servers ----
+CERTS=$OUT/certs
+rm -rf "$CERTS"
+"$BIN/kilovolt-cli" cert --out "$CERTS" --node tls-one --node tls-1 --node tls-2 --node tls-3 >/dev/null
+TLS_TOKEN=bench-token
+TLS_ADMIN=bench-admin-token
+{
+	printf 'bench write %s\n' "$(printf %s "$TLS_TOKEN" | sha256sum | cut -d' ' -f1)"
+	printf 'ops admin %s\n' "$(printf %s "$TLS_ADMIN" | sha256sum | cut -d' ' -f1)"
+} >"$CERTS/auth"
+# start_tls_node PORT CLUSTER_ID NODE_ID [SEEDS]: a node with client TLS,
+# mutual TLS between nodes and the auth file; pid in SPAWNED.
+start_tls_node() {
+	local seeds=()
+	[[ -n ${4:-} ]] && seeds=(--cluster "$4")
+	spawn "$BIN/kilovolt-db" --host 127.0.0.1 --port "$1" --cluster-id "$2" --node-id "$3" \
+		"${seeds[@]}" --log-level warn \
+		--tls-cert "$CERTS/$3.pem" --tls-key "$CERTS/$3.key" \
+		--peer-tls-cert "$CERTS/$3.pem" --peer-tls-key "$CERTS/$3.key" --peer-ca "$CERTS/ca.pem" \
+		--auth-file "$CERTS/auth"
+}
+TLS_ARGS=(--tls-ca "$CERTS/ca.pem" --token "$TLS_TOKEN")
+start_tls_node 56141 bench-tls-one tls-one
+TLS_PID=$SPAWNED
+start_tls_node 56151 bench-tls-three tls-1 127.0.0.1:56152,127.0.0.1:56153
+TLS_RF3_PIDS=$SPAWNED
+start_tls_node 56152 bench-tls-three tls-2 127.0.0.1:56151,127.0.0.1:56153
+TLS_RF3_PIDS="$TLS_RF3_PIDS $SPAWNED"
+start_tls_node 56153 bench-tls-three tls-3 127.0.0.1:56151,127.0.0.1:56152
+TLS_RF3_PIDS="$TLS_RF3_PIDS $SPAWNED"
 wait_port 56100
 wait_port 56120
 wait_ready 127.0.0.1:56101 1
@@ -192,6 +226,10 @@ wait_ready 127.0.0.1:56111 3
 preload 127.0.0.1:56100
 preload 127.0.0.1:56101
 preload 127.0.0.1:56111
+KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_ADMIN wait_ready 127.0.0.1:56141 1
+KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_ADMIN wait_ready 127.0.0.1:56151 3
+KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_TOKEN preload 127.0.0.1:56141
+KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_TOKEN preload 127.0.0.1:56151
 redis-benchmark -h 127.0.0.1 -p 56120 -c "$CONCURRENCY" -n $((KEYS * 3)) -d 100 -r "$KEYS" \
 	-t set -q >/dev/null 2>&1
 plain=$(python3 -c "print(int(60000 * $seconds))")
@@ -210,6 +248,10 @@ for pass in $(seq "$PASSES"); do
 	redis redis_get_p16 "$pass" get 16 "$piped"
 	kv rf3_one "$pass" "$RF3_PIDS" 127.0.0.1:56111 --read-ratio 0 --consistency one
 	kv rf3_quorum "$pass" "$RF3_PIDS" 127.0.0.1:56111 --read-ratio 0 --consistency quorum
+	# TLS rows, against kv_r90, kv_r0 and rf3_one of the same pass.
+	kv tls_r90 "$pass" "$TLS_PID" 127.0.0.1:56141 --read-ratio 0.9 "${TLS_ARGS[@]}"
+	kv tls_r0 "$pass" "$TLS_PID" 127.0.0.1:56141 --read-ratio 0 "${TLS_ARGS[@]}"
+	kv tls_rf3_one "$pass" "$TLS_RF3_PIDS" 127.0.0.1:56151 --read-ratio 0 --consistency one "${TLS_ARGS[@]}"
 done
 
 # ---- latency under an open load at half of the median peak ----

@@ -141,6 +141,30 @@ def render(res, machine):
         )
     out.append("")
 
+    out.append("### TLS")
+    out.append("")
+    out.append(
+        "Client TLS (rustls, ring), mutual TLS between nodes and a token on "
+        "every request (docs/security.md), against the plaintext row of the "
+        "same passes. CPU is that of the node(s) per operation."
+    )
+    out.append("")
+    out.append("| row | ops/s | vs plaintext | CPU per op | vs plaintext | p50 | p99 | spread |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, row, base in [
+        ("one node, 90% reads", "tls_r90", "kv_r90"),
+        ("one node, 0% reads", "tls_r0", "kv_r0"),
+        ("three nodes, RF 3, writes at ONE", "tls_rf3_one", "rf3_one"),
+    ]:
+        ops, cpu = res.median(row, "ops"), res.median(row, "cpu_us")
+        out.append(
+            f"| {name} | {num(ops)} | {ratio(ops, res.median(base, 'ops'))} "
+            f"| {num(cpu, 1)} µs | {ratio(cpu, res.median(base, 'cpu_us'))} "
+            f"| {ms(res.median(row, 'p50_us'))} | {ms(res.median(row, 'p99_us'))} "
+            f"| {pct(res.spread(row))} |"
+        )
+    out.append("")
+
     out.append("### Latency at half of the peak")
     out.append("")
     out.append(
@@ -240,6 +264,9 @@ def render(res, machine):
     check("`--batch 16` > Redis GET unpipelined", rel(("kv_batch16", "ops"), ("redis_get", "ops")), 1.0, times, True)
     check("`--batch 16` ≥ 0.5x Redis GET `-P 16` (aim)", rel(("kv_batch16", "ops"), ("redis_get_p16", "ops")), 0.5, times, True)
     check("three nodes, ONE: ≥ 0.5x one node's writes", rel(("rf3_one", "ops"), ("kv_r0", "ops")), 0.5, times, True)
+    check("TLS, one node, 90% reads: ≥ 0.8x plaintext", rel(("tls_r90", "ops"), ("kv_r90", "ops")), 0.8, times, True)
+    check("TLS, one node, 0% reads: ≥ 0.8x plaintext", rel(("tls_r0", "ops"), ("kv_r0", "ops")), 0.8, times, True)
+    check("TLS, three nodes, ONE: ≥ 0.8x plaintext", rel(("tls_rf3_one", "ops"), ("rf3_one", "ops")), 0.8, times, True)
     check("memory per key ≤ 1.5x Redis", rel(("memory_kv", "bytes_per_key"), ("memory_redis", "bytes_per_key")), 1.5, times, False)
     for mix in ("r90", "r0"):
         reads = "90%" if mix == "r90" else "0%"

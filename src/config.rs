@@ -25,6 +25,10 @@ pub const MAX_MAP_FIELDS: usize = 1000;
 /// partition sets peers exchange.
 pub const MAX_PARTITIONS: u32 = 65536;
 
+/// How far above the client port the peer listener listens unless
+/// `--peer-port` says otherwise (50051 -> 51051).
+pub const PEER_PORT_OFFSET: u16 = 1000;
+
 /// The default for `--max-value-bytes`: 1 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 
@@ -188,6 +192,52 @@ pub struct Config {
     #[arg(long, env = "KILOVOLT_EXPIRY_BATCH", default_value_t = 10_000)]
     pub expiry_batch: usize,
 
+    /// Port of the peer listener, which serves the node-to-node protocol
+    /// only (the client port never does). Defaults to --port plus 1000 (a
+    /// free port when --port is 0); 0 picks a free port. Gossip tells the
+    /// other nodes where it is.
+    #[arg(long, env = "KILOVOLT_PEER_PORT")]
+    pub peer_port: Option<u16>,
+
+    /// host:port other nodes reach the peer listener at. Defaults to the
+    /// host of the advertised address with the peer port.
+    #[arg(long, env = "KILOVOLT_PEER_ADVERTISE")]
+    pub peer_advertise: Option<String>,
+
+    /// PEM certificate (chain) of the client API; with --tls-key, clients
+    /// must connect with TLS.
+    #[arg(long, env = "KILOVOLT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "KILOVOLT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): clients must present a certificate signed by
+    /// one of them. Needs --tls-cert.
+    #[arg(long, env = "KILOVOLT_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// PEM certificate of this node for mutual TLS between nodes; it must
+    /// name the node id (see docs/security.md; `kilovolt-cli cert node`
+    /// makes one). With --peer-tls-key and --peer-ca.
+    #[arg(long, env = "KILOVOLT_PEER_TLS_CERT", requires_all = ["peer_tls_key", "peer_ca"])]
+    pub peer_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --peer-tls-cert.
+    #[arg(long, env = "KILOVOLT_PEER_TLS_KEY", requires = "peer_tls_cert")]
+    pub peer_tls_key: Option<PathBuf>,
+
+    /// PEM certificate of the cluster's CA: peers must present a
+    /// certificate it signed for the node id they claim.
+    #[arg(long, env = "KILOVOLT_PEER_CA", requires = "peer_tls_cert")]
+    pub peer_ca: Option<PathBuf>,
+
+    /// File of client tokens with roles (NAME ROLE SHA256 a line; see
+    /// docs/security.md). Every client call then needs
+    /// `authorization: Bearer TOKEN`. Re-read on SIGHUP.
+    #[arg(long, env = "KILOVOLT_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
     /// Directory of the write-ahead log and snapshots (docs/durability.md).
     /// Without it the node keeps everything in memory only and a restart
     /// starts empty.
@@ -475,7 +525,8 @@ impl Config {
             4096,
             1 << 34,
             "4096 to 17179869184",
-        )
+        )?;
+        self.peer_bind_addr().map(|_| ())
     }
 
     /// The settings with every default, as if no flag were given.
@@ -486,6 +537,34 @@ impl Config {
     /// The address to bind.
     pub fn bind_addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
+    }
+
+    /// The address the peer listener binds: `--peer-port`, else `--port`
+    /// plus [`PEER_PORT_OFFSET`] (0, a free port, when `--port` is 0).
+    pub fn peer_bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let port = match (self.peer_port, self.port) {
+            (Some(port), _) => port,
+            (None, 0) => 0,
+            (None, port) => port.checked_add(PEER_PORT_OFFSET).ok_or(ConfigError {
+                flag: "port",
+                value: port.to_string(),
+                range: "at most 64535 unless --peer-port is given (the peer listener defaults to --port plus 1000)",
+            })?,
+        };
+        Ok(SocketAddr::new(self.host, port))
+    }
+
+    /// The address other nodes reach the peer listener at, given its bound
+    /// port and the advertised client address.
+    pub fn peer_advertised(&self, advertised: &str, bound_port: u16) -> String {
+        if let Some(a) = &self.peer_advertise {
+            return a.clone();
+        }
+        let host = match advertised.rsplit_once(':') {
+            Some((host, _)) => host,
+            None => advertised,
+        };
+        format!("{host}:{bound_port}")
     }
 
     /// The address peers and clients use, given the port actually bound
@@ -587,6 +666,51 @@ mod tests {
         ]);
         assert!(both.is_err(), "the two flags exclude each other");
         assert!(Config::try_parse_from(["kilovolt-db", "--replicas-per-region", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_peer_listener_is_advertised_on_the_advertised_host() {
+        let c = Config::defaults();
+        assert_eq!(c.peer_bind_addr().unwrap().port(), 51051);
+        let c = Config::try_parse_from(["kilovolt-db", "--port", "0"]).unwrap();
+        assert_eq!(c.peer_bind_addr().unwrap().port(), 0);
+        let c = Config::try_parse_from(["kilovolt-db", "--port", "65000"]).unwrap();
+        let err = c.peer_bind_addr().unwrap_err().to_string();
+        assert!(
+            err.starts_with("--port is 65000") && err.contains("--peer-port"),
+            "{err}"
+        );
+        let c = Config::try_parse_from(["kilovolt-db", "--port", "65000", "--peer-port", "7000"])
+            .unwrap();
+        assert_eq!(c.peer_bind_addr().unwrap().port(), 7000);
+        assert_eq!(c.peer_advertised("127.0.0.1:4000", 4100), "127.0.0.1:4100");
+        assert_eq!(c.peer_advertised("[::1]:4000", 4100), "[::1]:4100");
+        let c =
+            Config::try_parse_from(["kilovolt-db", "--peer-advertise", "db1-internal:7"]).unwrap();
+        assert_eq!(c.peer_advertised("db1:4000", 4100), "db1-internal:7");
+    }
+
+    #[test]
+    fn tls_flags_come_in_complete_sets() {
+        for partial in [
+            &["--tls-cert", "c.pem"][..],
+            &["--tls-client-ca", "ca.pem"],
+            &["--peer-tls-cert", "c.pem", "--peer-tls-key", "k.pem"],
+            &["--peer-ca", "ca.pem"],
+        ] {
+            let args = std::iter::once("kilovolt-db").chain(partial.iter().copied());
+            assert!(Config::try_parse_from(args).is_err(), "{partial:?}");
+        }
+        let c = Config::try_parse_from([
+            "kilovolt-db",
+            "--peer-tls-cert",
+            "c.pem",
+            "--peer-tls-key",
+            "k.pem",
+            "--peer-ca",
+            "ca.pem",
+        ]);
+        assert!(c.is_ok());
     }
 
     #[test]

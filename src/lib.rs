@@ -11,6 +11,7 @@
 //! fails on any `crate::` path that points up it; docs/architecture.md
 //! copies it and says what each module does.
 
+pub mod admission;
 pub mod anti_entropy;
 pub mod api;
 pub mod clock;
@@ -31,6 +32,7 @@ mod planted;
 pub mod replication;
 pub mod ring;
 pub mod scrape;
+pub mod security;
 pub mod server;
 /// The deterministic simulator: behind the `sim` feature (and in test
 /// builds), so that the server and users of the library do not carry it.

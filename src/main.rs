@@ -1,12 +1,13 @@
-//! The `kilovolt-db` server: parses the configuration, starts a node, and
-//! shuts it down gracefully on SIGINT or SIGTERM.
+//! The `kilovolt-db` server: parses the configuration, starts a node,
+//! re-reads its certificates and auth file on SIGHUP, and shuts it down
+//! gracefully on SIGINT or SIGTERM.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use kilovolt::config::{Config, LogFormat};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// The server's allocator. Every request allocates and frees a few dozen
@@ -50,14 +51,16 @@ async fn main() -> ExitCode {
     };
     info!(
         listen = %node.local_addr(),
+        peer_listen = %node.peer_addr(),
         advertise = %node.info().address,
+        peer_advertise = %node.info().peer_address,
         node_id = %node.info().id,
         seeds = %seeds,
         metrics = %node.metrics_addr().map_or("off".into(), |a| a.to_string()),
         "kilovolt-db listening"
     );
 
-    if let Err(e) = shutdown_signal().await {
+    if let Err(e) = serve_signals(&node).await {
         error!(error = %e, "cannot wait for signals; shutting down");
     }
     match node.shutdown().await {
@@ -69,13 +72,23 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Reloads the node's certificates and auth file on every SIGHUP; resolves
+/// on the first SIGINT or SIGTERM.
+async fn serve_signals(node: &kilovolt::node::RunningNode) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return Ok(r?),
+            _ = term.recv() => return Ok(()),
+            _ = hup.recv() => {
+                let failed = node.reload();
+                for failure in &failed {
+                    warn!(error = %failure, "reload failed; the previous settings stay in force");
+                }
+                info!(failures = failed.len(), "reloaded on SIGHUP");
+            }
+        }
     }
-    Ok(())
 }

@@ -18,6 +18,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
+use crate::admission::Admission;
 use crate::anti_entropy::{AntiEntropy, AntiEntropyConfig, Limits};
 use crate::api::{AdminService, FaultsService, KilovoltService};
 use crate::clock::{self, Clock, PhysicalClock};
@@ -33,6 +34,8 @@ use crate::proto;
 use crate::replication::{BatchLimits, HintLimits, Replicator};
 use crate::ring::Replication;
 use crate::scrape::Parts;
+use crate::security::auth::AuthError;
+use crate::security::{tls_incoming, AuthFile, AuthLayer, PeerTls, ServerTls, TlsError};
 use crate::server::PeerService;
 use crate::store::Store;
 use crate::switch::Switch;
@@ -42,6 +45,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often hints are expired and replayed to peers that are alive.
 const HINT_TICK: Duration = Duration::from_secs(1);
+
+/// How often members not yet admitted to placement are probed again.
+const ADMISSION_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -60,6 +66,15 @@ pub enum NodeError {
     /// Gossip could not start.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// A certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The auth file could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The node id cannot be named in a certificate.
+    #[error("--node-id: {0}")]
+    NodeId(String),
     /// The descriptors for gRPC reflection did not load.
     #[error("cannot serve reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -96,10 +111,15 @@ pub struct Handles {
 pub struct RunningNode {
     info: NodeInfo,
     local_addr: SocketAddr,
+    peer_addr: SocketAddr,
     handles: Handles,
     membership: Membership,
+    security: Security,
+    peers: Arc<Peers>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    peer_stop: oneshot::Sender<()>,
+    peer_server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
     /// Set when shutdown begins: `/ready` and gRPC health then say so.
     leaving: Arc<AtomicBool>,
@@ -119,6 +139,11 @@ impl RunningNode {
         self.local_addr
     }
 
+    /// The address the peer listener is bound to.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
     /// The address the metrics listener is bound to, when
     /// `--metrics-addr` is set (with the real port when port 0 was asked).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
@@ -130,6 +155,36 @@ impl RunningNode {
         &self.handles
     }
 
+    /// Re-reads the auth file and every certificate and key (on SIGHUP):
+    /// requests and connections from now on use them, connections already
+    /// made keep theirs. A file that fails to load leaves what it would
+    /// have replaced in force; every failure is returned.
+    pub fn reload(&self) -> Vec<String> {
+        let mut failed = Vec::new();
+        if let Some(auth) = &self.security.auth {
+            match auth.reload() {
+                Ok(tokens) => info!(tokens, "auth file reloaded"),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        if let Some(tls) = &self.security.client_tls {
+            match tls.reload() {
+                Ok(()) => info!("client TLS certificate reloaded"),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        if let Some(tls) = &self.security.peer_tls {
+            match tls.reload() {
+                Ok(()) => {
+                    self.peers.reset_connections();
+                    info!("peer TLS certificates reloaded");
+                }
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        failed
+    }
+
     /// Leaves gracefully: stops taking requests and lets in-flight ones
     /// finish (up to a bound), sends every queued delta, hands hints to the
     /// peers that are alive, announces that it leaves, then stops.
@@ -137,6 +192,8 @@ impl RunningNode {
         info!(node = %self.info.id, "shutting down");
         self.leaving.store(true, Ordering::Relaxed);
         let _ = self.stop.send(());
+        // The peer listener serves on while in-flight client requests
+        // finish and hints are handed off: peers are still sending.
         let served = match tokio::time::timeout(DRAIN_TIMEOUT, self.server).await {
             Ok(joined) => joined?.map_err(NodeError::from),
             Err(_) => {
@@ -156,6 +213,13 @@ impl RunningNode {
             let _ = tokio::task::spawn_blocking(move || d.close()).await;
         }
         let left = self.membership.leave().await;
+        let _ = self.peer_stop.send(());
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.peer_server)
+            .await
+            .is_err()
+        {
+            warn!(timeout = ?DRAIN_TIMEOUT, "in-flight peer requests did not finish; stopping anyway");
+        }
         info!(node = %self.info.id, hints_dropped, "stopped");
         served?;
         left.map_err(NodeError::from)
@@ -174,6 +238,7 @@ pub async fn start_with_clock(
     physical: PhysicalClock,
 ) -> Result<RunningNode, NodeError> {
     config.validate()?;
+    let security = Security::load(&config)?;
     let addr = config.bind_addr();
     let listener = TcpListener::bind(addr)
         .await
@@ -181,6 +246,19 @@ pub async fn start_with_clock(
     let local_addr = listener
         .local_addr()
         .map_err(|source| NodeError::Bind { addr, source })?;
+    let peer_bind = config.peer_bind_addr()?;
+    let peer_listener = TcpListener::bind(peer_bind)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: peer_bind,
+            source,
+        })?;
+    let peer_addr = peer_listener
+        .local_addr()
+        .map_err(|source| NodeError::Bind {
+            addr: peer_bind,
+            source,
+        })?;
     // The metrics listener, bound before anything starts, so that a port in
     // use stops the node at once.
     let (metrics_listener, metrics_addr) = match config.metrics_addr {
@@ -203,9 +281,14 @@ pub async fn start_with_clock(
     let address = config.advertised(local_addr.port());
     let info = NodeInfo {
         id: config.node_id(&address),
+        peer_address: config.peer_advertised(&address, peer_addr.port()),
         address,
         region: config.region.clone(),
     };
+    if security.peer_tls.is_some() {
+        crate::security::identity::check_node_id(&info.id).map_err(NodeError::NodeId)?;
+    }
+    warn_if_exposed(local_addr, &security);
 
     // Recovery first: a node whose data directory is damaged stops here,
     // before it announces itself to the cluster.
@@ -243,6 +326,7 @@ pub async fn start_with_clock(
             node_id: info.id.clone(),
             advertise: info.address.clone(),
             listen: local_addr,
+            peer_advertise: info.peer_address.clone(),
             region: info.region.clone(),
             seeds: config.cluster.clone(),
             gossip_interval: config.gossip_interval,
@@ -268,6 +352,7 @@ pub async fn start_with_clock(
             switch.clone(),
             config.request_timeout,
             config.max_peer_message_bytes(),
+            security.peer_tls.clone(),
         )
         .with_metrics(metrics.clone()),
     );
@@ -289,8 +374,10 @@ pub async fn start_with_clock(
     }
     let rf = replication(&config);
     let members = membership.subscribe();
-    let topology = Topology::new(members.borrow().clone(), config.partitions, rf);
-    peers.set_addresses(addresses(members.borrow().iter()));
+    let admission = Admission::new(info.id.clone(), peers.clone(), security.peer_tls.is_some());
+    let admitted = admission.admit(members.borrow().clone());
+    let topology = Topology::new(admitted.clone(), config.partitions, rf);
+    peers.set_addresses(addresses(admitted.iter()));
     let coordinator = Arc::new(
         Coordinator::new(
             info.id.clone(),
@@ -333,6 +420,7 @@ pub async fn start_with_clock(
 
     let leaving = Arc::new(AtomicBool::new(false));
     let connections = OpenConnections::default();
+    let peer_connections = connections.clone();
     let parts = Parts {
         me: info.id.clone(),
         store: store.clone(),
@@ -357,6 +445,7 @@ pub async fn start_with_clock(
         )),
         tokio::spawn(follow_membership(
             members,
+            admission,
             metrics.clone(),
             coordinator.clone(),
             peers.clone(),
@@ -409,6 +498,8 @@ pub async fn start_with_clock(
             switch,
             anti_entropy,
             config.max_peer_message_bytes(),
+            security.peer_tls.is_some(),
+            info.region.clone(),
         )
         .counting(served)
         .relaying(coordinator.clone()),
@@ -440,39 +531,155 @@ pub async fn start_with_clock(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    // Set TCP_NODELAY on the incoming stream itself: the builder's
-    // `tcp_nodelay` does not reach a listener bound by the caller, and
-    // without it small responses wait ~40 ms for delayed ACKs.
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .map(move |accepted| accepted.map(|stream| connections.count(stream)));
+    // The client port: the public services only, each call checked
+    // against the auth file when there is one.
     let (stop, stopped) = oneshot::channel::<()>();
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(AuthLayer::new(security.auth.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(kilovolt)
         .add_service(admin)
-        .add_service(faults)
-        .add_service(peer);
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        .add_service(faults);
+    let stopped = async move {
         let _ = stopped.await;
         set_health(&health, false).await;
-    }));
+    };
+    let server = match &security.client_tls {
+        Some(tls) => tokio::spawn(
+            router.serve_with_incoming_shutdown(
+                tls_incoming(listener, tls.clone(), "client")
+                    .map(move |accepted| accepted.map(|stream| connections.count(stream))),
+                stopped,
+            ),
+        ),
+        // Set TCP_NODELAY on the incoming stream itself: the builder's
+        // `tcp_nodelay` does not reach a listener bound by the caller, and
+        // without it small responses wait ~40 ms for delayed ACKs.
+        None => tokio::spawn(
+            router.serve_with_incoming_shutdown(
+                TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .map(move |accepted| accepted.map(|stream| connections.count(stream))),
+                stopped,
+            ),
+        ),
+    };
+
+    // The peer listener: the node-to-node protocol only, with mutual TLS
+    // when configured.
+    let (peer_stop, peer_stopped) = oneshot::channel::<()>();
+    let peer_router = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(peer);
+    let peer_stopped = async move {
+        let _ = peer_stopped.await;
+    };
+    // Its connections count in the same figure as the client port's.
+    let peer_server = match &security.peer_tls {
+        Some(tls) => tokio::spawn(
+            peer_router.serve_with_incoming_shutdown(
+                tls_incoming(peer_listener, tls.server(), "peer")
+                    .map(move |accepted| accepted.map(|stream| peer_connections.count(stream))),
+                peer_stopped,
+            ),
+        ),
+        None => tokio::spawn(
+            peer_router.serve_with_incoming_shutdown(
+                TcpIncoming::from(peer_listener)
+                    .with_nodelay(Some(true))
+                    .map(move |accepted| accepted.map(|stream| peer_connections.count(stream))),
+                peer_stopped,
+            ),
+        ),
+    };
 
     Ok(RunningNode {
         info,
         local_addr,
+        peer_addr,
         handles,
         membership,
+        security,
+        peers,
         stop,
         server,
+        peer_stop,
+        peer_server,
         background,
         leaving,
         metrics_addr,
     })
+}
+
+/// What the node authenticates with, loaded at start and re-read by
+/// [`RunningNode::reload`].
+struct Security {
+    client_tls: Option<Arc<ServerTls>>,
+    peer_tls: Option<Arc<PeerTls>>,
+    auth: Option<Arc<AuthFile>>,
+}
+
+impl Security {
+    fn load(config: &Config) -> Result<Self, NodeError> {
+        let client_tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(ServerTls::load(
+                cert.clone(),
+                key.clone(),
+                config.tls_client_ca.clone(),
+            )?)),
+            _ => None,
+        };
+        let peer_tls = match (&config.peer_tls_cert, &config.peer_tls_key, &config.peer_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(Arc::new(PeerTls::load(
+                cert.clone(),
+                key.clone(),
+                ca.clone(),
+            )?)),
+            _ => None,
+        };
+        let auth = match &config.auth_file {
+            Some(path) => Some(Arc::new(AuthFile::load(path.clone())?)),
+            None => None,
+        };
+        Ok(Self {
+            client_tls,
+            peer_tls,
+            auth,
+        })
+    }
+}
+
+/// Logs one warning at start when the node binds a non-loopback address
+/// without client TLS, tokens or mutual TLS between nodes: whoever reaches
+/// the ports can then read or write in the clear, call every service, or
+/// speak the peer protocol (write any version, read any partition).
+fn warn_if_exposed(bound: SocketAddr, security: &Security) {
+    if bound.ip().is_loopback() {
+        return;
+    }
+    let mut missing = Vec::new();
+    if security.client_tls.is_none() {
+        missing.push("client TLS (--tls-cert)");
+    }
+    if security.auth.is_none() {
+        missing.push("tokens (--auth-file)");
+    }
+    if security.peer_tls.is_none() {
+        missing.push("mutual TLS between nodes (--peer-tls-cert)");
+    }
+    if !missing.is_empty() {
+        warn!(
+            listen = %bound,
+            missing = %missing.join(", "),
+            "serving a non-loopback address without {}: whoever reaches this node's ports can use what is missing (see docs/security.md)",
+            missing.join(", ")
+        );
+    }
 }
 
 /// Sets the gRPC health of the whole server ("") and of the `Kilovolt`
@@ -525,20 +732,26 @@ fn default_level(level: DefaultConsistency) -> Consistency {
     }
 }
 
+/// Node id -> peer address, for the peer protocol's client.
 fn addresses<'a>(members: impl Iterator<Item = &'a Member>) -> HashMap<String, String> {
-    members.map(|m| (m.id.clone(), m.address.clone())).collect()
+    members
+        .filter(|m| !m.peer_address.is_empty())
+        .map(|m| (m.id.clone(), m.peer_address.clone()))
+        .collect()
 }
 
 fn regions<'a>(members: impl Iterator<Item = &'a Member>) -> HashMap<String, String> {
     members.map(|m| (m.id.clone(), m.region.clone())).collect()
 }
 
-/// Rebuilds placement on every membership change, and hands hints to peers
-/// the moment they come back alive; wakes anti-entropy when a peer comes
-/// back or placement changes.
+/// Rebuilds placement on every membership change (of the members
+/// admitted: see [`Admission`]), and hands hints to peers the moment they
+/// come back alive; wakes anti-entropy when a peer comes back or placement
+/// changes.
 #[allow(clippy::too_many_arguments)]
 async fn follow_membership(
     mut members: watch::Receiver<Vec<Member>>,
+    admission: Arc<Admission>,
     metrics: Metrics,
     coordinator: Arc<Coordinator>,
     peers: Arc<Peers>,
@@ -547,8 +760,24 @@ async fn follow_membership(
     partitions: u32,
     rf: Replication,
 ) {
-    while members.changed().await.is_ok() {
-        let list = members.borrow_and_update().clone();
+    let mut retry = tokio::time::interval(ADMISSION_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<Vec<Member>> = None;
+    loop {
+        tokio::select! {
+            changed = members.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            _ = admission.proved() => {}
+            _ = retry.tick(), if admission.enabled() => {}
+        }
+        let list = admission.admit(members.borrow_and_update().clone());
+        if last.as_ref() == Some(&list) {
+            continue;
+        }
+        last = Some(list.clone());
         peers.set_addresses(addresses(list.iter()));
         metrics.set_regions(regions(list.iter()));
         let before = coordinator.topology();
@@ -694,6 +923,7 @@ mod tests {
         Member {
             id: id.into(),
             address: String::new(),
+            peer_address: String::new(),
             region: String::new(),
             state: NodeState::Ready,
             alive,

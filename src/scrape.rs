@@ -253,6 +253,7 @@ mod tests {
         Member {
             id: "n1".into(),
             address: String::new(),
+            peer_address: String::new(),
             region: String::new(),
             state,
             alive: true,

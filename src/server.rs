@@ -18,6 +18,7 @@ use crate::net::wire::{from_wire, to_wire};
 use crate::net::{Relay, Served};
 use crate::proto::cluster::{self as wire, peer_server::Peer};
 use crate::replication::apply_deltas;
+use crate::security::identity::certifies;
 use crate::store::Store;
 use crate::switch::{Switch, Verdict};
 
@@ -38,19 +39,29 @@ pub struct PeerService {
     max_message_bytes: usize,
     served: Arc<Served>,
     relay: Option<Arc<dyn Relay>>,
+    verify_identity: bool,
+    region: String,
 }
+
+/// The peer's certificate chain, as the TLS handshake verified it; `None`
+/// on a plaintext connection.
+type PeerCerts = Option<Arc<Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>>>;
 
 impl PeerService {
     /// The service over `store`, observing remote versions with `clock`,
     /// answering anti-entropy steps through `anti_entropy`, and stopping a
     /// read whose answer grows past `max_message_bytes` (the peer message
-    /// limit).
+    /// limit). With `verify_identity` (mutual TLS between nodes), a request
+    /// is served only if the caller's certificate names the node id its
+    /// header claims.
     pub fn new(
         store: Arc<Store>,
         clock: Arc<Clock>,
         switch: Arc<Switch>,
         anti_entropy: Arc<AntiEntropy>,
         max_message_bytes: usize,
+        verify_identity: bool,
+        region: String,
     ) -> Self {
         Self {
             store,
@@ -60,6 +71,8 @@ impl PeerService {
             max_message_bytes,
             served: Arc::new(Served::new()),
             relay: None,
+            verify_identity,
+            region,
         }
     }
 
@@ -114,8 +127,9 @@ impl PeerService {
         response
     }
 
-    /// Checks the protocol number and asks the switch about the sender.
-    async fn admit(&self, header: Option<&wire::Header>) -> Result<(), Status> {
+    /// Checks the protocol number and the sender's certificate, and asks
+    /// the switch about the sender.
+    async fn admit(&self, header: Option<&wire::Header>, certs: PeerCerts) -> Result<(), Status> {
         let header =
             header.ok_or_else(|| Status::invalid_argument("peer request without a header"))?;
         if header.protocol != PROTOCOL {
@@ -123,6 +137,19 @@ impl PeerService {
                 "peer protocol {} is not spoken here; this node speaks {PROTOCOL}",
                 header.protocol
             )));
+        }
+        if self.verify_identity {
+            let proven = certs
+                .as_deref()
+                .and_then(|chain| chain.first())
+                .is_some_and(|cert| certifies(cert, &header.from));
+            if !proven {
+                tracing::warn!(claimed = %header.from, "refused a peer request whose certificate does not name the node it claims");
+                return Err(Status::unauthenticated(format!(
+                    "the certificate does not name node {:?}",
+                    header.from
+                )));
+            }
         }
         match self.switch.verdict(&header.from) {
             Verdict::Pass => Ok(()),
@@ -141,8 +168,9 @@ impl Peer for PeerService {
         &self,
         request: Request<wire::ApplyRequest>,
     ) -> Result<Response<wire::ApplyResponse>, Status> {
+        let certs = request.peer_certs();
         let req = request.into_inner();
-        self.admit(req.header.as_ref()).await?;
+        self.admit(req.header.as_ref(), certs).await?;
         // Check the whole batch before merging any of it, so a bad entry
         // refuses the batch without applying half of it.
         let entries = req
@@ -172,8 +200,9 @@ impl Peer for PeerService {
         &self,
         request: Request<wire::ReadRequest>,
     ) -> Result<Response<wire::ReadResponse>, Status> {
+        let certs = request.peer_certs();
         let req = request.into_inner();
-        self.admit(req.header.as_ref()).await?;
+        self.admit(req.header.as_ref(), certs).await?;
         // A node refilling after a restart may lack what it is asked for:
         // "not found" from it would count as an answer. The asker's view of
         // this node's state can lag (a member may still see its previous
@@ -196,20 +225,25 @@ impl Peer for PeerService {
         &self,
         request: Request<wire::ClockRequest>,
     ) -> Result<Response<wire::ClockResponse>, Status> {
+        let certs = request.peer_certs();
         let req = request.into_inner();
-        self.admit(req.header.as_ref()).await?;
+        self.admit(req.header.as_ref(), certs).await?;
         // Answered while refilling too: a restarted peer seeds its clock
         // from it.
         let clock = self.clock.latest().time;
-        Ok(self.stamped(wire::ClockResponse { clock }))
+        Ok(self.stamped(wire::ClockResponse {
+            clock,
+            region: self.region.clone(),
+        }))
     }
 
     async fn holding(
         &self,
         request: Request<wire::HoldingRequest>,
     ) -> Result<Response<wire::HoldingResponse>, Status> {
+        let certs = request.peer_certs();
         let req = request.into_inner();
-        self.admit(req.header.as_ref()).await?;
+        self.admit(req.header.as_ref(), certs).await?;
         let mut held = req.partitions;
         held.sort_unstable();
         held.dedup();
@@ -221,8 +255,9 @@ impl Peer for PeerService {
         &self,
         request: Request<wire::SyncRequest>,
     ) -> Result<Response<wire::SyncReply>, Status> {
+        let certs = request.peer_certs();
         let req = request.into_inner();
-        self.admit(req.header.as_ref()).await?;
+        self.admit(req.header.as_ref(), certs).await?;
         let step = request_from_wire(req).map_err(|e| {
             tracing::warn!(error = %e, "refused an anti-entropy step");
             Status::invalid_argument(e.to_string())

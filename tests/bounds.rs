@@ -8,7 +8,7 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{channel, kv, start_node};
+use common::{kv, peer_channel, start_node};
 use kilovolt::config::Config;
 use kilovolt::net::peer::PROTOCOL;
 use kilovolt::proto::{self, cluster as wire};
@@ -108,7 +108,7 @@ async fn a_peer_read_naming_one_key_many_times_answers_it_once() {
     let _one = MEASURING.lock().await;
     let node = start_node(|_| {}).await;
     let value = set_large(&node, "big").await;
-    let mut peer = wire::peer_client::PeerClient::new(channel(&node).await)
+    let mut peer = wire::peer_client::PeerClient::new(peer_channel(&node).await)
         .max_decoding_message_size(usize::MAX);
     let request = wire::ReadRequest {
         header: header(),
@@ -188,7 +188,7 @@ async fn a_batch_whose_answer_fits_is_answered_in_full() {
 async fn a_peer_message_larger_than_the_protocol_needs_is_refused() {
     let _one = MEASURING.lock().await;
     let node = start_node(|_| {}).await;
-    let mut peer = wire::peer_client::PeerClient::new(channel(&node).await);
+    let mut peer = wire::peer_client::PeerClient::new(peer_channel(&node).await);
     let request = wire::ApplyRequest {
         header: header(),
         relay: false,
@@ -409,7 +409,7 @@ fn hostile_peer_messages_are_answered_or_refused_clearly_in_bounded_memory() {
     let (node, peer) = runtime.block_on(async {
         let node = start_node(|_| {}).await;
         set_large(&node, "big").await;
-        let peer = wire::peer_client::PeerClient::new(channel(&node).await)
+        let peer = wire::peer_client::PeerClient::new(peer_channel(&node).await)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         (node, peer)

@@ -527,7 +527,7 @@ async fn a_node_still_refilling_refuses_peer_reads() {
     })
     .await;
     assert_eq!(back.info().id, id);
-    let mut peer = PeerClient::new(common::channel(&back).await);
+    let mut peer = PeerClient::new(common::peer_channel(&back).await);
     let header = || {
         Some(Header {
             protocol: kilovolt::net::peer::PROTOCOL,
@@ -571,7 +571,7 @@ async fn a_version_beyond_the_drift_bound_is_merged_but_does_not_drag_the_clock(
         .into_inner();
     let now = now.version.unwrap().time;
     let hour_ahead = now + (3600u64 << 32);
-    let mut peer = PeerClient::new(common::channel(&node).await);
+    let mut peer = PeerClient::new(common::peer_channel(&node).await);
     peer.apply(ApplyRequest {
         relay: false,
         header: Some(Header {
@@ -654,7 +654,7 @@ async fn a_peer_of_the_previous_protocol_is_refused_on_every_call() {
         .set(set("k", "v", Consistency::One))
         .await
         .unwrap();
-    let mut peer = PeerClient::new(common::channel(&node).await);
+    let mut peer = PeerClient::new(common::peer_channel(&node).await);
     let header = |protocol| {
         Some(Header {
             protocol,
@@ -734,7 +734,7 @@ async fn a_version_at_the_end_of_the_clock_range_does_not_stop_its_key() {
     use kilovolt::proto::cluster::{peer_client::PeerClient, ApplyRequest, Entry, Header};
 
     let node = start_node(|c| tune(c, "end-of-time")).await;
-    let mut peer = PeerClient::new(common::channel(&node).await);
+    let mut peer = PeerClient::new(common::peer_channel(&node).await);
     let header = || {
         Some(Header {
             protocol: kilovolt::net::peer::PROTOCOL,

@@ -23,6 +23,10 @@ const ORDER: &[&str] = &[
     // here because the peer message limit is derived from it), so that the
     // lowest layers that validate input may read it.
     "config",
+    // TLS settings, node identities in certificates, client tokens:
+    // imports nothing from the crate; the peer client and server, the API
+    // and the node use it.
+    "security",
     // The metrics registry every layer records into; imports nothing of the
     // crate.
     "metrics",
@@ -48,6 +52,9 @@ const ORDER: &[&str] = &[
     "cluster",
     // The peer protocol's client side and wire format.
     "net",
+    // Which members gossip may place (with peer TLS: only those that
+    // proved their id through the peer client); used by the node.
+    "admission",
     // Delta batches and hints to peers.
     "replication",
     // The write-ahead log and snapshots: the store's journal and

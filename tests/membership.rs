@@ -33,6 +33,7 @@ fn config(id: &str, listen: SocketAddr, advertise: String, seeds: &[String]) -> 
         node_id: id.to_string(),
         advertise,
         listen,
+        peer_advertise: format!("{id}-peer:1"),
         region: format!("region-of-{id}"),
         seeds: seeds.to_vec(),
         gossip_interval: GOSSIP,

@@ -513,6 +513,12 @@ async fn health_and_reflection_answer() {
             "{expected} missing from {names:?}"
         );
     }
+    // The peer protocol has its own listener; the client port neither
+    // serves nor lists it.
+    assert!(
+        !names.iter().any(|n| n.starts_with("kilovolt.cluster")),
+        "the peer protocol is listed: {names:?}"
+    );
     node.shutdown().await.unwrap();
 }
 

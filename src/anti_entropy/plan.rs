@@ -88,6 +88,7 @@ mod tests {
         Member {
             id: id.into(),
             address: String::new(),
+            peer_address: String::new(),
             region: String::new(),
             state,
             alive,
@@ -128,6 +129,7 @@ mod tests {
         let member = |id: &str, region: &str| Member {
             id: id.into(),
             address: String::new(),
+            peer_address: String::new(),
             region: region.into(),
             state: NodeState::Ready,
             alive: true,

@@ -105,6 +105,7 @@ fn member_to_proto(m: &Member, rtt: Option<std::time::Duration>) -> proto::Membe
         alive: m.alive,
         region: m.region.clone(),
         state: m.state.as_str().into(),
+        peer_address: m.peer_address.clone(),
     }
 }
 

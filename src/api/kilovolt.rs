@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::metrics::{Metrics, Rpc};
 use crate::proto;
 use crate::proto::kilovolt_server::Kilovolt;
+use crate::security::auth::{denied, Caller, Role};
 
 /// Serves the contract's `Kilovolt` service through the coordinator:
 /// strings (`Set`, `Get`, `Delete`, `Batch`), maps (`MapSet`, `MapGet`,
@@ -242,9 +243,20 @@ impl Kilovolt for KilovoltService {
     ) -> Result<Response<proto::BatchResponse>, Status> {
         let started = Instant::now();
         let level = "none";
+        let caller = request.extensions().get::<Caller>().cloned();
         let answer = async {
             let ops = request.into_inner().ops;
             validate::batch_size(ops.len())?;
+            // A `read` token may send gets only; the auth layer cannot see
+            // inside the request.
+            if let Some(caller) = caller.filter(|c| c.role < Role::Write) {
+                if ops
+                    .iter()
+                    .any(|op| !matches!(op.op, Some(proto::batch_op::Op::Get(_))))
+                {
+                    return Err(denied(caller.role, "kilovolt.Kilovolt/Batch with writes"));
+                }
+            }
             let total = ops.len();
             let budget = AnswerBudget::new(self.max_message_bytes);
             let results = join_all(ops.into_iter().map(|op| self.do_batch_op(op, &budget))).await;

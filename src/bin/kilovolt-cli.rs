@@ -5,6 +5,7 @@
 //! status, e.g. FailedPrecondition when the key holds another kind).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,8 +13,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use kilovolt::proto::{
     self, admin_client::AdminClient, faults_client::FaultsClient, kilovolt_client::KilovoltClient,
 };
+use kilovolt::security::certs::{DevCa, Pem};
+use kilovolt::security::client::ClientSecurity;
 use serde_json::json;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Largest message the client sends or accepts; the server's own limit is
 /// the one that applies.
@@ -40,6 +43,8 @@ struct Cli {
     /// Give up on a request after this long (e.g. 500ms, 5s).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, global = true)]
     timeout: Duration,
+    #[command(flatten)]
+    security: ClientSecurity,
     #[command(subcommand)]
     command: Command,
 }
@@ -130,6 +135,26 @@ enum Command {
     },
     /// Lift every fault the contacted node holds.
     Heal,
+    /// Make development certificates in a directory: a CA (ca.pem,
+    /// ca.key; reused when ca.key is there), one certificate and key per
+    /// node (NODE.pem, NODE.key: for --peer-tls-* and --tls-*) and per
+    /// client (NAME.pem, NAME.key); in file names, characters other than
+    /// letters, digits, `.`, `_` and `-` become `_`. No server is contacted.
+    Cert {
+        /// Directory to write to (created if missing).
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// A node id to certify (repeat for each node).
+        #[arg(long = "node", value_name = "NODE_ID")]
+        nodes: Vec<String>,
+        /// A client name to certify (repeat for each client).
+        #[arg(long = "client", value_name = "NAME")]
+        clients: Vec<String>,
+        /// A host name or IP address clients use to reach the nodes, put in
+        /// every node certificate (repeat; default localhost and 127.0.0.1).
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+    },
     /// Write a snapshot of the contacted node's store to its data directory
     /// now (the node needs --data-dir).
     Snapshot,
@@ -203,6 +228,8 @@ enum Failure {
     NotFound,
     Connect(String),
     Server(tonic::Status),
+    /// A command that contacts no server failed (cert).
+    Local(String),
 }
 
 impl From<tonic::Status> for Failure {
@@ -229,6 +256,10 @@ async fn main() -> ExitCode {
             );
             ExitCode::from(3)
         }
+        Err(Failure::Local(message)) => {
+            eprintln!("kilovolt-cli: {message}");
+            ExitCode::from(3)
+        }
     }
 }
 
@@ -241,13 +272,9 @@ fn parse_field(arg: &str) -> Result<(String, String), String> {
 }
 
 async fn connect(cli: &Cli) -> Result<Channel, Failure> {
-    let uri = if cli.addr.contains("://") {
-        cli.addr.clone()
-    } else {
-        format!("http://{}", cli.addr)
-    };
-    Endpoint::from_shared(uri)
-        .map_err(|e| Failure::Connect(e.to_string()))?
+    cli.security
+        .endpoint(&cli.addr)
+        .map_err(Failure::Connect)?
         .connect_timeout(cli.timeout)
         .timeout(cli.timeout)
         .tcp_nodelay(true)
@@ -270,12 +297,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 async fn run(cli: &Cli) -> Result<(), Failure> {
+    if let Command::Cert {
+        out,
+        nodes,
+        clients,
+        hosts,
+    } = &cli.command
+    {
+        return make_certs(out, nodes, clients, hosts).map_err(Failure::Local);
+    }
+    let token = cli.security.interceptor().map_err(Failure::Connect)?;
     let channel = connect(cli).await?;
-    let mut kv = KilovoltClient::new(channel.clone())
+    let mut kv = KilovoltClient::with_interceptor(channel.clone(), token.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mut admin = AdminClient::new(channel.clone());
-    let mut faults = FaultsClient::new(channel);
+    let mut admin = AdminClient::with_interceptor(channel.clone(), token.clone());
+    let mut faults = FaultsClient::with_interceptor(channel, token);
     match &cli.command {
         Command::Set {
             key,
@@ -441,6 +478,7 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             let state = faults.heal(proto::HealRequest {}).await?.into_inner();
             println!("{}", json!({"cut": state.cut, "degraded": state.degraded}));
         }
+        Command::Cert { .. } => unreachable!("handled before connecting"),
         Command::Snapshot => {
             let resp = admin
                 .snapshot(proto::SnapshotRequest {})
@@ -469,17 +507,88 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The Stats of the member at `address`, or why they could not be had.
+/// `kilovolt-cli cert`: writes the CA (or reuses the one in `out`) and the
+/// certificates asked for; prints each file written.
+fn make_certs(
+    out: &Path,
+    nodes: &[String],
+    clients: &[String],
+    hosts: &[String],
+) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let ca_key = out.join("ca.key");
+    let ca = if ca_key.exists() {
+        let pem = std::fs::read_to_string(&ca_key)
+            .map_err(|e| format!("cannot read {}: {e}", ca_key.display()))?;
+        DevCa::from_key_pem(&pem).map_err(|e| e.to_string())?
+    } else {
+        DevCa::new().map_err(|e| e.to_string())?
+    };
+    if !ca_key.exists() || !out.join("ca.pem").exists() {
+        write_pair(out, "ca", &ca.pem())?;
+    }
+    let hosts = if hosts.is_empty() {
+        vec!["localhost".to_string(), "127.0.0.1".to_string()]
+    } else {
+        hosts.to_vec()
+    };
+    for id in nodes {
+        let pem = ca
+            .node(id, &hosts)
+            .map_err(|e| format!("node {id:?}: {e}"))?;
+        write_pair(out, id, &pem)?;
+    }
+    for name in clients {
+        let pem = ca
+            .client(name)
+            .map_err(|e| format!("client {name:?}: {e}"))?;
+        write_pair(out, name, &pem)?;
+    }
+    Ok(())
+}
+
+/// Writes NAME.pem and NAME.key (readable by the owner only) in `dir`.
+fn write_pair(dir: &Path, name: &str, pem: &Pem) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let cert = dir.join(format!("{file}.pem"));
+    std::fs::write(&cert, &pem.cert)
+        .map_err(|e| format!("cannot write {}: {e}", cert.display()))?;
+    let key = dir.join(format!("{file}.key"));
+    let _ = std::fs::remove_file(&key);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key)
+        .and_then(|mut f| f.write_all(pem.key.as_bytes()))
+        .map_err(|e| format!("cannot write {}: {e}", key.display()))?;
+    println!("{}\n{}", cert.display(), key.display());
+    Ok(())
+}
+
+/// The Stats of the member at `address` (with the same TLS settings and
+/// token), or why they could not be had.
 async fn member_stats(cli: &Cli, address: &str) -> Result<proto::StatsResponse, String> {
-    let uri = format!("http://{address}");
-    let channel = Endpoint::from_shared(uri)
-        .map_err(|e| e.to_string())?
+    let channel = cli
+        .security
+        .endpoint(address)?
         .connect_timeout(cli.timeout)
         .timeout(cli.timeout)
         .connect()
         .await
         .map_err(|e| error_chain(&e))?;
-    AdminClient::new(channel)
+    AdminClient::with_interceptor(channel, cli.security.interceptor()?)
         .stats(proto::StatsRequest {})
         .await
         .map(tonic::Response::into_inner)

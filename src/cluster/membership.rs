@@ -28,6 +28,9 @@ use crate::switch::Switch;
 
 /// Gossip key: the node's advertised gRPC host:port.
 const KEY_ADDRESS: &str = "address";
+/// Gossip key: the host:port of the node's peer listener (the peer
+/// protocol is not served on the client port).
+const KEY_PEER_ADDRESS: &str = "peer_address";
 /// Gossip key: the node's region label.
 const KEY_REGION: &str = "region";
 /// Gossip key: the node's [`NodeState`], as [`NodeState::as_str`] spells it.
@@ -78,6 +81,8 @@ pub struct MembershipConfig {
     /// Address the UDP gossip socket binds (the gRPC port number). Port 0
     /// picks a free port; see [`Membership::gossip_addr`].
     pub listen: SocketAddr,
+    /// host:port of this node's peer listener, as other nodes reach it.
+    pub peer_advertise: String,
     /// This node's region label; empty when unset.
     pub region: String,
     /// host:port of seed nodes to join through. Names are resolved at start
@@ -167,6 +172,7 @@ impl Membership {
         };
         let initial = vec![
             (KEY_ADDRESS.to_string(), advertise.clone()),
+            (KEY_PEER_ADDRESS.to_string(), config.peer_advertise.clone()),
             (KEY_REGION.to_string(), config.region.clone()),
             (
                 KEY_STATE.to_string(),
@@ -501,6 +507,7 @@ fn compute_members(chitchat: &Chitchat) -> Computed {
             member: Member {
                 id: id.node_id.to_string(),
                 address: address.to_string(),
+                peer_address: state.get(KEY_PEER_ADDRESS).unwrap_or_default().to_string(),
                 region: state.get(KEY_REGION).unwrap_or_default().to_string(),
                 state: node_state,
                 alive: is_self || live.contains(id),
@@ -540,13 +547,13 @@ fn log_changes(me: &str, old: &[Member], new: &[Member]) {
     for m in new {
         match old.get(m.id.as_str()) {
             None => {
-                info!(node = %me, member = %m.id, address = %m.address, region = %m.region, state = %m.state, alive = m.alive, generation = m.generation, "member joined")
+                info!(node = %me, member = %m.id, address = %m.address, peer_address = %m.peer_address, region = %m.region, state = %m.state, alive = m.alive, generation = m.generation, "member joined")
             }
             Some(o) if o.alive != m.alive || o.generation != m.generation => {
                 info!(node = %me, member = %m.id, alive = m.alive, state = %m.state, generation = m.generation, "member liveness changed")
             }
             Some(o) if *o != m => {
-                info!(node = %me, member = %m.id, address = %m.address, region = %m.region, state = %m.state, "member changed")
+                info!(node = %me, member = %m.id, address = %m.address, peer_address = %m.peer_address, region = %m.region, state = %m.state, "member changed")
             }
             Some(_) => {}
         }
@@ -654,6 +661,7 @@ mod tests {
             member: Member {
                 id: id.to_string(),
                 address: format!("{id}:1"),
+                peer_address: format!("{id}:2"),
                 region: String::new(),
                 state: NodeState::Ready,
                 alive,

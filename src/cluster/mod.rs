@@ -51,8 +51,11 @@ impl fmt::Display for NodeState {
 pub struct Member {
     /// The node id.
     pub id: String,
-    /// host:port of its gRPC server (and, same port number, its gossip).
+    /// host:port of its gRPC server for clients (and, same port number,
+    /// its gossip).
     pub address: String,
+    /// host:port of its peer listener (the node-to-node protocol).
+    pub peer_address: String,
     /// Its region label; empty when unset.
     pub region: String,
     /// The state it announced.
@@ -71,6 +74,8 @@ pub struct NodeInfo {
     pub id: String,
     /// The host:port its gRPC server is reached at.
     pub address: String,
+    /// The host:port its peer listener is reached at.
+    pub peer_address: String,
     /// Its region label; empty when unset.
     pub region: String,
 }

@@ -453,6 +453,7 @@ mod tests {
             .map(|(id, state)| Member {
                 id: (*id).into(),
                 address: String::new(),
+                peer_address: String::new(),
                 region: String::new(),
                 state: *state,
                 alive: true,
@@ -612,6 +613,7 @@ mod tests {
         .map(|(id, region)| Member {
             id: (*id).into(),
             address: String::new(),
+            peer_address: String::new(),
             region: (*region).into(),
             state: NodeState::Ready,
             alive: true,
@@ -717,6 +719,7 @@ mod tests {
         .map(|(id, region)| Member {
             id: (*id).into(),
             address: String::new(),
+            peer_address: String::new(),
             region: (*region).into(),
             state: NodeState::Ready,
             alive: true,

@@ -689,6 +689,7 @@ pub(crate) fn test_coordinator(
         Arc::new(crate::switch::Switch::new()),
         Duration::from_secs(1),
         1 << 20,
+        None,
     ));
     let replicator = Replicator::new(
         peers.clone(),
@@ -725,6 +726,7 @@ mod tests {
         let me = Member {
             id: "n1".into(),
             address: "127.0.0.1:1".into(),
+            peer_address: String::new(),
             region: String::new(),
             state: NodeState::Ready,
             alive: true,

@@ -87,6 +87,7 @@ mod tests {
         .map(|(id, region)| Member {
             id: (*id).into(),
             address: String::new(),
+            peer_address: String::new(),
             region: (*region).into(),
             state: NodeState::Ready,
             alive: true,

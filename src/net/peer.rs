@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::crdt::Entry;
 use crate::metrics::Metrics;
 use crate::proto::cluster::{self as wire, peer_client::PeerClient};
+use crate::security::PeerTls;
 use crate::store::Key;
 use crate::switch::{Switch, Verdict};
 use crate::sync_message::{Reply, Request};
@@ -26,9 +27,11 @@ use crate::sync_message::{Reply, Request};
 /// expired strings whose bytes were dropped (a node of protocol 2 would
 /// read one as an empty string). 4: `Read` reads keys only; the clock
 /// query and the "which partitions do you hold" query are RPCs of their own
-/// (`Clock`, `Holding`), where protocol 3 asked them through `Read`; and a
+/// (`Clock`, `Holding`), where protocol 3 asked them through `Read`; a
 /// delta batch may ask its receiver to relay it to its region's other
-/// replicas (`ApplyRequest.relay`).
+/// replicas (`ApplyRequest.relay`); and the protocol is served on its own
+/// listener (the peer address is gossiped), with mutual TLS when
+/// configured, and the sender's id must match its certificate.
 pub const PROTOCOL: u32 = 4;
 
 /// Why a call to a peer failed.
@@ -61,13 +64,15 @@ pub struct Peers {
     timeout: Duration,
     max_message_bytes: usize,
     addresses: RwLock<HashMap<String, String>>,
-    channels: RwLock<HashMap<String, Channel>>,
+    /// By (node id, address): with TLS a channel verifies the node's id.
+    channels: RwLock<HashMap<(String, String), Channel>>,
     latencies: Latencies,
     /// When each peer's latency was last measured (by any call): an idle
     /// peer is probed so that its estimate stays current.
     measured: RwLock<HashMap<String, Instant>>,
     /// Bytes of delta batches delivered, per peer.
     applied: RwLock<HashMap<String, u64>>,
+    tls: Option<Arc<PeerTls>>,
     metrics: Metrics,
 }
 
@@ -75,13 +80,16 @@ impl Peers {
     /// Calls from node `me`, judged by `switch`, each bounded by `timeout`
     /// and by `max_message_bytes` either way (the peer message limit,
     /// [`crate::config::Config::max_peer_message_bytes`]); every answer's
-    /// clock is measured against `clock`.
+    /// clock is measured against `clock`. With `tls`, every connection is
+    /// mutual TLS and accepts only a peer that proves the node id it is
+    /// called for.
     pub fn new(
         me: String,
         clock: Arc<Clock>,
         switch: Arc<Switch>,
         timeout: Duration,
         max_message_bytes: usize,
+        tls: Option<Arc<PeerTls>>,
     ) -> Self {
         Self {
             me,
@@ -94,6 +102,7 @@ impl Peers {
             latencies: Latencies::new(),
             measured: RwLock::new(HashMap::new()),
             applied: RwLock::new(HashMap::new()),
+            tls,
             metrics: Metrics::off(),
         }
     }
@@ -144,6 +153,39 @@ impl Peers {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(peer.to_string(), Instant::now());
+    }
+
+    /// Forgets every connection, so that the next call to each peer
+    /// connects anew (with certificates just reloaded).
+    pub fn reset_connections(&self) {
+        self.channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Calls node `peer` at `address` once (a clock query), on a
+    /// connection of its own: with TLS, succeeds only if the peer proved it
+    /// is `peer` and accepted this node's certificate. Membership admits a
+    /// member learned by gossip on this proof. Returns the region the peer
+    /// answered with.
+    pub async fn probe(&self, peer: &str, address: &str) -> Result<String, PeerError> {
+        match self.switch.verdict(peer) {
+            Verdict::Pass => {}
+            Verdict::Drop => return Err(PeerError::Cut),
+            Verdict::Delay(d) => tokio::time::sleep(d).await,
+        }
+        let request = wire::ClockRequest {
+            header: Some(self.header()),
+        };
+        let mut client = PeerClient::new(self.connect(peer, address)?);
+        // Not through `call`: a member not proven yet counts in no metric
+        // (forged gossip must not grow the label sets) and no clock.
+        let reply = tokio::time::timeout(self.timeout, client.clock(request))
+            .await
+            .map_err(|_| PeerError::Timeout(self.timeout))?
+            .map_err(|s| PeerError::Failed(format!("{:?}: {}", s.code(), s.message())))?;
+        Ok(reply.into_inner().region)
     }
 
     /// The per-call timeout.
@@ -363,29 +405,41 @@ impl Peers {
             .get(peer)
             .cloned()
             .ok_or(PeerError::NoAddress)?;
+        let key = (peer.to_string(), address);
         if let Some(c) = self
             .channels
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&address)
+            .get(&key)
         {
             return Ok(c.clone());
         }
+        let channel = self.connect(peer, &key.1)?;
+        self.channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, channel.clone());
+        Ok(channel)
+    }
+
+    /// A new lazily connected channel to node `peer` at `address`.
+    fn connect(&self, peer: &str, address: &str) -> Result<Channel, PeerError> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         // Keepalive, because after a partition heals an idle HTTP/2
         // connection can stay stalled until it is probed; no-delay, because
         // small batches would otherwise wait for delayed ACKs.
-        let channel = Endpoint::from_shared(format!("http://{address}"))
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
             .map_err(|e| PeerError::Failed(format!("bad address {address:?}: {e}")))?
             .connect_timeout(self.timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
-        self.channels
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(address, channel.clone());
-        Ok(channel)
+            .keep_alive_while_idle(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.client_for(peer))
+                .map_err(|e| PeerError::Failed(format!("TLS to {peer}: {e}")))?;
+        }
+        Ok(endpoint.connect_lazy())
     }
 }

@@ -607,6 +607,7 @@ mod tests {
             Arc::new(Switch::new()),
             Duration::from_secs(60),
             1 << 20,
+            None,
         ));
         peers.set_addresses(HashMap::from([("slow".to_string(), addr.to_string())]));
         let replicator = Replicator::new(

@@ -574,6 +574,7 @@ impl World {
                 Member {
                     id: slot.id.clone(),
                     address: String::new(),
+                    peer_address: String::new(),
                     region: region_name(self.region(j)),
                     state: if slot.ready {
                         NodeState::Ready

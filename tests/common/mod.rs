@@ -56,6 +56,15 @@ pub async fn channel(node: &RunningNode) -> Channel {
         .expect("connects")
 }
 
+/// A channel to `node`'s peer listener (the node-to-node protocol).
+pub async fn peer_channel(node: &RunningNode) -> Channel {
+    Endpoint::from_shared(format!("http://{}", node.peer_addr()))
+        .expect("valid uri")
+        .connect()
+        .await
+        .expect("connects")
+}
+
 /// A client of the `Kilovolt` service of `node`.
 pub async fn kv(node: &RunningNode) -> KilovoltClient<Channel> {
     KilovoltClient::new(channel(node).await)

@@ -25,7 +25,13 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, ValueEnum};
 use futures_util::future::join_all;
 use kilovolt::proto::{self, kilovolt_client::KilovoltClient};
+use kilovolt::security::client::{BearerToken, ClientSecurity};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+/// A client of one connection, sending the token (if any) with every
+/// request.
+pub type Client = KilovoltClient<InterceptedService<Channel, BearerToken>>;
 
 use crate::report::Report;
 use crate::workload::{Kind, Progress, Workload};
@@ -76,6 +82,8 @@ struct Cli {
         value_name = "HOST:PORT[,...]"
     )]
     addr: Vec<String>,
+    #[command(flatten)]
+    security: ClientSecurity,
     /// gRPC channels (HTTP/2 connections) to open; requests in flight are
     /// spread over them.
     #[arg(long, default_value_t = 4, value_parser = at_least_one::<usize>)]
@@ -312,13 +320,10 @@ fn targets(cli: &Cli) -> Vec<Target> {
             if addr.is_empty() {
                 usage_error("--addr has an empty entry".into());
             }
-            let uri = if addr.contains("://") {
-                addr.to_string()
-            } else {
-                format!("http://{addr}")
-            };
-            let endpoint = Endpoint::from_shared(uri)
-                .unwrap_or_else(|e| usage_error(format!("--addr {addr:?} is not host:port: {e}")))
+            let endpoint = cli
+                .security
+                .endpoint(addr)
+                .unwrap_or_else(|e| usage_error(format!("--addr: {e}")))
                 .connect_timeout(cli.timeout)
                 .tcp_nodelay(true);
             Target {
@@ -396,10 +401,17 @@ async fn bench(cli: Cli, targets: Vec<Target>) -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    let clients: Vec<KilovoltClient<Channel>> = channels
+    let token = match cli.security.interceptor() {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("kilovolt-bench: --token: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let clients: Vec<Client> = channels
         .into_iter()
         .map(|channel| {
-            KilovoltClient::new(channel)
+            KilovoltClient::with_interceptor(channel, token.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
         })

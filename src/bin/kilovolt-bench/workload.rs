@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kilovolt::proto::{self, kilovolt_client::KilovoltClient};
+use kilovolt::proto;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use crate::histogram::Histogram;
+use crate::Client;
 
 /// Distinct gRPC status codes (`tonic::Code` runs from 0 to 16).
 pub const CODES: usize = 17;
@@ -170,12 +170,7 @@ impl Workload {
 
     /// Issues one write of key `i`: a Set, a MapSet of field `field`, or
     /// an Increment by 1, as the workload's kind says.
-    async fn set(
-        &self,
-        client: &mut KilovoltClient<Channel>,
-        i: u64,
-        field: u64,
-    ) -> Result<(), tonic::Status> {
+    async fn set(&self, client: &mut Client, i: u64, field: u64) -> Result<(), tonic::Status> {
         let key = self.key(i);
         let consistency = self.write_level.into();
         let call = async {
@@ -215,12 +210,7 @@ impl Workload {
 
     /// Issues one read of key `i`: a Get, a MapGet of field `field`, or a
     /// GetCounter; answers whether the key (or the field) was found.
-    async fn get(
-        &self,
-        client: &mut KilovoltClient<Channel>,
-        i: u64,
-        field: u64,
-    ) -> Result<bool, tonic::Status> {
+    async fn get(&self, client: &mut Client, i: u64, field: u64) -> Result<bool, tonic::Status> {
         let key = self.key(i);
         let consistency = self.read_level.into();
         let call = async {
@@ -257,7 +247,7 @@ impl Workload {
     /// A failure of the whole call fails every operation with its status.
     async fn batch(
         &self,
-        client: &mut KilovoltClient<Channel>,
+        client: &mut Client,
         ops: &[(u64, bool)],
     ) -> Vec<Result<bool, tonic::Code>> {
         use proto::batch_op::Op;
@@ -362,7 +352,7 @@ pub struct PreloadResult {
 /// key numbers from a shared counter.
 pub async fn preload(
     workload: &Arc<Workload>,
-    clients: &[KilovoltClient<Channel>],
+    clients: &[Client],
     concurrency: usize,
     progress: &Progress,
 ) -> PreloadResult {
@@ -506,7 +496,7 @@ impl Schedule {
 /// by a slow answer counts its latency from the instant it was due.
 pub async fn run(
     workload: &Arc<Workload>,
-    clients: &[KilovoltClient<Channel>],
+    clients: &[Client],
     concurrency: usize,
     warmup: Duration,
     duration: Duration,

@@ -23,6 +23,7 @@ fn topology() -> Topology {
         .map(|id| Member {
             id: id.to_string(),
             address: String::new(),
+            peer_address: String::new(),
             region: String::new(),
             state: NodeState::Ready,
             alive: true,
