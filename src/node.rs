@@ -431,6 +431,7 @@ pub async fn start_with_clock(
         leaving: leaving.clone(),
         connections: connections.clone(),
         members: membership.subscribe(),
+        durability: durability.clone(),
     };
     parts.clone().register(&metrics);
     metrics.set_regions(regions(members.borrow().iter()));

@@ -15,6 +15,7 @@ use crate::anti_entropy::AntiEntropyStats;
 use crate::clock::Clock;
 use crate::cluster::{Member, NodeState};
 use crate::coordinator::Coordinator;
+use crate::durability::Durability;
 use crate::metrics::process::{resident_bytes, OpenConnections};
 use crate::metrics::{Exposition, Kind, Metrics};
 use crate::replication::Replicator;
@@ -41,6 +42,8 @@ pub struct Parts {
     pub connections: OpenConnections,
     /// The member list as membership publishes it (this node included).
     pub members: watch::Receiver<Vec<Member>>,
+    /// The write-ahead log and snapshots, with `--data-dir`.
+    pub durability: Option<Arc<Durability>>,
 }
 
 impl Parts {
@@ -234,6 +237,9 @@ impl Parts {
                 rss as f64,
             );
         }
+        if let Some(durability) = &self.durability {
+            write_durability(durability, out);
+        }
         out.single(
             "kilovolt_open_connections",
             "TCP connections the gRPC server holds open (clients and peers).",
@@ -241,6 +247,43 @@ impl Parts {
             self.connections.get() as f64,
         );
     }
+}
+
+/// The write-ahead log's figures (`--data-dir`): what an operator watches
+/// to see that writes are durable, and the one that says they are refused.
+fn write_durability(durability: &Durability, out: &mut Exposition) {
+    use Kind::Gauge;
+    let stats = durability.stats();
+    out.single(
+        "kilovolt_log_bytes",
+        "Bytes of write-ahead log segments on disk.",
+        Gauge,
+        stats.log_bytes as f64,
+    );
+    out.single(
+        "kilovolt_log_last_fsync_timestamp_seconds",
+        "Unix time of the log's last fsync (0: none yet).",
+        Gauge,
+        stats.last_fsync_ms as f64 / 1000.0,
+    );
+    out.single(
+        "kilovolt_log_failed",
+        "1 once the log failed to write or fsync: the node refuses writes (the cause is in Admin.Stats and the log).",
+        Gauge,
+        if durability.log().check().is_err() { 1.0 } else { 0.0 },
+    );
+    out.single(
+        "kilovolt_snapshot_bytes",
+        "Bytes of the newest snapshot on disk.",
+        Gauge,
+        stats.snapshot_bytes as f64,
+    );
+    out.single(
+        "kilovolt_snapshot_last_timestamp_seconds",
+        "Unix time of the newest snapshot (0: none).",
+        Gauge,
+        stats.last_snapshot_ms as f64 / 1000.0,
+    );
 }
 
 #[cfg(test)]
@@ -280,6 +323,7 @@ mod tests {
             leaving: Arc::new(AtomicBool::new(false)),
             connections: OpenConnections::default(),
             members,
+            durability: None,
         };
         let metrics = Metrics::on();
         parts.clone().register(&metrics);

@@ -173,7 +173,15 @@ async fn health(n: &Node) -> ServingStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_requests_a_partition_and_a_heal() {
-    let a = node("metrics-move", &[], "0", &[]);
+    // a keeps a write-ahead log, so that its log metrics are served too.
+    let dir = std::env::temp_dir().join(format!("kilovolt-metrics-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let a = node(
+        "metrics-move",
+        &[],
+        "0",
+        &["--data-dir", dir.to_str().expect("a UTF-8 temp dir")],
+    );
     let b = node("metrics-move", &[&a], "0", &[]);
     // c keeps at most two hints, so that most writes it takes while cut off
     // reach a and b only by anti-entropy.
@@ -320,6 +328,9 @@ async fn metrics_move_with_requests_a_partition_and_a_heal() {
     );
     assert!(sample(&text, "kilovolt_open_connections", &[]) >= 1.0);
     assert!(sample(&text, "kilovolt_process_resident_memory_bytes", &[]) > 0.0);
+    assert!(sample(&text, "kilovolt_log_bytes", &[]) > 0.0);
+    assert!(sample(&text, "kilovolt_log_last_fsync_timestamp_seconds", &[]) > 0.0);
+    assert_eq!(sample(&text, "kilovolt_log_failed", &[]), 0.0);
 
     // The dashboard and the alerting rules name only metrics a node serves.
     for file in ["deploy/grafana-dashboard.json", "deploy/alerts.yml"] {
@@ -336,6 +347,8 @@ async fn metrics_move_with_requests_a_partition_and_a_heal() {
             );
         }
     }
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Every `kilovolt_...` metric name in `text`.

@@ -98,7 +98,17 @@ impl Rpc {
 /// The `level` label values: the contract's levels, `none` for a request
 /// that carries no single level (a `Batch`), `invalid` for a number the
 /// contract does not define.
-pub const LEVELS: [&str; 6] = ["ONE", "QUORUM", "ALL", "LOCAL", "none", "invalid"];
+pub const LEVELS: [&str; 9] = [
+    "ONE",
+    "QUORUM",
+    "ALL",
+    "LOCAL",
+    "LOCAL_ONE",
+    "LOCAL_QUORUM",
+    "EACH_QUORUM",
+    "none",
+    "invalid",
+];
 
 /// gRPC status codes 0-16, as the `code` label spells them.
 const CODES: [&str; 17] = [
@@ -506,7 +516,15 @@ mod tests {
         m.request(Rpc::Set, "QUORUM", 14, Duration::from_millis(2));
         m.request(Rpc::Set, "QUORUM", 14, Duration::from_millis(2));
         m.request(Rpc::Get, "bogus", 99, Duration::from_millis(1));
+        for level in ["LOCAL_ONE", "LOCAL_QUORUM", "EACH_QUORUM"] {
+            m.request(Rpc::Get, level, 0, Duration::from_millis(1));
+        }
         let text = m.render();
+        for level in ["LOCAL_ONE", "LOCAL_QUORUM", "EACH_QUORUM"] {
+            let line =
+                format!(r#"kilovolt_requests_total{{code="OK",level="{level}",rpc="Get"}} 1"#);
+            assert!(text.contains(&line), "{level}: {text}");
+        }
         assert!(
             text.contains(r#"kilovolt_requests_total{code="OK",level="QUORUM",rpc="Set"} 1"#),
             "{text}"
