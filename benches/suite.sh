@@ -310,37 +310,37 @@ start_durable() { # start_durable PORT CLUSTER_ID MODE DIR: pid in SPAWNED
 	spawn "$BIN/kilovolt-db" --host 127.0.0.1 --port "$1" --cluster-id "$2" --log-level warn \
 		--data-dir "$4" --durability "$3"
 }
-start_durable 56141 bench-periodic periodic "$DUR_DIR/periodic"
+start_durable 56161 bench-periodic periodic "$DUR_DIR/periodic"
 PERIODIC_PID=$SPAWNED
-start_durable 56142 bench-sync sync "$DUR_DIR/sync"
+start_durable 56162 bench-sync sync "$DUR_DIR/sync"
 SYNC_PID=$SPAWNED
-wait_ready 127.0.0.1:56141 1
-wait_ready 127.0.0.1:56142 1
-preload 127.0.0.1:56141
-preload 127.0.0.1:56142
+wait_ready 127.0.0.1:56161 1
+wait_ready 127.0.0.1:56162 1
+preload 127.0.0.1:56161
+preload 127.0.0.1:56162
 for pass in $(seq "$PASSES"); do
 	echo "durability pass $pass of $PASSES" >&2
 	kv dur_mem_r0 "$pass" "$KV_PID" 127.0.0.1:56101 --read-ratio 0
-	kv dur_periodic_r0 "$pass" "$PERIODIC_PID" 127.0.0.1:56141 --read-ratio 0
-	kv dur_sync_r0 "$pass" "$SYNC_PID" 127.0.0.1:56142 --read-ratio 0
+	kv dur_periodic_r0 "$pass" "$PERIODIC_PID" 127.0.0.1:56161 --read-ratio 0
+	kv dur_sync_r0 "$pass" "$SYNC_PID" 127.0.0.1:56162 --read-ratio 0
 done
 stop "$PERIODIC_PID"
 stop "$SYNC_PID"
 echo "durability: $MEMORY_KEYS keys, snapshot, kill -9, recovery" >&2
-start_durable 56143 bench-recovery periodic "$DUR_DIR/recovery"
+start_durable 56163 bench-recovery periodic "$DUR_DIR/recovery"
 pid=$SPAWNED
-wait_ready 127.0.0.1:56143 1
-load_kv 127.0.0.1:56143
-"$BIN/kilovolt-cli" --addr 127.0.0.1:56143 snapshot >/dev/null
+wait_ready 127.0.0.1:56163 1
+load_kv 127.0.0.1:56163
+"$BIN/kilovolt-cli" --addr 127.0.0.1:56163 snapshot >/dev/null
 disk_bytes=$(du -sb "$DUR_DIR/recovery" | cut -f1)
 kill -9 "$pid"
 wait "$pid" 2>/dev/null || true
 t0=$(date +%s.%N)
-start_durable 56143 bench-recovery periodic "$DUR_DIR/recovery"
+start_durable 56163 bench-recovery periodic "$DUR_DIR/recovery"
 pid=$SPAWNED
-wait_ready 127.0.0.1:56143 1
+wait_ready 127.0.0.1:56163 1
 t1=$(date +%s.%N)
-keys_back=$("$BIN/kilovolt-cli" --addr 127.0.0.1:56143 --json stats | python3 -c 'import json, sys; print(json.load(sys.stdin)["keys"])')
+keys_back=$("$BIN/kilovolt-cli" --addr 127.0.0.1:56163 --json stats | python3 -c 'import json, sys; print(json.load(sys.stdin)["keys"])')
 stop "$pid"
 record dur_recovery 1 "$(printf '"seconds":%s,"keys":%s,"disk_bytes_per_key":%s' \
 	"$(python3 -c "print(round($t1 - $t0, 3))")" "$keys_back" \
