@@ -498,51 +498,15 @@ async fn tokens_give_each_role_exactly_its_calls_and_reload_on_sighup() {
     // Client TLS: a client that does not trust the CA, or presents no
     // certificate, or speaks plaintext, gets nowhere.
     let other_ca = DevCa::new().unwrap().pem().cert;
-    let no_trust = match tls_channel(&node.addr, &other_ca, Some(&client), None).await {
-        Err(_) => true,
-        Ok(ch) => KilovoltClient::new(ch)
-            .get(with_token(
-                proto::GetRequest {
-                    key: "k".into(),
-                    consistency: 0,
-                },
-                ADMIN,
-            ))
-            .await
-            .is_err(),
-    };
+    let no_trust = get_refused(tls_channel(&node.addr, &other_ca, Some(&client), None).await).await;
     assert!(no_trust, "a client without the CA's trust connected");
-    let no_cert = match tls_channel(&node.addr, &ca, None, None).await {
-        Err(_) => true,
-        Ok(ch) => KilovoltClient::new(ch)
-            .get(with_token(
-                proto::GetRequest {
-                    key: "k".into(),
-                    consistency: 0,
-                },
-                ADMIN,
-            ))
-            .await
-            .is_err(),
-    };
+    let no_cert = get_refused(tls_channel(&node.addr, &ca, None, None).await).await;
     assert!(no_cert, "a client without a certificate was served");
     let plain = Endpoint::from_shared(format!("http://{}", node.addr))
         .unwrap()
         .connect()
         .await;
-    let plain_refused = match plain {
-        Err(_) => true,
-        Ok(ch) => KilovoltClient::new(ch)
-            .get(with_token(
-                proto::GetRequest {
-                    key: "k".into(),
-                    consistency: 0,
-                },
-                ADMIN,
-            ))
-            .await
-            .is_err(),
-    };
+    let plain_refused = get_refused(plain).await;
     assert!(plain_refused, "a plaintext client was served");
 
     let channel = tls_channel(&node.addr, &ca, Some(&client), None)
@@ -972,4 +936,22 @@ fn the_tree_holds_one_crypto_provider() {
         !lock.contains("name = \"aws-lc-rs\"") && !lock.contains("name = \"aws-lc-sys\""),
         "aws-lc-rs is in the tree: turn off the default features of the crate that brings it (cargo tree -i aws-lc-rs)"
     );
+}
+
+/// Whether a Get (with the admin token) over `channel` fails, or the
+/// channel could not even be made.
+async fn get_refused<E>(channel: Result<Channel, E>) -> bool {
+    match channel {
+        Err(_) => true,
+        Ok(ch) => KilovoltClient::new(ch)
+            .get(with_token(
+                proto::GetRequest {
+                    key: "k".into(),
+                    consistency: 0,
+                },
+                ADMIN,
+            ))
+            .await
+            .is_err(),
+    }
 }

@@ -86,4 +86,6 @@ mod transport;
 
 pub use membership::{ClusterError, Membership, MembershipConfig, StateAnnouncer};
 pub use topology::Topology;
+#[cfg(test)]
+pub(crate) use topology::{six_in_three_regions, SIX_IN_THREE_REGIONS};
 pub use transport::SwitchedTransport;

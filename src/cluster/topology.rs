@@ -63,3 +63,34 @@ impl From<&Member> for RingNode {
         Self::new(member.id.clone(), member.region.clone())
     }
 }
+
+/// Six nodes in three regions, two in each (`a1`, `a2` in r1; `b1`, `b2`
+/// in r2; `c1`, `c2` in r3): the cluster the regional tests share.
+#[cfg(test)]
+pub(crate) const SIX_IN_THREE_REGIONS: [(&str, &str); 6] = [
+    ("a1", "r1"),
+    ("a2", "r1"),
+    ("b1", "r2"),
+    ("b2", "r2"),
+    ("c1", "r3"),
+    ("c2", "r3"),
+];
+
+/// [`SIX_IN_THREE_REGIONS`], every node ready and alive, with
+/// `replication` replicas per key.
+#[cfg(test)]
+pub(crate) fn six_in_three_regions(replication: Replication) -> Topology {
+    let members = SIX_IN_THREE_REGIONS
+        .iter()
+        .map(|(id, region)| Member {
+            id: (*id).into(),
+            address: String::new(),
+            peer_address: String::new(),
+            region: (*region).into(),
+            state: super::NodeState::Ready,
+            alive: true,
+            generation: 1,
+        })
+        .collect();
+    Topology::new(members, 16, replication)
+}

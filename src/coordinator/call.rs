@@ -601,26 +601,7 @@ mod tests {
     /// Six ready nodes, two in each of three regions, two replicas of every
     /// key per region: every node holds every key.
     fn regions() -> Topology {
-        let members = [
-            ("a1", "r1"),
-            ("a2", "r1"),
-            ("b1", "r2"),
-            ("b2", "r2"),
-            ("c1", "r3"),
-            ("c2", "r3"),
-        ]
-        .iter()
-        .map(|(id, region)| Member {
-            id: (*id).into(),
-            address: String::new(),
-            peer_address: String::new(),
-            region: (*region).into(),
-            state: NodeState::Ready,
-            alive: true,
-            generation: 1,
-        })
-        .collect();
-        Topology::new(members, 16, crate::ring::Replication::PerRegion(2))
+        crate::cluster::six_in_three_regions(crate::ring::Replication::PerRegion(2))
     }
 
     #[test]
@@ -707,26 +688,7 @@ mod tests {
         // Three regions, one replica of every key in each: a non-replica in
         // r1 asks r1's replica first, then the remote one with the lower
         // round-trip time.
-        let members = [
-            ("a1", "r1"),
-            ("a2", "r1"),
-            ("b1", "r2"),
-            ("b2", "r2"),
-            ("c1", "r3"),
-            ("c2", "r3"),
-        ]
-        .iter()
-        .map(|(id, region)| Member {
-            id: (*id).into(),
-            address: String::new(),
-            peer_address: String::new(),
-            region: (*region).into(),
-            state: NodeState::Ready,
-            alive: true,
-            generation: 1,
-        })
-        .collect();
-        let t = Topology::new(members, 16, crate::ring::Replication::PerRegion(1));
+        let t = crate::cluster::six_in_three_regions(crate::ring::Replication::PerRegion(1));
         let key = (0..)
             .map(|i| format!("k{i}"))
             .find(|k| !t.replicas(k).iter().any(|r| **r == *"a1"))

@@ -71,30 +71,10 @@ pub fn region_mates<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::{Member, NodeState};
     use crate::ring::Replication;
 
     fn topology() -> Topology {
-        let members = [
-            ("a1", "r1"),
-            ("a2", "r1"),
-            ("b1", "r2"),
-            ("b2", "r2"),
-            ("c1", "r3"),
-            ("c2", "r3"),
-        ]
-        .iter()
-        .map(|(id, region)| Member {
-            id: (*id).into(),
-            address: String::new(),
-            peer_address: String::new(),
-            region: (*region).into(),
-            state: NodeState::Ready,
-            alive: true,
-            generation: 1,
-        })
-        .collect();
-        Topology::new(members, 16, Replication::PerRegion(2))
+        crate::cluster::six_in_three_regions(Replication::PerRegion(2))
     }
 
     fn routes(list: &[(&str, Route)]) -> Routes {

@@ -322,14 +322,7 @@ mod tests {
     }
 
     fn in_regions(level: Consistency) -> Tally {
-        let replicas = [
-            ("a1", "r1"),
-            ("a2", "r1"),
-            ("b1", "r2"),
-            ("b2", "r2"),
-            ("c1", "r3"),
-            ("c2", "r3"),
-        ];
+        let replicas = crate::cluster::SIX_IN_THREE_REGIONS;
         Tally::in_regions(
             level,
             replicas.iter().map(|(id, r)| (Arc::from(*id), *r)),
