@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::eventually;
-use common::process::{Server, SERVER};
+use common::process::{wait_ready, Server, SERVER};
 use kilovolt::proto::{
     self, admin_client::AdminClient, kilovolt_client::KilovoltClient, Consistency,
 };
@@ -117,29 +117,6 @@ async fn stats(s: &Server) -> proto::StatsResponse {
         .await
         .unwrap()
         .into_inner()
-}
-
-/// Waits until `s` sees `n` members alive and ready.
-async fn wait_ready(s: &Server, n: usize) {
-    let mut client = admin(s).await;
-    eventually(Duration::from_secs(30), "members alive and ready", || {
-        let mut client = client.clone();
-        async move {
-            let m = client
-                .members(proto::MembersRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            (m.members
-                .iter()
-                .filter(|m| m.alive && m.state == "ready")
-                .count()
-                == n)
-                .then_some(())
-        }
-    })
-    .await;
-    let _ = &mut client;
 }
 
 async fn digests(s: &Server) -> Vec<(u32, Vec<u8>)> {
@@ -246,7 +223,7 @@ async fn kill_all_under_load(
     let specs = cluster(name, extra);
     let mut servers: Vec<Server> = specs.iter().map(Spec::start).collect();
     for s in &servers {
-        wait_ready(s, 3).await;
+        wait_ready(&s.addr, 3).await;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Acked = Arc::default();
@@ -277,7 +254,7 @@ async fn kill_all_under_load(
 
     let servers: Vec<Server> = specs.iter().map(Spec::start).collect();
     for s in &servers {
-        wait_ready(s, 3).await;
+        wait_ready(&s.addr, 3).await;
     }
     let mut missing = Vec::new();
     for key in acked.keys() {
@@ -503,7 +480,7 @@ async fn a_restart_from_disk_fetches_only_what_changed() {
     let specs = cluster("refill", &[]);
     let mut servers: Vec<Server> = specs.iter().map(Spec::start).collect();
     for s in &servers {
-        wait_ready(s, 3).await;
+        wait_ready(&s.addr, 3).await;
     }
     let mut client = KilovoltClient::new(channel(&servers[0].addr).await);
     let value = "v".repeat(100);
@@ -515,8 +492,8 @@ async fn a_restart_from_disk_fetches_only_what_changed() {
     }
     wait_agree(&servers).await;
 
-    // Restart the third node from disk while 50 keys change.
-    let refill = |servers: &mut Vec<Server>, wipe: bool| {
+    // Stops the third node (and with `wipe` empties its data directory).
+    let stop_third = |servers: &mut Vec<Server>, wipe: bool| {
         let mut third = servers.pop().unwrap();
         third.child.kill().unwrap();
         third.child.wait().unwrap();
@@ -524,38 +501,27 @@ async fn a_restart_from_disk_fetches_only_what_changed() {
             std::fs::remove_dir_all(&specs[2].dir).unwrap();
         }
     };
-    refill(&mut servers, false);
-    for i in 0..50 {
-        client
-            .set(set_request(
-                &format!("k{i}"),
-                "changed",
-                Consistency::Quorum,
-            ))
-            .await
-            .unwrap();
+    // Kill the third node and write 50 keys while it is down; restart it
+    // from its data directory, then again (50 other keys) from an empty one.
+    let mut restarted = Vec::new();
+    for (wipe, keys) in [(false, 0..50), (true, 50..100)] {
+        stop_third(&mut servers, wipe);
+        for i in keys {
+            client
+                .set(set_request(
+                    &format!("k{i}"),
+                    "changed",
+                    Consistency::Quorum,
+                ))
+                .await
+                .unwrap();
+        }
+        servers.push(specs[2].start());
+        wait_ready(&servers[2].addr, 3).await;
+        wait_agree(&servers).await;
+        restarted.push(stats(&servers[2]).await);
     }
-    servers.push(specs[2].start());
-    wait_ready(&servers[2], 3).await;
-    wait_agree(&servers).await;
-    let from_disk = stats(&servers[2]).await;
-
-    // The same, from an empty directory.
-    refill(&mut servers, true);
-    for i in 50..100 {
-        client
-            .set(set_request(
-                &format!("k{i}"),
-                "changed",
-                Consistency::Quorum,
-            ))
-            .await
-            .unwrap();
-    }
-    servers.push(specs[2].start());
-    wait_ready(&servers[2], 3).await;
-    wait_agree(&servers).await;
-    let from_empty = stats(&servers[2]).await;
+    let (from_disk, from_empty) = (&restarted[0], &restarted[1]);
     eprintln!(
         "restart from disk: {} anti-entropy bytes, {} entries repaired; from empty: {} bytes, {} entries",
         from_disk.anti_entropy_bytes,
@@ -592,7 +558,7 @@ async fn a_node_back_after_the_dead_node_grace_does_not_bring_back_collected_del
     );
     let mut servers: Vec<Server> = specs.iter().map(Spec::start).collect();
     for s in &servers {
-        wait_ready(s, 3).await;
+        wait_ready(&s.addr, 3).await;
     }
     let mut client = KilovoltClient::new(channel(&servers[0].addr).await);
     client
@@ -627,7 +593,7 @@ async fn a_node_back_after_the_dead_node_grace_does_not_bring_back_collected_del
     );
     servers.push(back);
     for s in &servers {
-        wait_ready(s, 3).await;
+        wait_ready(&s.addr, 3).await;
     }
     wait_agree(&servers).await;
     for s in &servers {
@@ -656,7 +622,7 @@ async fn a_hint_survives_its_coordinators_kill_9() {
         .collect();
     let mut servers: Vec<Server> = specs.iter().map(Spec::start).collect();
     for s in &servers {
-        wait_ready(s, 2).await;
+        wait_ready(&s.addr, 2).await;
     }
     // A key only the second node holds.
     let mut admin1 = admin(&servers[0]).await;
@@ -702,7 +668,7 @@ async fn a_hint_survives_its_coordinators_kill_9() {
 
     let servers: Vec<Server> = specs.iter().map(Spec::start).collect();
     for s in &servers {
-        wait_ready(s, 2).await;
+        wait_ready(&s.addr, 2).await;
     }
     eventually(Duration::from_secs(20), "the hint delivered", || async {
         (get(&servers[1].addr, &key, Consistency::Local)

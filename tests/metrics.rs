@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::eventually;
-use common::process::{field, Server, SERVER};
+use common::process::{field, wait_ready, Server, SERVER};
 use kilovolt::proto::{
     self, admin_client::AdminClient, faults_client::FaultsClient, kilovolt_client::KilovoltClient,
     Consistency,
@@ -98,27 +98,6 @@ async fn channel(n: &Node) -> Channel {
         .unwrap()
 }
 
-async fn wait_ready(n: &Node, count: usize) {
-    eventually(
-        Duration::from_secs(20),
-        "members alive and ready",
-        || async {
-            let m = AdminClient::new(channel(n).await)
-                .members(proto::MembersRequest {})
-                .await
-                .unwrap()
-                .into_inner();
-            (m.members
-                .iter()
-                .filter(|m| m.alive && m.state == "ready")
-                .count()
-                == count)
-                .then_some(())
-        },
-    )
-    .await;
-}
-
 async fn digests(n: &Node) -> Vec<(u32, Vec<u8>)> {
     AdminClient::new(channel(n).await)
         .digests(proto::DigestsRequest {})
@@ -187,7 +166,7 @@ async fn metrics_move_with_requests_a_partition_and_a_heal() {
     // reach a and b only by anti-entropy.
     let c = node("metrics-move", &[&a, &b], "0", &["--max-hints", "2"]);
     for n in [&a, &b, &c] {
-        wait_ready(n, 3).await;
+        wait_ready(&n.server.addr, 3).await;
     }
     let before = scrape(&a);
     assert_eq!(
@@ -372,7 +351,7 @@ async fn ready_turns_ready_after_a_restart_only_once_syncing_is_done() {
     let b = node("metrics-ready", &[&a], "0", &[]);
     let mut c = node("metrics-ready", &[&a, &b], "0", &[]);
     for n in [&a, &b, &c] {
-        wait_ready(n, 3).await;
+        wait_ready(&n.server.addr, 3).await;
     }
     assert_eq!(http_get(&c.metrics, "/ready"), (200, "ready\n".into()));
     assert_eq!(http_get(&c.metrics, "/live").0, 200);
@@ -421,7 +400,7 @@ async fn ready_turns_ready_after_a_restart_only_once_syncing_is_done() {
 
     // One screen for the whole cluster, from any node (once gossip has
     // told it the restarted node is ready).
-    wait_ready(&a, 3).await;
+    wait_ready(&a.server.addr, 3).await;
     let out = a.server.cli(&["--json", "status"]);
     assert!(out.status.success(), "{out:?}");
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

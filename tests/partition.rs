@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::eventually;
-use common::process::{Server, SERVER};
+use common::process::{wait_ready, Server, SERVER};
 use kilovolt::proto::{
     self, admin_client::AdminClient, faults_client::FaultsClient, kilovolt_client::KilovoltClient,
     Consistency,
@@ -45,24 +45,6 @@ async fn members(s: &Server) -> proto::MembersResponse {
         .await
         .unwrap()
         .into_inner()
-}
-
-/// Waits until `s` sees `n` members alive and ready.
-async fn wait_ready(s: &Server, n: usize) {
-    eventually(
-        Duration::from_secs(20),
-        "members alive and ready",
-        || async {
-            let m = members(s).await;
-            (m.members
-                .iter()
-                .filter(|m| m.alive && m.state == "ready")
-                .count()
-                == n)
-                .then_some(())
-        },
-    )
-    .await;
 }
 
 async fn digests(s: &Server) -> Vec<(u32, Vec<u8>)> {
@@ -157,7 +139,7 @@ async fn heal_all(servers: [&Server; 3]) {
             .unwrap();
     }
     for s in servers {
-        wait_ready(s, 3).await;
+        wait_ready(&s.addr, 3).await;
     }
 }
 
@@ -190,7 +172,7 @@ async fn a_partition_heals_by_itself_without_losing_or_resurrecting() {
     let c = node("partition-heal", &[&a, &b], "0");
     let all = [&a, &b, &c];
     for s in all {
-        wait_ready(s, 3).await;
+        wait_ready(&s.addr, 3).await;
     }
     let mut acked = Acked::default();
     for i in 0..20 {
@@ -283,7 +265,7 @@ async fn a_node_restarted_empty_refills_and_turns_ready() {
     let b = node("restart-empty", &[&a], "0");
     let mut c = node("restart-empty", &[&a, &b], "0");
     for s in [&a, &b, &c] {
-        wait_ready(s, 3).await;
+        wait_ready(&s.addr, 3).await;
     }
     for i in 0..300 {
         set(&a, &format!("k{i}"), "v").await;
@@ -299,7 +281,7 @@ async fn a_node_restarted_empty_refills_and_turns_ready() {
     let restarted = node("restart-empty", &[&a, &b], &port);
     assert!(!local(&restarted, "k1").await.found, "restarted empty");
 
-    wait_ready(&restarted, 3).await;
+    wait_ready(&restarted.addr, 3).await;
     let first = digests(&a).await;
     assert_eq!(digests(&restarted).await, first, "ready means refilled");
     for i in [0, 150, 299] {
@@ -369,7 +351,7 @@ async fn maps_and_counters_written_on_both_sides_keep_every_field_and_increment(
     let c = node("partition-typed", &[&a, &b], "0");
     let all = [&a, &b, &c];
     for s in all {
-        wait_ready(s, 3).await;
+        wait_ready(&s.addr, 3).await;
     }
     let mut fields = BTreeMap::new();
     let mut sum = 0;
@@ -528,7 +510,7 @@ async fn one_answers_within_a_second_while_replicas_are_silent_or_paused() {
     let c = start(&[&a, &b]);
     let d = start(&[&a, &b, &c]);
     for s in [&a, &b, &c, &d] {
-        wait_ready(s, 4).await;
+        wait_ready(&s.addr, 4).await;
     }
     let me = members(&d).await.self_id;
     let mut admin = AdminClient::new(channel(&d).await);
@@ -569,7 +551,7 @@ async fn one_answers_within_a_second_while_replicas_are_silent_or_paused() {
         .heal(proto::HealRequest {})
         .await
         .unwrap();
-    wait_ready(&d, 4).await;
+    wait_ready(&d.addr, 4).await;
 
     // One replica paused: it answers nothing until it is resumed.
     signal(&c, "-STOP");

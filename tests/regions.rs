@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::eventually;
-use common::process::{Server, SERVER};
+use common::process::{wait_ready, Server, SERVER};
 use kilovolt::proto::{
     self, admin_client::AdminClient, faults_client::FaultsClient, kilovolt_client::KilovoltClient,
     Consistency,
@@ -45,7 +45,7 @@ impl Regions {
         }
         let regions = Regions { nodes };
         for (s, _) in &regions.nodes {
-            wait_ready(s, 6).await;
+            wait_ready(&s.addr, 6).await;
         }
         regions
     }
@@ -123,7 +123,7 @@ impl Regions {
                 .unwrap();
         }
         for (s, _) in &self.nodes {
-            wait_ready(s, 6).await;
+            wait_ready(&s.addr, 6).await;
         }
     }
 }
@@ -142,27 +142,6 @@ async fn stats(s: &Server) -> proto::StatsResponse {
         .await
         .unwrap()
         .into_inner()
-}
-
-async fn wait_ready(s: &Server, n: usize) {
-    eventually(
-        Duration::from_secs(30),
-        "six members alive and ready",
-        || async {
-            let m = AdminClient::new(channel(s).await)
-                .members(proto::MembersRequest {})
-                .await
-                .unwrap()
-                .into_inner();
-            let ready = m
-                .members
-                .iter()
-                .filter(|m| m.alive && m.state == "ready")
-                .count();
-            (ready == n).then_some(())
-        },
-    )
-    .await;
 }
 
 async fn set(s: &Server, key: &str, value: &str, level: Consistency) -> Result<(), tonic::Status> {

@@ -115,3 +115,32 @@ pub fn field(line: &str, name: &str) -> Option<String> {
     let start = line.find(name)? + name.len();
     Some(line[start..].split_whitespace().next()?.to_string())
 }
+
+/// Waits, up to 30 s, until the node at `addr` sees `n` members alive and
+/// ready (the cluster formed and every node refilled).
+pub async fn wait_ready(addr: &str, n: usize) {
+    use kilovolt::proto::{admin_client::AdminClient, MembersRequest};
+    super::eventually(
+        Duration::from_secs(30),
+        "members alive and ready",
+        || async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let m = AdminClient::new(channel)
+                .members(MembersRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            let ready = m
+                .members
+                .iter()
+                .filter(|m| m.alive && m.state == "ready")
+                .count();
+            (ready == n).then_some(())
+        },
+    )
+    .await;
+}
