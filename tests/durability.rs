@@ -602,6 +602,96 @@ async fn a_node_back_after_the_dead_node_grace_does_not_bring_back_collected_del
     let _ = std::fs::remove_dir_all(specs[0].dir.parent().unwrap());
 }
 
+/// Unix milliseconds now.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A whole cluster down together for longer than the dead-node grace (a
+/// region that lost power overnight) comes back with everything it
+/// acknowledged: no peer ran on to drop anyone from placement or collect
+/// a delete without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_cluster_down_longer_than_the_dead_node_grace_keeps_its_data() {
+    const GRACE_MS: u64 = 4_000;
+    let specs = cluster(
+        "outage",
+        &["--dead-node-grace", "4s", "--durability", "sync"],
+    );
+    let mut servers: Vec<Server> = specs.iter().map(Spec::start).collect();
+    for s in &servers {
+        wait_ready(&s.addr, 3).await;
+    }
+    let mut client = KilovoltClient::new(channel(&servers[0].addr).await);
+    let keys: Vec<String> = (0..200).map(|i| format!("outage-{i}")).collect();
+    for key in &keys {
+        client
+            .set(set_request(key, key, Consistency::Quorum))
+            .await
+            .unwrap();
+    }
+    for s in &mut servers {
+        s.child.kill().unwrap();
+    }
+    for s in &mut servers {
+        s.child.wait().unwrap();
+    }
+    drop(servers);
+    // The outage: until every node's `alive` record is older than the grace.
+    eventually(
+        Duration::from_secs(30),
+        "every alive record older than the grace",
+        || async {
+            specs
+                .iter()
+                .all(|spec| {
+                    let alive: u64 = std::fs::read_to_string(spec.dir.join("alive"))
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .unwrap();
+                    unix_ms().saturating_sub(alive) > GRACE_MS
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    // All at once: a stale node waits for a live peer before it serves.
+    let launched: Vec<(Server, Vec<String>)> = specs
+        .iter()
+        .map(|spec| {
+            let cmd = spec.command();
+            std::thread::spawn(move || Server::launch_with_startup_log(cmd))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let kept = launched
+        .iter()
+        .filter(|(_, startup)| startup.iter().any(|l| l.contains("it keeps its data")))
+        .count();
+    let servers: Vec<Server> = launched.into_iter().map(|(s, _)| s).collect();
+    for s in &servers {
+        wait_ready(&s.addr, 3).await;
+    }
+    for s in &servers {
+        for key in &keys {
+            assert_eq!(
+                get(&s.addr, key, Consistency::Quorum).await.as_deref(),
+                Some(key.as_str()),
+                "{key} read through {}",
+                s.addr
+            );
+        }
+    }
+    assert!(kept >= 2, "{kept} of 3 nodes kept their data");
+    let _ = std::fs::remove_dir_all(specs[0].dir.parent().unwrap());
+}
+
 /// A ONE write that no replica took lives only as a hint on its
 /// coordinator: the hint is logged (in `sync` mode before the write is
 /// acknowledged), and survives the coordinator's kill -9.
