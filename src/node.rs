@@ -343,8 +343,10 @@ pub async fn start_with_clock(
 
     // A node back from disk after longer than the dead-node grace keeps
     // its data only if its live peers were down with it; it serves and
-    // sends nothing until it has decided (docs/durability.md).
-    let mut hold_collection = false;
+    // sends nothing until it has decided. A node restarted from disk
+    // collects no tombstones for the grace: a member that was down when
+    // it stopped may be known to no live peer (docs/durability.md).
+    let hold_collection = previous_alive_ms.is_some() && !config.cluster.is_empty();
     let durability = match recovering {
         Some(recovering) => {
             let keep = match recovering.stale() {
@@ -362,8 +364,9 @@ pub async fn start_with_clock(
                     .await;
                     match verdict {
                         Verdict::Keep => {
-                            tracing::info!("every live peer was down with this node: it keeps its data, and collects no tombstones for the dead-node grace");
-                            hold_collection = true;
+                            tracing::info!(
+                                "every live peer was down with this node: it keeps its data"
+                            );
                             true
                         }
                         Verdict::Discard { reason } => {

@@ -419,12 +419,12 @@ impl AntiEntropy {
             .confirm(peer, partitions, started);
     }
 
-    /// Collects nothing for `hold` from now: a node that kept its data
-    /// after a whole-cluster outage longer than the dead-node grace holds
-    /// collection for that grace, so that a member still away, which no
-    /// live node remembers, can come back and keep its own data without a
-    /// delete it missed having been collected around it
-    /// (docs/durability.md).
+    /// Collects nothing for `hold` from now. A node restarted from its data
+    /// directory holds collection for the dead-node grace: a member that
+    /// was down when it stopped may be known to no live peer (they all
+    /// restarted too), and must be able to come back within that grace
+    /// and keep its own data without a delete it missed having been
+    /// collected around it (docs/durability.md).
     pub fn hold_collection(&self, hold: Duration) {
         *self
             .hold_until
@@ -446,7 +446,7 @@ impl AntiEntropy {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if held.is_some_and(|until| Instant::now() < until) {
-            tracing::debug!("collecting nothing: held after a start from a stale data directory");
+            tracing::debug!("collecting nothing for the dead-node grace after a restart from disk");
             return 0;
         }
         let collected = self

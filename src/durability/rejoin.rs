@@ -10,10 +10,10 @@
 //! started and when its previous run was last alive. It keeps its data
 //! only if every one of them was down within the grace of this node
 //! stopping and has been running for less than the grace since: the
-//! cluster (or this set of nodes) was down together. A node that keeps its
-//! data that way collects nothing for the grace (`AntiEntropy`'s hold), so
-//! that a member still away is not collected around before it can come
-//! back and judge the same way.
+//! cluster (or this set of nodes) was down together. Every node restarted
+//! from disk collects nothing for the grace (the anti-entropy's hold), so
+//! that a member still away, which no live node may remember, is not
+//! collected around before it can come back and judge the same way.
 
 use std::time::Duration;
 
