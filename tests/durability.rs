@@ -692,6 +692,70 @@ async fn a_whole_cluster_down_longer_than_the_dead_node_grace_keeps_its_data() {
     let _ = std::fs::remove_dir_all(specs[0].dir.parent().unwrap());
 }
 
+/// A node restarted from its data directory collects no tombstones for
+/// the dead-node grace (a member that was down when it stopped may be known
+/// to no live peer), while its peers, which did not restart, collect as
+/// usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_from_disk_holds_collection_for_the_dead_node_grace() {
+    let specs = cluster(
+        "hold",
+        &[
+            "--dead-node-grace",
+            "60s",
+            "--max-hint-age",
+            "1s",
+            "--tombstone-grace",
+            "2s",
+        ],
+    );
+    let mut servers: Vec<Server> = specs.iter().map(Spec::start).collect();
+    for s in &servers {
+        wait_ready(&s.addr, 3).await;
+    }
+    let mut third = servers.pop().unwrap();
+    third.child.kill().unwrap();
+    third.child.wait().unwrap();
+    servers.push(specs[2].start());
+    for s in &servers {
+        wait_ready(&s.addr, 3).await;
+    }
+    let mut client = KilovoltClient::new(channel(&servers[0].addr).await);
+    client
+        .set(set_request("doomed", "old", Consistency::All))
+        .await
+        .unwrap();
+    client
+        .delete(proto::DeleteRequest {
+            key: "doomed".into(),
+            consistency: Consistency::All.into(),
+        })
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the delete collected by the two nodes that did not restart",
+        || async {
+            for s in &servers[..2] {
+                if stats(s).await.tombstones != 0 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    // Three more of the restarted node's rounds, each of which would have
+    // collected the tombstone (its peers acknowledged it).
+    let rounds = stats(&servers[2]).await.anti_entropy_rounds;
+    eventually(Duration::from_secs(30), "three more rounds", || async {
+        (stats(&servers[2]).await.anti_entropy_rounds >= rounds + 3).then_some(())
+    })
+    .await;
+    assert_eq!(stats(&servers[2]).await.tombstones, 1);
+    let _ = std::fs::remove_dir_all(specs[0].dir.parent().unwrap());
+}
+
 /// A ONE write that no replica took lives only as a hint on its
 /// coordinator: the hint is logged (in `sync` mode before the write is
 /// acknowledged), and survives the coordinator's kill -9.
