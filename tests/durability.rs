@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use common::eventually;
 use common::process::{wait_ready, Server, SERVER};
 use kilovolt::proto::{
-    self, admin_client::AdminClient, kilovolt_client::KilovoltClient, Consistency,
+    self, admin_client::AdminClient, faults_client::FaultsClient, kilovolt_client::KilovoltClient,
+    Consistency,
 };
 use tonic::transport::Channel;
 
@@ -830,6 +831,89 @@ async fn a_hint_survives_its_coordinators_kill_9() {
             .as_deref()
             == Some("held"))
         .then_some(())
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A ONE write that its coordinator, not a replica, answers from its
+/// queued copy (the replica is alive but slow) is held as a hint too, so
+/// that it is on the coordinator's disk before the answer (`sync`) and
+/// survives the coordinator's kill -9 right after it. (A delete: it is
+/// sent without reading the key first, which would wait on the slow
+/// replica until the failure detector gave it up.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_write_answered_from_its_queued_copy_survives_its_coordinators_kill_9() {
+    let root = data_dir("queued");
+    let ports = [free_port(), free_port()];
+    let specs: Vec<Spec> = (0..2)
+        .map(|i| Spec {
+            id: format!("n{}", i + 1),
+            port: ports[i],
+            peers: vec![ports[1 - i]],
+            dir: root.join(format!("n{}", i + 1)),
+            extra: [
+                "--replication-factor",
+                "1",
+                "--durability",
+                "sync",
+                "--fault-injection",
+            ]
+            .map(String::from)
+            .to_vec(),
+        })
+        .collect();
+    let mut servers: Vec<Server> = specs.iter().map(Spec::start).collect();
+    for s in &servers {
+        wait_ready(&s.addr, 2).await;
+    }
+    // A key only the second node holds.
+    let mut admin1 = admin(&servers[0]).await;
+    let mut key = String::new();
+    for i in 0.. {
+        key = format!("q{i}");
+        let replicas = admin1
+            .replicas(proto::ReplicasRequest { key: key.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .replicas;
+        if replicas[0].id == "n2" {
+            break;
+        }
+    }
+    let mut client = KilovoltClient::new(channel(&servers[0].addr).await);
+    client
+        .set(set_request(&key, "doomed", Consistency::All))
+        .await
+        .unwrap();
+    // The second node is still alive to the first one's failure detector,
+    // but the first one's messages reach it only after 5 s: the write waits
+    // its hedge delay and is answered from the queued copy.
+    FaultsClient::new(channel(&servers[0].addr).await)
+        .degrade(proto::DegradeRequest {
+            peers: vec!["n2".into()],
+            drop: 0.0,
+            delay_ms: 5_000,
+        })
+        .await
+        .unwrap();
+    client
+        .delete(proto::DeleteRequest {
+            key: key.clone(),
+            consistency: Consistency::One.into(),
+        })
+        .await
+        .unwrap();
+    let mut first = servers.remove(0);
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let _first = specs[0].start();
+    eventually(Duration::from_secs(20), "the delete delivered", || async {
+        get(&servers[0].addr, &key, Consistency::Local)
+            .await
+            .is_none()
+            .then_some(())
     })
     .await;
     let _ = std::fs::remove_dir_all(&root);
