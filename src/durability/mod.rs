@@ -7,9 +7,11 @@
 //! appends it to the [`log::Log`], whose writer thread writes and fsyncs
 //! it. Callers that acknowledge a change (the coordinator, the peer
 //! service, anti-entropy) wait on [`Store::durable`], which in `sync` mode
-//! resolves once the record is fsynced. At start, [`Durability::open`]
+//! resolves once the record is fsynced. At start, [`Durability::recover`]
 //! loads the newest snapshot and replays the log after it into the empty
-//! store before the journal is attached; snapshots are taken in the
+//! store; the node decides whether to keep it (`rejoin`, for a directory
+//! older than the dead-node grace), and [`Recovering::open`] attaches the
+//! journal; snapshots are taken in the
 //! background while writes go on (a fuzzy snapshot: merges are joins, so
 //! replaying records it already holds is harmless), then older segments
 //! are deleted.

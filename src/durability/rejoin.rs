@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use crate::cluster::{Membership, PeerRun};
 
-/// How long the node waits between looks at gossip, and between the lines
-/// it logs while no peer is live.
+/// How long the node waits between looks at gossip.
 const LOOK: Duration = Duration::from_millis(50);
+/// How often it says that it is still waiting for a live peer.
 const SAY_EVERY: Duration = Duration::from_secs(5);
 
 /// What a stale node does with the data it loaded.
