@@ -4,8 +4,11 @@
 # The server runs under callgrind on loopback; kilovolt-bench writes 10,000
 # keys of 16 bytes with 100-byte values, then the counters are zeroed and
 # it sends Sets (0% reads) for DURATION, dumps the counts, zeroes them and
-# sends Gets (100% reads) for DURATION. Prints the instructions per Set and
-# per Get; the profiles stay in OUT for callgrind_annotate.
+# sends Gets (100% reads) for DURATION, each phase at RATE requests per
+# second (default 500), so that the server's background work (gossip,
+# timers) weighs the same per request in every run whatever else the
+# machine does. Prints the instructions per Set and per Get (background
+# included); the profiles stay in OUT for callgrind_annotate.
 #
 # Usage: bash benches/callgrind.sh NAME SERVER [ARGS...], e.g.
 #   bash benches/callgrind.sh node bin/kilovolt-db --log-level warn
@@ -19,6 +22,7 @@ cd "$(dirname "$0")/.."
 NAME=$1
 shift
 DURATION=${DURATION:-8s}
+RATE=${RATE:-500}
 OUT=${OUT:-target/bench/callgrind}
 BIN=bin
 PORT=56501
@@ -41,7 +45,8 @@ bench=("$BIN/kilovolt-bench" --addr "127.0.0.1:$PORT" --keys 10000 --key-size 16
 for phase in set get; do
 	ratio=$([[ $phase == set ]] && echo 0 || echo 1)
 	callgrind_control -z "$server" >/dev/null
-	json=$("${bench[@]}" --no-preload --duration "$DURATION" --warmup 0s --read-ratio "$ratio" 2>/dev/null)
+	json=$("${bench[@]}" --no-preload --duration "$DURATION" --warmup 0s --read-ratio "$ratio" \
+		--rate "$RATE" 2>/dev/null)
 	callgrind_control -d "$phase" "$server" >/dev/null
 	file=$(grep -l "^desc: Trigger: dump $phase" "$OUT/$NAME".out.* | head -n1)
 	python3 - "$json" "$file" "$NAME" "$phase" <<'PY'

@@ -373,6 +373,15 @@ def cmd(*args):
         return subprocess.run(args, capture_output=True, text=True).stdout.strip()
     except OSError:
         return ""
+def build():
+    # How both servers were built: `make bench` builds the node and the bare
+    # server with the one release profile of Cargo.toml, and both set
+    # mimalloc as their allocator.
+    import tomllib
+    profile = tomllib.load(open("Cargo.toml", "rb")).get("profile", {}).get("release", {})
+    keys = ("opt-level", "lto", "codegen-units", "panic")
+    said = ", ".join(f"{k} = {json.dumps(profile[k])}" for k in keys if k in profile)
+    return f"`cargo build --release` ({said or 'the defaults'}), allocator mimalloc"
 model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
 mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
 print(json.dumps({
@@ -384,6 +393,7 @@ print(json.dumps({
     # Other work on the machine shows here: the suite itself keeps about
     # two runnable processes (client and server).
     "load_start": sys.argv[5], "load_end": " ".join(open("/proc/loadavg").read().split()[:3]),
+    "build": build(),
 }))
 PY
 python3 benches/suite_report.py "$RESULTS" "$machine" "$DOC"

@@ -94,7 +94,8 @@ def render(res, machine):
     out.append(
         "Baseline: the bare tonic server (`benches/bare_server.rs`) with the same "
         "mix (GET rows: 90% reads; SET rows: 0% reads). CPU is the server "
-        "process's user + system time per operation."
+        "process's user + system time per operation. Both servers built with "
+        f"{m.get('build', 'the release profile')}."
     )
     out.append("")
     out.append(

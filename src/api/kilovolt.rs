@@ -128,9 +128,13 @@ impl KilovoltService {
     /// `Set`, as the single RPC and each set of a batch carry it out.
     async fn do_set(&self, req: proto::SetRequest) -> Result<proto::SetResponse, Status> {
         let key = validate::key(&req.key)?;
-        let value = validate::value(&req.value, self.max_value_bytes)?;
+        validate::value(&req.value, self.max_value_bytes)?;
         let level = validate::consistency(req.consistency, self.default_level)?;
-        let version = self.coordinator.set(key, value, req.ttl_ms, level).await?;
+        // The value moves into the stored entry: no copy.
+        let version = self
+            .coordinator
+            .set(key, req.value, req.ttl_ms, level)
+            .await?;
         Ok(proto::SetResponse {
             status: "OK".into(),
             version: Some(version_to_proto(version)),

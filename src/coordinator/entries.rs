@@ -17,7 +17,7 @@ pub fn value_entry(
     clock: &Clock,
     key: &str,
     stored: Option<&Entry>,
-    value: &str,
+    value: Box<str>,
     ttl_ms: u64,
 ) -> Result<Entry, Error> {
     let now = clock.now();

@@ -216,10 +216,11 @@ impl Coordinator {
     pub async fn set(
         &self,
         key: &str,
-        value: &str,
+        value: impl Into<Box<str>>,
         ttl_ms: u64,
         level: Consistency,
     ) -> Result<Version, Error> {
+        let value = value.into();
         let observed = self.observe(key, level).await?.flatten();
         self.write(key, level, |stored| {
             value_entry(

@@ -145,18 +145,24 @@ impl Tally {
 
     /// A tally of `level` over `replicas` of a key for a request coordinated
     /// by `me`, with their regions from `topology`: the regional levels
-    /// group the replicas by region, with `me`'s region as the local one.
+    /// group the replicas by region, with `me`'s region as the local one;
+    /// the others look no region up.
     pub fn for_replicas(
         topology: &Topology,
         level: Consistency,
         replicas: &[Arc<str>],
         me: &str,
     ) -> Self {
-        Tally::in_regions(
-            level,
-            replicas.iter().map(|r| (r.clone(), topology.region_of(r))),
-            topology.region_of(me),
-        )
+        match level {
+            Consistency::LocalOne | Consistency::LocalQuorum | Consistency::EachQuorum => {
+                Tally::in_regions(
+                    level,
+                    replicas.iter().map(|r| (r.clone(), topology.region_of(r))),
+                    topology.region_of(me),
+                )
+            }
+            _ => Tally::new(level, replicas.iter().cloned()),
+        }
     }
 
     /// Records `replica`'s answer; the first answer of a replica counts, and

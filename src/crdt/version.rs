@@ -37,10 +37,7 @@ impl Version {
         }
         // Leading zeros are dropped; zero itself keeps its one digit.
         let start = ((self.node.leading_zeros() / 4) as usize).min(15);
-        // Only ASCII digits were written: always valid UTF-8.
-        std::str::from_utf8(&buf[start..])
-            .unwrap_or_default()
-            .to_owned()
+        buf[start..].iter().map(|&d| char::from(d)).collect()
     }
 }
 

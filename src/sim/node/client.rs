@@ -28,9 +28,9 @@ impl SimNode {
     pub fn invoke(&mut self, op: ClientOp) {
         match &op.kind {
             OpKind::Set { value, ttl_ms } => {
-                let (value, ttl_ms) = (value.clone(), *ttl_ms);
+                let (value, ttl_ms) = (value.as_str().into(), *ttl_ms);
                 self.write(op.id, &op.key, op.level, |clock, _, stored| {
-                    value_entry(clock, &op.key, stored, &value, ttl_ms)
+                    value_entry(clock, &op.key, stored, value, ttl_ms)
                 });
             }
             OpKind::Delete => {
