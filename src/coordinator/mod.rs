@@ -35,7 +35,7 @@ use crate::crdt::{ops, Entry, Payload, Version};
 use crate::dots::Dots;
 use crate::error::Error;
 use crate::net::latency::OBSERVE_AT_ONE;
-use crate::net::Peers;
+use crate::net::{PeerError, Peers};
 use crate::replication::{Replicator, Undelivered};
 use crate::store::Store;
 
@@ -485,22 +485,32 @@ impl Coordinator {
     /// order (nearest first). A replica silent for longer than it usually
     /// takes (its hedge delay) is not waited for alone: the next one is
     /// asked too, and the first answer wins; a failure moves on at once.
+    /// Once every replica has been asked, each hedge delay that passes asks
+    /// a silent one again.
     async fn read_one(&self, key: &str, level: Consistency) -> Result<Option<Entry>, Error> {
         let started = Instant::now();
         let topology = self.topology();
         let peers = &self.peers;
         let mut call = ReadOne::start(&self.me, &topology, key, level, |r| peers.rtt(r));
         let mut asking = FuturesUnordered::new();
-        // Each turn asks the next replica: at the start, after a failure,
-        // and when the newest one asked stayed silent past its hedge delay.
-        // `None` once every replica has been asked: then only the answers
-        // in flight are waited for.
-        let mut hedge;
+        // Each turn asks the next replica: at the start and after a
+        // refusal; when the newest request stayed silent past its hedge
+        // delay (`hedge_at`) or a request timed out (`silent`), the next
+        // replica or, every one asked, a silent one again. `None` once
+        // there is nobody left to ask: then only the answers in flight are
+        // waited for.
+        let mut hedge_at = None;
+        let mut hedged = false;
         loop {
-            match call.next_replica() {
+            let next = match call.next_replica() {
+                None if hedged || !call.waiting() => call.ask_again(),
+                next => next,
+            };
+            match next {
                 Some(replica) if *replica == *self.me => return Ok(self.store.get(key)),
                 Some(replica) => {
-                    hedge = Some(self.peers.hedge_after(&replica));
+                    hedge_at =
+                        Some(tokio::time::Instant::now() + self.peers.read_hedge_after(&replica));
                     let peers = &self.peers;
                     asking.push(async move {
                         let read = peers.read(&replica, &[key]).await;
@@ -508,12 +518,17 @@ impl Coordinator {
                     });
                 }
                 None if !call.waiting() => return Err(call.unavailable()),
-                None => hedge = None,
+                None if hedged => hedge_at = None,
+                None => {}
             }
-            let next = match hedge {
-                Some(after) => match tokio::time::timeout(after, asking.next()).await {
+            hedged = false;
+            let next = match hedge_at {
+                Some(at) => match tokio::time::timeout_at(at, asking.next()).await {
                     Ok(next) => next,
-                    Err(_) => continue,
+                    Err(_) => {
+                        hedged = true;
+                        continue;
+                    }
                 },
                 None => asking.next().await,
             };
@@ -523,6 +538,10 @@ impl Coordinator {
                         format!("{}; answered by {replica}", call.report("not asked"))
                     });
                     return Ok(self.answer(key, entries));
+                }
+                Some((replica, Err(e @ PeerError::Timeout(_)))) => {
+                    call.silent(&replica, e.to_string());
+                    hedged = true;
                 }
                 Some((replica, Err(e))) => call.failed(&replica, e.to_string()),
                 None => {}

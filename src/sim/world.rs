@@ -409,6 +409,9 @@ impl World {
                 self.slots[i].ready = true;
                 let id = self.slots[i].id.clone();
                 self.history.note(self.now, format!("{id} is ready"));
+                // The node publishes its own new state at once, as
+                // production's announcement does; peers learn it later.
+                self.at(self.now, Event::View(i));
                 self.views_change();
             }
             Out::HintsExpired => self.mark_lost(),

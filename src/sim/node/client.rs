@@ -18,9 +18,21 @@ use super::{ClientOp, OpKind, OpResult, Out, Req, Rpc, SimNode, Timer, MAP_LIMIT
 
 /// A client request in progress at its coordinator.
 pub(super) enum Call {
-    Write { op: usize, call: WriteCall },
-    ReadMany { op: ClientOp, call: ReadCall },
-    ReadOne { op: ClientOp, call: ReadOne },
+    Write {
+        op: usize,
+        call: WriteCall,
+    },
+    ReadMany {
+        op: ClientOp,
+        call: ReadCall,
+    },
+    ReadOne {
+        op: ClientOp,
+        call: ReadOne,
+        /// The peer call whose hedge timer is the one that counts (the
+        /// newest request sent); none once nobody is left to ask.
+        hedge: Option<u64>,
+    },
 }
 
 impl SimNode {
@@ -227,8 +239,15 @@ impl SimNode {
         if op.kind.is_write() && op.level == Consistency::One {
             self.timer(OBSERVE_AT_ONE, Timer::Call(id));
         }
-        self.calls.insert(id, Call::ReadOne { op, call });
-        self.read_one_next(id);
+        self.calls.insert(
+            id,
+            Call::ReadOne {
+                op,
+                call,
+                hedge: None,
+            },
+        );
+        self.read_one_next(id, false);
     }
 
     /// What a read found, or why it found nothing: the client's answer, as
@@ -264,16 +283,26 @@ impl SimNode {
         self.done(op.id, result);
     }
 
-    /// Asks the next replica of a ONE read, or answers from this node;
-    /// when every replica has been asked, waits for those still silent, or
-    /// fails when none is.
-    pub(super) fn read_one_next(&mut self, id: u64) {
-        let Some(Call::ReadOne { op, call }) = self.calls.get_mut(&id) else {
+    /// Asks the next replica of a ONE read, or answers from this node; when
+    /// every replica has been asked and `hedged` (the newest request stayed
+    /// silent past its hedge delay), asks a silent one again; when there is
+    /// nobody to ask, waits for those still silent, or fails when none is.
+    /// As production's `read_one` does.
+    pub(super) fn read_one_next(&mut self, id: u64, hedged: bool) {
+        let Some(Call::ReadOne { op, call, hedge }) = self.calls.get_mut(&id) else {
             return;
         };
         let key = op.key.clone();
-        match call.next_replica() {
-            None if call.waiting() => {}
+        let next = match call.next_replica() {
+            None if hedged || !call.waiting() => call.ask_again(),
+            next => next,
+        };
+        match next {
+            None if call.waiting() => {
+                if hedged {
+                    *hedge = None;
+                }
+            }
             None => {
                 let error = call.unavailable().to_string();
                 if let Some(Call::ReadOne { op, .. }) = self.calls.remove(&id) {
@@ -287,7 +316,7 @@ impl SimNode {
                 }
             }
             Some(replica) => {
-                let hedge = self.latencies.hedge_after(&replica);
+                let after = self.latencies.read_hedge_after(&replica);
                 let rpc = self.call(
                     &replica.clone(),
                     Rpc::Read {
@@ -296,7 +325,10 @@ impl SimNode {
                     },
                     Req::Read(key),
                 );
-                self.timer(hedge, Timer::Hedge { call: id, rpc });
+                if let Some(Call::ReadOne { hedge, .. }) = self.calls.get_mut(&id) {
+                    *hedge = Some(rpc);
+                }
+                self.timer(after, Timer::Hedge { call: id, rpc });
             }
         }
     }
@@ -346,6 +378,20 @@ impl SimNode {
         }
     }
 
+    /// A replica's silence past the request timeout on a read this node
+    /// coordinates: at ONE the replica may be asked again, as
+    /// production's `read_one` does on a timeout.
+    pub(super) fn read_silent(&mut self, id: u64, peer: &Arc<str>, why: String) {
+        match self.calls.get_mut(&id) {
+            Some(Call::ReadOne { call, .. }) => {
+                call.silent(peer, why);
+                self.read_one_next(id, true);
+            }
+            Some(Call::ReadMany { .. }) => self.read_answer(id, peer, Err(why)),
+            _ => {}
+        }
+    }
+
     pub(super) fn read_answer(
         &mut self,
         id: u64,
@@ -361,7 +407,7 @@ impl SimNode {
                 }
                 Err(why) => {
                     call.failed(peer, why);
-                    self.read_one_next(id);
+                    self.read_one_next(id, false);
                 }
             },
             Some(Call::ReadMany { call, .. }) => {

@@ -269,11 +269,21 @@ impl SimNode {
                 if let Some((peer, _, Some(_))) = self.sent.get(&rpc) {
                     self.latencies.record(peer, timeout);
                 }
-                self.answered(rpc, Err(format!("no answer within {timeout:?}")));
+                let why = format!("no answer within {timeout:?}");
+                if let Some(Rpc::Read { call, peer }) = self.rpcs.get(&rpc) {
+                    let (call, peer) = (*call, peer.clone());
+                    self.rpcs.remove(&rpc);
+                    self.sent.remove(&rpc);
+                    self.read_silent(call, &peer, why);
+                } else {
+                    self.answered(rpc, Err(why));
+                }
             }
             Timer::Hedge { call, rpc } => {
-                if self.rpcs.contains_key(&rpc) {
-                    self.read_one_next(call);
+                if let Some(Call::ReadOne { hedge, .. }) = self.calls.get(&call) {
+                    if *hedge == Some(rpc) {
+                        self.read_one_next(call, true);
+                    }
                 }
             }
             Timer::Refused(rpc, why) => self.answered(rpc, Err(why)),
