@@ -310,6 +310,15 @@ fn not_counted(state: NodeState) -> &'static str {
     }
 }
 
+/// How long a client's read at ONE or LOCAL_ONE that no replica answered
+/// (every one refused, or stayed silent through its re-asks) waits, from
+/// that moment, for this node's view of the cluster to change, and reads
+/// again by each newer view, before it fails. Views lag the truth by the
+/// failure detector's and gossip's delay: just after a join, a leave or a
+/// restart the replica that can answer may be one this node's view does not
+/// name yet, or does not hold ready yet (its own turn to ready included).
+pub const VIEW_WAIT_AT_ONE: Duration = Duration::from_millis(600);
+
 /// How many times a read at ONE may ask one replica that stays silent (a
 /// request or its answer lost on the way): each time after the hedge delay.
 const ASKS_PER_REPLICA: usize = 6;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::oneshot;
 
-pub use call::{Found, ReadCall, ReadOne, Route, Routes, WriteCall, Written};
+pub use call::{Found, ReadCall, ReadOne, Route, Routes, WriteCall, Written, VIEW_WAIT_AT_ONE};
 pub use entries::{increment_entry, map_remove_entry, map_set_entry, tombstone_entry, value_entry};
 pub use tally::{required, Decision, ReplicaAnswer, Tally};
 
@@ -121,6 +121,9 @@ pub struct Coordinator {
     peers: Arc<Peers>,
     replicator: Arc<Replicator>,
     topology: RwLock<Arc<Topology>>,
+    /// Woken on every new topology: reads at ONE that no replica answered
+    /// wait on it ([`VIEW_WAIT_AT_ONE`]).
+    topology_changed: tokio::sync::Notify,
     dots: Dots,
     /// The grace in force (NTP64): reads count settled answers as nothing.
     grace: u64,
@@ -149,6 +152,7 @@ impl Coordinator {
             peers,
             replicator,
             topology: RwLock::new(Arc::new(topology)),
+            topology_changed: tokio::sync::Notify::new(),
             slow_request: Duration::MAX,
         }
     }
@@ -208,6 +212,7 @@ impl Coordinator {
             .topology
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(topology);
+        self.topology_changed.notify_waiters();
     }
 
     /// Writes `value` at `key`, expiring after `ttl_ms` (0: never). Returns
@@ -346,7 +351,7 @@ impl Coordinator {
     async fn read(&self, key: &str, level: Consistency) -> Result<Option<Entry>, Error> {
         match level {
             Consistency::Local => Ok(self.store.get(key)),
-            Consistency::One | Consistency::LocalOne => self.read_one(key, level).await,
+            Consistency::One | Consistency::LocalOne => self.read_one_by_views(key, level).await,
             Consistency::Quorum
             | Consistency::All
             | Consistency::LocalQuorum
@@ -479,6 +484,33 @@ impl Coordinator {
             call.report(&waiting)
         });
         Ok(written?.version)
+    }
+
+    /// A client's read at ONE or LOCAL_ONE ([`Coordinator::read_one`]);
+    /// when no replica answers, read again by each newer view of the
+    /// cluster that comes within [`VIEW_WAIT_AT_ONE`] of that failure, and
+    /// fail only then.
+    async fn read_one_by_views(
+        &self,
+        key: &str,
+        level: Consistency,
+    ) -> Result<Option<Entry>, Error> {
+        let mut until = None;
+        loop {
+            // Registered before `read_one` takes its view, so that no change
+            // after that is missed.
+            let mut changed = std::pin::pin!(self.topology_changed.notified());
+            changed.as_mut().enable();
+            let failed = match self.read_one(key, level).await {
+                Err(e @ Error::Unavailable(_)) => e,
+                read => return read,
+            };
+            let until =
+                *until.get_or_insert_with(|| tokio::time::Instant::now() + VIEW_WAIT_AT_ONE);
+            if tokio::time::timeout_at(until, changed).await.is_err() {
+                return Err(failed);
+            }
+        }
     }
 
     /// ONE or LOCAL_ONE: the first replica that answers, in [`ReadOne`]'s

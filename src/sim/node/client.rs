@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::coordinator::{
     increment_entry, map_remove_entry, map_set_entry, tombstone_entry, value_entry, Consistency,
-    Decision, Read, ReadCall, ReadOne, ReplicaAnswer, Route, WriteCall,
+    Decision, Read, ReadCall, ReadOne, ReplicaAnswer, Route, WriteCall, VIEW_WAIT_AT_ONE,
 };
 use crate::crdt::{ops, Entry};
 use crate::dots::Dots;
@@ -32,6 +32,12 @@ pub(super) enum Call {
         /// The peer call whose hedge timer is the one that counts (the
         /// newest request sent); none once nobody is left to ask.
         hedge: Option<u64>,
+        /// Set while every replica refused and the read waits for a newer
+        /// view: the error it fails with if none comes in time.
+        parked: Option<String>,
+        /// Whether the read has waited for a view (its wait is running or
+        /// over).
+        replan: bool,
     },
 }
 
@@ -224,13 +230,7 @@ impl SimNode {
     /// ONE, gives up after [`OBSERVE_AT_ONE`] and builds on nothing, as
     /// production's does).
     pub(super) fn read_one(&mut self, op: ClientOp) {
-        // A write at a regional level reads its key in the region only, as
-        // production's `observe` does; any other write reads at ONE.
-        let level = match op.level {
-            Consistency::LocalOne | Consistency::LocalQuorum => Consistency::LocalOne,
-            _ if op.kind.is_write() => Consistency::One,
-            level => level,
-        };
+        let level = one_level(&op);
         let latencies = &self.latencies;
         let call = ReadOne::start(&self.id, &self.topology, &op.key, level, |r| {
             latencies.rtt(r)
@@ -245,6 +245,8 @@ impl SimNode {
                 op,
                 call,
                 hedge: None,
+                parked: None,
+                replan: false,
             },
         );
         self.read_one_next(id, false);
@@ -289,7 +291,14 @@ impl SimNode {
     /// nobody to ask, waits for those still silent, or fails when none is.
     /// As production's `read_one` does.
     pub(super) fn read_one_next(&mut self, id: u64, hedged: bool) {
-        let Some(Call::ReadOne { op, call, hedge }) = self.calls.get_mut(&id) else {
+        let Some(Call::ReadOne {
+            op,
+            call,
+            hedge,
+            parked,
+            replan,
+        }) = self.calls.get_mut(&id)
+        else {
             return;
         };
         let key = op.key.clone();
@@ -301,6 +310,14 @@ impl SimNode {
             None if call.waiting() => {
                 if hedged {
                     *hedge = None;
+                }
+            }
+            // A client's read that no replica answered waits for a newer
+            // view, as production's `read_one_by_views` does.
+            None if !op.kind.is_write() => {
+                *parked = Some(call.unavailable().to_string());
+                if !std::mem::replace(replan, true) {
+                    self.timer(VIEW_WAIT_AT_ONE, Timer::Call(id));
                 }
             }
             None => {
@@ -330,6 +347,38 @@ impl SimNode {
                 }
                 self.timer(after, Timer::Hedge { call: id, rpc });
             }
+        }
+    }
+
+    /// Reads at ONE that wait for a newer view, every replica having
+    /// refused: each starts again by this one.
+    pub(super) fn replan_reads(&mut self) {
+        let parked: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| {
+                matches!(
+                    c,
+                    Call::ReadOne {
+                        parked: Some(_),
+                        ..
+                    }
+                )
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in parked {
+            let latencies = &self.latencies;
+            if let Some(Call::ReadOne {
+                op, call, parked, ..
+            }) = self.calls.get_mut(&id)
+            {
+                *call = ReadOne::start(&self.id, &self.topology, &op.key, one_level(op), |r| {
+                    latencies.rtt(r)
+                });
+                *parked = None;
+            }
+            self.read_one_next(id, false);
         }
     }
 
@@ -416,6 +465,17 @@ impl SimNode {
             }
             _ => {}
         }
+    }
+}
+
+/// The level `op` reads at through [`ReadOne`]: a write at a regional level
+/// reads its key in the region only, as production's `observe` does; any
+/// other write reads at ONE; a read at its own level.
+fn one_level(op: &ClientOp) -> Consistency {
+    match op.level {
+        Consistency::LocalOne | Consistency::LocalQuorum => Consistency::LocalOne,
+        _ if op.kind.is_write() => Consistency::One,
+        level => level,
     }
 }
 

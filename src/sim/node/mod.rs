@@ -225,6 +225,7 @@ impl SimNode {
         if moved || !back.is_empty() {
             self.wake();
         }
+        self.replan_reads();
         let mut back = back;
         back.sort();
         for peer in back {
@@ -292,9 +293,15 @@ impl SimNode {
                 match self.calls.get(&id) {
                     Some(Call::Write { .. }) => self.finish_write_call(id, &waiting),
                     Some(Call::ReadMany { .. }) => self.finish_read(id, &waiting),
-                    Some(Call::ReadOne { .. }) => {
+                    Some(Call::ReadOne { op, parked, .. }) => {
+                        let why = match parked {
+                            Some(why) => why.clone(),
+                            None if op.kind.is_write() => {
+                                format!("no replica answered within {OBSERVE_AT_ONE:?}")
+                            }
+                            None => return,
+                        };
                         if let Some(Call::ReadOne { op, .. }) = self.calls.remove(&id) {
-                            let why = format!("no replica answered within {OBSERVE_AT_ONE:?}");
                             self.read_done(op, Err(why), 0);
                         }
                     }
