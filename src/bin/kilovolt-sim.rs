@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
+use kilovolt::sim::history::{ms, History, ONE_DEADLINE};
 use kilovolt::sim::{run, Availability, Config};
 
 /// Deterministic simulation of a Kilovolt-DB cluster under faults.
@@ -21,9 +22,46 @@ struct Args {
     /// Print the whole history of every seed run.
     #[arg(long)]
     history: bool,
+    /// Print every ONE request counted for availability that was not
+    /// answered in time, with why, and the faults around it.
+    #[arg(long)]
+    misses: bool,
     /// Stop after this many failing seeds.
     #[arg(long, default_value_t = 3)]
     max_failures: usize,
+}
+
+/// Prints each ONE request of a seed that missed its deadline, and the
+/// faults from 3 s before it until its deadline.
+fn print_misses(seed: u64, history: &History) {
+    for (op, why) in history.one_misses() {
+        let ended = match &op.ended {
+            Some((at, result)) => format!("after {}: {result:?}", ms(at - op.invoked)),
+            None => "never".into(),
+        };
+        let lossy = if history.lossy.contains(&op.id) {
+            " (lossy network)"
+        } else {
+            ""
+        };
+        println!(
+            "seed {seed} #{} {why:?}{lossy}: {:?} {} on {} at {}, ended {ended}",
+            op.id,
+            op.kind,
+            op.key,
+            op.node,
+            ms(op.invoked)
+        );
+        let from = op.invoked.saturating_sub(3_000_000);
+        for (at, what) in &history.events {
+            if (from..=op.invoked + ONE_DEADLINE).contains(at) {
+                println!(
+                    "    {:>+9.1}ms {what}",
+                    (*at as f64 - op.invoked as f64) / 1000.0
+                );
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -37,6 +75,9 @@ fn main() -> ExitCode {
         let outcome = run(seed, &config);
         ops += outcome.history.ops.len();
         one.add(outcome.history.availability());
+        if args.misses {
+            print_misses(seed, &outcome.history);
+        }
         if args.history {
             print!("{}", outcome.history.render());
             println!(

@@ -310,29 +310,41 @@ fn not_counted(state: NodeState) -> &'static str {
     }
 }
 
+/// How long a client's read at ONE or LOCAL_ONE that no replica answered
+/// (every one refused, or stayed silent through its re-asks) waits, from
+/// that moment, for this node's view of the cluster to change, and reads
+/// again by each newer view, before it fails. Views lag the truth by the
+/// failure detector's and gossip's delay: just after a join, a leave or a
+/// restart the replica that can answer may be one this node's view does not
+/// name yet, or does not hold ready yet (its own turn to ready included).
+pub const VIEW_WAIT_AT_ONE: Duration = Duration::from_millis(600);
+
 /// How many times a read at ONE may ask one replica that stays silent (a
 /// request or its answer lost on the way): each time after the hedge delay.
-const ASKS_PER_REPLICA: usize = 3;
+const ASKS_PER_REPLICA: usize = 6;
 
 /// One read at ONE or LOCAL_ONE: the ready replicas (at LOCAL_ONE only
 /// those of this node's region) are tried one after another, nearest first
 /// (this node, then its region, then by smoothed round-trip time), until
-/// one answers. The shell asks the next replica when the
-/// last one asked failed, or stayed silent past its hedge delay
-/// ([`crate::net::latency::Latencies::hedge_after`]); replicas asked
-/// earlier may still answer meanwhile, and the first answer wins. A replica
-/// that is not ready (syncing: restarted empty and refilling) does not
-/// count, at ONE as at QUORUM and ALL: its "not found" may hide a write
-/// acknowledged at ALL.
+/// one answers. The shell asks the next replica ([`ReadOne::next_replica`])
+/// when the last one asked refused, or stayed silent past its hedge delay
+/// ([`crate::net::latency::Latencies::read_hedge_after`]); once every replica
+/// has been asked, it asks a silent one again ([`ReadOne::ask_again`]) when
+/// the hedge delay of the newest request passes or a request times out
+/// (its request or answer was lost), never on a refusal (which would only
+/// spend the re-asks at once), and never a replica that refused. Replicas
+/// asked earlier may still answer meanwhile, and the first answer wins. A replica that is not ready (syncing: restarted empty and
+/// refilling) does not count, at ONE as at QUORUM and ALL: its "not found"
+/// may hide a write acknowledged at ALL.
 pub struct ReadOne {
     order: Vec<Arc<str>>,
     next: usize,
     /// Per replica of `order`: the requests sent to it that have neither
-    /// answered nor failed, and how many were sent in all.
+    /// answered nor failed, how many were sent in all, and whether it
+    /// refused one.
     pending: Vec<usize>,
     sent: Vec<usize>,
-    /// How far the passes over silent replicas, after the first, have got.
-    again: usize,
+    refused: Vec<bool>,
     tally: Tally,
 }
 
@@ -390,37 +402,39 @@ impl ReadOne {
             tally,
             pending: vec![0; order.len()],
             sent: vec![0; order.len()],
+            refused: vec![false; order.len()],
             order,
             next: 0,
-            again: 0,
         }
     }
 
-    /// The replica to ask next (a request to it counts as pending from now
-    /// on), or `None` when there is none left to ask. Once every replica has
-    /// been asked, each one still silent is asked again, up to
-    /// [`ASKS_PER_REPLICA`] times in all: a request or answer lost on the
-    /// way is then not the end of the read while its replica is there.
+    /// The replica to ask next among those not asked yet (a request to it
+    /// counts as pending from now on), or `None` when every one has been.
     pub fn next_replica(&mut self) -> Option<Arc<str>> {
-        let n = self.order.len();
-        let i = if self.next < n {
-            self.next += 1;
-            self.next - 1
-        } else {
-            loop {
-                if self.again >= n * (ASKS_PER_REPLICA - 1) {
-                    return None;
-                }
-                let i = self.again % n;
-                self.again += 1;
-                if self.pending[i] > 0 && self.sent[i] < ASKS_PER_REPLICA {
-                    break i;
-                }
-            }
-        };
+        let i = self.next;
+        if i >= self.order.len() {
+            return None;
+        }
+        self.next += 1;
+        Some(self.ask(i))
+    }
+
+    /// A replica asked already that has not answered nor refused, to ask
+    /// again (its request or answer may have been lost, or is late): the
+    /// one asked fewest times, nearest first, up to [`ASKS_PER_REPLICA`]
+    /// times in all; `None` when there is none. A request lost on the way
+    /// is then not the end of the read while its replica is there.
+    pub fn ask_again(&mut self) -> Option<Arc<str>> {
+        let i = (0..self.next)
+            .filter(|&i| !self.refused[i] && self.sent[i] < ASKS_PER_REPLICA)
+            .min_by_key(|&i| self.sent[i])?;
+        Some(self.ask(i))
+    }
+
+    fn ask(&mut self, i: usize) -> Arc<str> {
         self.pending[i] += 1;
         self.sent[i] += 1;
-        Some(self.order[i].clone())
+        self.order[i].clone()
     }
 
     /// Whether a request sent has neither answered nor failed yet: when
@@ -430,11 +444,25 @@ impl ReadOne {
         self.pending.iter().any(|&p| p > 0)
     }
 
-    /// Records that a request to `replica` failed, and why; the replica
-    /// counts as failed once no request to it is pending.
+    /// Records that `replica` refused a request (its link is cut, it is
+    /// down, not ready, or failed the call), and why: it is not asked
+    /// again, and counts as failed once no request to it is pending.
     pub fn failed(&mut self, replica: &str, why: String) {
+        self.ended(replica, why, true);
+    }
+
+    /// Records that a request to `replica` got no answer within the request
+    /// timeout (it or its answer may have been lost): the replica may be
+    /// asked again ([`ReadOne::ask_again`]), and counts as failed, for
+    /// now, once no request to it is pending.
+    pub fn silent(&mut self, replica: &str, why: String) {
+        self.ended(replica, why, false);
+    }
+
+    fn ended(&mut self, replica: &str, why: String, refused: bool) {
         if let Some(i) = self.order.iter().position(|r| **r == *replica) {
             self.pending[i] = self.pending[i].saturating_sub(1);
+            self.refused[i] |= refused;
             if self.pending[i] > 0 {
                 return;
             }
@@ -575,18 +603,82 @@ mod tests {
         call.failed(&third, "link cut".into());
         assert!(call.waiting(), "the first may still answer");
         // Three replicas, all asked: the silent one is asked again (its
-        // request may have been lost), up to three times in all, and no
+        // request may have been lost), up to its limit in all, and no
         // other.
-        assert_eq!(call.next_replica(), Some(first.clone()));
-        assert_eq!(call.next_replica(), Some(first.clone()));
         assert_eq!(call.next_replica(), None);
-        // Its first request times out; the later two may still answer.
-        call.failed(&first, "no answer within 500ms".into());
+        for _ in 1..ASKS_PER_REPLICA {
+            assert_eq!(call.ask_again(), Some(first.clone()));
+        }
+        assert_eq!(call.ask_again(), None);
+        // Its first request times out; the later ones may still answer.
+        call.silent(&first, "no answer within 500ms".into());
         assert!(call.waiting());
-        call.failed(&first, "no answer within 500ms".into());
-        call.failed(&first, "no answer within 500ms".into());
+        for _ in 1..ASKS_PER_REPLICA {
+            call.silent(&first, "no answer within 500ms".into());
+        }
         assert!(!call.waiting());
         assert_eq!(call.next_replica(), None);
+        assert_eq!(call.ask_again(), None);
+    }
+
+    #[test]
+    fn a_read_at_one_asks_again_a_replica_that_timed_out_but_never_one_that_refused() {
+        let t = topology(&[
+            ("n1", NodeState::Ready),
+            ("n2", NodeState::Ready),
+            ("n3", NodeState::Ready),
+            ("n4", NodeState::Ready),
+        ]);
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| !t.replicas(k).iter().any(|r| **r == *"n4"))
+            .unwrap();
+        let mut call = ReadOne::start("n4", &t, &key, Consistency::One, |_| None);
+        // The first replica's request times out (lost on the way); the
+        // second had a request in flight when its link was cut, and
+        // refuses the next at once.
+        let first = call.next_replica().unwrap();
+        let second = call.next_replica().unwrap();
+        let third = call.next_replica().unwrap();
+        call.failed(&third, "link cut".into());
+        call.silent(&first, "no answer within 500ms".into());
+        call.failed(&second, "link cut".into());
+        // The one that only timed out is asked again, though no request to
+        // it is pending; the one that refused never is.
+        let again: Vec<Arc<str>> = std::iter::from_fn(|| call.ask_again()).collect();
+        assert_eq!(again, vec![first.clone(); ASKS_PER_REPLICA - 1]);
+    }
+
+    #[test]
+    fn a_read_at_one_asks_a_silent_replica_again_only_when_told_and_the_least_asked_first() {
+        let t = topology(&[
+            ("n1", NodeState::Ready),
+            ("n2", NodeState::Ready),
+            ("n3", NodeState::Ready),
+            ("n4", NodeState::Ready),
+        ]);
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| !t.replicas(k).iter().any(|r| **r == *"n4"))
+            .unwrap();
+        let mut call = ReadOne::start("n4", &t, &key, Consistency::One, |_| None);
+        // Two replicas asked stay silent; the third fails at once. The
+        // failure asks nobody again (a re-ask waits for the hedge delay,
+        // which the shell counts): the silent two are not asked again
+        // together, all at the start of the read.
+        let first = call.next_replica().unwrap();
+        let second = call.next_replica().unwrap();
+        let third = call.next_replica().unwrap();
+        call.failed(&third, "link cut".into());
+        assert_eq!(call.next_replica(), None);
+        assert!(call.waiting());
+        // Each hedge delay asks one again, the least asked first, nearest
+        // first among equals, never the one that failed.
+        let again: Vec<Arc<str>> = std::iter::from_fn(|| call.ask_again()).collect();
+        let turns: Vec<Arc<str>> = (1..ASKS_PER_REPLICA)
+            .flat_map(|_| [first.clone(), second.clone()])
+            .collect();
+        assert_eq!(again, turns);
     }
 
     /// The shortcut agrees with the full order: whenever it answers a read

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::oneshot;
 
-pub use call::{Found, ReadCall, ReadOne, Route, Routes, WriteCall, Written};
+pub use call::{Found, ReadCall, ReadOne, Route, Routes, WriteCall, Written, VIEW_WAIT_AT_ONE};
 pub use entries::{increment_entry, map_remove_entry, map_set_entry, tombstone_entry, value_entry};
 pub use tally::{required, Decision, ReplicaAnswer, Tally};
 
@@ -35,7 +35,7 @@ use crate::crdt::{ops, Entry, Payload, Version};
 use crate::dots::Dots;
 use crate::error::Error;
 use crate::net::latency::OBSERVE_AT_ONE;
-use crate::net::Peers;
+use crate::net::{PeerError, Peers};
 use crate::replication::{Replicator, Undelivered};
 use crate::store::Store;
 
@@ -121,6 +121,9 @@ pub struct Coordinator {
     peers: Arc<Peers>,
     replicator: Arc<Replicator>,
     topology: RwLock<Arc<Topology>>,
+    /// Woken on every new topology: reads at ONE that no replica answered
+    /// wait on it ([`VIEW_WAIT_AT_ONE`]).
+    topology_changed: tokio::sync::Notify,
     dots: Dots,
     /// The grace in force (NTP64): reads count settled answers as nothing.
     grace: u64,
@@ -149,6 +152,7 @@ impl Coordinator {
             peers,
             replicator,
             topology: RwLock::new(Arc::new(topology)),
+            topology_changed: tokio::sync::Notify::new(),
             slow_request: Duration::MAX,
         }
     }
@@ -208,6 +212,7 @@ impl Coordinator {
             .topology
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(topology);
+        self.topology_changed.notify_waiters();
     }
 
     /// Writes `value` at `key`, expiring after `ttl_ms` (0: never). Returns
@@ -347,7 +352,7 @@ impl Coordinator {
     async fn read(&self, key: &str, level: Consistency) -> Result<Option<Entry>, Error> {
         match level {
             Consistency::Local => Ok(self.store.get(key)),
-            Consistency::One | Consistency::LocalOne => self.read_one(key, level).await,
+            Consistency::One | Consistency::LocalOne => self.read_one_by_views(key, level).await,
             Consistency::Quorum
             | Consistency::All
             | Consistency::LocalQuorum
@@ -499,10 +504,39 @@ impl Coordinator {
         Ok(written?.version)
     }
 
+    /// A client's read at ONE or LOCAL_ONE ([`Coordinator::read_one`]);
+    /// when no replica answers, read again by each newer view of the
+    /// cluster that comes within [`VIEW_WAIT_AT_ONE`] of that failure, and
+    /// fail only then.
+    async fn read_one_by_views(
+        &self,
+        key: &str,
+        level: Consistency,
+    ) -> Result<Option<Entry>, Error> {
+        let mut until = None;
+        loop {
+            // Registered before `read_one` takes its view, so that no change
+            // after that is missed.
+            let mut changed = std::pin::pin!(self.topology_changed.notified());
+            changed.as_mut().enable();
+            let failed = match self.read_one(key, level).await {
+                Err(e @ Error::Unavailable(_)) => e,
+                read => return read,
+            };
+            let until =
+                *until.get_or_insert_with(|| tokio::time::Instant::now() + VIEW_WAIT_AT_ONE);
+            if tokio::time::timeout_at(until, changed).await.is_err() {
+                return Err(failed);
+            }
+        }
+    }
+
     /// ONE or LOCAL_ONE: the first replica that answers, in [`ReadOne`]'s
     /// order (nearest first). A replica silent for longer than it usually
     /// takes (its hedge delay) is not waited for alone: the next one is
     /// asked too, and the first answer wins; a failure moves on at once.
+    /// Once every replica has been asked, each hedge delay that passes asks
+    /// a silent one again.
     async fn read_one(&self, key: &str, level: Consistency) -> Result<Option<Entry>, Error> {
         let topology = self.topology();
         if ReadOne::answered_here(&self.me, &topology, key) {
@@ -512,16 +546,24 @@ impl Coordinator {
         let peers = &self.peers;
         let mut call = ReadOne::start(&self.me, &topology, key, level, |r| peers.rtt(r));
         let mut asking = FuturesUnordered::new();
-        // Each turn asks the next replica: at the start, after a failure,
-        // and when the newest one asked stayed silent past its hedge delay.
-        // `None` once every replica has been asked: then only the answers
-        // in flight are waited for.
-        let mut hedge;
+        // Each turn asks the next replica: at the start and after a
+        // refusal; when the newest request stayed silent past its hedge
+        // delay (`hedge_at`) or a request timed out (`silent`), the next
+        // replica or, every one asked, a silent one again. `None` once
+        // there is nobody left to ask: then only the answers in flight are
+        // waited for.
+        let mut hedge_at = None;
+        let mut hedged = false;
         loop {
-            match call.next_replica() {
+            let next = match call.next_replica() {
+                None if hedged || !call.waiting() => call.ask_again(),
+                next => next,
+            };
+            match next {
                 Some(replica) if *replica == *self.me => return Ok(self.store.get(key)),
                 Some(replica) => {
-                    hedge = Some(self.peers.hedge_after(&replica));
+                    hedge_at =
+                        Some(tokio::time::Instant::now() + self.peers.read_hedge_after(&replica));
                     let peers = &self.peers;
                     asking.push(async move {
                         let read = peers.read(&replica, &[key]).await;
@@ -529,12 +571,17 @@ impl Coordinator {
                     });
                 }
                 None if !call.waiting() => return Err(call.unavailable()),
-                None => hedge = None,
+                None if hedged => hedge_at = None,
+                None => {}
             }
-            let next = match hedge {
-                Some(after) => match tokio::time::timeout(after, asking.next()).await {
+            hedged = false;
+            let next = match hedge_at {
+                Some(at) => match tokio::time::timeout_at(at, asking.next()).await {
                     Ok(next) => next,
-                    Err(_) => continue,
+                    Err(_) => {
+                        hedged = true;
+                        continue;
+                    }
                 },
                 None => asking.next().await,
             };
@@ -544,6 +591,10 @@ impl Coordinator {
                         format!("{}; answered by {replica}", call.report("not asked"))
                     });
                     return Ok(self.answer(key, entries));
+                }
+                Some((replica, Err(e @ PeerError::Timeout(_)))) => {
+                    call.silent(&replica, e.to_string());
+                    hedged = true;
                 }
                 Some((replica, Err(e))) => call.failed(&replica, e.to_string()),
                 None => {}

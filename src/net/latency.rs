@@ -23,6 +23,15 @@ pub const MIN_HEDGE: Duration = Duration::from_millis(5);
 /// answer within a second when the first two are silent.
 pub const MAX_HEDGE: Duration = Duration::from_millis(300);
 
+/// The longest a read at ONE waits on its newest request before it asks
+/// the next replica, or asks a silent one again. Lower than
+/// [`MAX_HEDGE`], which a write's hinted acknowledgement waits: a read is
+/// cheap to repeat, and on a network that loses messages a read must get
+/// several requests out early in its second to be answered within it (a
+/// peer whose requests are lost looks slow, its estimate grows, and
+/// [`MAX_HEDGE`] would space the requests 300 ms apart).
+pub const MAX_READ_HEDGE: Duration = Duration::from_millis(120);
+
 /// How long a write at ONE waits to read the key's state from a replica
 /// (where its coordinator is not one) before it builds on nothing: two
 /// hedge delays, so that with the write's own wait (at most one) the
@@ -77,6 +86,12 @@ impl Latencies {
             .unwrap_or_else(PoisonError::into_inner)
             .get(peer)
             .map(|e| Duration::from_secs_f64(e.srtt))
+    }
+
+    /// How long a read at ONE waits on its newest request, to `peer`,
+    /// before it asks again: the hedge delay, at most [`MAX_READ_HEDGE`].
+    pub fn read_hedge_after(&self, peer: &str) -> Duration {
+        self.hedge_after(peer).min(MAX_READ_HEDGE)
     }
 
     /// How long a ONE write waits on `peers` before it is answered from its
@@ -134,6 +149,29 @@ mod tests {
         assert_eq!(l.hedge_after("lan"), MIN_HEDGE);
         l.record("lan", Duration::from_secs(2));
         assert_eq!(l.hedge_after("lan"), MAX_HEDGE);
+    }
+
+    #[test]
+    fn a_lossy_peer_is_asked_again_by_a_read_sooner_than_a_write_waits_on_it() {
+        let l = Latencies::new();
+        // Answers between 10 and 200 ms, and one request in three lost (a
+        // timeout counts as 500 ms waited).
+        for i in 0..60u32 {
+            let took = if i % 3 == 0 {
+                500 * MS
+            } else {
+                (10 + i * 3) * MS
+            };
+            l.record("p", took);
+        }
+        assert_eq!(l.hedge_after("p"), MAX_HEDGE);
+        assert_eq!(l.read_hedge_after("p"), MAX_READ_HEDGE);
+        assert_eq!(Latencies::new().read_hedge_after("p"), MAX_READ_HEDGE);
+        // A steady peer's read hedge is its hedge.
+        for _ in 0..50 {
+            l.record("q", 20 * MS);
+        }
+        assert_eq!(l.read_hedge_after("q"), l.hedge_after("q"));
     }
 
     #[test]

@@ -193,10 +193,10 @@ impl Peers {
         self.timeout
     }
 
-    /// How long a request should wait on `peer` before it also asks
-    /// another replica ([`Latencies::hedge_after`]).
-    pub fn hedge_after(&self, peer: &str) -> Duration {
-        self.latencies.hedge_after(peer)
+    /// How long a read at ONE should wait on its newest request, to
+    /// `peer`, before it asks again ([`Latencies::read_hedge_after`]).
+    pub fn read_hedge_after(&self, peer: &str) -> Duration {
+        self.latencies.read_hedge_after(peer)
     }
 
     /// The smoothed round-trip time to `peer`, once a call measured it:

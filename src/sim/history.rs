@@ -120,6 +120,14 @@ pub struct History {
     /// Reads at ONE invoked when no ready replica of the key was up and
     /// linked to the coordinator: no node could answer them.
     pub no_replica: BTreeSet<usize>,
+    /// Reads at ONE whose every ready replica that was up and linked to
+    /// the coordinator when invoked went down or was cut off from it before
+    /// the read was answered and within [`ONE_DEADLINE`] of the invocation:
+    /// as for a coordinator lost, no node was left to answer them.
+    pub replicas_gone: BTreeSet<usize>,
+    /// Operations invoked while the network dropped, duplicated and
+    /// delayed messages.
+    pub lossy: BTreeSet<usize>,
 }
 
 /// The client deadline the availability of ONE is measured against
@@ -133,7 +141,7 @@ pub const ONE_DEADLINE: u64 = 1_000_000;
 /// every live node, so these are the requests sent to reachable nodes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Availability {
-    /// Requests counted (the two kinds below left out).
+    /// Requests counted (the kinds left out below excepted).
     pub counted: usize,
     /// Of those, the ones answered successfully within the deadline.
     pub answered: usize,
@@ -141,15 +149,63 @@ pub struct Availability {
     pub writes: usize,
     /// Of those, the ones answered successfully within the deadline.
     pub writes_answered: usize,
+    /// The requests counted but not answered in time, by why ([`Miss`]).
+    pub misses: Misses,
     /// Reads left out because no ready replica was reachable from their
     /// coordinator when invoked: no node could answer them.
     pub no_replica: usize,
     /// Of those, the ones answered within the deadline all the same (a
     /// replica came back in time).
     pub no_replica_answered: usize,
+    /// Reads left out because every replica they could reach went down or
+    /// was cut off before they were answered ([`History::replicas_gone`]).
+    pub replicas_gone: usize,
+    /// Of those, the ones answered within the deadline all the same.
+    pub replicas_gone_answered: usize,
     /// Writes left out because their coordinator refused them, by design,
     /// for its clock being off past `--max-clock-drift`.
     pub clock_refused: usize,
+}
+
+/// Why a counted ONE request was not answered successfully within
+/// [`ONE_DEADLINE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Miss {
+    /// Answered successfully, but late.
+    Late,
+    /// Failed with some replica silent (its request or answer lost).
+    Silent,
+    /// Failed with every replica refusing (link cut, down, not ready,
+    /// leaving): the coordinator asked none that could answer.
+    Refused,
+    /// Failed otherwise.
+    Other,
+}
+
+/// Counts of [`Miss`]es, and how many of them were invoked while the
+/// network lost messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Misses {
+    /// [`Miss::Late`].
+    pub late: usize,
+    /// [`Miss::Silent`].
+    pub silent: usize,
+    /// [`Miss::Refused`].
+    pub refused: usize,
+    /// [`Miss::Other`].
+    pub other: usize,
+    /// Of all of them, those invoked while the network lost messages.
+    pub lossy: usize,
+}
+
+impl Misses {
+    fn add(&mut self, o: Misses) {
+        self.late += o.late;
+        self.silent += o.silent;
+        self.refused += o.refused;
+        self.other += o.other;
+        self.lossy += o.lossy;
+    }
 }
 
 impl Availability {
@@ -159,8 +215,11 @@ impl Availability {
         self.answered += other.answered;
         self.writes += other.writes;
         self.writes_answered += other.writes_answered;
+        self.misses.add(other.misses);
         self.no_replica += other.no_replica;
         self.no_replica_answered += other.no_replica_answered;
+        self.replicas_gone += other.replicas_gone;
+        self.replicas_gone_answered += other.replicas_gone_answered;
         self.clock_refused += other.clock_refused;
     }
 }
@@ -172,18 +231,29 @@ impl std::fmt::Display for Availability {
         } else {
             100.0 * self.answered as f64 / self.counted as f64
         };
+        let m = &self.misses;
         write!(
             f,
             "ONE at live nodes: {percent:.2}% answered within 1 s ({} of {}; \
              writes {} of {}); \
+             missed: {} late, {} failed with a replica silent, {} failed refused by every replica, \
+             {} other ({} of them on a lossy network); \
              left out: {} reads with no replica reachable ({} answered), \
+             {} reads whose replicas all went away ({} answered), \
              {} writes refused for a clock off past the drift bound",
             self.answered,
             self.counted,
             self.writes_answered,
             self.writes,
+            m.late,
+            m.silent,
+            m.refused,
+            m.other,
+            m.lossy,
             self.no_replica,
             self.no_replica_answered,
+            self.replicas_gone,
+            self.replicas_gone_answered,
             self.clock_refused
         )
     }
@@ -213,28 +283,46 @@ impl History {
         self.lost.iter().any(|&(o, _)| o == op)
     }
 
+    /// The counted ONE requests ([`Availability`]) not answered
+    /// successfully within [`ONE_DEADLINE`], each with why.
+    pub fn one_misses(&self) -> Vec<(&OpRecord, Miss)> {
+        self.one_requests()
+            .filter(|(_, counted)| *counted)
+            .filter_map(|(op, _)| miss(op).map(|m| (op, m)))
+            .collect()
+    }
+
+    /// The ONE requests during the faults whose coordinator was not lost,
+    /// each with whether it is counted (not left out).
+    fn one_requests(&self) -> impl Iterator<Item = (&OpRecord, bool)> {
+        self.ops
+            .iter()
+            .filter(|op| {
+                op.level == Consistency::One
+                    && !op.after_heal
+                    && !self.coordinator_lost.contains(&op.id)
+            })
+            .map(|op| {
+                let left_out = self.no_replica.contains(&op.id)
+                    || self.replicas_gone.contains(&op.id)
+                    || clock_refused(op);
+                (op, !left_out)
+            })
+    }
+
     /// How the ONE requests to live nodes fared ([`Availability`]).
     pub fn availability(&self) -> Availability {
         let mut a = Availability::default();
-        let one = self.ops.iter().filter(|op| {
-            op.level == Consistency::One
-                && !op.after_heal
-                && !self.coordinator_lost.contains(&op.id)
-        });
-        for op in one {
-            let answered = matches!(
-                &op.ended,
-                Some((at, result)) if *at <= op.invoked + ONE_DEADLINE
-                    && !matches!(result, OpResult::Failed(_))
-            );
-            let clock_refused = matches!(
-                &op.ended,
-                Some((_, OpResult::Failed(why))) if why.contains("--max-clock-drift")
-            );
+        for (op, counted) in self.one_requests() {
+            let missed = miss(op);
+            let answered = missed.is_none();
             if self.no_replica.contains(&op.id) {
                 a.no_replica += 1;
                 a.no_replica_answered += usize::from(answered);
-            } else if clock_refused {
+            } else if self.replicas_gone.contains(&op.id) {
+                a.replicas_gone += 1;
+                a.replicas_gone_answered += usize::from(answered);
+            } else if !counted {
                 a.clock_refused += 1;
             } else {
                 a.counted += 1;
@@ -243,6 +331,15 @@ impl History {
                     a.writes += 1;
                     a.writes_answered += usize::from(answered);
                 }
+                let m = &mut a.misses;
+                match missed {
+                    None => {}
+                    Some(Miss::Late) => m.late += 1,
+                    Some(Miss::Silent) => m.silent += 1,
+                    Some(Miss::Refused) => m.refused += 1,
+                    Some(Miss::Other) => m.other += 1,
+                }
+                m.lossy += usize::from(missed.is_some() && self.lossy.contains(&op.id));
             }
         }
         a
@@ -318,6 +415,28 @@ impl History {
             let _ = writeln!(out, "{line}");
         }
         out
+    }
+}
+
+/// Whether a write was refused, by design, for its coordinator's clock
+/// being off past `--max-clock-drift`.
+fn clock_refused(op: &OpRecord) -> bool {
+    matches!(&op.ended, Some((_, OpResult::Failed(why))) if why.contains("--max-clock-drift"))
+}
+
+/// Why `op` was not answered successfully within [`ONE_DEADLINE`], or
+/// `None` when it was.
+fn miss(op: &OpRecord) -> Option<Miss> {
+    match &op.ended {
+        Some((_, OpResult::Failed(why))) => Some(if why.contains("no answer within") {
+            Miss::Silent
+        } else if why.contains("0 answered") {
+            Miss::Refused
+        } else {
+            Miss::Other
+        }),
+        Some((at, _)) if *at <= op.invoked + ONE_DEADLINE => None,
+        _ => Some(Miss::Late),
     }
 }
 

@@ -71,6 +71,44 @@ fn seeds_that_once_failed_pass() {
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
+/// Seeds in which a ONE read to a reachable node once went unanswered
+/// within 1 s (docs/testing.md, "Availability of ONE"): on a network that
+/// lost messages, a replica whose one request timed out was not asked
+/// again while a cut one's refusals spent the re-asks, re-asks went out
+/// together or 300 ms apart; a node just turned ready refused reads as
+/// syncing until the view of itself caught up; every replica in the
+/// coordinator's view refused just after a join or leave moved placement,
+/// and the read failed at once rather than wait for the newer view. None
+/// may miss now.
+const ONE_MISSED: &[u64] = &[
+    47, 63, 66, 68, 80, 88, 101, 128, 129, 140, 146, 163, 170, 172, 181, 238, 386, 157, 174, 192,
+    214, 261, 356,
+];
+
+#[test]
+fn one_reads_that_once_missed_their_second_are_answered() {
+    let config = Config::default();
+    for &seed in ONE_MISSED {
+        let outcome = run(seed, &config);
+        let missed: Vec<String> = outcome
+            .history
+            .one_misses()
+            .iter()
+            .map(|(op, why)| format!("#{} {why:?}", op.id))
+            .collect();
+        assert!(missed.is_empty(), "seed {seed}: {missed:?}");
+    }
+}
+
+#[test]
+fn a_read_whose_only_replica_is_cut_off_while_it_waits_is_left_out() {
+    // Seed 133, read #73: its one reachable replica was cut off from its
+    // coordinator 22 ms after the read was invoked; nobody could answer it.
+    let outcome = run(133, &Config::default());
+    assert!(outcome.history.replicas_gone.contains(&73));
+    assert_eq!(outcome.history.availability().replicas_gone, 1);
+}
+
 /// Runs up to the CI budget of seeds with `bug` planted; returns the first
 /// failing outcome.
 fn first_failure(bug: planted::Bug) -> Option<Outcome> {

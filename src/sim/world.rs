@@ -134,6 +134,10 @@ pub struct World {
     pub history: History,
     /// Tree mismatches nodes reported: (node, partition).
     pub tree_mismatches: Vec<(String, u32)>,
+    /// Per ONE read pending, its coordinator and the replicas that have
+    /// been up, ready and linked to it since it was invoked
+    /// ([`History::replicas_gone`]).
+    reads_watched: BTreeMap<usize, (usize, Vec<usize>)>,
 }
 
 impl World {
@@ -177,6 +181,7 @@ impl World {
                 ..History::default()
             },
             tree_mismatches: Vec::new(),
+            reads_watched: BTreeMap::new(),
         };
         for i in 0..world.config.nodes {
             world.boot(i, true);
@@ -338,7 +343,10 @@ impl World {
                     self.with_node(node, |n| n.invoke(op));
                 }
             }
-            Event::Fault(f) => self.inject(f),
+            Event::Fault(f) => {
+                self.inject(f);
+                self.watch_reads();
+            }
             Event::Heal(heal) => self.heal(heal),
             Event::View(i) => {
                 if self.slots[i].node.is_some() {
@@ -401,6 +409,9 @@ impl World {
                 self.slots[i].ready = true;
                 let id = self.slots[i].id.clone();
                 self.history.note(self.now, format!("{id} is ready"));
+                // The node publishes its own new state at once, as
+                // production's announcement does; peers learn it later.
+                self.at(self.now, Event::View(i));
                 self.views_change();
             }
             Out::HintsExpired => self.mark_lost(),
@@ -502,8 +513,16 @@ impl World {
             _ => "k",
         };
         let key: Key = format!("{prefix}{key}").into();
-        if level == Consistency::One && !kind.is_write() && !self.replica_reachable(node, &key) {
-            self.history.no_replica.insert(id);
+        if level == Consistency::One && !kind.is_write() {
+            let reachable = self.reachable_replicas(node, &key);
+            if reachable.is_empty() {
+                self.history.no_replica.insert(id);
+            } else {
+                self.reads_watched.insert(id, (node, reachable));
+            }
+        }
+        if self.lossy.is_some() {
+            self.history.lossy.insert(id);
         }
         self.history.ops.push(OpRecord {
             id,
@@ -526,15 +545,44 @@ impl World {
         }
     }
 
-    /// Whether some ready replica of `key` is up and linked to node `from`
-    /// (or is `from`): a read at ONE there can be answered.
-    fn replica_reachable(&self, from: usize, key: &str) -> bool {
+    /// The ready replicas of `key` (by the true placement) that are up
+    /// and linked to node `from`, or are `from`: those a read at ONE there
+    /// can be answered by.
+    fn reachable_replicas(&self, from: usize, key: &str) -> Vec<usize> {
         let truth = self.truth();
-        truth.replicas(key).iter().any(|r| {
-            self.slots.iter().enumerate().any(|(j, s)| {
-                s.id == **r && s.node.is_some() && s.ready && (j == from || !self.is_cut(from, j))
-            })
-        })
+        let replicas = truth.replicas(key);
+        (0..self.slots.len())
+            .filter(|&j| replicas.iter().any(|r| **r == *self.slots[j].id))
+            .filter(|&j| self.linked(from, j))
+            .collect()
+    }
+
+    /// Whether node `j` is up and ready, and is node `from` or linked to it.
+    fn linked(&self, from: usize, j: usize) -> bool {
+        let s = &self.slots[j];
+        s.node.is_some() && s.ready && (j == from || !self.is_cut(from, j))
+    }
+
+    /// After a fault: drops from each ONE read pending the replicas it
+    /// can no longer reach, and marks the reads left with none
+    /// ([`History::replicas_gone`]).
+    fn watch_reads(&mut self) {
+        let now = self.now;
+        let watched = std::mem::take(&mut self.reads_watched);
+        for (id, (node, mut replicas)) in watched {
+            let op = &self.history.ops[id];
+            if op.ended.is_some() || now > op.invoked + ONE_DEADLINE {
+                continue;
+            }
+            // Only going down or being cut off takes a replica away (not a
+            // placement change: the coordinator may still ask it).
+            replicas.retain(|&j| self.linked(node, j));
+            if replicas.is_empty() {
+                self.history.replicas_gone.insert(id);
+            } else {
+                self.reads_watched.insert(id, (node, replicas));
+            }
+        }
     }
 
     // --- Membership ----------------------------------------------------------

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::coordinator::{
     increment_entry, map_remove_entry, map_set_entry, tombstone_entry, value_entry, Consistency,
-    Decision, Read, ReadCall, ReadOne, ReplicaAnswer, Route, WriteCall,
+    Decision, Read, ReadCall, ReadOne, ReplicaAnswer, Route, WriteCall, VIEW_WAIT_AT_ONE,
 };
 use crate::crdt::{ops, Entry};
 use crate::dots::Dots;
@@ -18,9 +18,27 @@ use super::{ClientOp, OpKind, OpResult, Out, Req, Rpc, SimNode, Timer, MAP_LIMIT
 
 /// A client request in progress at its coordinator.
 pub(super) enum Call {
-    Write { op: usize, call: WriteCall },
-    ReadMany { op: ClientOp, call: ReadCall },
-    ReadOne { op: ClientOp, call: ReadOne },
+    Write {
+        op: usize,
+        call: WriteCall,
+    },
+    ReadMany {
+        op: ClientOp,
+        call: ReadCall,
+    },
+    ReadOne {
+        op: ClientOp,
+        call: ReadOne,
+        /// The peer call whose hedge timer is the one that counts (the
+        /// newest request sent); none once nobody is left to ask.
+        hedge: Option<u64>,
+        /// Set while every replica refused and the read waits for a newer
+        /// view: the error it fails with if none comes in time.
+        parked: Option<String>,
+        /// Whether the read has waited for a view (its wait is running or
+        /// over).
+        replan: bool,
+    },
 }
 
 impl SimNode {
@@ -212,13 +230,7 @@ impl SimNode {
     /// ONE, gives up after [`OBSERVE_AT_ONE`] and builds on nothing, as
     /// production's does).
     pub(super) fn read_one(&mut self, op: ClientOp) {
-        // A write at a regional level reads its key in the region only, as
-        // production's `observe` does; any other write reads at ONE.
-        let level = match op.level {
-            Consistency::LocalOne | Consistency::LocalQuorum => Consistency::LocalOne,
-            _ if op.kind.is_write() => Consistency::One,
-            level => level,
-        };
+        let level = one_level(&op);
         let latencies = &self.latencies;
         let call = ReadOne::start(&self.id, &self.topology, &op.key, level, |r| {
             latencies.rtt(r)
@@ -227,8 +239,17 @@ impl SimNode {
         if op.kind.is_write() && op.level == Consistency::One {
             self.timer(OBSERVE_AT_ONE, Timer::Call(id));
         }
-        self.calls.insert(id, Call::ReadOne { op, call });
-        self.read_one_next(id);
+        self.calls.insert(
+            id,
+            Call::ReadOne {
+                op,
+                call,
+                hedge: None,
+                parked: None,
+                replan: false,
+            },
+        );
+        self.read_one_next(id, false);
     }
 
     /// What a read found, or why it found nothing: the client's answer, as
@@ -264,16 +285,41 @@ impl SimNode {
         self.done(op.id, result);
     }
 
-    /// Asks the next replica of a ONE read, or answers from this node;
-    /// when every replica has been asked, waits for those still silent, or
-    /// fails when none is.
-    pub(super) fn read_one_next(&mut self, id: u64) {
-        let Some(Call::ReadOne { op, call }) = self.calls.get_mut(&id) else {
+    /// Asks the next replica of a ONE read, or answers from this node; when
+    /// every replica has been asked and `hedged` (the newest request stayed
+    /// silent past its hedge delay), asks a silent one again; when there is
+    /// nobody to ask, waits for those still silent, or fails when none is.
+    /// As production's `read_one` does.
+    pub(super) fn read_one_next(&mut self, id: u64, hedged: bool) {
+        let Some(Call::ReadOne {
+            op,
+            call,
+            hedge,
+            parked,
+            replan,
+        }) = self.calls.get_mut(&id)
+        else {
             return;
         };
         let key = op.key.clone();
-        match call.next_replica() {
-            None if call.waiting() => {}
+        let next = match call.next_replica() {
+            None if hedged || !call.waiting() => call.ask_again(),
+            next => next,
+        };
+        match next {
+            None if call.waiting() => {
+                if hedged {
+                    *hedge = None;
+                }
+            }
+            // A client's read that no replica answered waits for a newer
+            // view, as production's `read_one_by_views` does.
+            None if !op.kind.is_write() => {
+                *parked = Some(call.unavailable().to_string());
+                if !std::mem::replace(replan, true) {
+                    self.timer(VIEW_WAIT_AT_ONE, Timer::Call(id));
+                }
+            }
             None => {
                 let error = call.unavailable().to_string();
                 if let Some(Call::ReadOne { op, .. }) = self.calls.remove(&id) {
@@ -287,7 +333,7 @@ impl SimNode {
                 }
             }
             Some(replica) => {
-                let hedge = self.latencies.hedge_after(&replica);
+                let after = self.latencies.read_hedge_after(&replica);
                 let rpc = self.call(
                     &replica.clone(),
                     Rpc::Read {
@@ -296,8 +342,43 @@ impl SimNode {
                     },
                     Req::Read(key),
                 );
-                self.timer(hedge, Timer::Hedge { call: id, rpc });
+                if let Some(Call::ReadOne { hedge, .. }) = self.calls.get_mut(&id) {
+                    *hedge = Some(rpc);
+                }
+                self.timer(after, Timer::Hedge { call: id, rpc });
             }
+        }
+    }
+
+    /// Reads at ONE that wait for a newer view, every replica having
+    /// refused: each starts again by this one.
+    pub(super) fn replan_reads(&mut self) {
+        let parked: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| {
+                matches!(
+                    c,
+                    Call::ReadOne {
+                        parked: Some(_),
+                        ..
+                    }
+                )
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in parked {
+            let latencies = &self.latencies;
+            if let Some(Call::ReadOne {
+                op, call, parked, ..
+            }) = self.calls.get_mut(&id)
+            {
+                *call = ReadOne::start(&self.id, &self.topology, &op.key, one_level(op), |r| {
+                    latencies.rtt(r)
+                });
+                *parked = None;
+            }
+            self.read_one_next(id, false);
         }
     }
 
@@ -346,6 +427,20 @@ impl SimNode {
         }
     }
 
+    /// A replica's silence past the request timeout on a read this node
+    /// coordinates: at ONE the replica may be asked again, as
+    /// production's `read_one` does on a timeout.
+    pub(super) fn read_silent(&mut self, id: u64, peer: &Arc<str>, why: String) {
+        match self.calls.get_mut(&id) {
+            Some(Call::ReadOne { call, .. }) => {
+                call.silent(peer, why);
+                self.read_one_next(id, true);
+            }
+            Some(Call::ReadMany { .. }) => self.read_answer(id, peer, Err(why)),
+            _ => {}
+        }
+    }
+
     pub(super) fn read_answer(
         &mut self,
         id: u64,
@@ -361,7 +456,7 @@ impl SimNode {
                 }
                 Err(why) => {
                     call.failed(peer, why);
-                    self.read_one_next(id);
+                    self.read_one_next(id, false);
                 }
             },
             Some(Call::ReadMany { call, .. }) => {
@@ -370,6 +465,17 @@ impl SimNode {
             }
             _ => {}
         }
+    }
+}
+
+/// The level `op` reads at through [`ReadOne`]: a write at a regional level
+/// reads its key in the region only, as production's `observe` does; any
+/// other write reads at ONE; a read at its own level.
+fn one_level(op: &ClientOp) -> Consistency {
+    match op.level {
+        Consistency::LocalOne | Consistency::LocalQuorum => Consistency::LocalOne,
+        _ if op.kind.is_write() => Consistency::One,
+        level => level,
     }
 }
 

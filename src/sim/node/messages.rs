@@ -212,8 +212,9 @@ pub enum Timer {
     /// A client request's deadline (for a read at ONE, only the bound
     /// on a write's read of the key before it builds).
     Call(u64),
-    /// A read at ONE may ask its next replica: the peer call it sent
-    /// last has been silent for its hedge delay.
+    /// A read at ONE may ask its next replica, or a silent one again: the
+    /// peer call it sent last was sent its hedge delay ago (stale unless
+    /// that call is still the read's newest).
     Hedge {
         /// The read.
         call: u64,

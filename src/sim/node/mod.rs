@@ -225,6 +225,7 @@ impl SimNode {
         if moved || !back.is_empty() {
             self.wake();
         }
+        self.replan_reads();
         let mut back = back;
         back.sort();
         for peer in back {
@@ -269,11 +270,21 @@ impl SimNode {
                 if let Some((peer, _, Some(_))) = self.sent.get(&rpc) {
                     self.latencies.record(peer, timeout);
                 }
-                self.answered(rpc, Err(format!("no answer within {timeout:?}")));
+                let why = format!("no answer within {timeout:?}");
+                if let Some(Rpc::Read { call, peer }) = self.rpcs.get(&rpc) {
+                    let (call, peer) = (*call, peer.clone());
+                    self.rpcs.remove(&rpc);
+                    self.sent.remove(&rpc);
+                    self.read_silent(call, &peer, why);
+                } else {
+                    self.answered(rpc, Err(why));
+                }
             }
             Timer::Hedge { call, rpc } => {
-                if self.rpcs.contains_key(&rpc) {
-                    self.read_one_next(call);
+                if let Some(Call::ReadOne { hedge, .. }) = self.calls.get(&call) {
+                    if *hedge == Some(rpc) {
+                        self.read_one_next(call, true);
+                    }
                 }
             }
             Timer::Refused(rpc, why) => self.answered(rpc, Err(why)),
@@ -282,9 +293,15 @@ impl SimNode {
                 match self.calls.get(&id) {
                     Some(Call::Write { .. }) => self.finish_write_call(id, &waiting),
                     Some(Call::ReadMany { .. }) => self.finish_read(id, &waiting),
-                    Some(Call::ReadOne { .. }) => {
+                    Some(Call::ReadOne { op, parked, .. }) => {
+                        let why = match parked {
+                            Some(why) => why.clone(),
+                            None if op.kind.is_write() => {
+                                format!("no replica answered within {OBSERVE_AT_ONE:?}")
+                            }
+                            None => return,
+                        };
                         if let Some(Call::ReadOne { op, .. }) = self.calls.remove(&id) {
-                            let why = format!("no replica answered within {OBSERVE_AT_ONE:?}");
                             self.read_done(op, Err(why), 0);
                         }
                     }
