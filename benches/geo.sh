@@ -46,12 +46,15 @@ for i in "${!PORTS[@]}"; do
 done
 wait_ready 127.0.0.1:${PORTS[0]} 6
 
-# Each node delays its links to the other regions' nodes (ids are addresses).
+# Each link between regions is degraded at one end, the node of the lower
+# region (ids are addresses): that end delays every message over the link,
+# requests and answers, both ways, so each crossing costs DELAY_MS once.
 for i in "${!PORTS[@]}"; do
 	far=()
 	for j in "${!PORTS[@]}"; do
-		[[ ${REGIONS[$i]} != "${REGIONS[$j]}" ]] && far+=("127.0.0.1:${PORTS[$j]}")
+		[[ ${REGIONS[$i]} < "${REGIONS[$j]}" ]] && far+=("127.0.0.1:${PORTS[$j]}")
 	done
+	((${#far[@]})) || continue
 	"$BIN/kilovolt-cli" --addr "127.0.0.1:${PORTS[$i]}" degrade "$(IFS=,; echo "${far[*]}")" \
 		--delay-ms "$DELAY_MS" >/dev/null
 done
