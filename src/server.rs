@@ -193,30 +193,35 @@ impl Peer for PeerService {
     ) -> Result<Response<wire::ApplyResponse>, Status> {
         let certs = request.peer_certs();
         let req = request.into_inner();
-        self.admit(req.header.as_ref(), certs).await?;
-        // Check the whole batch before merging any of it, so a bad entry
-        // refuses the batch without applying half of it.
-        let entries = req
-            .entries
-            .into_iter()
-            .map(from_wire)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| {
-                tracing::warn!(error = %err, "refused a peer batch");
-                Status::invalid_argument(err.to_string())
-            })?;
-        // A node that cannot log refuses the batch (the sender holds it as
-        // hints) rather than acknowledge what a restart would lose.
-        self.store.check_journal().map_err(unlogged)?;
-        if req.relay {
-            if let (Some(relay), Some(header)) = (&self.relay, &req.header) {
-                relay.relay(&header.from, entries.clone());
+        let from = self.admit(req.header.as_ref(), certs).await?;
+        let answer: Result<Response<wire::ApplyResponse>, Status> = async move {
+            // Check the whole batch before merging any of it, so a bad entry
+            // refuses the batch without applying half of it.
+            let entries = req
+                .entries
+                .into_iter()
+                .map(from_wire)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| {
+                    tracing::warn!(error = %err, "refused a peer batch");
+                    Status::invalid_argument(err.to_string())
+                })?;
+            // A node that cannot log refuses the batch (the sender holds it as
+            // hints) rather than acknowledge what a restart would lose.
+            self.store.check_journal().map_err(unlogged)?;
+            if req.relay {
+                if let (Some(relay), Some(header)) = (&self.relay, &req.header) {
+                    relay.relay(&header.from, entries.clone());
+                }
             }
+            let changed =
+                apply_deltas(&self.store, &self.clock, entries, self.anti_entropy.grace());
+            self.store.durable().await.map_err(unlogged)?;
+            let changed = u32::try_from(changed).unwrap_or(u32::MAX);
+            Ok(self.stamped(wire::ApplyResponse { changed }))
         }
-        let changed = apply_deltas(&self.store, &self.clock, entries, self.anti_entropy.grace());
-        self.store.durable().await.map_err(unlogged)?;
-        let changed = u32::try_from(changed).unwrap_or(u32::MAX);
-        Ok(self.stamped(wire::ApplyResponse { changed }))
+        .await;
+        self.answer(&from, answer).await
     }
 
     async fn read(
