@@ -505,3 +505,116 @@ async fn idle_peers_are_probed_for_their_round_trip_time() {
         node.shutdown().await.unwrap();
     }
 }
+
+/// A delta queue does not hold a write back while the batch before it
+/// crosses a slow link: with 1 s each way to the other region, a ONE write
+/// made while a QUORUM write's batch is in flight reaches the other
+/// region's replica before that QUORUM write is answered (one batch in
+/// flight per peer made it wait the whole round trip first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_crosses_a_slow_link_while_the_batch_before_it_is_in_flight() {
+    use kilovolt::switch::Degradation;
+    let mut nodes: Vec<kilovolt::node::RunningNode> = Vec::new();
+    for region in ["r1", "r2"] {
+        let seeds: Vec<String> = nodes.iter().map(|n| n.info().address.clone()).collect();
+        nodes.push(
+            common::start_node(|c| {
+                c.cluster_id = "regions-pipeline".into();
+                c.gossip_interval = Duration::from_millis(50);
+                // Gossip crosses the slow link too: not declared dead for
+                // a second's silence.
+                c.phi_threshold = 60.0;
+                c.request_timeout = Duration::from_secs(10);
+                c.replication_factor = 2;
+                c.cluster = seeds;
+                c.region = region.into();
+            })
+            .await,
+        );
+    }
+    for node in &nodes {
+        let admin = common::admin(node).await;
+        eventually(Duration::from_secs(15), "both members ready", || {
+            let mut admin = admin.clone();
+            async move {
+                let m = admin
+                    .members(proto::MembersRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                (m.members
+                    .iter()
+                    .filter(|m| m.alive && m.state == "ready")
+                    .count()
+                    == 2)
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    b.handles().switch.degrade(
+        [a.info().id.clone()],
+        Degradation {
+            drop: 0.0,
+            delay: Duration::from_secs(1),
+        },
+    );
+    let local = |kv: &KilovoltClient<Channel>, key: &'static str| {
+        let mut kv = kv.clone();
+        async move {
+            let got = kv
+                .get(proto::GetRequest {
+                    key: key.into(),
+                    consistency: Consistency::Local.into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            got.found.then_some(())
+        }
+    };
+    let (kv_a, kv_b) = (common::kv(a).await, common::kv(b).await);
+    let write = |key: &'static str, level: Consistency| {
+        let mut kv = kv_a.clone();
+        async move {
+            kv.set(proto::SetRequest {
+                key: key.into(),
+                value: "v".into(),
+                consistency: level.into(),
+                ttl_ms: 0,
+            })
+            .await
+            .map(|_| ())
+        }
+    };
+    let first = tokio::spawn(write("first", Consistency::Quorum));
+    // The first write is applied at a and its batch has left a's queue
+    // (queued bytes count no batch in flight): it is crossing.
+    let admin = common::admin(a).await;
+    eventually(Duration::from_secs(5), "the first batch in flight", || {
+        let mut admin = admin.clone();
+        let held = local(&kv_a, "first");
+        async move {
+            held.await?;
+            let s = admin.stats(proto::StatsRequest {}).await.ok()?.into_inner();
+            s.regions.iter().all(|r| r.queued_bytes == 0).then_some(())
+        }
+    })
+    .await;
+    write("second", Consistency::One).await.unwrap();
+    eventually(Duration::from_secs(10), "the second write at b", || {
+        local(&kv_b, "second")
+    })
+    .await;
+    if first.is_finished() {
+        panic!(
+            "the second write crossed only after the first was answered ({:?})",
+            first.await
+        );
+    }
+    first.await.unwrap().unwrap();
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
