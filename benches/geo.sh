@@ -35,7 +35,9 @@ mkdir -p "$OUT"
 RESULTS=$OUT/geo.jsonl
 : >"$RESULTS"
 
-PORTS=(56151 56152 56153 56154 56155 56156)
+# Below the ephemeral range (32768 and up on Linux), so that no outgoing
+# connection of another process holds one (nor a peer port, PORT + 1000).
+PORTS=(26151 26152 26153 26154 26155 26156)
 REGIONS=(r1 r1 r2 r2 r3 r3)
 all=$(printf '127.0.0.1:%s,' "${PORTS[@]}")
 all=${all%,}
