@@ -618,3 +618,25 @@ async fn a_write_crosses_a_slow_link_while_the_batch_before_it_is_in_flight() {
         node.shutdown().await.unwrap();
     }
 }
+
+/// `kilovolt-bench --visible-at` measures how long a ONE write at r1 takes
+/// to show in r3: never less than the delay between regions (each link
+/// delays a message once each way), and every write shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_measures_when_a_write_shows_in_another_region() {
+    const BENCH: &str = env!("CARGO_BIN_EXE_kilovolt-bench");
+    let regions = Regions::start("regions-visible", &["--replicas-per-region", "2"]).await;
+    regions.wan().await;
+    let out = Command::new(BENCH)
+        .args(["--addr", &regions.node(0).addr])
+        .args(["--visible-at", &regions.node(4).addr])
+        .args(["--visible-writes", "5", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["writes"], 5, "{report}");
+    let p50 = report["p50_us"].as_u64().unwrap();
+    assert!(p50 >= u64::from(WAN_DELAY_MS) * 1000, "{report}");
+    assert!(report["max_us"].as_u64().unwrap() >= p50, "{report}");
+}
