@@ -640,3 +640,45 @@ async fn the_bench_measures_when_a_write_shows_in_another_region() {
     assert!(p50 >= u64::from(WAN_DELAY_MS) * 1000, "{report}");
     assert!(report["max_us"].as_u64().unwrap() >= p50, "{report}");
 }
+
+/// A replica that relays a write to its region but cannot reach a
+/// region-mate holds the write as a hint for it, as a coordinator would
+/// (not left to anti-entropy), and hands it on after the heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_cannot_reach_a_region_mate_holds_a_hint_for_it() {
+    let regions = Regions::start("regions-relay-hint", &["--replicas-per-region", "2"]).await;
+    let (a1, c1, c2) = (regions.node(0), regions.node(4), regions.node(5));
+    // r3's two nodes cut from each other, on both sides; the rest whole.
+    for (s, other) in [(c1, c2), (c2, c1)] {
+        FaultsClient::new(channel(s).await)
+            .cut(proto::CutRequest {
+                peers: vec![other.addr.clone()],
+            })
+            .await
+            .unwrap();
+    }
+    let before = stats(c1).await.hints_pending + stats(c2).await.hints_pending;
+    assert_eq!(before, 0);
+    // The write crosses to r3 once, to c1 or c2, which relays it to the
+    // other: the cut fails that delivery (gossip through the other regions
+    // keeps each alive in the other's eyes), which makes it a hint.
+    set(a1, "relayed", "v", Consistency::One).await.unwrap();
+    eventually(Duration::from_secs(10), "a hint held in r3", || async {
+        let held = stats(c1).await.hints_pending + stats(c2).await.hints_pending;
+        (held > 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        stats(a1).await.hints_pending,
+        0,
+        "the coordinator reached r3"
+    );
+    regions.heal().await;
+    eventually(Duration::from_secs(20), "the hint handed on", || async {
+        let held = stats(c1).await.hints_pending + stats(c2).await.hints_pending;
+        let both = get(c1, "relayed", Consistency::Local).await.ok()?? == "v"
+            && get(c2, "relayed", Consistency::Local).await.ok()?? == "v";
+        (held == 0 && both).then_some(())
+    })
+    .await;
+}
