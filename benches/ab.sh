@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Compares two builds of kilovolt-db, one node each, in the same run: the
-# two servers run side by side and take turns under kilovolt-bench (90% and
-# 0% reads, 100-byte values, 64 in flight), and the medians of the passes
+# Compares two servers (two builds of kilovolt-db, or a node and the bare
+# server), one process each, in the same run: they run side by side and
+# take turns under kilovolt-bench (90% and 0% reads, 100-byte values, 64 in
+# flight), and the medians of the passes
 # are printed with the ratio B/A of ops/s and of server CPU per operation.
 # How each change to the hot path is judged before it is kept.
 #
-# Usage: bash benches/ab.sh A_BINARY B_BINARY [PASSES] (default 4);
+# Usage: bash benches/ab.sh A B [PASSES] (default 4), where A and B are each
+# a server's command with its flags in one word, e.g.
+#   bash benches/ab.sh "bin/kilovolt-db --log-level warn" target/release/examples/bare-server
+# (each is given --host 127.0.0.1 --port P after its flags);
 # DURATION (default 5s) and WARMUP (1s) in the environment. Needs `make build`
 # for kilovolt-bench and kilovolt-cli.
 set -euo pipefail
@@ -21,9 +25,10 @@ source benches/lib.sh
 declare -A pid=()
 for side in A B; do
 	port=$([[ $side == A ]] && echo 56401 || echo 56402)
-	spawn "${!side}" --host 127.0.0.1 --port "$port" --cluster-id "bench-ab-$side" --log-level warn
+	read -ra command <<<"${!side}"
+	spawn "${command[@]}" --host 127.0.0.1 --port "$port"
 	pid[$side]=$SPAWNED
-	wait_ready "127.0.0.1:$port" 1
+	wait_port "$port"
 	"$BIN/kilovolt-bench" --addr "127.0.0.1:$port" --keys 100000 --key-size 16 --duration 1ms \
 		--warmup 0s --json >/dev/null 2>&1
 done

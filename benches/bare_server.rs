@@ -7,9 +7,10 @@
 //! node, and the difference between the two is what Kilovolt-DB itself
 //! costs on top of tokio, hyper, tonic, prost and scc.
 //!
-//! The transport is set up as the node sets up its own: a multi-threaded
-//! tokio runtime, a listener bound by the caller with TCP_NODELAY on every
-//! accepted stream, and the same HTTP/2 keepalive.
+//! The transport is set up as the node sets up its own: the same allocator
+//! (mimalloc) and build profile, a multi-threaded tokio runtime, a listener
+//! bound by the caller with TCP_NODELAY on every accepted stream, and the
+//! same HTTP/2 keepalive.
 //!
 //! Built by `make bench` (`cargo build --release --example bare-server`) and
 //! started by `benches/suite.sh`; not part of `make build`.
@@ -196,6 +197,12 @@ impl Kilovolt for Bare {
         Err(unimplemented("GetCounter"))
     }
 }
+
+/// The node's allocator (src/main.rs), so that the two differ only in what
+/// Kilovolt-DB does per request, not in how the stack's buffers are
+/// allocated.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

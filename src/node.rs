@@ -26,6 +26,7 @@ use crate::cluster::Topology;
 use crate::cluster::{ClusterError, Member, Membership, MembershipConfig, NodeInfo, NodeState};
 use crate::config::{Config, ConfigError, DefaultConsistency};
 use crate::coordinator::{Consistency, Coordinator};
+use crate::durability::rejoin::{self, Verdict};
 use crate::durability::{Durability, DurabilityConfig, DurabilityError};
 use crate::metrics::process::OpenConnections;
 use crate::metrics::Metrics;
@@ -294,7 +295,7 @@ pub async fn start_with_clock(
     // before it announces itself to the cluster.
     let store = Arc::new(Store::new(config.partitions));
     let clock = Arc::new(Clock::new(&info.id, physical, config.max_clock_drift));
-    let durability = match &config.data_dir {
+    let recovering = match &config.data_dir {
         Some(dir) => {
             let settings = DurabilityConfig {
                 dir: dir.clone(),
@@ -303,22 +304,16 @@ pub async fn start_with_clock(
                 segment_bytes: config.log_segment_bytes,
                 snapshot_log_bytes: config.snapshot_log_bytes,
                 stale_after: config.dead_node_grace,
-                has_peers: !config.cluster.is_empty(),
             };
             let into = store.clone();
-            let (durability, found) =
-                tokio::task::spawn_blocking(move || Durability::open(settings, &into)).await??;
-            if let Some(latest) = found.latest {
-                clock.observe(latest);
-            }
-            Some((durability, found.hints))
+            Some(tokio::task::spawn_blocking(move || Durability::recover(settings, &into)).await??)
         }
         None => None,
     };
-    let (durability, recovered_hints) = match durability {
-        Some((d, hints)) => (Some(d), hints),
-        None => (None, Vec::new()),
-    };
+    let previous_alive_ms = recovering
+        .as_ref()
+        .map(|r| r.alive_ms())
+        .filter(|&ms| ms != 0);
 
     let switch = Arc::new(Switch::new());
     let membership = Membership::start(
@@ -340,10 +335,62 @@ pub async fn start_with_clock(
             } else {
                 NodeState::Syncing
             },
+            previous_alive_ms,
         },
         switch.clone(),
     )
     .await?;
+
+    // A node back from disk after longer than the dead-node grace keeps
+    // its data only if its live peers were down with it; it serves and
+    // sends nothing until it has decided. A node restarted from disk
+    // collects no tombstones for the grace: a member that was down when
+    // it stopped may be known to no live peer (docs/durability.md).
+    let hold_collection = previous_alive_ms.is_some() && !config.cluster.is_empty();
+    let durability = match recovering {
+        Some(recovering) => {
+            let keep = match recovering.stale() {
+                Some(away) if !config.cluster.is_empty() => {
+                    tracing::warn!(
+                        away = %humantime::format_duration(away),
+                        dead_node_grace = %humantime::format_duration(config.dead_node_grace),
+                        "this node was away longer than the dead-node grace: it asks its live peers whether they ran without it before it keeps or discards its data"
+                    );
+                    let verdict = rejoin::await_verdict(
+                        &membership,
+                        recovering.alive_ms(),
+                        config.dead_node_grace,
+                    )
+                    .await;
+                    match verdict {
+                        Verdict::Keep => {
+                            tracing::info!(
+                                "every live peer was down with this node: it keeps its data"
+                            );
+                            true
+                        }
+                        Verdict::Discard { reason } => {
+                            tracing::warn!(%reason, "a peer may have collected deletes without this node");
+                            false
+                        }
+                    }
+                }
+                _ => true,
+            };
+            let into = store.clone();
+            let (durability, found) =
+                tokio::task::spawn_blocking(move || recovering.open(&into, keep)).await??;
+            if let Some(latest) = found.latest {
+                clock.observe(latest);
+            }
+            Some((durability, found.hints))
+        }
+        None => None,
+    };
+    let (durability, recovered_hints) = match durability {
+        Some((d, hints)) => (Some(d), hints),
+        None => (None, Vec::new()),
+    };
 
     let peers = Arc::new(
         Peers::new(
@@ -408,6 +455,9 @@ pub async fn start_with_clock(
         )
         .with_metrics(metrics.clone()),
     );
+    if hold_collection {
+        anti_entropy.hold_collection(config.dead_node_grace);
+    }
     let sync_stats = anti_entropy.stats();
     let handles = Handles {
         switch: switch.clone(),

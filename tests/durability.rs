@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use common::eventually;
 use common::process::{wait_ready, Server, SERVER};
 use kilovolt::proto::{
-    self, admin_client::AdminClient, kilovolt_client::KilovoltClient, Consistency,
+    self, admin_client::AdminClient, faults_client::FaultsClient, kilovolt_client::KilovoltClient,
+    Consistency,
 };
 use tonic::transport::Channel;
 
@@ -602,6 +603,160 @@ async fn a_node_back_after_the_dead_node_grace_does_not_bring_back_collected_del
     let _ = std::fs::remove_dir_all(specs[0].dir.parent().unwrap());
 }
 
+/// Unix milliseconds now.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A whole cluster down together for longer than the dead-node grace (a
+/// region that lost power overnight) comes back with everything it
+/// acknowledged: no peer ran on to drop anyone from placement or collect
+/// a delete without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_cluster_down_longer_than_the_dead_node_grace_keeps_its_data() {
+    const GRACE_MS: u64 = 4_000;
+    let specs = cluster(
+        "outage",
+        &["--dead-node-grace", "4s", "--durability", "sync"],
+    );
+    let mut servers: Vec<Server> = specs.iter().map(Spec::start).collect();
+    for s in &servers {
+        wait_ready(&s.addr, 3).await;
+    }
+    let mut client = KilovoltClient::new(channel(&servers[0].addr).await);
+    let keys: Vec<String> = (0..200).map(|i| format!("outage-{i}")).collect();
+    for key in &keys {
+        client
+            .set(set_request(key, key, Consistency::Quorum))
+            .await
+            .unwrap();
+    }
+    for s in &mut servers {
+        s.child.kill().unwrap();
+    }
+    for s in &mut servers {
+        s.child.wait().unwrap();
+    }
+    drop(servers);
+    // The outage: until every node's `alive` record is older than the grace.
+    eventually(
+        Duration::from_secs(30),
+        "every alive record older than the grace",
+        || async {
+            specs
+                .iter()
+                .all(|spec| {
+                    let alive: u64 = std::fs::read_to_string(spec.dir.join("alive"))
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .unwrap();
+                    unix_ms().saturating_sub(alive) > GRACE_MS
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    // All at once: a stale node waits for a live peer before it serves.
+    let launched: Vec<(Server, Vec<String>)> = specs
+        .iter()
+        .map(|spec| {
+            let cmd = spec.command();
+            std::thread::spawn(move || Server::launch_with_startup_log(cmd))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let kept = launched
+        .iter()
+        .filter(|(_, startup)| startup.iter().any(|l| l.contains("it keeps its data")))
+        .count();
+    let servers: Vec<Server> = launched.into_iter().map(|(s, _)| s).collect();
+    for s in &servers {
+        wait_ready(&s.addr, 3).await;
+    }
+    for s in &servers {
+        for key in &keys {
+            assert_eq!(
+                get(&s.addr, key, Consistency::Quorum).await.as_deref(),
+                Some(key.as_str()),
+                "{key} read through {}",
+                s.addr
+            );
+        }
+    }
+    assert!(kept >= 2, "{kept} of 3 nodes kept their data");
+    let _ = std::fs::remove_dir_all(specs[0].dir.parent().unwrap());
+}
+
+/// A node restarted from its data directory collects no tombstones for
+/// the dead-node grace (a member that was down when it stopped may be known
+/// to no live peer), while its peers, which did not restart, collect as
+/// usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_from_disk_holds_collection_for_the_dead_node_grace() {
+    let specs = cluster(
+        "hold",
+        &[
+            "--dead-node-grace",
+            "60s",
+            "--max-hint-age",
+            "1s",
+            "--tombstone-grace",
+            "2s",
+        ],
+    );
+    let mut servers: Vec<Server> = specs.iter().map(Spec::start).collect();
+    for s in &servers {
+        wait_ready(&s.addr, 3).await;
+    }
+    let mut third = servers.pop().unwrap();
+    third.child.kill().unwrap();
+    third.child.wait().unwrap();
+    servers.push(specs[2].start());
+    for s in &servers {
+        wait_ready(&s.addr, 3).await;
+    }
+    let mut client = KilovoltClient::new(channel(&servers[0].addr).await);
+    client
+        .set(set_request("doomed", "old", Consistency::All))
+        .await
+        .unwrap();
+    client
+        .delete(proto::DeleteRequest {
+            key: "doomed".into(),
+            consistency: Consistency::All.into(),
+        })
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the delete collected by the two nodes that did not restart",
+        || async {
+            for s in &servers[..2] {
+                if stats(s).await.tombstones != 0 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    // Three more of the restarted node's rounds, each of which would have
+    // collected the tombstone (its peers acknowledged it).
+    let rounds = stats(&servers[2]).await.anti_entropy_rounds;
+    eventually(Duration::from_secs(30), "three more rounds", || async {
+        (stats(&servers[2]).await.anti_entropy_rounds >= rounds + 3).then_some(())
+    })
+    .await;
+    assert_eq!(stats(&servers[2]).await.tombstones, 1);
+    let _ = std::fs::remove_dir_all(specs[0].dir.parent().unwrap());
+}
+
 /// A ONE write that no replica took lives only as a hint on its
 /// coordinator: the hint is logged (in `sync` mode before the write is
 /// acknowledged), and survives the coordinator's kill -9.
@@ -676,6 +831,89 @@ async fn a_hint_survives_its_coordinators_kill_9() {
             .as_deref()
             == Some("held"))
         .then_some(())
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A ONE write that its coordinator, not a replica, answers from its
+/// queued copy (the replica is alive but slow) is held as a hint too, so
+/// that it is on the coordinator's disk before the answer (`sync`) and
+/// survives the coordinator's kill -9 right after it. (A delete: it is
+/// sent without reading the key first, which would wait on the slow
+/// replica until the failure detector gave it up.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_write_answered_from_its_queued_copy_survives_its_coordinators_kill_9() {
+    let root = data_dir("queued");
+    let ports = [free_port(), free_port()];
+    let specs: Vec<Spec> = (0..2)
+        .map(|i| Spec {
+            id: format!("n{}", i + 1),
+            port: ports[i],
+            peers: vec![ports[1 - i]],
+            dir: root.join(format!("n{}", i + 1)),
+            extra: [
+                "--replication-factor",
+                "1",
+                "--durability",
+                "sync",
+                "--fault-injection",
+            ]
+            .map(String::from)
+            .to_vec(),
+        })
+        .collect();
+    let mut servers: Vec<Server> = specs.iter().map(Spec::start).collect();
+    for s in &servers {
+        wait_ready(&s.addr, 2).await;
+    }
+    // A key only the second node holds.
+    let mut admin1 = admin(&servers[0]).await;
+    let mut key = String::new();
+    for i in 0.. {
+        key = format!("q{i}");
+        let replicas = admin1
+            .replicas(proto::ReplicasRequest { key: key.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .replicas;
+        if replicas[0].id == "n2" {
+            break;
+        }
+    }
+    let mut client = KilovoltClient::new(channel(&servers[0].addr).await);
+    client
+        .set(set_request(&key, "doomed", Consistency::All))
+        .await
+        .unwrap();
+    // The second node is still alive to the first one's failure detector,
+    // but the first one's messages reach it only after 5 s: the write waits
+    // its hedge delay and is answered from the queued copy.
+    FaultsClient::new(channel(&servers[0].addr).await)
+        .degrade(proto::DegradeRequest {
+            peers: vec!["n2".into()],
+            drop: 0.0,
+            delay_ms: 5_000,
+        })
+        .await
+        .unwrap();
+    client
+        .delete(proto::DeleteRequest {
+            key: key.clone(),
+            consistency: Consistency::One.into(),
+        })
+        .await
+        .unwrap();
+    let mut first = servers.remove(0);
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let _first = specs[0].start();
+    eventually(Duration::from_secs(20), "the delete delivered", || async {
+        get(&servers[0].addr, &key, Consistency::Local)
+            .await
+            .is_none()
+            .then_some(())
     })
     .await;
     let _ = std::fs::remove_dir_all(&root);

@@ -41,6 +41,7 @@ fn config(id: &str, listen: SocketAddr, advertise: String, seeds: &[String]) -> 
         dead_node_grace: Duration::from_secs(60),
         cluster_id: "kilovolt".to_string(),
         initial_state: NodeState::Ready,
+        previous_alive_ms: None,
     }
 }
 

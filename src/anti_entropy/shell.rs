@@ -186,6 +186,8 @@ pub struct AntiEntropy {
     next_check: AtomicU64,
     /// Settled entries awaiting every replica's acknowledgement.
     collector: Mutex<Collector>,
+    /// Nothing is collected before this instant ([`AntiEntropy::hold_collection`]).
+    hold_until: Mutex<Option<Instant>>,
     metrics: Metrics,
 }
 
@@ -214,6 +216,7 @@ impl AntiEntropy {
             synced: Mutex::new(BTreeSet::new()),
             next_check: AtomicU64::new(0),
             collector: Mutex::new(Collector::new()),
+            hold_until: Mutex::new(None),
             metrics: Metrics::off(),
         }
     }
@@ -416,6 +419,19 @@ impl AntiEntropy {
             .confirm(peer, partitions, started);
     }
 
+    /// Collects nothing for `hold` from now. A node restarted from its data
+    /// directory holds collection for the dead-node grace: a member that
+    /// was down when it stopped may be known to no live peer (they all
+    /// restarted too), and must be able to come back within that grace
+    /// and keep its own data without a delete it missed having been
+    /// collected around it (docs/durability.md).
+    pub fn hold_collection(&self, hold: Duration) {
+        *self
+            .hold_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + hold);
+    }
+
     /// Acknowledged collection of tombstones and expired values
     /// ([`Collector::collect`]). Returns how many entries were collected.
     /// Nothing is collected while this node's wall clock is judged off
@@ -423,6 +439,14 @@ impl AntiEntropy {
     pub fn collect_settled(&self) -> usize {
         if let Err(reason) = self.clock.check_wall_offset() {
             tracing::debug!(%reason, "collecting nothing while the clock is off");
+            return 0;
+        }
+        let held = *self
+            .hold_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if held.is_some_and(|until| Instant::now() < until) {
+            tracing::debug!("collecting nothing for the dead-node grace after a restart from disk");
             return 0;
         }
         let collected = self

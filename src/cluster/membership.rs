@@ -35,6 +35,11 @@ const KEY_PEER_ADDRESS: &str = "peer_address";
 const KEY_REGION: &str = "region";
 /// Gossip key: the node's [`NodeState`], as [`NodeState::as_str`] spells it.
 const KEY_STATE: &str = "state";
+/// Gossip key: unix milliseconds the node was last running before this
+/// start, from its data directory (absent: it recovered none). A node back
+/// from disk after longer than the dead-node grace reads it from its peers
+/// to tell whether they ran long without it (docs/durability.md).
+const KEY_PREVIOUS_ALIVE: &str = "previous_alive_ms";
 
 /// How many peers `leave` waits to have sent its "leaving" state to; gossip
 /// spreads it from them to the rest.
@@ -101,6 +106,22 @@ pub struct MembershipConfig {
     pub cluster_id: String,
     /// The state this node announces when it starts.
     pub initial_state: NodeState,
+    /// Unix milliseconds this node was last running before this start, as
+    /// its data directory recorded it; `None` without one (or a new one).
+    pub previous_alive_ms: Option<u64>,
+}
+
+/// What a live peer's gossip says about its runs: when its current run
+/// started and when its previous one was last alive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerRun {
+    /// The peer's node id.
+    pub id: String,
+    /// Unix milliseconds its current process started (its generation).
+    pub started_ms: u64,
+    /// Unix milliseconds it was last running before that, from its data
+    /// directory; `None` when it recovered none.
+    pub previous_alive_ms: Option<u64>,
 }
 
 /// This node's membership in the cluster: gossips its own metadata, tracks
@@ -170,7 +191,7 @@ impl Membership {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
         };
-        let initial = vec![
+        let mut initial = vec![
             (KEY_ADDRESS.to_string(), advertise.clone()),
             (KEY_PEER_ADDRESS.to_string(), config.peer_advertise.clone()),
             (KEY_REGION.to_string(), config.region.clone()),
@@ -179,6 +200,9 @@ impl Membership {
                 config.initial_state.as_str().to_string(),
             ),
         ];
+        if let Some(ms) = config.previous_alive_ms {
+            initial.push((KEY_PREVIOUS_ALIVE.to_string(), ms.to_string()));
+        }
         let sends = transport.delta_sends();
         let handle = spawn_chitchat(chitchat_config, initial, &transport)
             .await
@@ -263,6 +287,37 @@ impl Membership {
             }
             Err(_) => self.view.tx.borrow().clone(),
         }
+    }
+
+    /// The live peers (this node excluded), each with what its gossip says
+    /// of its runs ([`PeerRun`]); one per node id, the newest generation.
+    pub async fn live_peer_runs(&self) -> Vec<PeerRun> {
+        let guard = self.chitchat.lock().await;
+        let me = &self.view.self_chitchat_id.node_id;
+        let mut runs: BTreeMap<String, PeerRun> = BTreeMap::new();
+        for id in guard.live_nodes() {
+            if id.node_id == *me {
+                continue;
+            }
+            let Some(state) = guard.node_state(id) else {
+                continue;
+            };
+            if state.get(KEY_ADDRESS).is_none() {
+                continue;
+            }
+            let run = PeerRun {
+                id: id.node_id.to_string(),
+                started_ms: id.generation_id,
+                previous_alive_ms: state.get(KEY_PREVIOUS_ALIVE).and_then(|v| v.parse().ok()),
+            };
+            match runs.get(&run.id) {
+                Some(seen) if seen.started_ms >= run.started_ms => {}
+                _ => {
+                    runs.insert(run.id.clone(), run);
+                }
+            }
+        }
+        runs.into_values().collect()
     }
 
     /// A watch on [`Membership::members`]: it changes when a node joins or

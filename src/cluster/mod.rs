@@ -84,7 +84,7 @@ mod membership;
 mod topology;
 mod transport;
 
-pub use membership::{ClusterError, Membership, MembershipConfig, StateAnnouncer};
+pub use membership::{ClusterError, Membership, MembershipConfig, PeerRun, StateAnnouncer};
 pub use topology::Topology;
 #[cfg(test)]
 pub(crate) use topology::{six_in_three_regions, SIX_IN_THREE_REGIONS};

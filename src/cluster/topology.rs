@@ -11,7 +11,10 @@ use crate::ring::{Replication, Ring, RingNode};
 /// Placement and liveness at one moment.
 pub struct Topology {
     ring: Ring,
-    members: HashMap<String, Member>,
+    /// Looked up by id several times per request (liveness, region), so
+    /// hashed with foldhash rather than SipHash: ids come from admitted
+    /// members, not from clients.
+    members: HashMap<String, Member, foldhash::fast::RandomState>,
 }
 
 impl Topology {

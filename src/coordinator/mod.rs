@@ -463,13 +463,30 @@ impl Coordinator {
                 Ok(())
             }
         };
+        let mut answered = Vec::new();
         let gathered = gather(&mut call, acks, timeout, |call, (replica, ack)| {
             let answer = answer_of(ack);
             hinted |= answer != ReplicaAnswer::Ok;
+            answered.push(replica.clone());
             call.record(&replica, answer)
         });
         let (timed_out, logged) = tokio::join!(gathered, logged);
         logged?;
+        // A ONE write answered from its queued copies: with a data
+        // directory, the silent replicas' copies are held as hints too, so
+        // that the write is on this node's disk (in `sync` mode before the
+        // answer) and survives its crash; delivered twice, it merges to
+        // nothing the second time.
+        if level == Consistency::One
+            && call.decision() != Decision::Met
+            && self.replicator.logs_hints()
+        {
+            for replica in awaited.iter().filter(|r| !answered.contains(r)) {
+                self.replicator
+                    .hint(replica, key.into(), call.entry().clone());
+                hinted = true;
+            }
+        }
         if hinted {
             self.store.durable().await.map_err(unlogged)?;
         }

@@ -7,9 +7,11 @@
 //! appends it to the [`log::Log`], whose writer thread writes and fsyncs
 //! it. Callers that acknowledge a change (the coordinator, the peer
 //! service, anti-entropy) wait on [`Store::durable`], which in `sync` mode
-//! resolves once the record is fsynced. At start, [`Durability::open`]
+//! resolves once the record is fsynced. At start, [`Durability::recover`]
 //! loads the newest snapshot and replays the log after it into the empty
-//! store before the journal is attached; snapshots are taken in the
+//! store; the node decides whether to keep it (`rejoin`, for a directory
+//! older than the dead-node grace), and [`Recovering::open`] attaches the
+//! journal; snapshots are taken in the
 //! background while writes go on (a fuzzy snapshot: merges are joins, so
 //! replaying records it already holds is harmless), then older segments
 //! are deleted.
@@ -21,6 +23,7 @@ pub mod files;
 pub mod frame;
 pub mod log;
 pub mod record;
+pub mod rejoin;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,12 +56,10 @@ pub struct DurabilityConfig {
     /// A snapshot is due once the log since the last one is larger than
     /// that snapshot and than this.
     pub snapshot_log_bytes: u64,
-    /// Data older than this (since the node was last running) is discarded
-    /// at start when the node has peers: they may have dropped it from
-    /// placement and collected deletes without it (`--dead-node-grace`).
+    /// Data older than this (since the node was last running) is stale: a
+    /// node with peers keeps it only if they did not run that long without
+    /// it (`--dead-node-grace`; the `rejoin` module).
     pub stale_after: Duration,
-    /// Whether the node has peers (`--cluster`).
-    pub has_peers: bool,
 }
 
 /// What `Stats` reports of the log and snapshots.
@@ -91,13 +92,22 @@ pub struct Durability {
 
 impl Durability {
     /// Recovers `store` (empty, no journal) from `config.dir`, opens the
-    /// log after what it found and attaches itself as the store's journal.
-    /// Returns what recovery found. Damage in the middle of the log stops
-    /// the node here, with the file and offset.
+    /// log after what it found and attaches itself as the store's journal,
+    /// keeping what it found however old (a node without peers, and the
+    /// tests). Returns what recovery found.
     pub fn open(
         config: DurabilityConfig,
         store: &Store,
     ) -> Result<(Arc<Self>, Recovered), DurabilityError> {
+        Self::recover(config, store)?.open(store, true)
+    }
+
+    /// Loads `config.dir` into `store` (empty, no journal) without writing
+    /// anything: the caller then decides, with [`Recovering::stale`] and
+    /// the rejoin rule (`rejoin`), whether to keep what it loaded, and
+    /// calls [`Recovering::open`]. Damage in the middle of the log stops
+    /// the node here, with the file and offset.
+    pub fn recover(config: DurabilityConfig, store: &Store) -> Result<Recovering, DurabilityError> {
         let dir = config.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| DurabilityError::Io {
             what: "cannot create",
@@ -105,64 +115,12 @@ impl Durability {
             source,
         })?;
         let started = std::time::Instant::now();
-        let mut found = files::recover(&dir, store)?;
-        let away_ms = log::unix_ms().saturating_sub(found.alive_ms);
-        let stale = found.alive_ms != 0 && away_ms > config.stale_after.as_millis() as u64;
-        if stale && config.has_peers {
-            let held = store.stats();
-            tracing::warn!(
-                dir = %dir.display(),
-                away = %humantime::format_duration(Duration::from_millis(away_ms)),
-                dead_node_grace = %humantime::format_duration(config.stale_after),
-                discarded = held.values + held.tombstones,
-                "this node was away longer than the dead-node grace: its peers may have collected deletes without it, so it discards what it held on disk and refills from them (docs/durability.md)"
-            );
-            for p in 0..store.partitions() {
-                store.drop_partition(p);
-            }
-            files::discard(&dir)?;
-            found = Recovered::default();
-        }
-        files::write_alive(&dir, log::unix_ms())?;
-        let log = Log::open(
-            LogConfig {
-                dir: files::log_dir(&dir),
-                mode: config.mode,
-                fsync_interval: config.fsync_interval,
-                segment_bytes: config.segment_bytes,
-            },
-            found.next,
-            found.log_bytes,
-        )
-        .map_err(|source| DurabilityError::Io {
-            what: "cannot open the log in",
-            path: files::log_dir(&dir),
-            source,
-        })?;
-        let held = store.stats();
-        tracing::info!(
-            dir = %dir.display(),
-            mode = ?config.mode,
-            snapshot_entries = found.snapshot_entries,
-            replayed = found.replayed,
-            keys = held.values,
-            tombstones = held.tombstones,
-            torn_tail = found.torn,
-            took = ?started.elapsed(),
-            "recovered from disk"
-        );
-        let me = Arc::new(Self {
-            dir,
+        let found = files::recover(&dir, store)?;
+        Ok(Recovering {
             config,
-            log,
-            log_bytes_at_snapshot: AtomicU64::new(found.log_bytes),
-            snapshot_bytes: AtomicU64::new(found.snapshot_bytes),
-            last_snapshot_ms: AtomicU64::new(found.snapshot_ms),
-            snapshotting: Mutex::new(()),
-            replicator: std::sync::OnceLock::new(),
-        });
-        store.attach_journal(me.clone());
-        Ok((me, found))
+            found,
+            started,
+        })
     }
 
     /// Logs the hints `replicator` takes from now on and keeps them in
@@ -302,6 +260,102 @@ impl Durability {
         if let Err(e) = files::write_alive(&self.dir, log::unix_ms()) {
             tracing::warn!(error = %e, "cannot record that this node is alive");
         }
+    }
+}
+
+/// A data directory loaded into the store, before the node decides
+/// whether to keep it: nothing is written to the directory (its `alive`
+/// file included) until [`Recovering::open`].
+pub struct Recovering {
+    config: DurabilityConfig,
+    found: Recovered,
+    started: std::time::Instant,
+}
+
+impl Recovering {
+    /// Unix milliseconds the node was last running, from `DIR/alive` (0:
+    /// the directory is new).
+    pub fn alive_ms(&self) -> u64 {
+        self.found.alive_ms
+    }
+
+    /// How long ago the node last ran, when that is longer than the
+    /// dead-node grace (`stale_after`): its peers may have dropped it from
+    /// placement and collected deletes without it meanwhile.
+    pub fn stale(&self) -> Option<Duration> {
+        let away = Duration::from_millis(log::unix_ms().saturating_sub(self.found.alive_ms));
+        (self.found.alive_ms != 0 && away > self.config.stale_after).then_some(away)
+    }
+
+    /// Opens the log after what recovery found and attaches the journal to
+    /// `store`. Unless `keep`, first empties `store` and deletes the
+    /// directory's snapshots and segments: the node starts empty and
+    /// refills from its peers. Returns what recovery found (nothing when
+    /// discarded).
+    pub fn open(
+        self,
+        store: &Store,
+        keep: bool,
+    ) -> Result<(Arc<Durability>, Recovered), DurabilityError> {
+        let Recovering {
+            config,
+            mut found,
+            started,
+        } = self;
+        let dir = config.dir.clone();
+        if !keep {
+            let held = store.stats();
+            tracing::warn!(
+                dir = %dir.display(),
+                discarded = held.values + held.tombstones,
+                "this node discards what it held on disk and refills from its peers (docs/durability.md)"
+            );
+            for p in 0..store.partitions() {
+                store.drop_partition(p);
+            }
+            files::discard(&dir)?;
+            found = Recovered::default();
+        }
+        files::write_alive(&dir, log::unix_ms())?;
+        let log = Log::open(
+            LogConfig {
+                dir: files::log_dir(&dir),
+                mode: config.mode,
+                fsync_interval: config.fsync_interval,
+                segment_bytes: config.segment_bytes,
+            },
+            found.next,
+            found.log_bytes,
+        )
+        .map_err(|source| DurabilityError::Io {
+            what: "cannot open the log in",
+            path: files::log_dir(&dir),
+            source,
+        })?;
+        let held = store.stats();
+        tracing::info!(
+            dir = %dir.display(),
+            mode = ?config.mode,
+            snapshot_entries = found.snapshot_entries,
+            replayed = found.replayed,
+            keys = held.values,
+            tombstones = held.tombstones,
+            torn_tail = found.torn,
+            took = ?started.elapsed(),
+            "recovered from disk"
+        );
+        let me = Arc::new(Durability {
+            dir,
+            config,
+            log,
+            log_bytes_at_snapshot: AtomicU64::new(found.log_bytes),
+            snapshot_bytes: AtomicU64::new(found.snapshot_bytes),
+            last_snapshot_ms: AtomicU64::new(found.snapshot_ms),
+            snapshotting: Mutex::new(()),
+            replicator: std::sync::OnceLock::new(),
+        });
+        store.attach_journal(me.clone());
+        Ok((me, found))
     }
 }
 

@@ -26,7 +26,6 @@ fn config(dir: &Path, mode: DurabilityMode) -> DurabilityConfig {
         segment_bytes: 4096,
         snapshot_log_bytes: 1 << 30,
         stale_after: Duration::from_secs(3600),
-        has_peers: false,
     }
 }
 

@@ -162,6 +162,11 @@ impl Replicator {
         self.hint_log.set(log).is_ok()
     }
 
+    /// Whether hints are logged (the node has a data directory).
+    pub fn logs_hints(&self) -> bool {
+        self.hint_log.get().is_some()
+    }
+
     /// Logs a hint taken `age` ago, when a log is attached.
     fn log_hint(&self, peer: &str, key: &str, entry: &Entry, age: Duration) {
         if let Some(log) = self.hint_log.get() {
