@@ -337,6 +337,18 @@ pub struct ReadOne {
 }
 
 impl ReadOne {
+    /// Whether `me` is the replica a ONE or LOCAL_ONE read of `key` asks
+    /// first in [`ReadOne::start`]'s order: a replica of the key, alive and
+    /// ready in `topology`. The read is then answered from the local store
+    /// and no call needs to be built (most reads, on a replica).
+    pub fn answered_here(me: &str, topology: &Topology, key: &str) -> bool {
+        topology.replicas(key).iter().any(|r| **r == *me)
+            && topology.is_alive(me)
+            && topology
+                .member(me)
+                .is_none_or(|m| m.state == NodeState::Ready)
+    }
+
     /// Starts a read of `key` at `level` (ONE or LOCAL_ONE) coordinated by
     /// `me`; `rtt` is the smoothed round-trip time to a peer, when measured.
     pub fn start(
@@ -575,6 +587,48 @@ mod tests {
         call.failed(&first, "no answer within 500ms".into());
         assert!(!call.waiting());
         assert_eq!(call.next_replica(), None);
+    }
+
+    /// The shortcut agrees with the full order: whenever it answers a read
+    /// locally, the call would have asked this node first.
+    #[test]
+    fn a_read_answered_here_is_one_the_call_would_ask_this_node_first() {
+        let states = [NodeState::Ready, NodeState::Syncing, NodeState::Leaving];
+        let mut here = 0;
+        for (s1, s2, alive) in states
+            .iter()
+            .flat_map(|a| states.iter().map(move |b| (*a, *b)))
+            .flat_map(|(a, b)| [(a, b, true), (a, b, false)])
+        {
+            let mut t = topology(&[
+                ("n1", s1),
+                ("n2", s2),
+                ("n3", NodeState::Ready),
+                ("n4", NodeState::Ready),
+            ]);
+            if !alive {
+                t = Topology::new(
+                    t.members()
+                        .map(|m| Member {
+                            alive: m.id != "n1",
+                            ..m.clone()
+                        })
+                        .collect(),
+                    16,
+                    3,
+                );
+            }
+            for key in (0..40).map(|i| format!("k{i}")) {
+                for level in [Consistency::One, Consistency::LocalOne] {
+                    if ReadOne::answered_here("n1", &t, &key) {
+                        here += 1;
+                        let mut call = ReadOne::start("n1", &t, &key, level, |_| None);
+                        assert_eq!(call.next_replica().as_deref(), Some("n1"), "{key}");
+                    }
+                }
+            }
+        }
+        assert!(here > 0, "some reads are answered here");
     }
 
     #[test]

@@ -422,7 +422,7 @@ impl Coordinator {
         let topology = self.topology();
         let (mut call, routes) =
             WriteCall::start(&self.me, &topology, &self.store, key, level, make)?;
-        let acks = FuturesUnordered::new();
+        let mut acks = Vec::new();
         let mut awaited = Vec::new();
         // Hints are logged too: a write answered while some copy is held as
         // a hint waits for that record as it waits for its own.
@@ -503,8 +503,11 @@ impl Coordinator {
     /// takes (its hedge delay) is not waited for alone: the next one is
     /// asked too, and the first answer wins; a failure moves on at once.
     async fn read_one(&self, key: &str, level: Consistency) -> Result<Option<Entry>, Error> {
-        let started = Instant::now();
         let topology = self.topology();
+        if ReadOne::answered_here(&self.me, &topology, key) {
+            return Ok(self.store.get(key));
+        }
+        let started = Instant::now();
         let peers = &self.peers;
         let mut call = ReadOne::start(&self.me, &topology, key, level, |r| peers.rtt(r));
         let mut asking = FuturesUnordered::new();
@@ -570,14 +573,14 @@ impl Coordinator {
             self.clock.now(),
             self.grace,
         );
-        let pending = FuturesUnordered::new();
-        for replica in ask {
-            let peers = &self.peers;
-            pending.push(async move {
+        let peers = &self.peers;
+        let pending: Vec<_> = ask
+            .into_iter()
+            .map(|replica| async move {
                 let read = peers.read(&replica, &[key]).await;
                 (replica, read)
-            });
-        }
+            })
+            .collect();
         let timeout = self.peers.timeout();
         let timed_out = gather(&mut call, pending, timeout, |call, (replica, read)| {
             let answer = read
@@ -629,14 +632,16 @@ fn unlogged(e: crate::store::JournalError) -> Error {
 /// returns whether the timeout passed.
 async fn gather<C: Pending, F: Future>(
     call: &mut C,
-    mut pending: FuturesUnordered<F>,
+    pending: Vec<F>,
     timeout: Duration,
     mut record: impl FnMut(&mut C, F::Output) -> Decision,
 ) -> bool {
-    // Most requests are decided at once (ONE on a replica): no timer then.
+    // Most requests are decided at once (ONE on a replica): no timer and
+    // no set of futures then.
     if pending.is_empty() || call.decision() != Decision::Open {
         return false;
     }
+    let mut pending: FuturesUnordered<F> = pending.into_iter().collect();
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     while call.decision() == Decision::Open {
