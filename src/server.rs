@@ -128,8 +128,13 @@ impl PeerService {
     }
 
     /// Checks the protocol number and the sender's certificate, and asks
-    /// the switch about the sender.
-    async fn admit(&self, header: Option<&wire::Header>, certs: PeerCerts) -> Result<(), Status> {
+    /// the switch about the request from the sender; returns the sender's
+    /// id, for the verdict on the answer ([`PeerService::answer`]).
+    async fn admit(
+        &self,
+        header: Option<&wire::Header>,
+        certs: PeerCerts,
+    ) -> Result<String, Status> {
         let header =
             header.ok_or_else(|| Status::invalid_argument("peer request without a header"))?;
         if header.protocol != PROTOCOL {
@@ -152,11 +157,29 @@ impl PeerService {
             }
         }
         match self.switch.verdict(&header.from) {
-            Verdict::Pass => Ok(()),
-            Verdict::Drop => Err(Status::unavailable("link cut by fault injection")),
+            Verdict::Pass => {}
+            Verdict::Drop => return Err(Status::unavailable("link cut by fault injection")),
+            Verdict::Delay(d) => tokio::time::sleep(d).await,
+        }
+        Ok(header.from.clone())
+    }
+
+    /// Sends `answer` back to `from` after the switch's verdict on it: a
+    /// degraded link delays (or drops) the answer as it does the request, so
+    /// that a link degraded at one end costs its delay in each direction.
+    async fn answer<T>(
+        &self,
+        from: &str,
+        answer: Result<Response<T>, Status>,
+    ) -> Result<Response<T>, Status> {
+        match self.switch.verdict(from) {
+            Verdict::Pass => answer,
+            Verdict::Drop => Err(Status::unavailable(
+                "answer dropped by fault injection (the request was handled)",
+            )),
             Verdict::Delay(d) => {
                 tokio::time::sleep(d).await;
-                Ok(())
+                answer
             }
         }
     }
@@ -170,30 +193,35 @@ impl Peer for PeerService {
     ) -> Result<Response<wire::ApplyResponse>, Status> {
         let certs = request.peer_certs();
         let req = request.into_inner();
-        self.admit(req.header.as_ref(), certs).await?;
-        // Check the whole batch before merging any of it, so a bad entry
-        // refuses the batch without applying half of it.
-        let entries = req
-            .entries
-            .into_iter()
-            .map(from_wire)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| {
-                tracing::warn!(error = %err, "refused a peer batch");
-                Status::invalid_argument(err.to_string())
-            })?;
-        // A node that cannot log refuses the batch (the sender holds it as
-        // hints) rather than acknowledge what a restart would lose.
-        self.store.check_journal().map_err(unlogged)?;
-        if req.relay {
-            if let (Some(relay), Some(header)) = (&self.relay, &req.header) {
-                relay.relay(&header.from, entries.clone());
+        let from = self.admit(req.header.as_ref(), certs).await?;
+        let answer: Result<Response<wire::ApplyResponse>, Status> = async move {
+            // Check the whole batch before merging any of it, so a bad entry
+            // refuses the batch without applying half of it.
+            let entries = req
+                .entries
+                .into_iter()
+                .map(from_wire)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| {
+                    tracing::warn!(error = %err, "refused a peer batch");
+                    Status::invalid_argument(err.to_string())
+                })?;
+            // A node that cannot log refuses the batch (the sender holds it as
+            // hints) rather than acknowledge what a restart would lose.
+            self.store.check_journal().map_err(unlogged)?;
+            if req.relay {
+                if let (Some(relay), Some(header)) = (&self.relay, &req.header) {
+                    relay.relay(&header.from, entries.clone());
+                }
             }
+            let changed =
+                apply_deltas(&self.store, &self.clock, entries, self.anti_entropy.grace());
+            self.store.durable().await.map_err(unlogged)?;
+            let changed = u32::try_from(changed).unwrap_or(u32::MAX);
+            Ok(self.stamped(wire::ApplyResponse { changed }))
         }
-        let changed = apply_deltas(&self.store, &self.clock, entries, self.anti_entropy.grace());
-        self.store.durable().await.map_err(unlogged)?;
-        let changed = u32::try_from(changed).unwrap_or(u32::MAX);
-        Ok(self.stamped(wire::ApplyResponse { changed }))
+        .await;
+        self.answer(&from, answer).await
     }
 
     async fn read(
@@ -202,23 +230,27 @@ impl Peer for PeerService {
     ) -> Result<Response<wire::ReadResponse>, Status> {
         let certs = request.peer_certs();
         let req = request.into_inner();
-        self.admit(req.header.as_ref(), certs).await?;
-        // A node refilling after a restart may lack what it is asked for:
-        // "not found" from it would count as an answer. The asker's view of
-        // this node's state can lag (a member may still see its previous
-        // life, ready), so the node itself refuses.
-        if !req.keys.is_empty() && !self.anti_entropy.is_ready() {
-            return Err(Status::unavailable(NOT_READY));
+        let from = self.admit(req.header.as_ref(), certs).await?;
+        let answer: Result<Response<wire::ReadResponse>, Status> = async move {
+            // A node refilling after a restart may lack what it is asked for:
+            // "not found" from it would count as an answer. The asker's view of
+            // this node's state can lag (a member may still see its previous
+            // life, ready), so the node itself refuses.
+            if !req.keys.is_empty() && !self.anti_entropy.is_ready() {
+                return Err(Status::unavailable(NOT_READY));
+            }
+            let asked = !req.keys.is_empty();
+            let entries = self.entries(req.keys).map_err(|err| {
+                tracing::warn!(error = %err, "refused a peer read");
+                Status::from(err)
+            })?;
+            if asked {
+                self.served.read();
+            }
+            Ok(self.stamped(wire::ReadResponse { entries }))
         }
-        let asked = !req.keys.is_empty();
-        let entries = self.entries(req.keys).map_err(|err| {
-            tracing::warn!(error = %err, "refused a peer read");
-            Status::from(err)
-        })?;
-        if asked {
-            self.served.read();
-        }
-        Ok(self.stamped(wire::ReadResponse { entries }))
+        .await;
+        self.answer(&from, answer).await
     }
 
     async fn clock(
@@ -227,14 +259,18 @@ impl Peer for PeerService {
     ) -> Result<Response<wire::ClockResponse>, Status> {
         let certs = request.peer_certs();
         let req = request.into_inner();
-        self.admit(req.header.as_ref(), certs).await?;
-        // Answered while refilling too: a restarted peer seeds its clock
-        // from it.
-        let clock = self.clock.latest().time;
-        Ok(self.stamped(wire::ClockResponse {
-            clock,
-            region: self.region.clone(),
-        }))
+        let from = self.admit(req.header.as_ref(), certs).await?;
+        let answer: Result<Response<wire::ClockResponse>, Status> = async move {
+            // Answered while refilling too: a restarted peer seeds its clock
+            // from it.
+            let clock = self.clock.latest().time;
+            Ok(self.stamped(wire::ClockResponse {
+                clock,
+                region: self.region.clone(),
+            }))
+        }
+        .await;
+        self.answer(&from, answer).await
     }
 
     async fn holding(
@@ -243,12 +279,16 @@ impl Peer for PeerService {
     ) -> Result<Response<wire::HoldingResponse>, Status> {
         let certs = request.peer_certs();
         let req = request.into_inner();
-        self.admit(req.header.as_ref(), certs).await?;
-        let mut held = req.partitions;
-        held.sort_unstable();
-        held.dedup();
-        held.retain(|&p| self.store.partition_len(p) > 0);
-        Ok(self.stamped(wire::HoldingResponse { held }))
+        let from = self.admit(req.header.as_ref(), certs).await?;
+        let answer: Result<Response<wire::HoldingResponse>, Status> = async move {
+            let mut held = req.partitions;
+            held.sort_unstable();
+            held.dedup();
+            held.retain(|&p| self.store.partition_len(p) > 0);
+            Ok(self.stamped(wire::HoldingResponse { held }))
+        }
+        .await;
+        self.answer(&from, answer).await
     }
 
     async fn sync(
@@ -257,31 +297,35 @@ impl Peer for PeerService {
     ) -> Result<Response<wire::SyncReply>, Status> {
         let certs = request.peer_certs();
         let req = request.into_inner();
-        self.admit(req.header.as_ref(), certs).await?;
-        let step = request_from_wire(req).map_err(|e| {
-            tracing::warn!(error = %e, "refused an anti-entropy step");
-            Status::invalid_argument(e.to_string())
-        })?;
-        // A step may list the versions of whole partitions: on a blocking
-        // thread, so that client requests do not queue behind the scan.
-        self.store.check_journal().map_err(unlogged)?;
-        let request_bytes = step.wire_size() as u64;
-        let anti_entropy = self.anti_entropy.clone();
-        let (reply, changed) = tokio::task::spawn_blocking(move || anti_entropy.respond(step))
-            .await
-            .map_err(|e| Status::internal(format!("anti-entropy step failed: {e}")))?
-            .map_err(|e| {
+        let from = self.admit(req.header.as_ref(), certs).await?;
+        let answer: Result<Response<wire::SyncReply>, Status> = async move {
+            let step = request_from_wire(req).map_err(|e| {
                 tracing::warn!(error = %e, "refused an anti-entropy step");
                 Status::invalid_argument(e.to_string())
             })?;
-        self.anti_entropy
-            .stats()
-            .add_bytes(request_bytes + reply.wire_size() as u64);
-        // The reply acknowledges what the step merged (collection counts
-        // on it): fsynced first, whatever the mode.
-        if changed > 0 {
-            self.store.synced().await.map_err(unlogged)?;
+            // A step may list the versions of whole partitions: on a blocking
+            // thread, so that client requests do not queue behind the scan.
+            self.store.check_journal().map_err(unlogged)?;
+            let request_bytes = step.wire_size() as u64;
+            let anti_entropy = self.anti_entropy.clone();
+            let (reply, changed) = tokio::task::spawn_blocking(move || anti_entropy.respond(step))
+                .await
+                .map_err(|e| Status::internal(format!("anti-entropy step failed: {e}")))?
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "refused an anti-entropy step");
+                    Status::invalid_argument(e.to_string())
+                })?;
+            self.anti_entropy
+                .stats()
+                .add_bytes(request_bytes + reply.wire_size() as u64);
+            // The reply acknowledges what the step merged (collection counts
+            // on it): fsynced first, whatever the mode.
+            if changed > 0 {
+                self.store.synced().await.map_err(unlogged)?;
+            }
+            Ok(self.stamped(reply_to_wire(&reply)))
         }
-        Ok(self.stamped(reply_to_wire(&reply)))
+        .await;
+        self.answer(&from, answer).await
     }
 }

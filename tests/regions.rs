@@ -72,15 +72,20 @@ impl Regions {
         out
     }
 
-    /// Delays every message between regions by [`WAN_DELAY_MS`] (each node
-    /// degrades its links to the other regions' nodes).
+    /// Delays every message between regions by [`WAN_DELAY_MS`]: each link
+    /// degraded at one end (the node of the lower region), which delays its
+    /// messages both ways once.
     async fn wan(&self) {
         for (s, region) in &self.nodes {
             let peers = self
-                .outside(region)
+                .nodes
                 .iter()
-                .map(|p| p.addr.clone())
-                .collect();
+                .filter(|(_, r)| *r > *region)
+                .map(|(p, _)| p.addr.clone())
+                .collect::<Vec<_>>();
+            if peers.is_empty() {
+                continue;
+            }
             FaultsClient::new(channel(s).await)
                 .degrade(proto::DegradeRequest {
                     peers,
@@ -450,8 +455,9 @@ async fn a_non_replica_reads_its_regions_replica_first() {
 
 /// With no client traffic at all, each node still measures its peers'
 /// round-trip times (a light probe of idle peers), and shows them in
-/// `Admin.Members`: a peer delayed by 30 ms each way reads as at least 60 ms
-/// away, an undelayed one as nearer.
+/// `Admin.Members`: a peer delayed by 30 ms each way (one end of the link
+/// degrades it, which delays the messages both ways: requests and answers)
+/// reads as at least 60 ms away, an undelayed one as nearer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_peers_are_probed_for_their_round_trip_time() {
     use kilovolt::switch::Degradation;
@@ -475,10 +481,6 @@ async fn idle_peers_are_probed_for_their_round_trip_time() {
         delay: Duration::from_millis(30),
     };
     nodes[0].handles().switch.degrade([far.clone()], wan);
-    nodes[2]
-        .handles()
-        .switch
-        .degrade([nodes[0].info().id.clone()], wan);
     let admin = common::admin(&nodes[0]).await;
     eventually(
         Duration::from_secs(20),
@@ -502,4 +504,181 @@ async fn idle_peers_are_probed_for_their_round_trip_time() {
     for node in nodes {
         node.shutdown().await.unwrap();
     }
+}
+
+/// A delta queue does not hold a write back while the batch before it
+/// crosses a slow link: with 1 s each way to the other region, a ONE write
+/// made while a QUORUM write's batch is in flight reaches the other
+/// region's replica before that QUORUM write is answered (one batch in
+/// flight per peer made it wait the whole round trip first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_crosses_a_slow_link_while_the_batch_before_it_is_in_flight() {
+    use kilovolt::switch::Degradation;
+    let mut nodes: Vec<kilovolt::node::RunningNode> = Vec::new();
+    for region in ["r1", "r2"] {
+        let seeds: Vec<String> = nodes.iter().map(|n| n.info().address.clone()).collect();
+        nodes.push(
+            common::start_node(|c| {
+                c.cluster_id = "regions-pipeline".into();
+                c.gossip_interval = Duration::from_millis(50);
+                // Gossip crosses the slow link too: not declared dead for
+                // a second's silence.
+                c.phi_threshold = 60.0;
+                c.request_timeout = Duration::from_secs(10);
+                c.replication_factor = 2;
+                c.cluster = seeds;
+                c.region = region.into();
+            })
+            .await,
+        );
+    }
+    for node in &nodes {
+        let admin = common::admin(node).await;
+        eventually(Duration::from_secs(15), "both members ready", || {
+            let mut admin = admin.clone();
+            async move {
+                let m = admin
+                    .members(proto::MembersRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                (m.members
+                    .iter()
+                    .filter(|m| m.alive && m.state == "ready")
+                    .count()
+                    == 2)
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    b.handles().switch.degrade(
+        [a.info().id.clone()],
+        Degradation {
+            drop: 0.0,
+            delay: Duration::from_secs(1),
+        },
+    );
+    let local = |kv: &KilovoltClient<Channel>, key: &'static str| {
+        let mut kv = kv.clone();
+        async move {
+            let got = kv
+                .get(proto::GetRequest {
+                    key: key.into(),
+                    consistency: Consistency::Local.into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            got.found.then_some(())
+        }
+    };
+    let (kv_a, kv_b) = (common::kv(a).await, common::kv(b).await);
+    let write = |key: &'static str, level: Consistency| {
+        let mut kv = kv_a.clone();
+        async move {
+            kv.set(proto::SetRequest {
+                key: key.into(),
+                value: "v".into(),
+                consistency: level.into(),
+                ttl_ms: 0,
+            })
+            .await
+            .map(|_| ())
+        }
+    };
+    let first = tokio::spawn(write("first", Consistency::Quorum));
+    // The first write is applied at a and its batch has left a's queue
+    // (queued bytes count no batch in flight): it is crossing.
+    let admin = common::admin(a).await;
+    eventually(Duration::from_secs(5), "the first batch in flight", || {
+        let mut admin = admin.clone();
+        let held = local(&kv_a, "first");
+        async move {
+            held.await?;
+            let s = admin.stats(proto::StatsRequest {}).await.ok()?.into_inner();
+            s.regions.iter().all(|r| r.queued_bytes == 0).then_some(())
+        }
+    })
+    .await;
+    write("second", Consistency::One).await.unwrap();
+    eventually(Duration::from_secs(10), "the second write at b", || {
+        local(&kv_b, "second")
+    })
+    .await;
+    if first.is_finished() {
+        panic!(
+            "the second write crossed only after the first was answered ({:?})",
+            first.await
+        );
+    }
+    first.await.unwrap().unwrap();
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+/// `kilovolt-bench --visible-at` measures how long a ONE write at r1 takes
+/// to show in r3: never less than the delay between regions (each link
+/// delays a message once each way), and every write shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_measures_when_a_write_shows_in_another_region() {
+    const BENCH: &str = env!("CARGO_BIN_EXE_kilovolt-bench");
+    let regions = Regions::start("regions-visible", &["--replicas-per-region", "2"]).await;
+    regions.wan().await;
+    let out = Command::new(BENCH)
+        .args(["--addr", &regions.node(0).addr])
+        .args(["--visible-at", &regions.node(4).addr])
+        .args(["--visible-writes", "5", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["writes"], 5, "{report}");
+    let p50 = report["p50_us"].as_u64().unwrap();
+    assert!(p50 >= u64::from(WAN_DELAY_MS) * 1000, "{report}");
+    assert!(report["max_us"].as_u64().unwrap() >= p50, "{report}");
+}
+
+/// A replica that relays a write to its region but cannot reach a
+/// region-mate holds the write as a hint for it, as a coordinator would
+/// (not left to anti-entropy), and hands it on after the heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_cannot_reach_a_region_mate_holds_a_hint_for_it() {
+    let regions = Regions::start("regions-relay-hint", &["--replicas-per-region", "2"]).await;
+    let (a1, c1, c2) = (regions.node(0), regions.node(4), regions.node(5));
+    // r3's two nodes cut from each other, on both sides; the rest whole.
+    for (s, other) in [(c1, c2), (c2, c1)] {
+        FaultsClient::new(channel(s).await)
+            .cut(proto::CutRequest {
+                peers: vec![other.addr.clone()],
+            })
+            .await
+            .unwrap();
+    }
+    let before = stats(c1).await.hints_pending + stats(c2).await.hints_pending;
+    assert_eq!(before, 0);
+    // The write crosses to r3 once, to c1 or c2, which relays it to the
+    // other: the cut fails that delivery (gossip through the other regions
+    // keeps each alive in the other's eyes), which makes it a hint.
+    set(a1, "relayed", "v", Consistency::One).await.unwrap();
+    eventually(Duration::from_secs(10), "a hint held in r3", || async {
+        let held = stats(c1).await.hints_pending + stats(c2).await.hints_pending;
+        (held > 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        stats(a1).await.hints_pending,
+        0,
+        "the coordinator reached r3"
+    );
+    regions.heal().await;
+    eventually(Duration::from_secs(20), "the hint handed on", || async {
+        let held = stats(c1).await.hints_pending + stats(c2).await.hints_pending;
+        let both = get(c1, "relayed", Consistency::Local).await.ok()?? == "v"
+            && get(c2, "relayed", Consistency::Local).await.ok()?? == "v";
+        (held == 0 && both).then_some(())
+    })
+    .await;
 }

@@ -181,10 +181,12 @@ impl Peers {
         let mut client = PeerClient::new(self.connect(peer, address)?);
         // Not through `call`: a member not proven yet counts in no metric
         // (forged gossip must not grow the label sets) and no clock.
-        let reply = tokio::time::timeout(self.timeout, client.clock(request))
+        let mut answer = tokio::time::timeout(self.timeout, client.clock(request))
             .await
-            .map_err(|_| PeerError::Timeout(self.timeout))?
-            .map_err(|s| PeerError::Failed(format!("{:?}: {}", s.code(), s.message())))?;
+            .map_err(|_| PeerError::Timeout(self.timeout))?;
+        self.receive(peer, &mut answer).await;
+        let reply =
+            answer.map_err(|s| PeerError::Failed(format!("{:?}: {}", s.code(), s.message())))?;
         Ok(reply.into_inner().region)
     }
 
@@ -323,6 +325,21 @@ impl Peers {
         }
     }
 
+    /// The switch's verdict on an answer from `peer`: a degraded link
+    /// delays (or drops) the answer as it does the request, so that a link
+    /// degraded at one end costs its delay in each direction.
+    async fn receive<T>(&self, peer: &str, answer: &mut Result<tonic::Response<T>, tonic::Status>) {
+        match self.switch.verdict(peer) {
+            Verdict::Pass => {}
+            Verdict::Drop => {
+                *answer = Err(tonic::Status::unavailable(
+                    "answer dropped by fault injection (the request was handled)",
+                ))
+            }
+            Verdict::Delay(d) => tokio::time::sleep(d).await,
+        }
+    }
+
     /// A client for `peer`, after the switch's verdict on the message; a
     /// call `rpc` that cannot leave is counted failed.
     async fn client(
@@ -361,7 +378,10 @@ impl Peers {
     ) -> Result<T, PeerError> {
         let start = self.clock.round_trip();
         let sent = Instant::now();
-        let result = tokio::time::timeout(self.timeout, call).await;
+        let mut result = tokio::time::timeout(self.timeout, call).await;
+        if let Ok(answer) = &mut result {
+            self.receive(peer, answer).await;
+        }
         self.metrics.peer_call(
             peer,
             rpc,

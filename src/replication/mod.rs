@@ -441,21 +441,28 @@ impl Replicator {
         lock(&self.hints)
     }
 
-    /// One peer's queue: sends one batch at a time, so a slow peer delays
-    /// only its own deltas, and deltas that arrive while a batch is in
-    /// flight form the next one. Once closed, sends what waits and stops.
+    /// One peer's queue: sends its batches with at most
+    /// [`MAX_IN_FLIGHT`] in flight, so that a slow peer delays only its own
+    /// deltas and a write is not held back a whole round trip by the batch
+    /// before it (over a WAN link, one batch at a time made each write
+    /// wait for the previous answer); deltas that arrive while the batches
+    /// in flight fill the limit form the next one. Once closed, sends what
+    /// waits, waits for the batches in flight, and stops.
     async fn run_queue(self: Arc<Self>, peer: String, relay: bool, shared: Arc<Shared>) {
+        let mut in_flight = tokio::task::JoinSet::new();
         loop {
-            let (batch, deadline) = {
+            while in_flight.try_join_next().is_some() {}
+            if in_flight.len() >= MAX_IN_FLIGHT {
+                in_flight.join_next().await;
+                continue;
+            }
+            let (batch, closed, deadline) = {
                 let mut waiting = lock(&shared.waiting);
                 let batch = match waiting.batcher.next(Instant::now()) {
                     Some(batch) => Some(batch),
                     None if waiting.closed => {
                         let rest = waiting.batcher.take();
-                        if rest.is_empty() {
-                            return;
-                        }
-                        Some(rest)
+                        (!rest.is_empty()).then_some(rest)
                     }
                     None => None,
                 };
@@ -467,10 +474,17 @@ impl Replicator {
                     );
                     waiting.overflowed = 0;
                 }
-                (batch, waiting.batcher.deadline())
+                (batch, waiting.closed, waiting.batcher.deadline())
             };
             match batch {
-                Some(batch) => self.send(&peer, relay, batch).await,
+                Some(batch) => {
+                    let (me, peer) = (self.clone(), peer.clone());
+                    in_flight.spawn(async move { me.send(&peer, relay, batch).await });
+                }
+                None if closed => {
+                    while in_flight.join_next().await.is_some() {}
+                    return;
+                }
                 None => {
                     let linger = async {
                         match deadline {
@@ -481,6 +495,7 @@ impl Replicator {
                     tokio::select! {
                         () = shared.wake.notified() => {}
                         () = linger => {}
+                        Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                     }
                 }
             }
@@ -519,6 +534,12 @@ impl Replicator {
         }
     }
 }
+
+/// Batches one peer's queue keeps in flight at most: enough that a write is
+/// not held back by the round trip of the batch before it over a WAN link,
+/// few enough that a slow peer ties up little (each batch is at most
+/// `--replication-batch-bytes`, on top of the queue's own bound).
+const MAX_IN_FLIGHT: usize = 4;
 
 /// Logs hints the count or byte bound dropped.
 /// Logs `dropped` hints (when any) with the reason they went.

@@ -15,6 +15,7 @@
 
 mod histogram;
 mod report;
+mod visibility;
 mod workload;
 
 use std::process::ExitCode;
@@ -152,6 +153,16 @@ struct Cli {
     /// request then counts as DeadlineExceeded.
     #[arg(long, default_value = "5s", value_parser = positive_duration)]
     timeout: Duration,
+    /// Instead of a load, measure how long a write takes to show at this
+    /// node: --visible-writes ONE Sets, one at a time, to the first --addr,
+    /// each followed by LOCAL Gets at this node over one connection until
+    /// its value shows (at most --timeout); prints the median and the
+    /// largest time from sending the Set to the first Get that saw it.
+    #[arg(long, value_name = "HOST:PORT")]
+    visible_at: Option<String>,
+    /// How many writes --visible-at makes.
+    #[arg(long, default_value_t = 20, value_parser = at_least_one::<usize>)]
+    visible_writes: usize,
 }
 
 /// A workload as named on the command line.
@@ -416,6 +427,9 @@ async fn bench(cli: Cli, targets: Vec<Target>) -> ExitCode {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
         })
         .collect();
+    if let Some(at) = &cli.visible_at {
+        return visible(&cli, &clients[0], at, token).await;
+    }
     let workload = Arc::new(Workload {
         kind: cli.workload.into(),
         keys: cli.keys,
@@ -487,4 +501,63 @@ async fn bench(cli: Cli, targets: Vec<Target>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// `--visible-at`: measures and prints how long writes through `writer`
+/// take to show at `at`.
+async fn visible(cli: &Cli, writer: &Client, at: &str, token: BearerToken) -> ExitCode {
+    let endpoint = match cli.security.endpoint(at) {
+        Ok(e) => e.connect_timeout(cli.timeout).tcp_nodelay(true),
+        Err(e) => {
+            eprintln!("kilovolt-bench: --visible-at: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let reader = match endpoint.connect().await {
+        Ok(channel) => KilovoltClient::with_interceptor(channel, token),
+        Err(e) => {
+            eprintln!(
+                "kilovolt-bench: cannot connect to {at}: {}",
+                error_chain(&e)
+            );
+            return ExitCode::from(3);
+        }
+    };
+    let tag = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let value = value_of(cli.value_size);
+    match visibility::measure(
+        writer.clone(),
+        reader,
+        cli.visible_writes,
+        &value,
+        tag,
+        cli.timeout,
+    )
+    .await
+    {
+        Ok(v) => {
+            if cli.json {
+                println!(
+                    "{{\"visible_at\":{at:?},\"writes\":{},\"p50_us\":{},\"max_us\":{}}}",
+                    v.took_us.len(),
+                    v.p50_us(),
+                    v.max_us()
+                );
+            } else {
+                println!(
+                    "{} writes visible at {at} after {:.1} ms (median), {:.1} ms at most",
+                    v.took_us.len(),
+                    v.p50_us() as f64 / 1000.0,
+                    v.max_us() as f64 / 1000.0
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kilovolt-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
