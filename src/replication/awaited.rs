@@ -19,7 +19,7 @@ pub struct AwaitedRelay {
     pub relay_ack: Option<Ack>,
     /// The relay's region-mates whose answers count, each with the sender
     /// that tells the coordinator whether it took the write.
-    pub mates: Vec<(Arc<str>, Ack)>,
+    pub mates: Named<Ack>,
     /// How long the relay waits for its mates.
     pub within: Duration,
     /// How long the coordinator waits for the relay's answer before it
@@ -27,14 +27,17 @@ pub struct AwaitedRelay {
     pub bound: Duration,
 }
 
+/// Replicas, each with what tells its coordinator whether it took a write.
+pub type Named<T> = Vec<(Arc<str>, T)>;
+
 /// Splits `mates` by the relay's `answer`: those it names as having taken
 /// the write, and those the coordinator must send to itself (every one when
 /// the relay failed, timed out, or names none, as a node that does not
 /// await mates answers).
 pub fn settle<T>(
-    mates: Vec<(Arc<str>, T)>,
+    mates: Named<T>,
     answer: &Result<Vec<String>, Undelivered>,
-) -> (Vec<(Arc<str>, T)>, Vec<(Arc<str>, T)>) {
+) -> (Named<T>, Named<T>) {
     match answer {
         Ok(took) => mates
             .into_iter()
