@@ -24,7 +24,7 @@ source benches/lib.sh
 
 declare -A pid=()
 for side in A B; do
-	port=$([[ $side == A ]] && echo 56401 || echo 56402)
+	port=$([[ $side == A ]] && echo 24401 || echo 24402)
 	read -ra command <<<"${!side}"
 	spawn "${command[@]}" --host 127.0.0.1 --port "$port"
 	pid[$side]=$SPAWNED
@@ -37,7 +37,7 @@ results=$(mktemp)
 for pass in $(seq "$PASSES"); do
 	for rr in 0.9 0; do
 		for side in A B; do
-			port=$([[ $side == A ]] && echo 56401 || echo 56402)
+			port=$([[ $side == A ]] && echo 24401 || echo 24402)
 			t0=$(cpu_ticks "${pid[$side]}")
 			json=$("$BIN/kilovolt-bench" --addr "127.0.0.1:$port" --keys 100000 --key-size 16 \
 				--no-preload --duration "$DURATION" --warmup "$WARMUP" --read-ratio "$rr" --json 2>/dev/null)

@@ -13,7 +13,7 @@
 # Usage: bash benches/callgrind.sh NAME SERVER [ARGS...], e.g.
 #   bash benches/callgrind.sh node bin/kilovolt-db --log-level warn
 #   bash benches/callgrind.sh bare target/release/examples/bare-server
-# The server is given --host 127.0.0.1 --port 56501 after ARGS. Needs
+# The server is given --host 127.0.0.1 --port 24501 after ARGS. Needs
 # valgrind (Debian's package) and `make build`. DURATION defaults to 8s;
 # OUT to target/bench/callgrind.
 set -euo pipefail
@@ -25,7 +25,7 @@ DURATION=${DURATION:-8s}
 RATE=${RATE:-500}
 OUT=${OUT:-target/bench/callgrind}
 BIN=bin
-PORT=56501
+PORT=24501
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
 command -v valgrind >/dev/null || {

@@ -3,6 +3,10 @@
 # and a process's CPU time and resident memory from /proc. Every process a
 # script starts through `spawn` is stopped when the script exits.
 #
+# The scripts' ports are all below 32768, Linux's first ephemeral port: a
+# listener on a port in that range can find it taken by an outgoing
+# connection (the load generator's own), and the run then stops.
+#
 # Expects BIN, the folder holding kilovolt-db, kilovolt-cli and kilovolt-bench.
 
 pids=()

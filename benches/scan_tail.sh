@@ -64,16 +64,16 @@ p99() {
 }
 
 echo "loading $KEYS keys into each pair" >&2
-pair scan-rounds 56301 56302 1s
-pair scan-idle 56311 56312 1d
-load 127.0.0.1:56301 127.0.0.1:56302
-load 127.0.0.1:56311 127.0.0.1:56312
+pair scan-rounds 24301 24302 1s
+pair scan-idle 24311 24312 1d
+load 127.0.0.1:24301 127.0.0.1:24302
+load 127.0.0.1:24311 127.0.0.1:24312
 
 rounds=()
 idle=()
 for pass in $(seq "$PASSES"); do
-	rounds+=("$(p99 127.0.0.1:56301)")
-	idle+=("$(p99 127.0.0.1:56311)")
+	rounds+=("$(p99 127.0.0.1:24301)")
+	idle+=("$(p99 127.0.0.1:24311)")
 	echo "pass $pass of $PASSES: p99 ${rounds[-1]} us with rounds, ${idle[-1]} us idle" >&2
 done
 python3 - "${rounds[*]}" "${idle[*]}" "$KEYS" "$RATE" <<'PY'

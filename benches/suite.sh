@@ -105,7 +105,7 @@ PY
 redis() {
 	local row=$1 pass=$2 test=$3 pipeline=$4 n=$5 t0 t1 csv
 	t0=$(cpu_ticks "$REDIS_PID")
-	csv=$(redis-benchmark -h 127.0.0.1 -p 56120 -c "$CONCURRENCY" -n "$n" -d 100 -r "$KEYS" \
+	csv=$(redis-benchmark -h 127.0.0.1 -p 24120 -c "$CONCURRENCY" -n "$n" -d 100 -r "$KEYS" \
 		-P "$pipeline" -t "$test" --csv 2>/dev/null)
 	t1=$(cpu_ticks "$REDIS_PID")
 	record "$row" "$pass" "$(python3 - "$csv" "$((t1 - t0))" "$HZ" "$n" <<'PY'
@@ -144,7 +144,7 @@ load_kv() { # load_kv ADDR: MEMORY_KEYS keys of 16 bytes with 100-byte values
 		--duration 1ms --warmup 0s --read-ratio 1 --json >/dev/null 2>&1
 }
 load_redis() { # the same keys and values, as kilovolt-bench writes them
-	python3 - "$MEMORY_KEYS" <<'PY' | redis-cli -p 56132 --pipe >/dev/null
+	python3 - "$MEMORY_KEYS" <<'PY' | redis-cli -p 24132 --pipe >/dev/null
 import sys
 n = int(sys.argv[1])
 value = "".join(chr(ord("a") + i % 26) for i in range(100))
@@ -154,39 +154,39 @@ for i in range(n):
     out.write("*3\r\n$3\r\nSET\r\n$16\r\n%s\r\n$100\r\n%s\r\n" % (key, value))
 PY
 	local held
-	held=$(redis-cli -p 56132 dbsize)
+	held=$(redis-cli -p 24132 dbsize)
 	[[ $held == "$MEMORY_KEYS" ]] || { echo "Redis holds $held keys, not $MEMORY_KEYS" >&2; return 1; }
 }
 
 echo "memory: $MEMORY_KEYS keys" >&2
-start_node 56131 bench-memory
+start_node 24131 bench-memory
 pid=$SPAWNED
-wait_ready 127.0.0.1:56131 1
-memory memory_kv "$pid" load_kv 127.0.0.1:56131
+wait_ready 127.0.0.1:24131 1
+memory memory_kv "$pid" load_kv 127.0.0.1:24131
 stop "$pid"
-spawn "$BARE" --port 56130
+spawn "$BARE" --port 24130
 pid=$SPAWNED
-wait_port 56130
-memory memory_bare "$pid" load_kv 127.0.0.1:56130
+wait_port 24130
+memory memory_bare "$pid" load_kv 127.0.0.1:24130
 stop "$pid"
-spawn redis-server --port 56132 --bind 127.0.0.1 --save '' --appendonly no
+spawn redis-server --port 24132 --bind 127.0.0.1 --save '' --appendonly no
 pid=$SPAWNED
-wait_port 56132
+wait_port 24132
 memory memory_redis "$pid" load_redis
 stop "$pid"
 
 # ---- throughput: every server up for the whole run ----
-spawn "$BARE" --port 56100
+spawn "$BARE" --port 24100
 BARE_PID=$SPAWNED
-start_node 56101 bench-one
+start_node 24101 bench-one
 KV_PID=$SPAWNED
-start_node 56111 bench-three 127.0.0.1:56112,127.0.0.1:56113
+start_node 24111 bench-three 127.0.0.1:24112,127.0.0.1:24113
 RF3_PIDS=$SPAWNED
-start_node 56112 bench-three 127.0.0.1:56111,127.0.0.1:56113
+start_node 24112 bench-three 127.0.0.1:24111,127.0.0.1:24113
 RF3_PIDS="$RF3_PIDS $SPAWNED"
-start_node 56113 bench-three 127.0.0.1:56111,127.0.0.1:56112
+start_node 24113 bench-three 127.0.0.1:24111,127.0.0.1:24112
 RF3_PIDS="$RF3_PIDS $SPAWNED"
-spawn redis-server --port 56120 --bind 127.0.0.1 --save '' --appendonly no
+spawn redis-server --port 24120 --bind 127.0.0.1 --save '' --appendonly no
 REDIS_PID=$SPAWNED
 
 # ---- TLS: certificates, token, and the secured servers ----
@@ -211,47 +211,47 @@ start_tls_node() {
 		--auth-file "$CERTS/auth"
 }
 TLS_ARGS=(--tls-ca "$CERTS/ca.pem" --token "$TLS_TOKEN")
-start_tls_node 56141 bench-tls-one tls-one
+start_tls_node 24141 bench-tls-one tls-one
 TLS_PID=$SPAWNED
-start_tls_node 56151 bench-tls-three tls-1 127.0.0.1:56152,127.0.0.1:56153
+start_tls_node 24151 bench-tls-three tls-1 127.0.0.1:24152,127.0.0.1:24153
 TLS_RF3_PIDS=$SPAWNED
-start_tls_node 56152 bench-tls-three tls-2 127.0.0.1:56151,127.0.0.1:56153
+start_tls_node 24152 bench-tls-three tls-2 127.0.0.1:24151,127.0.0.1:24153
 TLS_RF3_PIDS="$TLS_RF3_PIDS $SPAWNED"
-start_tls_node 56153 bench-tls-three tls-3 127.0.0.1:56151,127.0.0.1:56152
+start_tls_node 24153 bench-tls-three tls-3 127.0.0.1:24151,127.0.0.1:24152
 TLS_RF3_PIDS="$TLS_RF3_PIDS $SPAWNED"
-wait_port 56100
-wait_port 56120
-wait_ready 127.0.0.1:56101 1
-wait_ready 127.0.0.1:56111 3
-preload 127.0.0.1:56100
-preload 127.0.0.1:56101
-preload 127.0.0.1:56111
-KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_ADMIN wait_ready 127.0.0.1:56141 1
-KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_ADMIN wait_ready 127.0.0.1:56151 3
-KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_TOKEN preload 127.0.0.1:56141
-KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_TOKEN preload 127.0.0.1:56151
-redis-benchmark -h 127.0.0.1 -p 56120 -c "$CONCURRENCY" -n $((KEYS * 3)) -d 100 -r "$KEYS" \
+wait_port 24100
+wait_port 24120
+wait_ready 127.0.0.1:24101 1
+wait_ready 127.0.0.1:24111 3
+preload 127.0.0.1:24100
+preload 127.0.0.1:24101
+preload 127.0.0.1:24111
+KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_ADMIN wait_ready 127.0.0.1:24141 1
+KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_ADMIN wait_ready 127.0.0.1:24151 3
+KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_TOKEN preload 127.0.0.1:24141
+KILOVOLT_TLS_CA=$CERTS/ca.pem KILOVOLT_TOKEN=$TLS_TOKEN preload 127.0.0.1:24151
+redis-benchmark -h 127.0.0.1 -p 24120 -c "$CONCURRENCY" -n $((KEYS * 3)) -d 100 -r "$KEYS" \
 	-t set -q >/dev/null 2>&1
 plain=$(python3 -c "print(int(60000 * $seconds))")
 piped=$(python3 -c "print(int(600000 * $seconds))")
 
 for pass in $(seq "$PASSES"); do
 	echo "pass $pass of $PASSES" >&2
-	kv bare_r90 "$pass" "$BARE_PID" 127.0.0.1:56100 --read-ratio 0.9
-	kv kv_r90 "$pass" "$KV_PID" 127.0.0.1:56101 --read-ratio 0.9
-	kv bare_r0 "$pass" "$BARE_PID" 127.0.0.1:56100 --read-ratio 0
-	kv kv_r0 "$pass" "$KV_PID" 127.0.0.1:56101 --read-ratio 0
-	kv kv_batch16 "$pass" "$KV_PID" 127.0.0.1:56101 --read-ratio 0.9 --batch 16
+	kv bare_r90 "$pass" "$BARE_PID" 127.0.0.1:24100 --read-ratio 0.9
+	kv kv_r90 "$pass" "$KV_PID" 127.0.0.1:24101 --read-ratio 0.9
+	kv bare_r0 "$pass" "$BARE_PID" 127.0.0.1:24100 --read-ratio 0
+	kv kv_r0 "$pass" "$KV_PID" 127.0.0.1:24101 --read-ratio 0
+	kv kv_batch16 "$pass" "$KV_PID" 127.0.0.1:24101 --read-ratio 0.9 --batch 16
 	redis redis_set "$pass" set 1 "$plain"
 	redis redis_get "$pass" get 1 "$plain"
 	redis redis_set_p16 "$pass" set 16 "$piped"
 	redis redis_get_p16 "$pass" get 16 "$piped"
-	kv rf3_one "$pass" "$RF3_PIDS" 127.0.0.1:56111 --read-ratio 0 --consistency one
-	kv rf3_quorum "$pass" "$RF3_PIDS" 127.0.0.1:56111 --read-ratio 0 --consistency quorum
+	kv rf3_one "$pass" "$RF3_PIDS" 127.0.0.1:24111 --read-ratio 0 --consistency one
+	kv rf3_quorum "$pass" "$RF3_PIDS" 127.0.0.1:24111 --read-ratio 0 --consistency quorum
 	# TLS rows, against kv_r90, kv_r0 and rf3_one of the same pass.
-	kv tls_r90 "$pass" "$TLS_PID" 127.0.0.1:56141 --read-ratio 0.9 "${TLS_ARGS[@]}"
-	kv tls_r0 "$pass" "$TLS_PID" 127.0.0.1:56141 --read-ratio 0 "${TLS_ARGS[@]}"
-	kv tls_rf3_one "$pass" "$TLS_RF3_PIDS" 127.0.0.1:56151 --read-ratio 0 --consistency one "${TLS_ARGS[@]}"
+	kv tls_r90 "$pass" "$TLS_PID" 127.0.0.1:24141 --read-ratio 0.9 "${TLS_ARGS[@]}"
+	kv tls_r0 "$pass" "$TLS_PID" 127.0.0.1:24141 --read-ratio 0 "${TLS_ARGS[@]}"
+	kv tls_rf3_one "$pass" "$TLS_RF3_PIDS" 127.0.0.1:24151 --read-ratio 0 --consistency one "${TLS_ARGS[@]}"
 done
 
 # ---- latency under an open load at half of the median peak ----
@@ -264,36 +264,36 @@ PY
 kv_rate=$(half kv_r90)
 bare_rate=$(half bare_r90)
 for pass in 1 2; do
-	kv bare_half "$pass" "$BARE_PID" 127.0.0.1:56100 --read-ratio 0.9 --rate "$bare_rate"
-	kv kv_half "$pass" "$KV_PID" 127.0.0.1:56101 --read-ratio 0.9 --rate "$kv_rate"
+	kv bare_half "$pass" "$BARE_PID" 127.0.0.1:24100 --read-ratio 0.9 --rate "$bare_rate"
+	kv kv_half "$pass" "$KV_PID" 127.0.0.1:24101 --read-ratio 0.9 --rate "$kv_rate"
 done
 
 # ---- the cost of metrics: one node with --metrics-addr, scraped ----
 # Two fresh nodes, alike but for --metrics-addr on the second, which a
 # scraper reads every second (Prometheus' default is 15 s: this is the
 # pessimistic side); rows alternate within each pass, same mixes.
-start_node 56105 bench-metrics-off
+start_node 24105 bench-metrics-off
 OFF_PID=$SPAWNED
-spawn "$BIN/kilovolt-db" --host 127.0.0.1 --port 56106 --cluster-id bench-metrics-on \
-	--log-level warn --metrics-addr 127.0.0.1:56107
+spawn "$BIN/kilovolt-db" --host 127.0.0.1 --port 24106 --cluster-id bench-metrics-on \
+	--log-level warn --metrics-addr 127.0.0.1:24107
 ON_PID=$SPAWNED
-wait_ready 127.0.0.1:56105 1
-wait_ready 127.0.0.1:56106 1
-wait_port 56107
+wait_ready 127.0.0.1:24105 1
+wait_ready 127.0.0.1:24106 1
+wait_port 24107
 spawn python3 -c '
 import time, urllib.request
 while True:
-    urllib.request.urlopen("http://127.0.0.1:56107/metrics").read()
+    urllib.request.urlopen("http://127.0.0.1:24107/metrics").read()
     time.sleep(1)
 '
-preload 127.0.0.1:56105
-preload 127.0.0.1:56106
+preload 127.0.0.1:24105
+preload 127.0.0.1:24106
 for pass in $(seq "$PASSES"); do
 	echo "metrics pass $pass of $PASSES" >&2
-	kv metrics_off_r90 "$pass" "$OFF_PID" 127.0.0.1:56105 --read-ratio 0.9
-	kv metrics_on_r90 "$pass" "$ON_PID" 127.0.0.1:56106 --read-ratio 0.9
-	kv metrics_off_r0 "$pass" "$OFF_PID" 127.0.0.1:56105 --read-ratio 0
-	kv metrics_on_r0 "$pass" "$ON_PID" 127.0.0.1:56106 --read-ratio 0
+	kv metrics_off_r90 "$pass" "$OFF_PID" 127.0.0.1:24105 --read-ratio 0.9
+	kv metrics_on_r90 "$pass" "$ON_PID" 127.0.0.1:24106 --read-ratio 0.9
+	kv metrics_off_r0 "$pass" "$OFF_PID" 127.0.0.1:24105 --read-ratio 0
+	kv metrics_on_r0 "$pass" "$ON_PID" 127.0.0.1:24106 --read-ratio 0
 done
 
 # ---- durability: the same node with --data-dir, against in-memory ----
@@ -310,37 +310,37 @@ start_durable() { # start_durable PORT CLUSTER_ID MODE DIR: pid in SPAWNED
 	spawn "$BIN/kilovolt-db" --host 127.0.0.1 --port "$1" --cluster-id "$2" --log-level warn \
 		--data-dir "$4" --durability "$3"
 }
-start_durable 56161 bench-periodic periodic "$DUR_DIR/periodic"
+start_durable 24161 bench-periodic periodic "$DUR_DIR/periodic"
 PERIODIC_PID=$SPAWNED
-start_durable 56162 bench-sync sync "$DUR_DIR/sync"
+start_durable 24162 bench-sync sync "$DUR_DIR/sync"
 SYNC_PID=$SPAWNED
-wait_ready 127.0.0.1:56161 1
-wait_ready 127.0.0.1:56162 1
-preload 127.0.0.1:56161
-preload 127.0.0.1:56162
+wait_ready 127.0.0.1:24161 1
+wait_ready 127.0.0.1:24162 1
+preload 127.0.0.1:24161
+preload 127.0.0.1:24162
 for pass in $(seq "$PASSES"); do
 	echo "durability pass $pass of $PASSES" >&2
-	kv dur_mem_r0 "$pass" "$KV_PID" 127.0.0.1:56101 --read-ratio 0
-	kv dur_periodic_r0 "$pass" "$PERIODIC_PID" 127.0.0.1:56161 --read-ratio 0
-	kv dur_sync_r0 "$pass" "$SYNC_PID" 127.0.0.1:56162 --read-ratio 0
+	kv dur_mem_r0 "$pass" "$KV_PID" 127.0.0.1:24101 --read-ratio 0
+	kv dur_periodic_r0 "$pass" "$PERIODIC_PID" 127.0.0.1:24161 --read-ratio 0
+	kv dur_sync_r0 "$pass" "$SYNC_PID" 127.0.0.1:24162 --read-ratio 0
 done
 stop "$PERIODIC_PID"
 stop "$SYNC_PID"
 echo "durability: $MEMORY_KEYS keys, snapshot, kill -9, recovery" >&2
-start_durable 56163 bench-recovery periodic "$DUR_DIR/recovery"
+start_durable 24163 bench-recovery periodic "$DUR_DIR/recovery"
 pid=$SPAWNED
-wait_ready 127.0.0.1:56163 1
-load_kv 127.0.0.1:56163
-"$BIN/kilovolt-cli" --addr 127.0.0.1:56163 snapshot >/dev/null
+wait_ready 127.0.0.1:24163 1
+load_kv 127.0.0.1:24163
+"$BIN/kilovolt-cli" --addr 127.0.0.1:24163 snapshot >/dev/null
 disk_bytes=$(du -sb "$DUR_DIR/recovery" | cut -f1)
 kill -9 "$pid"
 wait "$pid" 2>/dev/null || true
 t0=$(date +%s.%N)
-start_durable 56163 bench-recovery periodic "$DUR_DIR/recovery"
+start_durable 24163 bench-recovery periodic "$DUR_DIR/recovery"
 pid=$SPAWNED
-wait_ready 127.0.0.1:56163 1
+wait_ready 127.0.0.1:24163 1
 t1=$(date +%s.%N)
-keys_back=$("$BIN/kilovolt-cli" --addr 127.0.0.1:56163 --json stats | python3 -c 'import json, sys; print(json.load(sys.stdin)["keys"])')
+keys_back=$("$BIN/kilovolt-cli" --addr 127.0.0.1:24163 --json stats | python3 -c 'import json, sys; print(json.load(sys.stdin)["keys"])')
 stop "$pid"
 record dur_recovery 1 "$(printf '"seconds":%s,"keys":%s,"disk_bytes_per_key":%s' \
 	"$(python3 -c "print(round($t1 - $t0, 3))")" "$keys_back" \

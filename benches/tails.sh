@@ -17,7 +17,7 @@ WORKERS=${WORKERS:-0 1}
 DURATION=${DURATION:-5s}
 BIN=bin
 BARE=target/release/examples/bare-server
-PORT=56801
+PORT=24801
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
 
