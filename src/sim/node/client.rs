@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::coordinator::{
-    increment_entry, map_remove_entry, map_set_entry, tombstone_entry, value_entry, Consistency,
-    Decision, Read, ReadCall, ReadOne, ReplicaAnswer, Route, WriteCall, VIEW_WAIT_AT_ONE,
+    increment_entry, map_remove_entry, map_set_entry, relay, tombstone_entry, value_entry,
+    Consistency, Decision, Read, ReadCall, ReadOne, ReplicaAnswer, Route, WriteCall,
+    VIEW_WAIT_AT_ONE,
 };
 use crate::crdt::{ops, Entry};
 use crate::dots::Dots;
@@ -176,7 +177,13 @@ impl SimNode {
             let result = finish_write(&call, "not waited for");
             self.done(op, result);
         }
-        for (replica, route) in routes {
+        // One copy per remote region where the plan relays, as production's
+        // write does.
+        let relayed = relay::plan(routes, &self.topology, &self.id);
+        for replica in relayed.relays {
+            self.relay(&replica, key.clone(), entry.clone());
+        }
+        for (replica, route) in relayed.direct {
             let entry = entry.clone();
             match route {
                 Route::Hint => self.hint(&replica, key.clone(), entry),
