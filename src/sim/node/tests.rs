@@ -447,7 +447,7 @@ fn a_relay_holds_a_hint_for_a_region_mate_it_holds_down() {
     assert!(nodes[relay].store.get("k").is_some());
     assert_eq!(
         nodes[relay].hints.peers(),
-        [mate.clone()],
+        std::slice::from_ref(mate),
         "held for {mate}"
     );
 }
