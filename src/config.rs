@@ -279,6 +279,12 @@ pub struct Config {
     /// log shippers.
     #[arg(long, env = "KILOVOLT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Threads of the async runtime that serve requests (default: one per
+    /// core). Fewer than the cores leaves a core to other processes on a
+    /// shared machine (docs/performance.md, "Tails").
+    #[arg(long, env = "KILOVOLT_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
 }
 
 /// When a change logged to disk is safe (`--durability`).
@@ -435,6 +441,13 @@ impl Config {
             MINUTE,
             "10ms to 1m",
         )?;
+        if let Some(n) = self.worker_threads.filter(|n| !(1..=1024).contains(n)) {
+            return Err(ConfigError {
+                flag: "worker-threads",
+                value: n.to_string(),
+                range: "1 to 1024",
+            });
+        }
         if !(1.0..=100.0).contains(&self.phi_threshold) {
             return Err(ConfigError {
                 flag: "phi-threshold",
@@ -732,6 +745,7 @@ mod tests {
             ("--expiry-batch", "0"),
             ("--anti-entropy-bytes-per-sec", "0"),
             ("--replication-batch-bytes", "0"),
+            ("--worker-threads", "0"),
         ] {
             let c = Config::try_parse_from(["kilovolt-db", flag, value]).unwrap();
             let err = c.validate().unwrap_err();

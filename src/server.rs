@@ -5,6 +5,7 @@
 //! side and the wire format stay in `net`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -209,8 +210,19 @@ impl Peer for PeerService {
             // A node that cannot log refuses the batch (the sender holds it as
             // hints) rather than acknowledge what a restart would lose.
             self.store.check_journal().map_err(unlogged)?;
-            if req.relay {
-                if let (Some(relay), Some(header)) = (&self.relay, &req.header) {
+            // Mates awaited by the sender are handed the batch before it is
+            // merged here, and waited on after.
+            let mut awaited = None;
+            if let (Some(relay), Some(header)) = (&self.relay, &req.header) {
+                if !req.await_mates.is_empty() {
+                    let within = Duration::from_millis(u64::from(req.await_ms));
+                    awaited = Some(relay.relay_awaited(
+                        &header.from,
+                        entries.clone(),
+                        req.await_mates,
+                        within,
+                    ));
+                } else if req.relay {
                     relay.relay(&header.from, entries.clone());
                 }
             }
@@ -218,7 +230,11 @@ impl Peer for PeerService {
                 apply_deltas(&self.store, &self.clock, entries, self.anti_entropy.grace());
             self.store.durable().await.map_err(unlogged)?;
             let changed = u32::try_from(changed).unwrap_or(u32::MAX);
-            Ok(self.stamped(wire::ApplyResponse { changed }))
+            let took = match awaited {
+                Some(awaited) => awaited.await,
+                None => Vec::new(),
+            };
+            Ok(self.stamped(wire::ApplyResponse { changed, took }))
         }
         .await;
         self.answer(&from, answer).await

@@ -192,6 +192,8 @@ async fn a_peer_message_larger_than_the_protocol_needs_is_refused() {
     let request = wire::ApplyRequest {
         header: header(),
         relay: false,
+        await_mates: Vec::new(),
+        await_ms: 0,
         entries: vec![wire::Entry {
             key: "k".into(),
             value: "x".repeat(16 * MIB),
@@ -217,6 +219,8 @@ async fn a_peer_message_larger_than_the_protocol_needs_is_refused() {
     let largest = wire::ApplyRequest {
         header: header(),
         relay: false,
+        await_mates: Vec::new(),
+        await_ms: 0,
         entries: vec![wire::Entry {
             key: "k".repeat(kilovolt::config::MAX_KEY_BYTES),
             value: "x".repeat(Config::defaults().max_value_bytes),
@@ -348,6 +352,8 @@ async fn send(
             let request = wire::ApplyRequest {
                 header: header(),
                 relay: false,
+                await_mates: Vec::new(),
+                await_ms: 0,
                 entries: vec![entry; copies],
             };
             Ok(peer.apply(request).await?.into_inner().encoded_len())

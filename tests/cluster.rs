@@ -574,6 +574,8 @@ async fn a_version_beyond_the_drift_bound_is_merged_but_does_not_drag_the_clock(
     let mut peer = PeerClient::new(common::peer_channel(&node).await);
     peer.apply(ApplyRequest {
         relay: false,
+        await_mates: Vec::new(),
+        await_ms: 0,
         header: Some(Header {
             protocol: kilovolt::net::peer::PROTOCOL,
             from: "a-fast-peer".into(),
@@ -624,6 +626,8 @@ async fn a_version_beyond_the_drift_bound_is_merged_but_does_not_drag_the_clock(
     let status = peer
         .apply(ApplyRequest {
             relay: false,
+            await_mates: Vec::new(),
+            await_ms: 0,
             header: Some(Header {
                 protocol: 99,
                 from: "x".into(),
@@ -667,6 +671,8 @@ async fn a_peer_of_the_previous_protocol_is_refused_on_every_call() {
             header: header(old),
             entries: vec![],
             relay: false,
+            await_mates: Vec::new(),
+            await_ms: 0,
         })
         .await
         .map(|_| ()),
@@ -743,6 +749,8 @@ async fn a_version_at_the_end_of_the_clock_range_does_not_stop_its_key() {
     };
     peer.apply(ApplyRequest {
         relay: false,
+        await_mates: Vec::new(),
+        await_ms: 0,
         header: header(),
         entries: vec![
             Entry {

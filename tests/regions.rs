@@ -29,8 +29,14 @@ impl Regions {
     /// Starts the six nodes with `placement` (e.g. `--replicas-per-region
     /// 2`) and waits until each sees all six alive and ready.
     async fn start(cluster: &str, placement: &[&str]) -> Regions {
+        Self::start_in(cluster, &["r1", "r1", "r2", "r2", "r3", "r3"], placement).await
+    }
+
+    /// Starts one node per entry of `regions`, in that region, with
+    /// `placement`, and waits until each sees all alive and ready.
+    async fn start_in(cluster: &str, regions: &[&'static str], placement: &[&str]) -> Regions {
         let mut nodes: Vec<(Server, &'static str)> = Vec::new();
-        for region in ["r1", "r1", "r2", "r2", "r3", "r3"] {
+        for &region in regions {
             let seeds: Vec<&str> = nodes.iter().map(|(s, _)| s.addr.as_str()).collect();
             let mut cmd = Command::new(SERVER);
             cmd.args(["--host", "127.0.0.1", "--port", "0", "--fault-injection"])
@@ -45,7 +51,7 @@ impl Regions {
         }
         let regions = Regions { nodes };
         for (s, _) in &regions.nodes {
-            wait_ready(&s.addr, 6).await;
+            wait_ready(&s.addr, regions.nodes.len()).await;
         }
         regions
     }
@@ -128,7 +134,7 @@ impl Regions {
                 .unwrap();
         }
         for (s, _) in &self.nodes {
-            wait_ready(&s.addr, 6).await;
+            wait_ready(&s.addr, self.nodes.len()).await;
         }
     }
 }
@@ -209,8 +215,10 @@ async fn local_levels_stay_in_their_region_and_survive_a_cut() {
     }
     regions.wan().await;
 
-    // One copy of each write crosses to each remote region: a replica
-    // there relays it to the other. Every node ends up with every write.
+    // One copy of each write crosses to each remote region, at ONE and at
+    // the levels that await remote replicas: a replica there relays it to
+    // the other (and, awaited, answers for it). Every node ends up with
+    // every write.
     let sent = |stats: &proto::StatsResponse| -> Vec<(String, u64)> {
         stats
             .regions
@@ -218,41 +226,45 @@ async fn local_levels_stay_in_their_region_and_survive_a_cut() {
             .map(|r| (r.region.clone(), r.bytes_sent))
             .collect()
     };
-    let before = sent(&stats(a1).await);
     let value = "x".repeat(1000);
     const WRITES: u64 = 20;
-    for i in 0..WRITES {
-        set(a1, &format!("wan-{i}"), &value, Consistency::One)
-            .await
-            .unwrap();
-    }
-    for (s, _) in &regions.nodes {
-        eventually(
-            Duration::from_secs(10),
-            "every node to hold the writes",
-            || async {
-                for i in 0..WRITES {
-                    let got = get(s, &format!("wan-{i}"), Consistency::Local).await.ok()?;
-                    got.is_some().then_some(())?;
-                }
-                Some(())
-            },
-        )
-        .await;
-    }
-    let after = sent(&stats(a1).await);
-    assert_eq!(
-        after.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
-        ["r2", "r3"],
-        "replication is reported for the other regions"
-    );
-    for ((region, b), (_, a)) in before.iter().zip(&after) {
-        let per_write = (a - b) / WRITES;
-        println!("WAN bytes per 1000-byte write to {region}: {per_write}");
-        assert!(
-            (1000..1500).contains(&per_write),
-            "{per_write} bytes per write to {region}: one copy, not two"
+    for level in [
+        Consistency::One,
+        Consistency::Quorum,
+        Consistency::EachQuorum,
+    ] {
+        let key = |i: u64| format!("wan-{}-{i}", level.as_str_name());
+        let before = sent(&stats(a1).await);
+        for i in 0..WRITES {
+            set(a1, &key(i), &value, level).await.unwrap();
+        }
+        for (s, _) in &regions.nodes {
+            eventually(
+                Duration::from_secs(10),
+                "every node to hold the writes",
+                || async {
+                    for i in 0..WRITES {
+                        get(s, &key(i), Consistency::Local).await.ok()??;
+                    }
+                    Some(())
+                },
+            )
+            .await;
+        }
+        let after = sent(&stats(a1).await);
+        assert_eq!(
+            after.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+            ["r2", "r3"],
+            "replication is reported for the other regions"
         );
+        for ((region, b), (_, a)) in before.iter().zip(&after) {
+            let per_write = (a - b) / WRITES;
+            println!("WAN bytes per 1000-byte write at {level:?} to {region}: {per_write}");
+            assert!(
+                (1000..1500).contains(&per_write),
+                "{per_write} bytes per write at {level:?} to {region}: one copy, not two"
+            );
+        }
     }
 
     let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
@@ -681,4 +693,120 @@ async fn a_relay_that_cannot_reach_a_region_mate_holds_a_hint_for_it() {
         (held == 0 && both).then_some(())
     })
     .await;
+}
+
+/// A write that awaits a remote region's replicas sends one copy there, to
+/// its nearest replica; when that relay cannot be reached (cut from the
+/// coordinator, later killed), the coordinator sends to the region's other
+/// replicas itself, so QUORUM and EACH_QUORUM still succeed. Seven nodes:
+/// r2 holds three replicas of every key, so EACH_QUORUM needs two of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awaited_writes_fall_back_to_the_mates_of_a_failed_relay() {
+    let mut regions = Regions::start_in(
+        "regions-relay-fallback",
+        &["r1", "r1", "r2", "r2", "r2", "r3", "r3"],
+        &["--replicas-per-region", "3"],
+    )
+    .await;
+    let a1 = regions.node(0);
+    let (b1, b2, b3) = (regions.node(2), regions.node(3), regions.node(4));
+    let id = |s: &Server| common::process::field(&s.listening, "node_id=").unwrap();
+    let (b1_id, b2_id, b3_id) = (id(b1), id(b2), id(b3));
+    regions.wan().await;
+    // b1 is r2's nearest replica from a1: a1's links to b2 and b3 slower.
+    let degrade = |peers: Vec<String>, delay_ms: u32| async move {
+        FaultsClient::new(channel(a1).await)
+            .degrade(proto::DegradeRequest {
+                peers,
+                drop: 0.0,
+                delay_ms,
+            })
+            .await
+            .unwrap();
+    };
+    degrade(vec![b2.addr.clone(), b3.addr.clone()], 3 * WAN_DELAY_MS).await;
+    eventually(Duration::from_secs(20), "b1 measured nearest", || async {
+        let m = AdminClient::new(channel(a1).await)
+            .members(proto::MembersRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        let rtt = |id: &str| m.members.iter().find(|m| m.id == id).map(|m| m.rtt_us);
+        let (near, far) = (rtt(&b1_id)?, rtt(&b2_id)?.min(rtt(&b3_id)?));
+        (near > 0 && far >= 4 * 1000 * u64::from(WAN_DELAY_MS) && near < far).then_some(())
+    })
+    .await;
+
+    // Cut between a1 and b1 alone: gossip through the others keeps b1
+    // alive in a1's eyes, so a1 still picks it, fails, and sends to b2 and
+    // b3 directly (two copies cross: the counter shows the fallback).
+    FaultsClient::new(channel(a1).await)
+        .cut(proto::CutRequest {
+            peers: vec![b1.addr.clone()],
+        })
+        .await
+        .unwrap();
+    let r2_sent = || async {
+        stats(a1)
+            .await
+            .regions
+            .iter()
+            .find(|r| r.region == "r2")
+            .map_or(0, |r| r.bytes_sent)
+    };
+    let value = "x".repeat(1000);
+    const WRITES: u64 = 5;
+    for level in [Consistency::Quorum, Consistency::EachQuorum] {
+        let key = |i: u64| format!("cut-{}-{i}", level.as_str_name());
+        let before = r2_sent().await;
+        for i in 0..WRITES {
+            set(a1, &key(i), &value, level).await.unwrap();
+        }
+        eventually(
+            Duration::from_secs(10),
+            "b2 and b3 to hold the writes",
+            || async {
+                for s in [b2, b3] {
+                    for i in 0..WRITES {
+                        get(s, &key(i), Consistency::Local).await.ok()??;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
+        eventually(
+            Duration::from_secs(10),
+            "both mates sent to directly",
+            || async {
+                let per_write = (r2_sent().await - before) / WRITES;
+                (per_write >= 2000).then_some(())
+            },
+        )
+        .await;
+    }
+    assert!(
+        stats(a1).await.hints_pending >= 2 * WRITES,
+        "the relay's copies are held for it"
+    );
+
+    // b1 back on the WAN, still the nearest, then killed: the writes right
+    // after still succeed (sent to the survivors directly, or through one
+    // of them once b1 is known down).
+    degrade(vec![b1.addr.clone()], WAN_DELAY_MS).await;
+    drop(regions.nodes.remove(2));
+    let (a1, b2, b3) = (regions.node(0), regions.node(2), regions.node(3));
+    for level in [Consistency::Quorum, Consistency::EachQuorum] {
+        for i in 0..WRITES {
+            let key = format!("killed-{}-{i}", level.as_str_name());
+            set(a1, &key, &value, level).await.unwrap();
+            eventually(Duration::from_secs(10), "b2 and b3 to hold it", || async {
+                for s in [b2, b3] {
+                    get(s, &key, Consistency::Local).await.ok()??;
+                }
+                Some(())
+            })
+            .await;
+        }
+    }
 }

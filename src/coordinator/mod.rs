@@ -36,7 +36,7 @@ use crate::dots::Dots;
 use crate::error::Error;
 use crate::net::latency::OBSERVE_AT_ONE;
 use crate::net::{PeerError, Peers};
-use crate::replication::{Replicator, Undelivered};
+use crate::replication::{AwaitedRelay, Replicator, Undelivered};
 use crate::store::Store;
 
 /// How many replicas must answer before a request succeeds.
@@ -433,10 +433,38 @@ impl Coordinator {
         // Hints are logged too: a write answered while some copy is held as
         // a hint waits for that record as it waits for its own.
         let mut hinted = routes.iter().any(|(_, route)| *route == Route::Hint);
-        let relayed = relay::plan(routes, &topology, &self.me);
+        let peers = &self.peers;
+        let relayed = relay::plan(routes, &topology, &self.me, |r| peers.rtt(r));
         for replica in relayed.relays {
             self.replicator
                 .relay(&replica, key.into(), call.entry().clone());
+        }
+        // A remote region's awaited copy goes to its relay, which answers
+        // for the mates; it leaves half the timeout for sending to a mate
+        // it does not vouch for directly.
+        let request_timeout = self.peers.timeout();
+        for plan in relayed.awaited {
+            let mut counted = |replica: Arc<str>| {
+                let (tx, rx) = oneshot::channel();
+                awaited.push(replica.clone());
+                acks.push(ack_of(replica, rx));
+                tx
+            };
+            let relay_ack = plan.relay_counts.then(|| counted(plan.relay.clone()));
+            let mates = plan
+                .mates
+                .into_iter()
+                .map(|mate| (mate.clone(), counted(mate)))
+                .collect();
+            let copy = AwaitedRelay {
+                relay: plan.relay,
+                relay_ack,
+                mates,
+                within: request_timeout / 4,
+                bound: request_timeout / 2,
+            };
+            self.replicator
+                .relay_awaited(key.into(), call.entry().clone(), copy);
         }
         for (replica, route) in relayed.direct {
             let entry = call.entry().clone();
@@ -447,7 +475,7 @@ impl Coordinator {
                     let (tx, rx) = oneshot::channel();
                     self.replicator.push(&replica, key.into(), entry, Some(tx));
                     awaited.push(replica.clone());
-                    acks.push(async move { (replica, rx.await) });
+                    acks.push(ack_of(replica, rx));
                 }
             }
         }
@@ -672,6 +700,74 @@ impl crate::net::Relay for Coordinator {
             }
         }
     }
+
+    /// Hands each entry on as [`Coordinator::relay`] does, awaiting the
+    /// named `mates` that are replicas of its key in this region (others
+    /// are not vouched for); `within` is capped at the request timeout.
+    fn relay_awaited(
+        &self,
+        from: &str,
+        entries: Vec<(crate::store::Key, Entry)>,
+        mates: Vec<String>,
+        within: Duration,
+    ) -> futures_util::future::BoxFuture<'static, Vec<String>> {
+        let topology = self.topology();
+        let mut acks = Vec::new();
+        let mut refused: Vec<String> = Vec::new();
+        for (key, entry) in entries {
+            let region_mates: Vec<&Arc<str>> =
+                relay::region_mates(&topology, &key, &self.me, from).collect();
+            for mate in &mates {
+                if !region_mates.iter().any(|r| ***r == **mate) && !refused.contains(mate) {
+                    refused.push(mate.clone());
+                }
+            }
+            for mate in region_mates {
+                let named = mates.iter().any(|m| **m == **mate);
+                if !topology.is_alive(mate) {
+                    self.replicator.hint(mate, key.clone(), entry.clone());
+                    if named && !refused.iter().any(|r| **r == **mate) {
+                        refused.push(mate.to_string());
+                    }
+                } else if named {
+                    let (tx, rx) = oneshot::channel();
+                    self.replicator
+                        .push(mate, key.clone(), entry.clone(), Some(tx));
+                    acks.push((mate.to_string(), rx));
+                } else {
+                    self.replicator.push(mate, key.clone(), entry.clone(), None);
+                }
+            }
+        }
+        let me = self.me.clone();
+        let deadline = tokio::time::Instant::now() + within.min(self.peers.timeout());
+        Box::pin(async move {
+            let mut failed = refused;
+            for (mate, ack) in acks {
+                let took = matches!(tokio::time::timeout_at(deadline, ack).await, Ok(Ok(Ok(()))));
+                if !took && !failed.contains(&mate) {
+                    failed.push(mate);
+                }
+            }
+            // A mate took the batch only if it took every entry in time.
+            let mut answer = vec![me];
+            answer.extend(mates.into_iter().filter(|m| !failed.contains(m)));
+            answer.dedup();
+            answer
+        })
+    }
+}
+
+/// Waits for one awaited replica's ack: the same future type for every
+/// replica, whether sent to directly or through its region's relay.
+async fn ack_of(
+    replica: Arc<str>,
+    rx: oneshot::Receiver<Result<(), Undelivered>>,
+) -> (
+    Arc<str>,
+    Result<Result<(), Undelivered>, oneshot::error::RecvError>,
+) {
+    (replica, rx.await)
 }
 
 /// The error of a write this node cannot log: UNAVAILABLE, with the cause.

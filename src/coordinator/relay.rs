@@ -4,6 +4,7 @@
 //! remote datacenter). Pure: the coordinator applies the plan.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{Route, Routes};
 use crate::cluster::Topology;
@@ -15,42 +16,98 @@ pub struct Relayed {
     /// Replicas the write goes to directly, with their routes.
     pub direct: Routes,
     /// One replica per remote region, which hands the write on to the key's
-    /// other replicas there.
+    /// other replicas there; the write waits on none of them.
     pub relays: Vec<Arc<str>>,
+    /// One replica per remote region where the write awaits replicas, which
+    /// hands the write on to the others there and answers for the awaited.
+    pub awaited: Vec<AwaitedPlan>,
 }
 
-/// Plans how a write coordinated by `me` reaches its remote replicas: in
-/// each other region where two or more replicas take the write without the
-/// request waiting for them ([`Route::Push`]) and none is awaited, only the
-/// first of them (in `routes` order: placement order) is sent the write, to
-/// relay. Awaited replicas and hints stay direct (their answers count, or
-/// the replica is down), and so does the only replica of a region.
-pub fn plan(routes: Routes, topology: &Topology, me: &str) -> Relayed {
+/// The copy of a write for one remote region where it awaits replicas.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AwaitedPlan {
+    /// The nearest live replica of the region: the copy crosses to it.
+    pub relay: Arc<str>,
+    /// Whether the relay's own answer counts ([`Route::Await`]).
+    pub relay_counts: bool,
+    /// The region's other awaited replicas, which the relay answers for.
+    pub mates: Vec<Arc<str>>,
+}
+
+/// Plans how a write coordinated by `me` reaches its remote replicas, so
+/// that it crosses to each other region once:
+///
+/// - in a region where two or more replicas take the write without the
+///   request waiting for them ([`Route::Push`]) and none is awaited or
+///   down, only the first of them (in `routes` order: placement order) is
+///   sent the write, to relay;
+/// - in a region where some live replica is awaited and another is live,
+///   the nearest live one (by `rtt`, placement order among equals) is sent
+///   the write, naming the awaited others ([`AwaitedPlan`]);
+/// - hints, and the only live replica of a region, stay direct.
+pub fn plan(
+    routes: Routes,
+    topology: &Topology,
+    me: &str,
+    rtt: impl Fn(&str) -> Option<Duration>,
+) -> Relayed {
     let local = topology.region_of(me);
     let mut direct = Vec::with_capacity(routes.len());
     let mut relays: Vec<Arc<str>> = Vec::new();
+    let mut awaited: Vec<AwaitedPlan> = Vec::new();
+    let mut planned: Vec<&str> = Vec::new();
     for (replica, route) in &routes {
         let region = topology.region_of(replica);
-        let relayable = |region: &str| {
-            let (mut push, mut other) = (0, 0);
-            for (r, route) in &routes {
-                if topology.region_of(r) == region {
-                    if *route == Route::Push {
-                        push += 1;
-                    } else {
-                        other += 1;
-                    }
-                }
-            }
-            push >= 2 && other == 0
-        };
-        if region == local || *route != Route::Push || !relayable(region) {
+        if region == local || *route == Route::Hint {
             direct.push((replica.clone(), *route));
-        } else if !relays.iter().any(|r| topology.region_of(r) == region) {
-            relays.push(replica.clone());
+            continue;
+        }
+        if planned.contains(&region) {
+            continue;
+        }
+        planned.push(region);
+        let members: Vec<&(Arc<str>, Route)> = routes
+            .iter()
+            .filter(|(r, _)| topology.region_of(r) == region)
+            .collect();
+        let live: Vec<&(Arc<str>, Route)> = members
+            .iter()
+            .copied()
+            .filter(|(_, route)| *route != Route::Hint)
+            .collect();
+        let hinted = live.len() < members.len();
+        if live.len() < 2 {
+            direct.extend(live.into_iter().cloned());
+        } else if live.iter().all(|(_, route)| *route == Route::Push) {
+            if hinted {
+                direct.extend(live.into_iter().cloned());
+            } else {
+                relays.push(live[0].0.clone());
+            }
+        } else {
+            let nearest = live
+                .iter()
+                .min_by_key(|(r, _)| rtt(r).unwrap_or(Duration::MAX))
+                .map(|(r, route)| (r.clone(), *route));
+            if let Some((relay, relay_route)) = nearest {
+                let mates = live
+                    .iter()
+                    .filter(|(r, route)| *r != relay && *route == Route::Await)
+                    .map(|(r, _)| r.clone())
+                    .collect();
+                awaited.push(AwaitedPlan {
+                    relay,
+                    relay_counts: relay_route == Route::Await,
+                    mates,
+                });
+            }
         }
     }
-    Relayed { direct, relays }
+    Relayed {
+        direct,
+        relays,
+        awaited,
+    }
 }
 
 /// The replicas a relay `me` hands `key`'s write on to: the key's replicas
@@ -96,24 +153,63 @@ mod tests {
             ]),
             &t,
             "a1",
+            |_| None,
         );
         assert_eq!(plan.direct, routes(&[("a2", Route::Push)]));
         assert_eq!(plan.relays, vec![Arc::from("b1"), Arc::from("c1")]);
+        assert!(plan.awaited.is_empty());
     }
 
     #[test]
-    fn awaited_or_down_replicas_are_not_relayed() {
+    fn an_awaited_region_gets_one_copy_at_its_nearest_live_replica() {
         let t = topology();
         let list = [
             ("a2", Route::Await),
             ("b1", Route::Await),
-            ("b2", Route::Push),
+            ("b2", Route::Await),
+            ("c1", Route::Await),
+            ("c2", Route::Push),
+        ];
+        // c2 answers faster than c1; b's are unmeasured (placement order).
+        let rtt = |r: &str| match r {
+            "c1" => Some(Duration::from_millis(80)),
+            "c2" => Some(Duration::from_millis(40)),
+            _ => None,
+        };
+        let plan = plan(routes(&list), &t, "a1", rtt);
+        assert_eq!(plan.direct, routes(&[("a2", Route::Await)]));
+        assert!(plan.relays.is_empty());
+        assert_eq!(
+            plan.awaited,
+            [
+                AwaitedPlan {
+                    relay: "b1".into(),
+                    relay_counts: true,
+                    mates: vec!["b2".into()],
+                },
+                AwaitedPlan {
+                    relay: "c2".into(),
+                    relay_counts: false,
+                    mates: vec!["c1".into()],
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn down_replicas_are_hinted_and_a_lone_live_one_is_sent_directly() {
+        let t = topology();
+        let list = [
+            ("a2", Route::Await),
+            ("b1", Route::Hint),
+            ("b2", Route::Await),
             ("c1", Route::Hint),
             ("c2", Route::Push),
         ];
-        let plan = plan(routes(&list), &t, "a1");
+        let plan = plan(routes(&list), &t, "a1", |_| None);
         assert_eq!(plan.direct, routes(&list));
         assert!(plan.relays.is_empty());
+        assert!(plan.awaited.is_empty());
     }
 
     #[test]

@@ -29,7 +29,10 @@ use crate::sync_message::{Reply, Request};
 /// query and the "which partitions do you hold" query are RPCs of their own
 /// (`Clock`, `Holding`), where protocol 3 asked them through `Read`; a
 /// delta batch may ask its receiver to relay it to its region's other
-/// replicas (`ApplyRequest.relay`); and the protocol is served on its own
+/// replicas (`ApplyRequest.relay`), and await some of them, naming those
+/// that took it in its answer (`ApplyRequest.await_mates`,
+/// `ApplyResponse.took`: optional fields; a receiver that ignores them
+/// names none, and the sender sends to each itself); and the protocol is served on its own
 /// listener (the peer address is gossiped), with mutual TLS when
 /// configured, and the sender's id must match its certificate.
 pub const PROTOCOL: u32 = 4;
@@ -239,12 +242,49 @@ impl Peers {
             header: Some(self.header()),
             entries: entries.iter().map(|(k, e)| to_wire(k, e)).collect(),
             relay,
+            await_mates: Vec::new(),
+            await_ms: 0,
         };
+        Ok(self.send_apply(peer, request, self.timeout).await?.changed)
+    }
+
+    /// Sends `entries` to `peer`, a replica of another region, which hands
+    /// them on to its region's replicas of their keys and waits up to
+    /// `within` for `mates` among them to acknowledge; the whole call is
+    /// bounded by `bound`. Returns the replicas that took every entry, as
+    /// the peer names them (itself first); a peer that does not await
+    /// mates names none. The encoded bytes count as [`Peers::apply_as`]'s.
+    pub async fn apply_awaiting(
+        &self,
+        peer: &str,
+        entries: &[(Key, Entry)],
+        mates: &[String],
+        within: Duration,
+        bound: Duration,
+    ) -> Result<Vec<String>, PeerError> {
+        let request = wire::ApplyRequest {
+            header: Some(self.header()),
+            entries: entries.iter().map(|(k, e)| to_wire(k, e)).collect(),
+            relay: true,
+            await_mates: mates.to_vec(),
+            await_ms: u32::try_from(within.as_millis()).unwrap_or(u32::MAX),
+        };
+        Ok(self.send_apply(peer, request, bound).await?.took)
+    }
+
+    /// Sends one `Apply` to `peer` within `bound` and counts its encoded
+    /// bytes once delivered.
+    async fn send_apply(
+        &self,
+        peer: &str,
+        request: wire::ApplyRequest,
+        bound: Duration,
+    ) -> Result<wire::ApplyResponse, PeerError> {
         let bytes = prost::Message::encoded_len(&request) as u64;
         let started = Instant::now();
         let mut client = self.client(peer, "apply").await?;
         let reply = self
-            .call(peer, "apply", Some(started), client.apply(request))
+            .call_within(peer, "apply", Some(started), bound, client.apply(request))
             .await?;
         *self
             .applied
@@ -252,7 +292,7 @@ impl Peers {
             .unwrap_or_else(PoisonError::into_inner)
             .entry(peer.to_string())
             .or_default() += bytes;
-        Ok(reply.changed)
+        Ok(reply)
     }
 
     /// Bytes of delta batches delivered to each peer since start (encoded
@@ -376,9 +416,22 @@ impl Peers {
         started: Option<Instant>,
         call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, PeerError> {
+        self.call_within(peer, rpc, started, self.timeout, call)
+            .await
+    }
+
+    /// [`Peers::call`] bounded by `bound` rather than the request timeout.
+    async fn call_within<T>(
+        &self,
+        peer: &str,
+        rpc: &'static str,
+        started: Option<Instant>,
+        bound: Duration,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, PeerError> {
         let start = self.clock.round_trip();
         let sent = Instant::now();
-        let mut result = tokio::time::timeout(self.timeout, call).await;
+        let mut result = tokio::time::timeout(bound, call).await;
         if let Ok(answer) = &mut result {
             self.receive(peer, answer).await;
         }
@@ -412,7 +465,7 @@ impl Peers {
                 if let Some(started) = started {
                     self.measure(peer, started.elapsed());
                 }
-                Err(PeerError::Timeout(self.timeout))
+                Err(PeerError::Timeout(bound))
             }
         }
     }

@@ -6,6 +6,7 @@
 //! delta that fails to reach its peer becomes a hint, so one place decides
 //! what is held for whom.
 
+mod awaited;
 mod batcher;
 mod hints;
 
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
+pub use awaited::{settle, AwaitedRelay};
 pub use batcher::{BatchLimits, Batcher, Overflow};
 pub use hints::{entry_size, DropReason, Hint, HintLimits, Hints};
 
@@ -502,6 +504,21 @@ impl Replicator {
         }
     }
 
+    /// Holds `entries`, which did not reach `peer`, as hints (logged).
+    fn hold(&self, peer: &str, entries: &[(Key, Entry)]) {
+        for (key, entry) in entries {
+            self.log_hint(peer, key, entry, Duration::ZERO);
+        }
+        let mut hints = self.hints();
+        let now = Instant::now();
+        let dropped: usize = entries
+            .iter()
+            .map(|(key, entry)| hints.add(peer, key.clone(), entry.clone(), now))
+            .sum();
+        drop(hints);
+        log_over_bound(dropped);
+    }
+
     async fn send(&self, peer: &str, relay: bool, batch: Vec<Delta>) {
         let entries: Vec<(Key, Entry)> = batch
             .iter()
@@ -515,17 +532,7 @@ impl Replicator {
             .map_err(Undelivered::from);
         if let Err(e) = &result {
             tracing::debug!(peer, error = %e, deltas = batch.len(), "delta batch failed; holding hints");
-            for (key, entry) in &entries {
-                self.log_hint(peer, key, entry, Duration::ZERO);
-            }
-            let mut hints = self.hints();
-            let now = Instant::now();
-            let dropped: usize = entries
-                .into_iter()
-                .map(|(key, entry)| hints.add(peer, key, entry, now))
-                .sum();
-            drop(hints);
-            log_over_bound(dropped);
+            self.hold(peer, &entries);
         }
         for d in batch {
             if let Some(ack) = d.ack {
