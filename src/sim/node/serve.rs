@@ -51,9 +51,7 @@ impl SimNode {
             ),
         }
     }
-}
 
-impl SimNode {
     /// Queues each relayed entry, which `from` sent, for the key's other
     /// replicas in this node's region (held as a hint for one this node's
     /// view holds down), as production's `Relay` for the coordinator does.
