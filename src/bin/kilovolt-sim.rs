@@ -29,6 +29,11 @@ struct Args {
     /// Stop after this many failing seeds.
     #[arg(long, default_value_t = 3)]
     max_failures: usize,
+    /// Place this many replicas of every key in each region instead of
+    /// three in all (one per region): writes then cross to a remote
+    /// region through one relay replica there.
+    #[arg(long)]
+    replicas_per_region: Option<usize>,
 }
 
 /// Prints each ONE request of a seed that missed its deadline, and the
@@ -66,7 +71,8 @@ fn print_misses(seed: u64, history: &History) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = Config::default();
+    let mut config = Config::default();
+    config.settings.replicas_per_region = args.replicas_per_region;
     let started = Instant::now();
     let mut failures = 0;
     let mut ops = 0;

@@ -14,7 +14,7 @@
 
 mod call;
 mod entries;
-mod relay;
+pub mod relay;
 mod tally;
 
 use std::collections::BTreeMap;

@@ -546,7 +546,7 @@ impl Replicator {
 /// not held back by the round trip of the batch before it over a WAN link,
 /// few enough that a slow peer ties up little (each batch is at most
 /// `--replication-batch-bytes`, on top of the queue's own bound).
-const MAX_IN_FLIGHT: usize = 4;
+pub const MAX_IN_FLIGHT: usize = 4;
 
 /// Logs hints the count or byte bound dropped.
 /// Logs `dropped` hints (when any) with the reason they went.

@@ -1074,7 +1074,7 @@ fn entries_in(msg: &Msg) -> Vec<(&Key, &Entry)> {
     use crate::anti_entropy::{Reply, Request};
     match msg {
         Msg::Request {
-            req: Req::Apply(deltas),
+            req: Req::Apply(deltas) | Req::Relay(deltas),
             ..
         } => deltas.iter().map(|(k, e)| (k, e)).collect(),
         Msg::Request {

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::coordinator::{
-    increment_entry, map_remove_entry, map_set_entry, tombstone_entry, value_entry, Consistency,
-    Decision, Read, ReadCall, ReadOne, ReplicaAnswer, Route, WriteCall, VIEW_WAIT_AT_ONE,
+    increment_entry, map_remove_entry, map_set_entry, relay, tombstone_entry, value_entry,
+    Consistency, Decision, Read, ReadCall, ReadOne, ReplicaAnswer, Route, WriteCall,
+    VIEW_WAIT_AT_ONE,
 };
 use crate::crdt::{ops, Entry};
 use crate::dots::Dots;
@@ -176,7 +177,26 @@ impl SimNode {
             let result = finish_write(&call, "not waited for");
             self.done(op, result);
         }
-        for (replica, route) in routes {
+        // One copy per remote region where the plan relays a copy nobody
+        // waits for, as production's write does. A region whose copies
+        // the request awaits still gets them directly here: the simulated
+        // node does not relay awaited copies (docs/testing.md).
+        let all = routes.clone();
+        let latencies = &self.latencies;
+        let relayed = relay::plan(routes, &self.topology, &self.id, |r| latencies.rtt(r));
+        for replica in relayed.relays {
+            self.relay(&replica, key.clone(), entry.clone());
+        }
+        let awaited_regions: Vec<&str> = relayed
+            .awaited
+            .iter()
+            .map(|plan| self.topology.region_of(&plan.relay))
+            .collect();
+        let awaited_direct = all.into_iter().filter(|(replica, route)| {
+            *route != Route::Hint && awaited_regions.contains(&self.topology.region_of(replica))
+        });
+        let direct: Vec<_> = relayed.direct.into_iter().chain(awaited_direct).collect();
+        for (replica, route) in direct {
             let entry = entry.clone();
             match route {
                 Route::Hint => self.hint(&replica, key.clone(), entry),

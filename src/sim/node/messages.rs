@@ -173,6 +173,10 @@ pub enum Msg {
 pub enum Req {
     /// Merge these deltas.
     Apply(Vec<(Key, Entry)>),
+    /// Merge these deltas, a replica of another region's write, and hand
+    /// them on to the other replicas of their keys in your region
+    /// (production's `ApplyRequest.relay`).
+    Relay(Vec<(Key, Entry)>),
     /// Read one key.
     Read(Key),
     /// Tell your clock.
@@ -203,8 +207,9 @@ pub enum Resp {
 /// A timer a node sets.
 #[derive(Clone, Debug)]
 pub enum Timer {
-    /// A peer's batch linger may have passed.
-    Linger(String),
+    /// A delta queue's batch linger may have passed: the peer, and whether
+    /// it is the queue of deltas it relays.
+    Linger((String, bool)),
     /// A peer call's deadline.
     Rpc(u64),
     /// A peer call refused at once (cut link, node down), and why.

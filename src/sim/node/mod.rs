@@ -39,12 +39,12 @@ use super::disk::{DiskMode, SimDisk};
 use anti_entropy::Round;
 use client::Call;
 pub use messages::{ClientOp, Msg, OpKind, OpResult, Out, Req, Resp, Settings, Timer, MAP_LIMIT};
-use replication::{Delta, Queue};
+use replication::{Delta, Queue, QueueId};
 
 /// A peer call in flight, and what its answer is for.
 enum Rpc {
     Batch {
-        peer: String,
+        queue: QueueId,
         deltas: Vec<Delta>,
     },
     Replay {
@@ -78,7 +78,7 @@ pub struct SimNode {
     clock: Clock,
     dots: Dots,
     topology: Arc<Topology>,
-    queues: BTreeMap<String, Queue>,
+    queues: BTreeMap<QueueId, Queue>,
     hints: Hints,
     replaying: BTreeSet<String>,
     collector: Collector,
@@ -237,7 +237,7 @@ impl SimNode {
     pub fn receive(&mut self, from: &str, msg: Msg) {
         match msg {
             Msg::Request { rpc, req } => {
-                let resp = self.serve(req);
+                let resp = self.serve(from, req);
                 let clock = self.clock.now();
                 self.out.push(Out::Send {
                     to: from.to_string(),
@@ -259,11 +259,11 @@ impl SimNode {
     /// Handles a timer.
     pub fn fire(&mut self, timer: Timer) {
         match timer {
-            Timer::Linger(peer) => {
-                if let Some(q) = self.queues.get_mut(&peer) {
+            Timer::Linger(queue) => {
+                if let Some(q) = self.queues.get_mut(&queue) {
                     q.linger_at = None;
                 }
-                self.pump(&peer);
+                self.pump(&queue);
             }
             Timer::Rpc(rpc) => {
                 let timeout = self.settings.request_timeout;
@@ -336,24 +336,25 @@ impl SimNode {
             return; // answered already, or from before a restart
         };
         match (purpose, answer) {
-            (Rpc::Batch { peer, deltas }, answer) => {
-                if let Some(q) = self.queues.get_mut(&peer) {
-                    q.in_flight = false;
+            (Rpc::Batch { queue, deltas }, answer) => {
+                if let Some(q) = self.queues.get_mut(&queue) {
+                    q.in_flight = q.in_flight.saturating_sub(1);
                 }
+                let peer = &queue.0;
                 let ok = answer.is_ok();
                 for d in deltas {
                     if !ok {
-                        self.hint(&peer, d.key.clone(), d.entry.clone());
+                        self.hint(peer, d.key.clone(), d.entry.clone());
                     }
                     if let Some(call) = d.ack {
                         let answer = match &answer {
                             Ok(_) => ReplicaAnswer::Ok,
                             Err(why) => ReplicaAnswer::Failed(format!("{why}; hinted")),
                         };
-                        self.write_answer(call, &peer, answer);
+                        self.write_answer(call, peer, answer);
                     }
                 }
-                self.pump(&peer);
+                self.pump(&queue);
             }
             (Rpc::Replay { peer, hints }, answer) => {
                 self.replaying.remove(&peer);

@@ -1,12 +1,14 @@
-//! Replication from a node: per-peer delta queues (one batch in flight at a
-//! time, a linger timer for a batch not yet full), hints for peers that did
-//! not take their deltas, and a graceful leave.
+//! Replication from a node: per-peer delta queues (up to
+//! [`MAX_IN_FLIGHT`] batches in flight, a linger timer for a batch not yet
+//! full), a second queue per peer for deltas it is to relay to its
+//! region's other replicas, hints for peers that did not take their
+//! deltas, and a graceful leave. As production's `Replicator`.
 
 use std::time::Instant;
 
 use crate::coordinator::ReplicaAnswer;
 use crate::crdt::Entry;
-use crate::replication::{entry_size, Batcher, Hint, Overflow, Undelivered};
+use crate::replication::{entry_size, Batcher, Hint, Overflow, Undelivered, MAX_IN_FLIGHT};
 use crate::store::Key;
 
 use super::{Out, Req, Rpc, SimNode, Timer};
@@ -19,27 +21,44 @@ pub(super) struct Delta {
     pub(super) ack: Option<u64>,
 }
 
-/// One peer's outbound deltas: one batch in flight at a time.
+/// Which outbound queue: the peer, and whether it relays what it is sent
+/// (a peer has one queue of each kind, as in production).
+pub(super) type QueueId = (String, bool);
+
+/// One peer's outbound deltas of one kind: up to [`MAX_IN_FLIGHT`] batches
+/// in flight.
 pub(super) struct Queue {
     pub(super) batcher: Batcher<Delta>,
-    pub(super) in_flight: bool,
+    pub(super) in_flight: usize,
     pub(super) linger_at: Option<Instant>,
 }
 
 impl SimNode {
+    /// Queues `entry` for `peer`; `ack`, when given, is the write call that
+    /// waits for its answer.
     pub(super) fn push(&mut self, peer: &str, key: Key, entry: Entry, ack: Option<u64>) {
+        self.enqueue(peer, false, key, entry, ack);
+    }
+
+    /// Queues `entry` for `peer`, a replica of another region, which hands
+    /// it on to the key's other replicas in its region
+    /// ([`crate::coordinator::relay::region_mates`]); held as a hint for
+    /// `peer` alone when it does not arrive, as production's is.
+    pub(super) fn relay(&mut self, peer: &str, key: Key, entry: Entry) {
+        self.enqueue(peer, true, key, entry, None);
+    }
+
+    fn enqueue(&mut self, peer: &str, relay: bool, key: Key, entry: Entry, ack: Option<u64>) {
         let size = entry_size(&key, &entry);
         let limits = self.settings.batch;
-        let q = self
-            .queues
-            .entry(peer.to_string())
-            .or_insert_with(|| Queue {
-                batcher: Batcher::new(limits),
-                in_flight: false,
-                linger_at: None,
-            });
+        let id = (peer.to_string(), relay);
+        let q = self.queues.entry(id.clone()).or_insert_with(|| Queue {
+            batcher: Batcher::new(limits),
+            in_flight: 0,
+            linger_at: None,
+        });
         match q.batcher.push(Delta { key, entry, ack }, size, self.now) {
-            Ok(()) => self.pump(peer),
+            Ok(()) => self.pump(&id),
             // The peer is slower than the writes to it: hold the delta as
             // a hint, as production's queue does.
             Err(Overflow { item, queued_bytes }) => {
@@ -62,38 +81,44 @@ impl SimNode {
         }
     }
 
-    /// Sends `peer` its next batch when none is in flight and one is full
-    /// or due; otherwise sets a timer for the linger.
-    pub(super) fn pump(&mut self, peer: &str) {
+    /// Sends the queue's batches that are full or due while fewer than
+    /// [`MAX_IN_FLIGHT`] are in flight; sets a timer for the linger of one
+    /// not yet due. As production's queue task does.
+    pub(super) fn pump(&mut self, id: &QueueId) {
         let now = self.now;
-        let Some(q) = self.queues.get_mut(peer) else {
-            return;
-        };
-        if q.in_flight {
-            return;
-        }
-        match q.batcher.next(now) {
-            Some(deltas) => {
-                q.in_flight = true;
-                let entries = deltas
-                    .iter()
-                    .map(|d| (d.key.clone(), d.entry.clone()))
-                    .collect();
-                let purpose = Rpc::Batch {
-                    peer: peer.to_string(),
-                    deltas,
-                };
-                self.call(peer, purpose, Req::Apply(entries));
+        loop {
+            let Some(q) = self.queues.get_mut(id) else {
+                return;
+            };
+            if q.in_flight >= MAX_IN_FLIGHT {
+                return;
             }
-            None => {
+            let Some(deltas) = q.batcher.next(now) else {
                 if let Some(due) = q.batcher.deadline() {
                     if q.linger_at != Some(due) {
                         q.linger_at = Some(due);
                         let after = due.saturating_duration_since(now);
-                        self.timer(after, Timer::Linger(peer.to_string()));
+                        self.timer(after, Timer::Linger(id.clone()));
                     }
                 }
-            }
+                return;
+            };
+            q.in_flight += 1;
+            let entries = deltas
+                .iter()
+                .map(|d| (d.key.clone(), d.entry.clone()))
+                .collect();
+            let (peer, relay) = id.clone();
+            let req = if relay {
+                Req::Relay(entries)
+            } else {
+                Req::Apply(entries)
+            };
+            let purpose = Rpc::Batch {
+                queue: id.clone(),
+                deltas,
+            };
+            self.call(&peer, purpose, req);
         }
     }
 
@@ -118,19 +143,24 @@ impl SimNode {
         self.call(peer, purpose, Req::Apply(entries));
     }
 
-    /// Leaves the cluster gracefully: sends every queued delta, and gives
-    /// every hint to the live replicas of its key. Does not wait for
-    /// answers.
+    /// Leaves the cluster gracefully: sends every queued delta (those to
+    /// relay, to relay), and gives every hint to the live replicas of its
+    /// key. Does not wait for answers.
     pub fn leave(&mut self) {
-        let peers: Vec<String> = self.queues.keys().cloned().collect();
-        for peer in peers {
-            let Some(q) = self.queues.get_mut(&peer) else {
+        let ids: Vec<QueueId> = self.queues.keys().cloned().collect();
+        for (peer, relay) in ids {
+            let Some(q) = self.queues.get_mut(&(peer.clone(), relay)) else {
                 continue;
             };
             let rest = q.batcher.take();
             if !rest.is_empty() {
                 let entries = rest.into_iter().map(|d| (d.key, d.entry)).collect();
-                self.call(&peer, Rpc::Parting, Req::Apply(entries));
+                let req = if relay {
+                    Req::Relay(entries)
+                } else {
+                    Req::Apply(entries)
+                };
+                self.call(&peer, Rpc::Parting, req);
             }
         }
         let held: Vec<Hint> = self.hints.held().cloned().collect();
