@@ -89,15 +89,11 @@ impl Replicator {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use tokio::sync::oneshot;
 
     use super::*;
     use crate::crdt::Version;
-    use crate::net::{PeerError, Peers};
-    use crate::replication::{BatchLimits, HintLimits};
-    use crate::switch::Switch;
+    use crate::net::PeerError;
 
     fn mates() -> Vec<(Arc<str>, u8)> {
         vec![(Arc::from("b2"), 2), (Arc::from("b3"), 3)]
@@ -134,38 +130,8 @@ mod tests {
     /// with no known address, whose ack says so); both are held as hints.
     #[tokio::test]
     async fn a_silent_relay_is_bounded_and_its_mates_are_sent_to_directly() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _silent = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((conn, _)) = listener.accept().await {
-                held.push(conn);
-            }
-        });
-        let clock =
-            crate::clock::Clock::new("a1", crate::clock::system_time, Duration::from_millis(500));
-        let peers = Arc::new(Peers::new(
-            "a1".into(),
-            Arc::new(clock),
-            Arc::new(Switch::new()),
-            Duration::from_secs(60),
-            1 << 20,
-            None,
-        ));
-        peers.set_addresses(HashMap::from([("b1".to_string(), addr.to_string())]));
-        let replicator = Replicator::new(
-            peers,
-            BatchLimits {
-                max_bytes: 1024,
-                linger: Duration::from_millis(1),
-                max_queued_bytes: 16 * 1024,
-            },
-            HintLimits {
-                max_hints: 1000,
-                max_bytes: 1 << 20,
-                max_age: Duration::from_secs(60),
-            },
-        );
+        let (replicator, _silent) =
+            crate::replication::tests::replicator_with_a_silent_peer("a1", "b1").await;
         let (relay_tx, relay_rx) = oneshot::channel();
         let (mate_tx, mate_rx) = oneshot::channel();
         let bound = Duration::from_millis(200);

@@ -573,7 +573,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
     use std::time::Duration;
 
@@ -619,30 +619,32 @@ mod tests {
         assert_eq!(store.get("held"), Some(settled));
     }
 
-    #[tokio::test]
-    async fn a_slow_peer_overflows_its_queue_into_counted_hints() {
-        // A peer that accepts connections and never answers.
+    /// A replicator of node `me` whose one peer, `peer`, accepts
+    /// connections and never answers (16 KiB of queue, 1,000 hints). The
+    /// returned task holds the silent peer's connections.
+    pub(super) async fn replicator_with_a_silent_peer(
+        me: &str,
+        peer: &str,
+    ) -> (Arc<Replicator>, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let _silent = tokio::spawn(async move {
+        let silent = tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((conn, _)) = listener.accept().await {
                 held.push(conn);
             }
         });
+        let clock =
+            crate::clock::Clock::new(me, crate::clock::system_time, Duration::from_millis(500));
         let peers = Arc::new(Peers::new(
-            "n1".into(),
-            Arc::new(crate::clock::Clock::new(
-                "n1",
-                crate::clock::system_time,
-                Duration::from_millis(500),
-            )),
+            me.into(),
+            Arc::new(clock),
             Arc::new(Switch::new()),
             Duration::from_secs(60),
             1 << 20,
             None,
         ));
-        peers.set_addresses(HashMap::from([("slow".to_string(), addr.to_string())]));
+        peers.set_addresses(HashMap::from([(peer.to_string(), addr.to_string())]));
         let replicator = Replicator::new(
             peers,
             BatchLimits {
@@ -656,6 +658,12 @@ mod tests {
                 max_age: Duration::from_secs(60),
             },
         );
+        (replicator, silent)
+    }
+
+    #[tokio::test]
+    async fn a_slow_peer_overflows_its_queue_into_counted_hints() {
+        let (replicator, _silent) = replicator_with_a_silent_peer("n1", "slow").await;
         let entry = Entry::value(Version::new(1, 1), "x".repeat(1000), 0);
         let size = entry_size("k00", &entry);
         let fit = 16 * 1024 / size;
