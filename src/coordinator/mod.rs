@@ -543,17 +543,23 @@ impl Coordinator {
     ) -> Result<Option<Entry>, Error> {
         let mut until = None;
         loop {
-            // Registered before `read_one` takes its view, so that no change
-            // after that is missed.
-            let mut changed = std::pin::pin!(self.topology_changed.notified());
-            changed.as_mut().enable();
-            let failed = match self.read_one(key, level).await {
+            let view = self.topology();
+            let failed = match self.read_one_in(&view, key, level).await {
                 Err(e @ Error::Unavailable(_)) => e,
                 read => return read,
             };
             let until =
                 *until.get_or_insert_with(|| tokio::time::Instant::now() + VIEW_WAIT_AT_ONE);
-            if tokio::time::timeout_at(until, changed).await.is_err() {
+            // Registered before the view is compared, so that no change is
+            // missed: one made since the read took its view shows in the
+            // comparison, a later one wakes the wait. Only a failed read
+            // pays for it.
+            let mut changed = std::pin::pin!(self.topology_changed.notified());
+            changed.as_mut().enable();
+            let newer = !Arc::ptr_eq(&view, &self.topology());
+            if tokio::time::Instant::now() >= until
+                || (!newer && tokio::time::timeout_at(until, changed).await.is_err())
+            {
                 return Err(failed);
             }
         }
@@ -566,8 +572,17 @@ impl Coordinator {
     /// Once every replica has been asked, each hedge delay that passes asks
     /// a silent one again.
     async fn read_one(&self, key: &str, level: Consistency) -> Result<Option<Entry>, Error> {
-        let topology = self.topology();
-        if ReadOne::answered_here(&self.me, &topology, key) {
+        self.read_one_in(&self.topology(), key, level).await
+    }
+
+    /// [`Coordinator::read_one`] by the view `topology`.
+    async fn read_one_in(
+        &self,
+        topology: &Topology,
+        key: &str,
+        level: Consistency,
+    ) -> Result<Option<Entry>, Error> {
+        if ReadOne::answered_here(&self.me, topology, key) {
             return Ok(self.store.get(key));
         }
         let started = Instant::now();
