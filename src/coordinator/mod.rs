@@ -587,7 +587,7 @@ impl Coordinator {
         }
         let started = Instant::now();
         let peers = &self.peers;
-        let mut call = ReadOne::start(&self.me, &topology, key, level, |r| peers.rtt(r));
+        let mut call = ReadOne::start(&self.me, topology, key, level, |r| peers.rtt(r));
         let mut asking = FuturesUnordered::new();
         // Each turn asks the next replica: at the start and after a
         // refusal; when the newest request stayed silent past its hedge
