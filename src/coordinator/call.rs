@@ -503,6 +503,22 @@ mod tests {
         Topology::new(members, 16, 3)
     }
 
+    /// A read at ONE coordinated by `n4` of four ready nodes, of a key
+    /// whose three replicas are the others.
+    fn read_at_one_by_a_non_replica() -> ReadOne {
+        let t = topology(&[
+            ("n1", NodeState::Ready),
+            ("n2", NodeState::Ready),
+            ("n3", NodeState::Ready),
+            ("n4", NodeState::Ready),
+        ]);
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| !t.replicas(k).iter().any(|r| **r == *"n4"))
+            .unwrap();
+        ReadOne::start("n4", &t, &key, Consistency::One, |_| None)
+    }
+
     #[test]
     fn a_replica_restarted_empty_does_not_count_toward_a_read_quorum() {
         // n1 and n2 took a QUORUM write; n2 then restarted empty and is
@@ -581,17 +597,7 @@ mod tests {
 
     #[test]
     fn a_read_at_one_waits_on_replicas_asked_before_it_fails() {
-        let t = topology(&[
-            ("n1", NodeState::Ready),
-            ("n2", NodeState::Ready),
-            ("n3", NodeState::Ready),
-            ("n4", NodeState::Ready),
-        ]);
-        let key = (0..)
-            .map(|i| format!("k{i}"))
-            .find(|k| !t.replicas(k).iter().any(|r| **r == *"n4"))
-            .unwrap();
-        let mut call = ReadOne::start("n4", &t, &key, Consistency::One, |_| None);
+        let mut call = read_at_one_by_a_non_replica();
         assert!(!call.waiting(), "nobody asked yet");
         // The first replica stays silent past its hedge delay: the second
         // is asked too, and fails at once.
@@ -623,17 +629,7 @@ mod tests {
 
     #[test]
     fn a_read_at_one_asks_again_a_replica_that_timed_out_but_never_one_that_refused() {
-        let t = topology(&[
-            ("n1", NodeState::Ready),
-            ("n2", NodeState::Ready),
-            ("n3", NodeState::Ready),
-            ("n4", NodeState::Ready),
-        ]);
-        let key = (0..)
-            .map(|i| format!("k{i}"))
-            .find(|k| !t.replicas(k).iter().any(|r| **r == *"n4"))
-            .unwrap();
-        let mut call = ReadOne::start("n4", &t, &key, Consistency::One, |_| None);
+        let mut call = read_at_one_by_a_non_replica();
         // The first replica's request times out (lost on the way); the
         // second had a request in flight when its link was cut, and
         // refuses the next at once.
@@ -651,17 +647,7 @@ mod tests {
 
     #[test]
     fn a_read_at_one_asks_a_silent_replica_again_only_when_told_and_the_least_asked_first() {
-        let t = topology(&[
-            ("n1", NodeState::Ready),
-            ("n2", NodeState::Ready),
-            ("n3", NodeState::Ready),
-            ("n4", NodeState::Ready),
-        ]);
-        let key = (0..)
-            .map(|i| format!("k{i}"))
-            .find(|k| !t.replicas(k).iter().any(|r| **r == *"n4"))
-            .unwrap();
-        let mut call = ReadOne::start("n4", &t, &key, Consistency::One, |_| None);
+        let mut call = read_at_one_by_a_non_replica();
         // Two replicas asked stay silent; the third fails at once. The
         // failure asks nobody again (a re-ask waits for the hedge delay,
         // which the shell counts): the silent two are not asked again
