@@ -780,20 +780,8 @@ async fn a_hint_survives_its_coordinators_kill_9() {
         wait_ready(&s.addr, 2).await;
     }
     // A key only the second node holds.
-    let mut admin1 = admin(&servers[0]).await;
-    let mut key = String::new();
-    for i in 0.. {
-        key = format!("h{i}");
-        let replicas = admin1
-            .replicas(proto::ReplicasRequest { key: key.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .replicas;
-        if replicas[0].id == "n2" {
-            break;
-        }
-    }
+    let key = key_held_by(&servers[0], "n2", "h").await;
+    let admin1 = admin(&servers[0]).await;
     let mut second = servers.pop().unwrap();
     second.child.kill().unwrap();
     second.child.wait().unwrap();
@@ -868,20 +856,7 @@ async fn a_one_write_answered_from_its_queued_copy_survives_its_coordinators_kil
         wait_ready(&s.addr, 2).await;
     }
     // A key only the second node holds.
-    let mut admin1 = admin(&servers[0]).await;
-    let mut key = String::new();
-    for i in 0.. {
-        key = format!("q{i}");
-        let replicas = admin1
-            .replicas(proto::ReplicasRequest { key: key.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .replicas;
-        if replicas[0].id == "n2" {
-            break;
-        }
-    }
+    let key = key_held_by(&servers[0], "n2", "q").await;
     let mut client = KilovoltClient::new(channel(&servers[0].addr).await);
     client
         .set(set_request(&key, "doomed", Consistency::All))
@@ -917,4 +892,24 @@ async fn a_one_write_answered_from_its_queued_copy_survives_its_coordinators_kil
     })
     .await;
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The first key `PREFIX0`, `PREFIX1`, ... whose first replica, as `server`
+/// reports it, is node `id` (with replication factor 1: the key only `id`
+/// holds).
+async fn key_held_by(server: &Server, id: &str, prefix: &str) -> String {
+    let mut admin = admin(server).await;
+    for i in 0.. {
+        let key = format!("{prefix}{i}");
+        let replicas = admin
+            .replicas(proto::ReplicasRequest { key: key.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .replicas;
+        if replicas[0].id == id {
+            return key;
+        }
+    }
+    unreachable!("the key space is not exhausted")
 }
