@@ -37,7 +37,11 @@ impl Version {
         }
         // Leading zeros are dropped; zero itself keeps its one digit.
         let start = ((self.node.leading_zeros() / 4) as usize).min(15);
-        buf[start..].iter().map(|&d| char::from(d)).collect()
+        // ASCII digits, always valid UTF-8: checked and copied in one go
+        // (collecting chars encoded each one on its own).
+        std::str::from_utf8(&buf[start..])
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
