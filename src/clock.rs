@@ -172,6 +172,11 @@ pub fn check_entry(entry: &Entry) -> Result<(), VersionError> {
 /// from the node id so that a restarted node keeps it.
 pub struct Clock {
     hlc: HLC,
+    /// The greatest time the HLC has issued or taken from elsewhere (its
+    /// own logical time, give or take the one tick that follows a remote
+    /// stamp), so that [`Clock::check_offset`] can judge how far the HLC
+    /// is ahead of the wall clock without ticking it.
+    hlc_high: AtomicU64,
     id: u64,
     physical: PhysicalClock,
     monotonic: MonotonicClock,
@@ -217,6 +222,7 @@ impl Clock {
             .build();
         Self {
             hlc,
+            hlc_high: AtomicU64::new(0),
             id,
             physical,
             monotonic: process_monotonic,
@@ -249,7 +255,7 @@ impl Clock {
     /// keep following its own clock. Every version issued for one key is
     /// distinct and greater than the ones before it from this clock.
     pub fn stamp_after(&self, key: &str, floor: Option<Version>) -> Result<Version, ClockError> {
-        let now = self.hlc.new_timestamp().get_time().0;
+        let now = self.tick();
         let ahead = |f: &Version| Version::new(now, self.id) <= *f;
         if !floor.as_ref().is_some_and(ahead) && self.far_keys.load(Ordering::Relaxed) == 0 {
             // The common case: no floor ahead of the clock, and no key
@@ -277,10 +283,7 @@ impl Clock {
         // Within the drift bound the HLC moves past the stamp and keeps
         // every later one above it; beyond, it refuses, and the key's own
         // record does.
-        let moved = self
-            .hlc
-            .update_with_timestamp(&Timestamp::new(NTP64(time), *self.hlc.get_id()))
-            .is_ok();
+        let moved = self.follow(&Timestamp::new(NTP64(time), *self.hlc.get_id()));
         if moved {
             far.remove(&slot);
         } else {
@@ -438,11 +441,11 @@ impl Clock {
         // The wall clock first: reading the HLC moves it up to the wall
         // clock, which must not happen from a wall clock judged off.
         self.judge(now, 0)?;
+        // The HLC's time as it stands, read without ticking it: a tick
+        // costs a lock and a clock read, and the write ticks it anyway.
         let lead = self
-            .hlc
-            .new_timestamp()
-            .get_time()
-            .0
+            .hlc_high
+            .load(Ordering::Relaxed)
             .saturating_sub(now.wall);
         if lead > self.max_drift {
             self.judge(now, lead)?;
@@ -510,26 +513,41 @@ impl Clock {
     /// replicas divergent. Returns whether the version was within the bound.
     pub fn observe(&self, remote: Version) -> bool {
         let stamp = Timestamp::new(NTP64(remote.time), remote_id(remote.node));
-        match self.hlc.update_with_timestamp(&stamp) {
-            Ok(()) => true,
-            Err(_) => {
-                self.drift_events.fetch_add(1, Ordering::Relaxed);
-                let lead = remote.time.saturating_sub(self.now());
-                self.max_lead.fetch_max(lead, Ordering::Relaxed);
-                tracing::warn!(
-                    version = %remote,
-                    ahead_ms = ((u128::from(lead) * 1000) >> 32) as u64,
-                    "remote version beyond --max-clock-drift; merged without moving the clock"
-                );
-                false
-            }
+        if self.follow(&stamp) {
+            return true;
         }
+        self.drift_events.fetch_add(1, Ordering::Relaxed);
+        let lead = remote.time.saturating_sub(self.now());
+        self.max_lead.fetch_max(lead, Ordering::Relaxed);
+        tracing::warn!(
+            version = %remote,
+            ahead_ms = ((u128::from(lead) * 1000) >> 32) as u64,
+            "remote version beyond --max-clock-drift; merged without moving the clock"
+        );
+        false
     }
 
     /// A fresh stamp of this clock, for telling peers how far it has got.
     pub fn latest(&self) -> Version {
-        let now = self.hlc.new_timestamp();
-        Version::new(now.get_time().0, self.id)
+        Version::new(self.tick(), self.id)
+    }
+
+    /// The HLC's next time, recorded in the high-water mark.
+    fn tick(&self) -> u64 {
+        let time = self.hlc.new_timestamp().get_time().0;
+        self.hlc_high.fetch_max(time, Ordering::Relaxed);
+        time
+    }
+
+    /// Moves the HLC past `stamp` unless it is further ahead than the drift
+    /// bound; returns whether it did, the high-water mark recording it.
+    fn follow(&self, stamp: &Timestamp) -> bool {
+        let moved = self.hlc.update_with_timestamp(stamp).is_ok();
+        if moved {
+            let time = stamp.get_time().0.saturating_add(1);
+            self.hlc_high.fetch_max(time, Ordering::Relaxed);
+        }
+        moved
     }
 
     /// Remote versions seen further ahead than the drift bound.
