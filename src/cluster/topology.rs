@@ -15,6 +15,8 @@ pub struct Topology {
     /// hashed with foldhash rather than SipHash: ids come from admitted
     /// members, not from clients.
     members: HashMap<String, Member, foldhash::fast::RandomState>,
+    /// Whether the members carry two or more region labels.
+    spans_regions: bool,
 }
 
 impl Topology {
@@ -23,9 +25,13 @@ impl Topology {
     /// (a total, or a count per region).
     pub fn new(members: Vec<Member>, partitions: u32, replication: impl Into<Replication>) -> Self {
         let nodes = members.iter().map(RingNode::from).collect();
+        let spans_regions = members
+            .first()
+            .is_some_and(|first| members.iter().any(|m| m.region != first.region));
         Self {
             ring: Ring::with(nodes, partitions, replication.into()),
             members: members.into_iter().map(|m| (m.id.clone(), m)).collect(),
+            spans_regions,
         }
     }
 
@@ -47,6 +53,12 @@ impl Topology {
     /// The region label of member `id` (empty when unset or unknown).
     pub fn region_of(&self, id: &str) -> &str {
         self.members.get(id).map_or("", |m| m.region.as_str())
+    }
+
+    /// Whether the members carry two or more region labels: with one, no
+    /// write has a remote region to cross to.
+    pub fn spans_regions(&self) -> bool {
+        self.spans_regions
     }
 
     /// Every member known.

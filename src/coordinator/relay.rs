@@ -44,13 +44,23 @@ pub struct AwaitedPlan {
 /// - in a region where some live replica is awaited and another is live,
 ///   the nearest live one (by `rtt`, placement order among equals) is sent
 ///   the write, naming the awaited others ([`AwaitedPlan`]);
-/// - hints, and the only live replica of a region, stay direct.
+/// - hints, and the only live replica of a region, stay direct;
+/// - in a cluster whose members all share one region, every route stays
+///   direct.
 pub fn plan(
     routes: Routes,
     topology: &Topology,
     me: &str,
     rtt: impl Fn(&str) -> Option<Duration>,
 ) -> Relayed {
+    if routes.is_empty() || !topology.spans_regions() {
+        // Nothing to cross to: every route stays as it is.
+        return Relayed {
+            direct: routes,
+            relays: Vec::new(),
+            awaited: Vec::new(),
+        };
+    }
     let local = topology.region_of(me);
     let mut direct = Vec::with_capacity(routes.len());
     let mut relays: Vec<Arc<str>> = Vec::new();
@@ -158,6 +168,28 @@ mod tests {
         assert_eq!(plan.direct, routes(&[("a2", Route::Push)]));
         assert_eq!(plan.relays, vec![Arc::from("b1"), Arc::from("c1")]);
         assert!(plan.awaited.is_empty());
+    }
+
+    #[test]
+    fn in_one_region_every_route_stays_direct() {
+        let members = ["a1", "a2", "a3"]
+            .map(|id| crate::cluster::Member {
+                id: id.into(),
+                address: String::new(),
+                peer_address: String::new(),
+                region: "r1".into(),
+                state: crate::cluster::NodeState::Ready,
+                alive: true,
+                generation: 1,
+            })
+            .to_vec();
+        let t = Topology::new(members, 16, 3);
+        assert!(!t.spans_regions());
+        assert!(topology().spans_regions());
+        let list = routes(&[("a2", Route::Await), ("a3", Route::Push)]);
+        let plan = plan(list.clone(), &t, "a1", |_| None);
+        assert_eq!(plan.direct, list);
+        assert!(plan.relays.is_empty() && plan.awaited.is_empty());
     }
 
     #[test]
