@@ -17,6 +17,7 @@ mod entries;
 pub mod relay;
 mod tally;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -839,10 +840,11 @@ impl Pending for ReadCall {
 }
 
 /// What an UNAVAILABLE report says of replicas that had not answered.
-fn unanswered(timed_out: bool, timeout: Duration) -> String {
+fn unanswered(timed_out: bool, timeout: Duration) -> Cow<'static, str> {
     if timed_out {
-        format!("no answer within {timeout:?}")
+        format!("no answer within {timeout:?}").into()
     } else {
+        // Most requests: nothing to format or allocate.
         "not waited for (the level could no longer be met)".into()
     }
 }
