@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -199,6 +199,8 @@ pub struct Clock {
     max_drift: u64,
     /// Per peer, the last measurement of its clock against this one.
     offsets: RwLock<HashMap<Box<str>, Offset>>,
+    /// Whether `offsets` holds any peer, read without its lock.
+    measured_any: AtomicBool,
 }
 
 /// One measurement of a peer's clock: the peer's clock minus this one lay
@@ -233,6 +235,7 @@ impl Clock {
             far_keys: AtomicUsize::new(0),
             max_drift: ntp64(max_drift),
             offsets: RwLock::new(HashMap::new()),
+            measured_any: AtomicBool::new(false),
         }
     }
 
@@ -412,6 +415,7 @@ impl Clock {
             Some(o) => *o = sample,
             None => {
                 offsets.insert(peer.into(), sample);
+                self.measured_any.store(true, Ordering::Relaxed);
             }
         }
     }
@@ -437,6 +441,11 @@ impl Clock {
     /// as far ahead, so the node refuses writes until its wall clock has
     /// caught up with its HLC (or a restart rebuilds the HLC).
     pub fn check_offset(&self) -> Result<(), ClockError> {
+        if !self.measured_any.load(Ordering::Relaxed) {
+            // No peer measured (a node alone, or before its first round
+            // trip): nothing to judge against, as `judge` would find.
+            return Ok(());
+        }
         let now = self.round_trip();
         // The wall clock first: reading the HLC moves it up to the wall
         // clock, which must not happen from a wall clock judged off.
