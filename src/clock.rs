@@ -447,11 +447,10 @@ impl Clock {
             return Ok(());
         }
         let now = self.round_trip();
-        // The wall clock first: reading the HLC moves it up to the wall
-        // clock, which must not happen from a wall clock judged off.
         self.judge(now, 0)?;
-        // The HLC's time as it stands, read without ticking it: a tick
-        // costs a lock and a clock read, and the write ticks it anyway.
+        // The HLC's time as it stands, from its high-water mark: ticking it
+        // would cost a lock and a clock read (the write ticks it anyway),
+        // and would move it up to a wall clock that may be judged off.
         let lead = self
             .hlc_high
             .load(Ordering::Relaxed)
