@@ -549,11 +549,15 @@ impl Clock {
 
     /// Moves the HLC past `stamp` unless it is further ahead than the drift
     /// bound; returns whether it did, the high-water mark recording it.
+    /// The HLC moves at least to the physical clock as it reads it, so the
+    /// mark takes that too: a wall clock running ahead leaves the HLC as
+    /// far ahead after any remote stamp it follows.
     fn follow(&self, stamp: &Timestamp) -> bool {
         let moved = self.hlc.update_with_timestamp(stamp).is_ok();
         if moved {
             let time = stamp.get_time().0.saturating_add(1);
-            self.hlc_high.fetch_max(time, Ordering::Relaxed);
+            self.hlc_high
+                .fetch_max(time.max((self.physical)().0), Ordering::Relaxed);
         }
         moved
     }
@@ -876,6 +880,48 @@ mod tests {
         near.record_round_trip("p1", start, near.now());
         assert!(near.observe(Version::new(near.now() + (second >> 2), 7)));
         assert_eq!(near.check_offset(), Ok(()));
+    }
+
+    static WALL_C: AtomicU64 = AtomicU64::new(0);
+    static MONO_C: AtomicU64 = AtomicU64::new(0);
+
+    fn wall_c() -> NTP64 {
+        NTP64(WALL_C.load(Ordering::Relaxed))
+    }
+
+    fn mono_c() -> u64 {
+        MONO_C.load(Ordering::Relaxed)
+    }
+
+    /// The HLC goes as far ahead as the wall clock whenever it follows a
+    /// peer's stamp, not only when it stamps: once the wall clock is back,
+    /// the offset check still finds the HLC ahead.
+    #[test]
+    fn an_hlc_that_followed_a_peer_while_the_wall_clock_ran_ahead_is_judged() {
+        let second = 1u64 << 32;
+        let t = 1_800_000_000 * second;
+        WALL_C.store(t, Ordering::Relaxed);
+        MONO_C.store(t, Ordering::Relaxed);
+        let c = Clock::new("node-c", wall_c, Duration::from_millis(500)).with_monotonic(mono_c);
+        for p in ["p1", "p2", "p3"] {
+            let start = c.round_trip();
+            WALL_C.fetch_add(1000, Ordering::Relaxed);
+            MONO_C.fetch_add(1000, Ordering::Relaxed);
+            c.record_round_trip(p, start, c.now());
+        }
+        WALL_C.fetch_add(3 * second, Ordering::Relaxed);
+        assert!(
+            c.observe(Version::new(t, 7)),
+            "an old stamp is within the bound"
+        );
+        WALL_C.fetch_sub(3 * second, Ordering::Relaxed);
+        assert!(matches!(
+            c.check_offset(),
+            Err(ClockError::Offset {
+                direction: "ahead of",
+                ..
+            })
+        ));
     }
 
     #[test]
