@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{admin, eventually, kv, start_node};
+use common::{admin, eventually, kv, replicas_of, start_node};
 use kilovolt::config::Config;
 use kilovolt::node::RunningNode;
 use kilovolt::proto::{self, Consistency};
@@ -253,12 +253,7 @@ async fn five_nodes_rf3_forward_from_non_replicas() {
     let mut a = admin(&nodes[0]).await;
     for i in 0..10 {
         let key = format!("key-{i}");
-        let replicas = a
-            .replicas(proto::ReplicasRequest { key: key.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .replicas;
+        let replicas = replicas_of(&mut a, &key).await;
         assert_eq!(replicas.len(), 3);
         let replica_ids: BTreeSet<_> = replicas.iter().map(|m| m.id.clone()).collect();
         let (holders, others): (Vec<_>, Vec<_>) = nodes
@@ -330,12 +325,8 @@ async fn one_answers_within_a_second_while_replicas_are_silent() {
     let mut found = None;
     for i in 0.. {
         let key = format!("silent-{i}");
-        let replicas: Vec<String> = a
-            .replicas(proto::ReplicasRequest { key: key.clone() })
+        let replicas: Vec<String> = replicas_of(&mut a, &key)
             .await
-            .unwrap()
-            .into_inner()
-            .replicas
             .into_iter()
             .map(|m| m.id)
             .collect();
@@ -431,14 +422,7 @@ async fn rf3_over_three_regions_puts_one_replica_in_each() {
     let nodes = start_cluster("regions", &["eu", "eu", "us", "ap"], 3).await;
     let mut a = admin(&nodes[1]).await;
     for i in 0..20 {
-        let replicas = a
-            .replicas(proto::ReplicasRequest {
-                key: format!("k{i}"),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .replicas;
+        let replicas = replicas_of(&mut a, &format!("k{i}")).await;
         let regions: BTreeSet<_> = replicas.iter().map(|m| m.region.as_str()).collect();
         assert_eq!(regions, BTreeSet::from(["ap", "eu", "us"]), "{replicas:?}");
     }
@@ -1244,12 +1228,7 @@ async fn collection_waits_for_a_cut_node(cluster: &str, regions: &[&str]) {
         })
         .await
         .unwrap();
-        let replicas = a
-            .replicas(proto::ReplicasRequest { key })
-            .await
-            .unwrap()
-            .into_inner()
-            .replicas;
+        let replicas = replicas_of(&mut a, &key).await;
         copies += replicas.iter().filter(|r| *r.id != *lonely).count() as u64;
     }
     let tombstones = |n: &RunningNode| n.handles().store.stats().tombstones;
@@ -1450,12 +1429,7 @@ async fn non_replicas_coordinate_maps_and_counters_and_check_kinds() {
         let map_key = format!("typed-{i}-map");
         let counter_key = format!("typed-{i}-counter");
         for (k, is_map) in [(&map_key, true), (&counter_key, false)] {
-            let replicas = a
-                .replicas(proto::ReplicasRequest { key: k.clone() })
-                .await
-                .unwrap()
-                .into_inner()
-                .replicas;
+            let replicas = replicas_of(&mut a, k).await;
             let ids: BTreeSet<_> = replicas.iter().map(|m| m.id.clone()).collect();
             let (holders, others): (Vec<_>, Vec<_>) =
                 nodes.iter().partition(|n| ids.contains(&n.info().id));

@@ -901,13 +901,7 @@ async fn key_held_by(server: &Server, id: &str, prefix: &str) -> String {
     let mut admin = admin(server).await;
     for i in 0.. {
         let key = format!("{prefix}{i}");
-        let replicas = admin
-            .replicas(proto::ReplicasRequest { key: key.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .replicas;
-        if replicas[0].id == id {
+        if common::replicas_of(&mut admin, &key).await[0].id == id {
             return key;
         }
     }

@@ -517,12 +517,7 @@ async fn one_answers_within_a_second_while_replicas_are_silent_or_paused() {
     let mut keys = Vec::new();
     for i in 0.. {
         let key = format!("k{i}");
-        let replicas = admin
-            .replicas(proto::ReplicasRequest { key: key.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .replicas;
+        let replicas = common::replicas_of(&mut admin, &key).await;
         if !replicas.iter().any(|r| r.id == me) {
             keys.push(key);
         }

@@ -181,12 +181,7 @@ async fn get(s: &Server, key: &str, level: Consistency) -> Result<Option<String>
 }
 
 async fn replicas(s: &Server, key: &str) -> Vec<proto::Member> {
-    AdminClient::new(channel(s).await)
-        .replicas(proto::ReplicasRequest { key: key.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .replicas
+    common::replicas_of(&mut AdminClient::new(channel(s).await), key).await
 }
 
 /// The change of each counter from `before` to `after`.

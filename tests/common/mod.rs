@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kilovolt::config::Config;
 use kilovolt::node::{self, RunningNode};
-use kilovolt::proto::{admin_client::AdminClient, kilovolt_client::KilovoltClient};
+use kilovolt::proto::{self, admin_client::AdminClient, kilovolt_client::KilovoltClient};
 use tonic::transport::{Channel, Endpoint};
 
 /// Starts an in-process node on an ephemeral loopback port, with the
@@ -73,6 +73,17 @@ pub async fn kv(node: &RunningNode) -> KilovoltClient<Channel> {
 /// A client of the `Admin` service of `node`.
 pub async fn admin(node: &RunningNode) -> AdminClient<Channel> {
     AdminClient::new(channel(node).await)
+}
+
+/// The replicas of `key`, in preference order, as the node behind `admin`
+/// places it.
+pub async fn replicas_of(admin: &mut AdminClient<Channel>, key: &str) -> Vec<proto::Member> {
+    admin
+        .replicas(proto::ReplicasRequest { key: key.into() })
+        .await
+        .expect("Replicas answers")
+        .into_inner()
+        .replicas
 }
 
 /// Polls `check` until it returns `Some`, failing the test after `limit`.
